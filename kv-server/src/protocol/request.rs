@@ -1,0 +1,475 @@
+//! Requests: what a client may ask, parsed and checked once at the edge.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::response::Failure;
+use super::status::NodeId;
+
+/// The `id` a client puts on a request; the response echoes it unchanged.
+///
+/// The contract allows any JSON number or string. Numbers keep their JSON form (an integer
+/// stays an integer, `1.5` stays `1.5`), so the echo is exact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RequestId {
+    /// A JSON number.
+    Number(serde_json::Number),
+    /// A JSON string.
+    String(String),
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        RequestId::Number(n.into())
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequestId::Number(n) => n.serialize(serializer),
+            RequestId::String(s) => serializer.serialize_str(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`id` as a number or a string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RequestId, E> {
+                Ok(RequestId::Number(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RequestId, E> {
+                serde_json::Number::from_f64(v)
+                    .map(RequestId::Number)
+                    .ok_or_else(|| E::custom("`id` is not a finite number"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::String(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RequestId, E> {
+                Ok(RequestId::String(v))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Number(n) => write!(f, "{n}"),
+            RequestId::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// The names of the contract's operations, as they appear in `"op"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// `get`
+    Get,
+    /// `put`
+    Put,
+    /// `delete`
+    Delete,
+    /// `cas`
+    Cas,
+    /// `status`
+    Status,
+    /// `add_member`
+    AddMember,
+    /// `remove_member`
+    RemoveMember,
+}
+
+impl OpKind {
+    /// The name as written in `"op"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::Delete => "delete",
+            OpKind::Cas => "cas",
+            OpKind::Status => "status",
+            OpKind::AddMember => "add_member",
+            OpKind::RemoveMember => "remove_member",
+        }
+    }
+}
+
+/// How fresh a `get` must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// The default: the read reflects every write acknowledged before it was sent.
+    #[default]
+    Linearizable,
+    /// `"consistency":"stale"`: any node answers from its local state, maybe out of date.
+    Stale,
+}
+
+/// A change to the key/value map: what a replicated server puts in its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Set `key` to `value` only if its current value is `expected` (`None`: only if absent).
+    Cas {
+        /// The key.
+        key: String,
+        /// The value the key must hold for the swap to happen; `None` means "absent".
+        expected: Option<String>,
+        /// The new value.
+        value: String,
+    },
+}
+
+impl Command {
+    /// The key this command changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
+        }
+    }
+
+    fn kind(&self) -> OpKind {
+        match self {
+            Command::Put { .. } => OpKind::Put,
+            Command::Delete { .. } => OpKind::Delete,
+            Command::Cas { .. } => OpKind::Cas,
+        }
+    }
+}
+
+/// The `client`/`seq` pair a write may carry so that a retry is applied at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Session {
+    /// The client's name, unique among the clients of a cluster.
+    pub client: String,
+    /// The client's sequence number for this write; a retry repeats it.
+    pub seq: u64,
+}
+
+/// A parsed operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read one key.
+    Get {
+        /// The key.
+        key: String,
+        /// How fresh the answer must be.
+        consistency: Consistency,
+    },
+    /// `put`, `delete` or `cas`.
+    Write {
+        /// What to change.
+        command: Command,
+        /// Present when the client wants the write applied at most once.
+        session: Option<Session>,
+    },
+    /// Report the node's role, term, indexes and members.
+    Status,
+    /// Add a node to the cluster (as a learner first).
+    AddMember {
+        /// The new node's id (the request's `id` field, per the contract).
+        id: NodeId,
+        /// The new node's address, `host:port`.
+        addr: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveMember {
+        /// The node to remove (the request's `id` field, per the contract).
+        id: NodeId,
+    },
+}
+
+impl Op {
+    /// Which contract operation this is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Get { .. } => OpKind::Get,
+            Op::Write { command, .. } => command.kind(),
+            Op::Status => OpKind::Status,
+            Op::AddMember { .. } => OpKind::AddMember,
+            Op::RemoveMember { .. } => OpKind::RemoveMember,
+        }
+    }
+}
+
+/// Size limits a server enforces. The contract requires limits; they may be raised, never
+/// removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes of UTF-8 (default 4 KiB).
+    pub max_key_bytes: usize,
+    /// Longest value, in bytes of UTF-8 (default 1 MiB).
+    pub max_value_bytes: usize,
+    /// Longest request line, in bytes, newline excluded. The default, 8 MiB, lets through any
+    /// request whose key and value are within their limits even when every character of the
+    /// value is written as a six-byte `\uXXXX` escape.
+    pub max_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_line_bytes: 8 << 20,
+        }
+    }
+}
+
+/// One request: the echoed id and the operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Echoed in the response; `None` when the client sent none.
+    pub id: Option<RequestId>,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The flat shape of every request line; [`Request::parse`] checks which fields an op needs.
+#[derive(Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    id: Option<RequestId>,
+    op: OpKind,
+    key: Option<String>,
+    value: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    expected: Option<Option<String>>,
+    client: Option<String>,
+    seq: Option<u64>,
+    consistency: Option<Consistency>,
+    addr: Option<String>,
+}
+
+/// Tells a field that is `null` (`Some(None)`) from one that is missing (`None`).
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Used only to find the id of a line that failed to parse, so the error can echo it.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<RequestId>,
+}
+
+impl Request {
+    /// Parses and checks one request line (without its newline).
+    ///
+    /// On failure the error carries the request's id when it could be read, so the `bad_request`
+    /// or `too_large` response can echo it.
+    pub fn parse(line: &[u8], limits: &Limits) -> Result<Request, (Option<RequestId>, Failure)> {
+        let wire: WireRequest = match serde_json::from_slice(line) {
+            Ok(wire) => wire,
+            Err(e) => {
+                let id = serde_json::from_slice::<IdOnly>(line)
+                    .ok()
+                    .and_then(|x| x.id);
+                return Err((id, Failure::bad_request(parse_error_message(line, &e))));
+            }
+        };
+        let id = wire.id.clone();
+        match wire.into_op(limits) {
+            Ok(op) => Ok(Request { id, op }),
+            Err(failure) => Err((id, failure)),
+        }
+    }
+}
+
+impl WireRequest {
+    fn into_op(self, limits: &Limits) -> Result<Op, Failure> {
+        let op = self.op;
+        let need = |field: Option<String>, name: &str| {
+            field.ok_or_else(|| {
+                Failure::bad_request(format!("`{}` needs a string `{name}`", op.as_str()))
+            })
+        };
+        let key = |field: Option<String>| {
+            let key = need(field, "key")?;
+            check_size("key", &key, limits.max_key_bytes)?;
+            Ok::<_, Failure>(key)
+        };
+        let value = |field: Option<String>| {
+            let value = need(field, "value")?;
+            check_size("value", &value, limits.max_value_bytes)?;
+            Ok::<_, Failure>(value)
+        };
+        let session = match (self.client, self.seq) {
+            (Some(client), Some(seq)) => {
+                check_size("client", &client, limits.max_key_bytes)?;
+                Some(Session { client, seq })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Failure::bad_request(
+                    "`client` and `seq` must be sent together",
+                ));
+            }
+        };
+        let write = |command| {
+            Ok(Op::Write {
+                command,
+                session: session.clone(),
+            })
+        };
+        match op {
+            OpKind::Get => Ok(Op::Get {
+                key: key(self.key)?,
+                consistency: self.consistency.unwrap_or_default(),
+            }),
+            OpKind::Put => write(Command::Put {
+                key: key(self.key)?,
+                value: value(self.value)?,
+            }),
+            OpKind::Delete => write(Command::Delete {
+                key: key(self.key)?,
+            }),
+            OpKind::Cas => {
+                let key = key(self.key)?;
+                let expected = self.expected.ok_or_else(|| {
+                    Failure::bad_request("`cas` needs `expected`: a string, or null for \"absent\"")
+                })?;
+                if let Some(expected) = &expected {
+                    check_size("expected", expected, limits.max_value_bytes)?;
+                }
+                write(Command::Cas {
+                    key,
+                    expected,
+                    value: value(self.value)?,
+                })
+            }
+            OpKind::Status => Ok(Op::Status),
+            OpKind::AddMember => {
+                let id = node_id(self.id)?;
+                let addr = need(self.addr, "addr")?;
+                check_host_port(&addr)?;
+                Ok(Op::AddMember { id, addr })
+            }
+            OpKind::RemoveMember => Ok(Op::RemoveMember {
+                id: node_id(self.id)?,
+            }),
+        }
+    }
+}
+
+/// A message that says what is wrong with a line, naming the field when the JSON is valid.
+/// Runs only on the error path, so the second parse costs nothing on good requests.
+fn parse_error_message(line: &[u8], error: &serde_json::Error) -> String {
+    if error.is_syntax() || error.is_eof() {
+        return format!("not a JSON object on one line: {error}");
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    match serde_path_to_error::deserialize::<_, WireRequest>(&mut de) {
+        Err(e) if e.path().iter().next().is_some() => format!("`{}`: {}", e.path(), e.inner()),
+        _ => format!("invalid request: {error}"),
+    }
+}
+
+fn check_size(name: &str, s: &str, max: usize) -> Result<(), Failure> {
+    if s.len() > max {
+        return Err(Failure::too_large(format!(
+            "{name} is {} bytes; the limit is {max}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Membership requests name the node in `id` (the contract's choice), so it must be a node id.
+fn node_id(id: Option<RequestId>) -> Result<NodeId, Failure> {
+    match id {
+        Some(RequestId::Number(n)) => n.as_u64().filter(|&n| n > 0).map(NodeId),
+        _ => None,
+    }
+    .ok_or_else(|| Failure::bad_request("membership requests need `id`: a node id above 0"))
+}
+
+fn check_host_port(addr: &str) -> Result<(), Failure> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(Failure::bad_request(format!(
+            "`addr` must be host:port, not {addr:?}"
+        ))),
+    }
+}
+
+impl Request {
+    /// The `id` this request carries on the wire, which its response echoes. Membership
+    /// requests carry the node's id there (the contract's choice), whatever `self.id` says.
+    pub fn wire_id(&self) -> Option<RequestId> {
+        match &self.op {
+            Op::AddMember { id, .. } | Op::RemoveMember { id } => Some(RequestId::from(id.0)),
+            _ => self.id.clone(),
+        }
+    }
+}
+
+impl Serialize for Request {
+    /// Writes the request as the contract's JSON object (used by clients).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(id) = self.wire_id() {
+            map.serialize_entry("id", &id)?;
+        }
+        map.serialize_entry("op", &self.op.kind())?;
+        match &self.op {
+            Op::Get { key, consistency } => {
+                map.serialize_entry("key", key)?;
+                if *consistency == Consistency::Stale {
+                    map.serialize_entry("consistency", consistency)?;
+                }
+            }
+            Op::Write { command, session } => {
+                match command {
+                    Command::Put { key, value } => {
+                        map.serialize_entry("key", key)?;
+                        map.serialize_entry("value", value)?;
+                    }
+                    Command::Delete { key } => map.serialize_entry("key", key)?,
+                    Command::Cas {
+                        key,
+                        expected,
+                        value,
+                    } => {
+                        map.serialize_entry("key", key)?;
+                        map.serialize_entry("expected", expected)?;
+                        map.serialize_entry("value", value)?;
+                    }
+                }
+                if let Some(Session { client, seq }) = session {
+                    map.serialize_entry("client", client)?;
+                    map.serialize_entry("seq", seq)?;
+                }
+            }
+            Op::Status | Op::RemoveMember { .. } => {}
+            Op::AddMember { addr, .. } => map.serialize_entry("addr", addr)?,
+        }
+        map.end()
+    }
+}

@@ -1,0 +1,184 @@
+//! The serve loop: accept connections, read request lines, answer them in order.
+//!
+//! Every stage's server is this loop with a different [`Handler`]. The loop owns everything
+//! about connections (framing, parsing, size limits, ordering, flushing, shutdown); a handler
+//! only turns an [`Op`] into a future of its [`Outcome`].
+//!
+//! Within one connection, requests are started as soon as they are read and their futures run
+//! concurrently (a replicated handler may need a round trip to a majority), but responses are
+//! written strictly in request order. Responses are buffered and flushed once nothing more is
+//! ready, so a pipelined burst costs a few syscalls, not one per request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{self, Either};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, warn};
+
+use crate::codec::{CodecError, JsonLinesCodec};
+use crate::protocol::{Failure, Limits, Op, Outcome, Request, RequestId, Response};
+
+/// What a server does with a parsed request.
+pub trait Handler: Send + Sync + 'static {
+    /// Starts serving `op` and returns a future of its outcome.
+    ///
+    /// The work should start before this returns (send to the node's task, say) or inside the
+    /// future; the serve loop polls the futures of one connection concurrently, so either way
+    /// pipelined requests overlap.
+    fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<Self>;
+}
+
+/// How the serve loop treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// Size limits for keys, values and lines.
+    pub limits: Limits,
+    /// Requests of one connection started but not yet answered; past this the loop stops
+    /// reading that connection until answers go out (backpressure).
+    pub max_in_flight: usize,
+    /// On shutdown, how long connections may take to answer what they have started before
+    /// they are closed. A closed connection leaves its client with an unknown outcome, the
+    /// same as a `timeout`.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            limits: Limits::default(),
+            max_in_flight: 1024,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves clients on `listener` with `handler` until `shutdown` completes, then stops
+/// accepting, lets every connection answer what it has started (within
+/// [`ServeConfig::drain_timeout`]) and returns once all are closed.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let connection = serve_connection(stream, handler.clone(), config, stop.clone());
+                    connections.spawn(connection.instrument(tracing::debug_span!("client", %peer)));
+                }
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for connections to close
+                    // instead of spinning on accept.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+async fn serve_connection<H: Handler>(
+    mut stream: TcpStream,
+    handler: Arc<H>,
+    config: ServeConfig,
+    stop: CancellationToken,
+) {
+    debug!("connected");
+    // Responses are flushed in batches, so Nagle's delay would only add latency.
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.split();
+    let codec = JsonLinesCodec::new(config.limits.max_line_bytes);
+    let mut requests = FramedRead::new(reader, codec.clone());
+    let mut responses = FramedWrite::new(writer, codec);
+    let mut in_flight = FuturesOrdered::new();
+    let mut reading = true;
+    let mut unflushed = false;
+    let mut drain_deadline = None;
+    let result: Result<(), CodecError> = loop {
+        tokio::select! {
+            // Reading first: a burst is read and started before its answers are written, so
+            // they leave in one write.
+            biased;
+            _ = stop.cancelled(), if drain_deadline.is_none() => {
+                reading = false;
+                drain_deadline = Some(Instant::now() + config.drain_timeout);
+            }
+            frame = requests.next(), if reading && in_flight.len() < config.max_in_flight => {
+                match frame {
+                    Some(Ok(line)) => {
+                        let request = Request::parse(&line, &config.limits);
+                        in_flight.push_back(respond(&*handler, request));
+                    }
+                    Some(Err(CodecError::LineTooLong { limit })) => {
+                        let failure = Failure::too_large(format!("line longer than {limit} bytes"));
+                        in_flight.push_back(respond(&*handler, Err((None, failure))));
+                        reading = false;
+                    }
+                    Some(Err(error)) => break Err(error),
+                    None => reading = false,
+                }
+            }
+            Some(response) = in_flight.next() => {
+                if let Err(error) = responses.feed(response).await {
+                    break Err(error);
+                }
+                unflushed = true;
+            }
+            flushed = SinkExt::<Response>::flush(&mut responses), if unflushed => {
+                if let Err(error) = flushed {
+                    break Err(error);
+                }
+                unflushed = false;
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)),
+                if drain_deadline.is_some() => {
+                debug!(unanswered = in_flight.len(), "closing with requests unanswered");
+                break Ok(());
+            }
+            else => break Ok(()),
+        }
+        if !reading && in_flight.is_empty() && !unflushed {
+            break Ok(());
+        }
+    };
+    match result {
+        Ok(()) => debug!("closed"),
+        Err(error) => debug!(%error, "closed on error"),
+    }
+}
+
+/// The response to one line: the handler's answer, or the parse error, with the id echoed.
+fn respond<H: Handler>(
+    handler: &H,
+    request: Result<Request, (Option<RequestId>, Failure)>,
+) -> impl Future<Output = Response> + Send + 'static + use<H> {
+    match request {
+        Ok(Request { id, op }) => Either::Left(
+            handler
+                .handle(op)
+                .map(move |outcome| Response { id, outcome }),
+        ),
+        Err((id, failure)) => Either::Right(future::ready(Response {
+            id,
+            outcome: Err(failure),
+        })),
+    }
+}

@@ -1,0 +1,223 @@
+//! The key/value map: the meaning of each operation, written once.
+//!
+//! [`KvMap`] is the state machine every stage applies commands to; it is a plain map with no
+//! locking because a Raft node owns its state machine from one task. [`Store`] wraps it for
+//! kv-server, where every connection task reads and writes it directly.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::protocol::{CasOutcome, Command, WriteOutcome};
+
+/// A map of strings and the contract's operations on it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KvMap {
+    entries: HashMap<String, String>,
+}
+
+impl KvMap {
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(String::as_str)
+    }
+
+    /// Applies a write and says what it did.
+    pub fn apply(&mut self, command: Command) -> WriteOutcome {
+        match command {
+            Command::Put { key, value } => {
+                self.entries.insert(key, value);
+                WriteOutcome::Put
+            }
+            Command::Delete { key } => WriteOutcome::Delete {
+                existed: self.entries.remove(&key).is_some(),
+            },
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let current = self.entries.get(&key);
+                if current.map(String::as_str) == expected.as_deref() {
+                    self.entries.insert(key, value);
+                    WriteOutcome::Cas(CasOutcome::Swapped)
+                } else {
+                    WriteOutcome::Cas(CasOutcome::Mismatch {
+                        current: current.cloned(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// How many keys are present.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every key and value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// A [`KvMap`] shared by many tasks.
+///
+/// A std `Mutex`, not a tokio one: nothing awaits while it is held, and every critical
+/// section is a single hash-map operation, so contention is short. Profiling on the 2-core
+/// benchmark machine showed no gain from sharding it (see BENCHMARKS.md).
+#[derive(Debug, Default)]
+pub struct Store {
+    map: Mutex<KvMap>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Store::default()
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.lock().get(key).map(str::to_owned)
+    }
+
+    /// Applies a write atomically and says what it did.
+    pub fn apply(&self, command: Command) -> WriteOutcome {
+        self.lock().apply(command)
+    }
+
+    /// How many keys are present.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KvMap> {
+        // A panic cannot leave the map half-changed (each operation is one HashMap call), so a
+        // poisoned lock still guards a consistent map.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn cas(key: &str, expected: Option<&str>, value: &str) -> Command {
+        Command::Cas {
+            key: key.into(),
+            expected: expected.map(Into::into),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn put_then_get_and_overwrite() {
+        let mut map = KvMap::default();
+        assert_eq!(map.get("k"), None);
+        assert_eq!(map.apply(put("k", "1")), WriteOutcome::Put);
+        assert_eq!(map.apply(put("k", "2")), WriteOutcome::Put);
+        assert_eq!(map.get("k"), Some("2"));
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn delete_reports_whether_the_key_existed() {
+        let mut map = KvMap::default();
+        map.apply(put("k", "v"));
+        let delete = || Command::Delete { key: "k".into() };
+        assert_eq!(map.apply(delete()), WriteOutcome::Delete { existed: true });
+        assert_eq!(map.apply(delete()), WriteOutcome::Delete { existed: false });
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn cas_swaps_only_on_a_match_and_reports_the_current_value() {
+        let mut map = KvMap::default();
+        map.apply(put("k", "old"));
+        assert_eq!(
+            map.apply(cas("k", Some("wrong"), "new")),
+            WriteOutcome::Cas(CasOutcome::Mismatch {
+                current: Some("old".into())
+            })
+        );
+        assert_eq!(map.get("k"), Some("old"));
+        assert_eq!(
+            map.apply(cas("k", Some("old"), "new")),
+            WriteOutcome::Cas(CasOutcome::Swapped)
+        );
+        assert_eq!(map.get("k"), Some("new"));
+    }
+
+    #[test]
+    fn cas_with_expected_absent() {
+        let mut map = KvMap::default();
+        assert_eq!(
+            map.apply(cas("k", None, "first")),
+            WriteOutcome::Cas(CasOutcome::Swapped)
+        );
+        assert_eq!(
+            map.apply(cas("k", None, "second")),
+            WriteOutcome::Cas(CasOutcome::Mismatch {
+                current: Some("first".into())
+            })
+        );
+        assert_eq!(
+            map.apply(cas("absent", Some("x"), "y")),
+            WriteOutcome::Cas(CasOutcome::Mismatch { current: None })
+        );
+        assert_eq!(map.get("k"), Some("first"));
+        assert_eq!(map.get("absent"), None);
+    }
+
+    #[test]
+    fn empty_strings_are_values_not_absence() {
+        let mut map = KvMap::default();
+        assert_eq!(
+            map.apply(cas("k", None, "")),
+            WriteOutcome::Cas(CasOutcome::Swapped)
+        );
+        assert_eq!(map.get("k"), Some(""));
+        assert_eq!(
+            map.apply(cas("k", None, "x")),
+            WriteOutcome::Cas(CasOutcome::Mismatch {
+                current: Some(String::new())
+            })
+        );
+    }
+
+    #[test]
+    fn store_is_shared_across_threads() {
+        let store = std::sync::Arc::new(Store::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        store.apply(put(&format!("{t}-{i}"), "v"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.len(), 400);
+    }
+}
