@@ -22,3 +22,6 @@ pub use response::{
     WriteOutcome,
 };
 pub use status::{Member, NodeId, Role, Status};
+
+#[cfg(test)]
+mod tests;

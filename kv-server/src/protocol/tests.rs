@@ -1,0 +1,310 @@
+//! Parsing every request shape and every error path; responses written and read back.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn parse(v: Value) -> Result<Request, (Option<RequestId>, Failure)> {
+    Request::parse(&serde_json::to_vec(&v).unwrap(), &Limits::default())
+}
+
+fn code(v: Value) -> ErrorCode {
+    parse(v).expect_err("should be rejected").1.code
+}
+
+#[test]
+fn parses_every_operation() {
+    let put = Command::Put {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let cases = [
+        (
+            json!({"op":"get","key":"k"}),
+            Op::Get {
+                key: "k".into(),
+                consistency: Consistency::Linearizable,
+            },
+        ),
+        (
+            json!({"op":"get","key":"k","consistency":"stale"}),
+            Op::Get {
+                key: "k".into(),
+                consistency: Consistency::Stale,
+            },
+        ),
+        (
+            json!({"op":"put","key":"k","value":"v"}),
+            Op::Write {
+                command: put.clone(),
+                session: None,
+            },
+        ),
+        (
+            json!({"op":"put","key":"k","value":"v","client":"c","seq":9}),
+            Op::Write {
+                command: put,
+                session: Some(Session {
+                    client: "c".into(),
+                    seq: 9,
+                }),
+            },
+        ),
+        (
+            json!({"op":"delete","key":"k"}),
+            Op::Write {
+                command: Command::Delete { key: "k".into() },
+                session: None,
+            },
+        ),
+        (
+            json!({"op":"cas","key":"k","expected":null,"value":"v"}),
+            Op::Write {
+                command: Command::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    value: "v".into(),
+                },
+                session: None,
+            },
+        ),
+        (
+            json!({"op":"cas","key":"k","expected":"o","value":"v"}),
+            Op::Write {
+                command: Command::Cas {
+                    key: "k".into(),
+                    expected: Some("o".into()),
+                    value: "v".into(),
+                },
+                session: None,
+            },
+        ),
+        (json!({"op":"status"}), Op::Status),
+        (
+            json!({"op":"add_member","id":4,"addr":"127.0.0.1:7004"}),
+            Op::AddMember {
+                id: NodeId(4),
+                addr: "127.0.0.1:7004".into(),
+            },
+        ),
+        (
+            json!({"op":"remove_member","id":4}),
+            Op::RemoveMember { id: NodeId(4) },
+        ),
+    ];
+    for (line, op) in cases {
+        assert_eq!(parse(line.clone()).unwrap().op, op, "{line}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_ignored_for_forward_compatibility() {
+    assert_eq!(
+        parse(json!({"op":"status","trace":"x"})).unwrap().op,
+        Op::Status
+    );
+}
+
+#[test]
+fn every_malformed_shape_is_bad_request_with_the_id_when_readable() {
+    let cases = [
+        json!({"id":1,"op":"bogus"}),
+        json!({"id":1}),
+        json!({"id":1,"op":"put","key":"k"}),
+        json!({"id":1,"op":"put","value":"v"}),
+        json!({"id":1,"op":"put","key":1,"value":"v"}),
+        json!({"id":1,"op":"cas","key":"k","value":"v"}),
+        json!({"id":1,"op":"put","key":"k","value":"v","client":"c"}),
+        json!({"id":1,"op":"put","key":"k","value":"v","seq":3}),
+        json!({"id":1,"op":"put","key":"k","value":"v","client":"c","seq":"3"}),
+        json!({"id":1,"op":"get","key":"k","consistency":"fresh"}),
+    ];
+    for line in cases {
+        let (id, failure) = parse(line.clone()).expect_err("should be rejected");
+        assert_eq!(failure.code, ErrorCode::BadRequest, "{line}");
+        assert_eq!(id, Some(RequestId::from(1)), "{line}");
+    }
+    let (id, failure) = Request::parse(b"{nope", &Limits::default()).unwrap_err();
+    assert_eq!((id, failure.code), (None, ErrorCode::BadRequest));
+    let (id, failure) = parse(json!({"id":true,"op":"status"})).unwrap_err();
+    assert_eq!((id, failure.code), (None, ErrorCode::BadRequest));
+}
+
+#[test]
+fn membership_ids_must_be_positive_integers_and_addrs_host_port() {
+    assert_eq!(
+        code(json!({"op":"remove_member","id":0})),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(json!({"op":"remove_member","id":1.5})),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(code(json!({"op":"remove_member"})), ErrorCode::BadRequest);
+    assert_eq!(
+        code(json!({"op":"add_member","id":2,"addr":":7000"})),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(json!({"op":"add_member","id":2,"addr":"h:99999"})),
+        ErrorCode::BadRequest
+    );
+    assert!(parse(json!({"op":"add_member","id":2,"addr":"node-2.example:7000"})).is_ok());
+}
+
+#[test]
+fn limits_are_inclusive_and_apply_to_every_string_that_is_stored_or_compared() {
+    let limits = Limits {
+        max_key_bytes: 3,
+        max_value_bytes: 5,
+        max_line_bytes: 1000,
+    };
+    let p = |v: Value| Request::parse(&serde_json::to_vec(&v).unwrap(), &limits);
+    assert!(p(json!({"op":"put","key":"kkk","value":"vvvvv"})).is_ok());
+    let too_large = [
+        json!({"op":"put","key":"kkkk","value":"v"}),
+        json!({"op":"put","key":"k","value":"vvvvvv"}),
+        json!({"op":"get","key":"kkkk"}),
+        json!({"op":"delete","key":"kkkk"}),
+        json!({"op":"cas","key":"k","expected":"vvvvvv","value":"v"}),
+        json!({"op":"put","key":"k","value":"v","client":"cccc","seq":1}),
+    ];
+    for line in too_large {
+        assert_eq!(
+            p(line.clone()).unwrap_err().1.code,
+            ErrorCode::TooLarge,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn requests_round_trip_through_their_wire_form() {
+    let requests = [
+        Request {
+            id: Some(RequestId::from(1)),
+            op: Op::Get {
+                key: "k".into(),
+                consistency: Consistency::Stale,
+            },
+        },
+        Request {
+            id: Some(RequestId::String("x".into())),
+            op: Op::Write {
+                command: Command::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    value: "v".into(),
+                },
+                session: Some(Session {
+                    client: "c".into(),
+                    seq: 2,
+                }),
+            },
+        },
+        Request {
+            id: None,
+            op: Op::Write {
+                command: Command::Delete { key: "k".into() },
+                session: None,
+            },
+        },
+        Request {
+            id: Some(RequestId::from(9)),
+            op: Op::RemoveMember { id: NodeId(9) },
+        },
+    ];
+    for request in requests {
+        let line = serde_json::to_vec(&request).unwrap();
+        assert_eq!(Request::parse(&line, &Limits::default()).unwrap(), request);
+    }
+}
+
+#[test]
+fn responses_are_written_as_the_contract_says() {
+    let id = Some(RequestId::from(1));
+    let cases = [
+        (
+            Ok(Reply::Value(None)),
+            json!({"id":1,"ok":true,"value":null}),
+        ),
+        (
+            Ok(Reply::Write(WriteOutcome::Put)),
+            json!({"id":1,"ok":true}),
+        ),
+        (
+            Ok(Reply::Write(WriteOutcome::Delete { existed: false })),
+            json!({"id":1,"ok":true,"existed":false}),
+        ),
+        (
+            Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Swapped))),
+            json!({"id":1,"ok":true,"swapped":true}),
+        ),
+        (
+            Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Mismatch {
+                current: None,
+            }))),
+            json!({"id":1,"ok":true,"swapped":false,"value":null}),
+        ),
+        (
+            Err(Failure::not_leader(None)),
+            json!({"id":1,"ok":false,"error":"not_leader","message":"not the leader, and the leader is unknown","leader":null}),
+        ),
+        (
+            Err(Failure::timeout("t")),
+            json!({"id":1,"ok":false,"error":"timeout","message":"t"}),
+        ),
+    ];
+    for (outcome, expected) in cases {
+        let response = Response {
+            id: id.clone(),
+            outcome,
+        };
+        assert_eq!(serde_json::to_value(&response).unwrap(), expected);
+    }
+}
+
+#[test]
+fn responses_read_back_into_the_same_outcome() {
+    let cases = [
+        (OpKind::Get, Ok(Reply::Value(Some("v".into())))),
+        (OpKind::Put, Ok(Reply::Write(WriteOutcome::Put))),
+        (
+            OpKind::Delete,
+            Ok(Reply::Write(WriteOutcome::Delete { existed: true })),
+        ),
+        (
+            OpKind::Cas,
+            Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Mismatch {
+                current: Some("c".into()),
+            }))),
+        ),
+        (
+            OpKind::Status,
+            Ok(Reply::Status(Box::new(Status::standalone()))),
+        ),
+        (OpKind::AddMember, Ok(Reply::Done)),
+        (
+            OpKind::Put,
+            Err(Failure::not_leader(Some("127.0.0.1:7001".into()))),
+        ),
+        (OpKind::Get, Err(Failure::unavailable("no quorum"))),
+    ];
+    for (kind, outcome) in cases {
+        let line = serde_json::to_vec(&Response {
+            id: None,
+            outcome: outcome.clone(),
+        })
+        .unwrap();
+        let wire: WireResponse = serde_json::from_slice(&line).unwrap();
+        assert_eq!(wire.into_outcome(kind).unwrap(), outcome);
+    }
+}
+
+#[test]
+fn a_response_missing_its_fields_is_reported_not_guessed() {
+    let wire: WireResponse = serde_json::from_value(json!({"ok":true})).unwrap();
+    assert!(wire.into_outcome(OpKind::Get).is_err());
+    let wire: WireResponse = serde_json::from_value(json!({"ok":false})).unwrap();
+    assert!(wire.into_outcome(OpKind::Put).is_err());
+}

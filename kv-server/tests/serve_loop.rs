@@ -1,0 +1,118 @@
+//! The serve loop with a handler whose answers the test releases by hand: answers that finish
+//! out of order still leave in request order, and shutdown drains what was started.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::{Conn, Running};
+use kv_server::protocol::{Op, Outcome, Reply};
+use kv_server::serve::{Handler, ServeConfig};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+/// Hands every request to the test as (key, answer-sender) and answers when the test says.
+struct Gated {
+    started: mpsc::UnboundedSender<(String, oneshot::Sender<Outcome>)>,
+}
+
+impl Handler for Gated {
+    fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        let (tx, rx) = oneshot::channel();
+        let key = match op {
+            Op::Get { key, .. } => key,
+            other => panic!("unexpected {other:?}"),
+        };
+        self.started.send((key, tx)).unwrap();
+        async move { rx.await.unwrap_or(Ok(Reply::Value(None))) }
+    }
+}
+
+async fn gated(
+    config: ServeConfig,
+) -> (
+    Running,
+    mpsc::UnboundedReceiver<(String, oneshot::Sender<Outcome>)>,
+) {
+    let (started, rx) = mpsc::unbounded_channel();
+    (Running::with_handler(Gated { started }, config).await, rx)
+}
+
+#[tokio::test]
+async fn answers_completing_out_of_order_are_written_in_request_order() {
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    for i in 0..10 {
+        c.send(json!({"id":i,"op":"get","key":i.to_string()})).await;
+    }
+    // All ten are in flight at once (pipelining overlaps them) ...
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        pending.push(started.recv().await.unwrap());
+    }
+    // ... and are released last-first.
+    for (key, answer) in pending.into_iter().rev() {
+        answer.send(Ok(Reply::Value(Some(key)))).unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(
+            c.recv().await,
+            json!({"id":i,"ok":true,"value":i.to_string()})
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_already_started() {
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    c.send(json!({"id":1,"op":"get","key":"slow"})).await;
+    let (_, answer) = started.recv().await.unwrap();
+
+    let stopped = server.stop();
+    answer.send(Ok(Reply::Value(Some("late".into())))).unwrap();
+    assert_eq!(c.recv().await, json!({"id":1,"ok":true,"value":"late"}));
+    c.expect_closed().await;
+    stopped.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_a_connection_whose_answers_never_come() {
+    let config = ServeConfig {
+        drain_timeout: Duration::from_millis(50),
+        ..ServeConfig::default()
+    };
+    let (server, mut started) = gated(config).await;
+    let mut c = Conn::connect(server.addr).await;
+    c.send(json!({"id":1,"op":"get","key":"stuck"})).await;
+    let (_, _held) = started.recv().await.unwrap();
+    // Holding the sender keeps the answer pending forever; serve must still return.
+    server.stop().await.unwrap();
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn in_flight_limit_applies_backpressure_without_losing_requests() {
+    let config = ServeConfig {
+        max_in_flight: 3,
+        ..ServeConfig::default()
+    };
+    let (server, mut started) = gated(config).await;
+    let mut c = Conn::connect(server.addr).await;
+    for i in 0..10 {
+        c.send(json!({"id":i,"op":"get","key":i.to_string()})).await;
+    }
+    for i in 0..10 {
+        // Only three are started until answers go out; each one released lets one more in.
+        let (key, answer) = started.recv().await.unwrap();
+        assert_eq!(key, i.to_string());
+        if i < 7 {
+            assert!(started.len() <= 2, "more than 3 requests in flight");
+        }
+        answer.send(Ok(Reply::Value(Some(key)))).unwrap();
+        assert_eq!(c.recv().await["id"], i);
+    }
+    server.stop().await.unwrap();
+}
