@@ -1,0 +1,338 @@
+//! [`ClusterClient`]: one logical client of a cluster, given any of its members.
+//!
+//! Roadmap stage 4, "a client that knows every server". It finds the leader (from a
+//! `not_leader` hint, or by asking `status`), retries what is safe to retry with backoff, and
+//! tags every write with its session's `client`/`seq` so that a retry after an unknown
+//! outcome is applied at most once by a server that deduplicates.
+//!
+//! | answer or failure                     | what the client does                                 |
+//! |---------------------------------------|------------------------------------------------------|
+//! | `not_leader` with a leader address    | retry there at once                                  |
+//! | `not_leader` without, `unavailable`   | back off, try the next member                        |
+//! | cannot connect                        | try the next member, backing off after a full round  |
+//! | `timeout`, connection lost, no answer | the outcome is unknown: back off, retry, same `seq`  |
+//! | `bad_request`, `too_large`            | give up at once: retrying cannot help                |
+//!
+//! Writes of one `ClusterClient` are sequential (`&mut self`): a server keeps only the last
+//! `seq` of each client, so a session has at most one write in flight. Run one
+//! `ClusterClient` per concurrent worker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kv_server::protocol::{
+    CasOutcome, Command, Consistency, ErrorCode, NodeId, Op, Reply, Role, Session, Status,
+    WriteOutcome,
+};
+use rand::Rng;
+use tokio::time::{Instant, timeout};
+use tracing::debug;
+
+use crate::{Client, Error};
+
+/// How hard [`ClusterClient`] tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Give up on a request after this long, all retries included.
+    pub deadline: Duration,
+    /// Wait for one answer at most this long before treating the node as unresponsive.
+    pub request_timeout: Duration,
+    /// First pause between retries; doubled after each, with jitter.
+    pub initial_backoff: Duration,
+    /// Longest pause between retries.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            deadline: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A client of a whole cluster. See the module documentation for its retry rules.
+#[derive(Debug)]
+pub struct ClusterClient {
+    members: Vec<String>,
+    leader: Option<String>,
+    /// Which member to try next when the leader is unknown.
+    next: usize,
+    connections: HashMap<String, Client>,
+    client_id: String,
+    next_seq: u64,
+    policy: RetryPolicy,
+}
+
+impl ClusterClient {
+    /// A client of the cluster whose members include `addrs` (at least one).
+    pub fn new(addrs: Vec<String>, policy: RetryPolicy) -> ClusterClient {
+        assert!(
+            !addrs.is_empty(),
+            "a cluster client needs at least one address"
+        );
+        let client_id = format!("kvc-{}-{:016x}", std::process::id(), rand::random::<u64>());
+        ClusterClient {
+            leader: (addrs.len() == 1).then(|| addrs[0].clone()),
+            members: addrs,
+            next: 0,
+            connections: HashMap::new(),
+            client_id,
+            next_seq: 1,
+            policy,
+        }
+    }
+
+    /// The session name this client tags its writes with.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The address currently believed to be the leader.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    /// Reads `key`; `consistency` says whether a stale local read is acceptable.
+    pub async fn get(
+        &mut self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<String>, Error> {
+        match self
+            .execute(Op::Get {
+                key: key.to_owned(),
+                consistency,
+            })
+            .await?
+        {
+            Reply::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        self.write(Command::Put {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes `key`; says whether it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, Error> {
+        match self
+            .write(Command::Delete {
+                key: key.to_owned(),
+            })
+            .await?
+        {
+            WriteOutcome::Delete { existed } => Ok(existed),
+            other => Err(unexpected(Reply::Write(other))),
+        }
+    }
+
+    /// Sets `key` to `value` if it holds `expected` (`None`: if absent).
+    pub async fn cas(
+        &mut self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<CasOutcome, Error> {
+        let command = Command::Cas {
+            key: key.to_owned(),
+            expected: expected.map(str::to_owned),
+            value: value.to_owned(),
+        };
+        match self.write(command).await? {
+            WriteOutcome::Cas(outcome) => Ok(outcome),
+            other => Err(unexpected(Reply::Write(other))),
+        }
+    }
+
+    /// The status of the node at `addr` (no retries, no redirection).
+    pub async fn status_of(&mut self, addr: &str) -> Result<Status, Error> {
+        let client = self.connection(addr).await?;
+        match timeout(self.policy.request_timeout, client.request(Op::Status)).await {
+            Ok(Ok(Reply::Status(status))) => Ok(*status),
+            Ok(Ok(other)) => Err(unexpected(other)),
+            Ok(Err(error)) => {
+                self.forget(addr, &error);
+                Err(error)
+            }
+            Err(_) => {
+                self.connections.remove(addr);
+                Err(Error::RequestTimeout(self.policy.request_timeout))
+            }
+        }
+    }
+
+    /// Adds node `id` at `addr`, through the leader.
+    pub async fn add_member(&mut self, id: NodeId, addr: &str) -> Result<(), Error> {
+        self.execute(Op::AddMember {
+            id,
+            addr: addr.to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes node `id`, through the leader.
+    pub async fn remove_member(&mut self, id: NodeId) -> Result<(), Error> {
+        self.execute(Op::RemoveMember { id }).await.map(|_| ())
+    }
+
+    /// Asks the members for the leader's address and remembers it. `None` when no member
+    /// knows one right now.
+    pub async fn find_leader(&mut self) -> Option<String> {
+        for addr in self.members.clone() {
+            let Ok(status) = self.status_of(&addr).await else {
+                continue;
+            };
+            let found = match status.role {
+                Role::Leader | Role::Standalone => Some(addr),
+                _ => status.leader_addr,
+            };
+            if found.is_some() {
+                self.leader.clone_from(&found);
+                return found;
+            }
+        }
+        None
+    }
+
+    async fn write(&mut self, command: Command) -> Result<WriteOutcome, Error> {
+        let session = Session {
+            client: self.client_id.clone(),
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        match self
+            .execute(Op::Write {
+                command,
+                session: Some(session),
+            })
+            .await?
+        {
+            Reply::Write(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `op` to the leader until it succeeds, fails for good, or the deadline passes.
+    /// Every retry of a write resends the same op, and so the same `seq`.
+    pub async fn execute(&mut self, op: Op) -> Result<Reply, Error> {
+        let deadline = Instant::now() + self.policy.deadline;
+        let mut backoff = self.policy.initial_backoff;
+        let mut outcome_unknown = false;
+        if self.leader.is_none() {
+            self.find_leader().await;
+        }
+        loop {
+            let addr = self.target();
+            let error = match self.attempt(&addr, op.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(error) => error,
+            };
+            debug!(%addr, %error, "attempt failed");
+            outcome_unknown |= error.outcome_unknown();
+            let retry_at_once = match &error {
+                Error::Server(failure) => match failure.code {
+                    ErrorCode::BadRequest | ErrorCode::TooLarge => return Err(error),
+                    ErrorCode::NotLeader => match &failure.leader {
+                        Some(leader) if *leader != addr => {
+                            self.leader = Some(leader.clone());
+                            true
+                        }
+                        _ => {
+                            self.leader = None;
+                            false
+                        }
+                    },
+                    ErrorCode::Unavailable => {
+                        self.leader = None;
+                        false
+                    }
+                    ErrorCode::Timeout => false,
+                },
+                Error::Protocol(_) => return Err(error),
+                Error::Connect { .. } | Error::ConnectionLost(_) | Error::RequestTimeout(_) => {
+                    self.leader = None;
+                    // Another member may answer at once; pause only after a full round.
+                    !self.next.is_multiple_of(self.members.len())
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(if outcome_unknown && matches!(op, Op::Write { .. }) {
+                    Error::Server(kv_server::protocol::Failure::timeout(format!(
+                        "gave up after {:?}; the write may or may not have taken effect (last error: {error})",
+                        self.policy.deadline
+                    )))
+                } else {
+                    error
+                });
+            }
+            if !retry_at_once {
+                let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                tokio::time::sleep(jittered.min(deadline - Instant::now())).await;
+                backoff = (backoff * 2).min(self.policy.max_backoff);
+            }
+        }
+    }
+
+    /// The address to send to: the leader if known, else the next member in turn.
+    fn target(&mut self) -> String {
+        if let Some(leader) = &self.leader {
+            return leader.clone();
+        }
+        let addr = self.members[self.next % self.members.len()].clone();
+        self.next += 1;
+        addr
+    }
+
+    async fn attempt(&mut self, addr: &str, op: Op) -> Result<Reply, Error> {
+        if !self.members.iter().any(|m| m == addr) {
+            // A leader hint may name a member the user did not list.
+            self.members.push(addr.to_owned());
+        }
+        let client = self.connection(addr).await?;
+        let result = match timeout(self.policy.request_timeout, client.request(op)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::RequestTimeout(self.policy.request_timeout)),
+        };
+        if let Err(error) = &result {
+            self.forget(addr, error);
+        }
+        result
+    }
+
+    async fn connection(&mut self, addr: &str) -> Result<Client, Error> {
+        if let Some(client) = self.connections.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = timeout(self.policy.request_timeout, Client::connect(addr))
+            .await
+            .map_err(|_| Error::Connect {
+                addr: addr.to_owned(),
+                source: std::io::ErrorKind::TimedOut.into(),
+            })??;
+        self.connections.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops the cached connection to `addr` when `error` means it can no longer be trusted.
+    fn forget(&mut self, addr: &str, error: &Error) {
+        if !matches!(error, Error::Server(_)) {
+            self.connections.remove(addr);
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Protocol(format!("unexpected reply {reply:?}"))
+}

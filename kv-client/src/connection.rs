@@ -1,0 +1,121 @@
+//! [`Connection`]: one TCP connection, no background task, the caller drives it.
+//!
+//! The building block of [`crate::Client`], and what the load generator uses directly so that
+//! measuring a server costs as little client work as possible. A connection may have many
+//! requests outstanding: [`Connection::send`] queues one, [`Connection::flush`] writes the
+//! queue, [`Connection::recv`] reads the oldest answer. It remembers what it sent, so each
+//! answer is checked against its request's id and read as the right kind of reply.
+
+use std::collections::VecDeque;
+
+use futures::{SinkExt, StreamExt};
+use kv_server::codec::JsonLinesCodec;
+use kv_server::protocol::{Limits, OpKind, Outcome, Request, RequestId, WireResponse};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::Error;
+
+/// A client connection with pipelining.
+#[derive(Debug)]
+pub struct Connection {
+    reader: FramedRead<OwnedReadHalf, JsonLinesCodec>,
+    writer: FramedWrite<OwnedWriteHalf, JsonLinesCodec>,
+    /// Sent and unanswered, oldest first: the id the answer must echo, and its kind.
+    outstanding: VecDeque<(Option<RequestId>, OpKind)>,
+    addr: String,
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Result<Connection, Error> {
+        let connect_error = |source| Error::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let (reader, writer) = stream.into_split();
+        // Responses carry at most one value plus a little framing, so the request line limit
+        // is a generous bound for them too.
+        let codec = JsonLinesCodec::new(Limits::default().max_line_bytes);
+        Ok(Connection {
+            reader: FramedRead::new(reader, codec.clone()),
+            writer: FramedWrite::new(writer, codec),
+            outstanding: VecDeque::new(),
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Queues `request`; it is written by the next [`Connection::flush`] (or sooner, when the
+    /// write buffer fills).
+    pub async fn send(&mut self, request: &Request) -> Result<(), Error> {
+        self.writer.feed(request).await.map_err(lost)?;
+        self.outstanding
+            .push_back((request.wire_id(), request.op.kind()));
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        SinkExt::<&Request>::flush(&mut self.writer)
+            .await
+            .map_err(lost)
+    }
+
+    /// How many requests were sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Reads the answer to the oldest outstanding request. Cancel-safe: dropping the future
+    /// before it completes loses no answer.
+    pub async fn recv(&mut self) -> Result<Outcome, Error> {
+        let Some((id, kind)) = self.outstanding.front().cloned() else {
+            return Err(Error::Protocol("recv with no request outstanding".into()));
+        };
+        let line = match self.reader.next().await {
+            Some(Ok(line)) => line,
+            Some(Err(error)) => return Err(lost(error)),
+            None => return Err(Error::ConnectionLost("closed by the server".into())),
+        };
+        self.outstanding.pop_front();
+        let wire: WireResponse = serde_json::from_slice(&line).map_err(|e| {
+            Error::Protocol(format!(
+                "unreadable response {:?}: {e}",
+                String::from_utf8_lossy(&line)
+            ))
+        })?;
+        // A line without an id answers a request the server could not read (an oversized
+        // line); otherwise the id must be the one sent.
+        if wire.id.is_some() && wire.id != id {
+            return Err(Error::Protocol(format!(
+                "answer for id {:?} arrived where id {id:?} was expected",
+                wire.id
+            )));
+        }
+        wire.into_outcome(kind)
+            .map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Sends one request and waits for its answer. Refused while other requests are
+    /// outstanding, since their answers come first.
+    pub async fn call(&mut self, request: &Request) -> Result<Outcome, Error> {
+        if !self.outstanding.is_empty() {
+            return Err(Error::Protocol("call with requests outstanding".into()));
+        }
+        self.send(request).await?;
+        self.flush().await?;
+        self.recv().await
+    }
+}
+
+fn lost(error: kv_server::codec::CodecError) -> Error {
+    Error::ConnectionLost(error.to_string())
+}

@@ -1,0 +1,252 @@
+//! `kv-client`: the command line for limecached (stage 1).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kv_client::bench::{self, BenchConfig, Length, Workload};
+use kv_client::{ClusterClient, Error, RetryPolicy, status_table};
+use kv_server::protocol::{CasOutcome, Consistency};
+
+/// Talk to a limecached server or cluster.
+///
+/// Exit status: 0 done, 1 error (one line on stderr), 2 bad usage, 3 `cas` did not swap.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Server address, or a comma-separated list of cluster members (the client finds the
+    /// leader among them and retries).
+    #[arg(
+        long,
+        env = "KV_ADDR",
+        default_value = "127.0.0.1:7000",
+        value_delimiter = ',',
+        global = true
+    )]
+    addr: Vec<String>,
+    /// Give up after this many seconds, retries included.
+    #[arg(long, default_value_t = 10.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the value of KEY, or `(nil)` when absent.
+    Get {
+        /// The key.
+        key: String,
+        /// Accept a possibly out-of-date value from whichever node answers.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Remove KEY.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to NEW if it holds OLD: `cas KEY OLD NEW`, or `cas --absent KEY NEW` to set it
+    /// only if absent. Exits with 3 when nothing was swapped.
+    Cas {
+        /// Swap only if KEY is absent (then give just KEY and NEW).
+        #[arg(long)]
+        absent: bool,
+        /// KEY OLD NEW, or KEY NEW with --absent.
+        #[arg(required = true, num_args = 2..=3, value_names = ["KEY", "OLD", "NEW"])]
+        args: Vec<String>,
+    },
+    /// Show every member: id, address, role, term, commit and applied index, lag.
+    Status,
+    /// Run a load generator against the server (or the cluster's leader).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Requests in all (default 100000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Run for this many seconds instead of a number of requests.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Which requests to send.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Put)]
+    workload: WorkloadArg,
+    /// For --workload mixed: the share of gets, 0 to 1.
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    /// Send gets with "consistency":"stale".
+    #[arg(long)]
+    stale: bool,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    Put,
+    Get,
+    Mixed,
+}
+
+/// What a command prints on stdout, and its exit status.
+struct Output(String, u8);
+
+impl From<String> for Output {
+    fn from(text: String) -> Self {
+        Output(text, 0)
+    }
+}
+
+/// A failed command: the one line for stderr, and the exit status.
+struct Failure(String, u8);
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure(error.to_string(), 1)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(Output(text, code)) => {
+            print!("{text}");
+            ExitCode::from(code)
+        }
+        Err(Failure(message, code)) => {
+            eprintln!("kv-client: {}", message.lines().next().unwrap_or_default());
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<Output, Failure> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        return Err(Failure(
+            "--timeout must be a positive number of seconds".into(),
+            2,
+        ));
+    }
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs_f64(cli.timeout),
+        ..RetryPolicy::default()
+    };
+    let mut client = ClusterClient::new(cli.addr.clone(), policy);
+    match cli.command {
+        Cmd::Get { key, stale } => {
+            let consistency = if stale {
+                Consistency::Stale
+            } else {
+                Consistency::Linearizable
+            };
+            let value = client.get(&key, consistency).await?;
+            Ok(format!("{}\n", value.as_deref().unwrap_or("(nil)")).into())
+        }
+        Cmd::Put { key, value } => {
+            client.put(&key, &value).await?;
+            Ok("OK\n".to_owned().into())
+        }
+        Cmd::Delete { key } => Ok(match client.delete(&key).await? {
+            true => "deleted\n".to_owned().into(),
+            false => "(not found)\n".to_owned().into(),
+        }),
+        Cmd::Cas { absent, args } => {
+            let (key, old, new) = match (absent, args.as_slice()) {
+                (false, [key, old, new]) => (key, Some(old.as_str()), new),
+                (true, [key, new]) => (key, None, new),
+                (false, _) => {
+                    return Err(Failure(
+                        "cas takes KEY OLD NEW (or --absent KEY NEW)".into(),
+                        2,
+                    ));
+                }
+                (true, _) => return Err(Failure("cas --absent takes KEY NEW".into(), 2)),
+            };
+            match client.cas(key, old, new).await? {
+                CasOutcome::Swapped => Ok("swapped\n".to_owned().into()),
+                CasOutcome::Mismatch { current } => {
+                    let current =
+                        current.map_or("is absent".to_owned(), |v| format!("holds {v:?}"));
+                    Ok(Output(format!("not swapped: the key {current}\n"), 3))
+                }
+            }
+        }
+        Cmd::Status => {
+            let rows = status_table::collect(&mut client, &cli.addr).await;
+            if rows.iter().all(|r| r.status.is_err()) {
+                let why = rows.first().and_then(|r| r.status.as_ref().err()).cloned();
+                return Err(Failure(
+                    why.unwrap_or_else(|| "no member answered".into()),
+                    1,
+                ));
+            }
+            Ok(status_table::render(&rows).into())
+        }
+        Cmd::Bench(args) => bench(cli.addr, args).await,
+    }
+}
+
+async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
+    let usage = |m: &str| Err(Failure(m.into(), 2));
+    if args.clients == 0 || args.pipeline == 0 || args.keys == 0 {
+        return usage("--clients, --pipeline and --keys must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return usage("--read-ratio must be between 0 and 1");
+    }
+    let length = match (args.requests, args.duration) {
+        (_, Some(secs)) if secs.is_finite() && secs > 0.0 => {
+            Length::Duration(Duration::from_secs_f64(secs))
+        }
+        (_, Some(_)) => return usage("--duration must be a positive number of seconds"),
+        (Some(n), None) => Length::Requests(n),
+        (None, None) => Length::Requests(100_000),
+    };
+    let workload = match args.workload {
+        WorkloadArg::Put => Workload::Put,
+        WorkloadArg::Get => Workload::Get,
+        WorkloadArg::Mixed => Workload::Mixed {
+            read_ratio: args.read_ratio,
+        },
+    };
+    let config = BenchConfig {
+        addrs,
+        clients: args.clients,
+        pipeline: args.pipeline,
+        length,
+        keys: args.keys,
+        value_size: args.value_size,
+        workload,
+        stale_reads: args.stale,
+    };
+    let report = bench::run(config).await?;
+    Ok(if args.json {
+        format!("{}\n", report.json())
+    } else {
+        report.table()
+    }
+    .into())
+}

@@ -1,0 +1,168 @@
+//! `kv-client status`: asks every member for its status and prints one row per member.
+
+use std::fmt::Write;
+
+use kv_server::protocol::Status;
+
+use crate::ClusterClient;
+
+/// One member's answer, or why there was none.
+#[derive(Debug)]
+pub struct Row {
+    /// The address asked.
+    pub addr: String,
+    /// Its status, or the error met asking for it.
+    pub status: Result<Status, String>,
+}
+
+/// Asks each address in `addrs`, and every member those answers list, for its status.
+pub async fn collect(client: &mut ClusterClient, addrs: &[String]) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut queue: Vec<String> = addrs.to_vec();
+    while let Some(addr) = queue.pop() {
+        if rows.iter().any(|r| r.addr == addr) {
+            continue;
+        }
+        let status = client.status_of(&addr).await.map_err(|e| e.to_string());
+        if let Ok(status) = &status {
+            let members = status.members.iter().flatten();
+            queue.extend(
+                members
+                    .map(|m| m.addr.clone())
+                    .filter(|a| !addrs.contains(a)),
+            );
+        }
+        rows.push(Row { addr, status });
+    }
+    rows.sort_by_key(|r| (r.status.as_ref().ok().and_then(|s| s.id), r.addr.clone()));
+    rows
+}
+
+/// The rows as an aligned table, and a line naming the leader. Lag is how far a node's
+/// applied index trails the highest commit index any node reported.
+pub fn render(rows: &[Row]) -> String {
+    let top_commit = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok()?.commit_index)
+        .max();
+    let dash = || "-".to_owned();
+    let show = |n: Option<u64>| n.map_or_else(dash, |n| n.to_string());
+    let mut table =
+        vec![["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"].map(String::from)];
+    for row in rows {
+        table.push(match &row.status {
+            Ok(s) => [
+                s.id.map_or_else(dash, |id| id.to_string()),
+                row.addr.clone(),
+                s.role.to_string(),
+                show(s.term),
+                show(s.commit_index),
+                show(s.last_applied),
+                show(
+                    top_commit
+                        .zip(s.last_applied)
+                        .map(|(top, applied)| top.saturating_sub(applied)),
+                ),
+            ],
+            Err(error) => [
+                dash(),
+                row.addr.clone(),
+                format!("unreachable ({error})"),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for cells in &table {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let leader = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .find_map(|s| {
+            Some(format!(
+                "leader: {} at {}",
+                s.leader?,
+                s.leader_addr.as_deref().unwrap_or("?")
+            ))
+        });
+    if let Some(leader) = leader {
+        let _ = writeln!(out, "{leader}");
+    } else if rows
+        .iter()
+        .all(|r| r.status.as_ref().is_ok_and(|s| s.term.is_some()))
+    {
+        let _ = writeln!(out, "no leader known");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_server::protocol::{NodeId, Role};
+
+    use super::*;
+
+    fn node(id: u64, role: Role, commit: u64, applied: u64) -> Status {
+        Status {
+            id: Some(NodeId(id)),
+            role,
+            term: Some(3),
+            leader: Some(NodeId(1)),
+            leader_addr: Some("127.0.0.1:7001".into()),
+            commit_index: Some(commit),
+            last_applied: Some(applied),
+            members: None,
+        }
+    }
+
+    #[test]
+    fn renders_lag_against_the_highest_commit_index_and_names_the_leader() {
+        let rows = vec![
+            Row {
+                addr: "127.0.0.1:7001".into(),
+                status: Ok(node(1, Role::Leader, 10, 10)),
+            },
+            Row {
+                addr: "127.0.0.1:7002".into(),
+                status: Ok(node(2, Role::Follower, 9, 7)),
+            },
+            Row {
+                addr: "127.0.0.1:7003".into(),
+                status: Err("connection refused".into()),
+            },
+        ];
+        let expected = "\
+ID  ADDRESS         ROLE                              TERM  COMMIT  APPLIED  LAG
+1   127.0.0.1:7001  leader                            3     10      10       0
+2   127.0.0.1:7002  follower                          3     9       7        3
+-   127.0.0.1:7003  unreachable (connection refused)  -     -       -        -
+leader: 1 at 127.0.0.1:7001
+";
+        assert_eq!(render(&rows), expected);
+    }
+
+    #[test]
+    fn a_standalone_server_is_one_row_of_dashes() {
+        let rows = vec![Row {
+            addr: "127.0.0.1:7000".into(),
+            status: Ok(Status::standalone()),
+        }];
+        let expected = "\
+ID  ADDRESS         ROLE        TERM  COMMIT  APPLIED  LAG
+-   127.0.0.1:7000  standalone  -     -       -        -
+";
+        assert_eq!(render(&rows), expected);
+    }
+}

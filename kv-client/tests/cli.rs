@@ -1,0 +1,191 @@
+//! The `kv-client` binary as a user runs it, against a real kv-server.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn kv_client(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv-client"))
+        .args(["--addr", addr, "--timeout", "2"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[test]
+fn every_command_prints_what_a_person_wants_and_exits_accordingly() {
+    let addr = common::background_standalone();
+    let run = |args: &[&str]| {
+        let out = kv_client(&addr, args);
+        (stdout(&out), out.status.code().unwrap())
+    };
+    assert_eq!(run(&["get", "k"]), ("(nil)\n".into(), 0));
+    assert_eq!(run(&["put", "k", "hello world"]), ("OK\n".into(), 0));
+    assert_eq!(run(&["get", "k"]), ("hello world\n".into(), 0));
+    assert_eq!(run(&["get", "--stale", "k"]), ("hello world\n".into(), 0));
+    assert_eq!(
+        run(&["cas", "k", "nope", "x"]),
+        ("not swapped: the key holds \"hello world\"\n".into(), 3)
+    );
+    assert_eq!(
+        run(&["cas", "k", "hello world", "x"]),
+        ("swapped\n".into(), 0)
+    );
+    assert_eq!(
+        run(&["cas", "--absent", "k", "y"]),
+        ("not swapped: the key holds \"x\"\n".into(), 3)
+    );
+    assert_eq!(run(&["delete", "k"]), ("deleted\n".into(), 0));
+    assert_eq!(run(&["delete", "k"]), ("(not found)\n".into(), 0));
+    assert_eq!(run(&["cas", "--absent", "k", "y"]), ("swapped\n".into(), 0));
+    assert_eq!(run(&["cas", "--absent", "missing", "y"]).1, 0);
+    assert_eq!(run(&["cas", "k", "gone", "z"]).1, 3);
+}
+
+#[test]
+fn status_prints_a_table() {
+    let addr = common::background_standalone();
+    let out = kv_client(&addr, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("ID  ADDRESS"), "{text}");
+    let row = lines.next().unwrap();
+    assert!(row.contains(&addr) && row.contains("standalone"), "{text}");
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_with_a_failure_exit() {
+    let addr = common::background_standalone();
+    let long_key = "k".repeat(5000);
+    let out = kv_client(&addr, &["get", &long_key]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(
+        stderr(&out).starts_with("kv-client: too_large"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = Command::new(env!("CARGO_BIN_EXE_kv-client"))
+        .args(["--addr", &closed_addr, "--timeout", "0.2", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let addr = common::background_standalone();
+    assert_eq!(kv_client(&addr, &["cas", "k", "v"]).status.code(), Some(2));
+    assert_eq!(
+        kv_client(&addr, &["cas", "--absent", "k", "old", "new"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(kv_client(&addr, &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        kv_client(&addr, &["bench", "--clients", "0"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        kv_client(
+            &addr,
+            &["bench", "--workload", "mixed", "--read-ratio", "2"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn bench_reports_a_table_and_a_json_line() {
+    let addr = common::background_standalone();
+    let out = kv_client(
+        &addr,
+        &[
+            "bench",
+            "--requests",
+            "2000",
+            "--clients",
+            "4",
+            "--pipeline",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("2000 ok, 0 failed"), "{table}");
+    for column in ["p50", "p90", "p99", "p99.9", "max"] {
+        assert!(table.contains(column), "{table}");
+    }
+
+    let out = kv_client(
+        &addr,
+        &[
+            "bench",
+            "--requests",
+            "3000",
+            "--clients",
+            "3",
+            "--workload",
+            "mixed",
+            "--read-ratio",
+            "0.5",
+            "--keys",
+            "50",
+            "--value-size",
+            "10",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["ok"], 3000);
+    assert_eq!(report["failed"], serde_json::json!({}));
+    assert_eq!(report["workload"], "mixed");
+    assert_eq!(report["clients"], 3);
+    assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0);
+    let p = |name: &str| report[name].as_u64().unwrap();
+    assert!(
+        p("p50_us") <= p("p90_us")
+            && p("p90_us") <= p("p99_us")
+            && p("p99_us") <= p("p999_us")
+            && p("p999_us") <= p("max_us")
+    );
+
+    // The preload wrote every key, so a get run finds values: the server holds 50 keys.
+    let out = kv_client(&addr, &["get", "key:000000000049"]);
+    assert_eq!(stdout(&out), format!("{}\n", "x".repeat(10)));
+}
+
+#[test]
+fn bench_for_a_duration_stops_by_itself() {
+    let addr = common::background_standalone();
+    let out = kv_client(
+        &addr,
+        &["bench", "--duration", "0.3", "--clients", "2", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(report["ok"].as_u64().unwrap() > 0);
+    assert!(report["seconds"].as_f64().unwrap() >= 0.3);
+}

@@ -1,0 +1,143 @@
+//! `Connection` and `Client` against a real kv-server: pipelining, ordering, and what happens
+//! when the server goes away.
+
+mod common;
+
+use common::Server;
+use kv_client::{Client, Connection, Error};
+use kv_server::protocol::{Command, Consistency, Op, Reply, Request, RequestId, WriteOutcome};
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Write {
+        command: Command::Put {
+            key: key.into(),
+            value: value.into(),
+        },
+        session: None,
+    }
+}
+
+fn get(key: &str) -> Op {
+    Op::Get {
+        key: key.into(),
+        consistency: Consistency::Linearizable,
+    }
+}
+
+#[tokio::test]
+async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
+    let server = Server::standalone().await;
+    let mut conn = Connection::connect(&server.addr()).await.unwrap();
+    for i in 0..100u64 {
+        conn.send(&Request {
+            id: Some(RequestId::from(i)),
+            op: put(&format!("k{i}"), "v"),
+        })
+        .await
+        .unwrap();
+        conn.send(&Request {
+            id: Some(RequestId::String(format!("g{i}"))),
+            op: get(&format!("k{i}")),
+        })
+        .await
+        .unwrap();
+    }
+    conn.flush().await.unwrap();
+    assert_eq!(conn.outstanding(), 200);
+    for _ in 0..100 {
+        assert_eq!(
+            conn.recv().await.unwrap(),
+            Ok(Reply::Write(WriteOutcome::Put))
+        );
+        assert_eq!(
+            conn.recv().await.unwrap(),
+            Ok(Reply::Value(Some("v".into())))
+        );
+    }
+    assert_eq!(conn.outstanding(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_refuses_recv_and_call_out_of_turn() {
+    let server = Server::standalone().await;
+    let mut conn = Connection::connect(&server.addr()).await.unwrap();
+    assert!(matches!(conn.recv().await, Err(Error::Protocol(_))));
+    conn.send(&Request {
+        id: None,
+        op: get("k"),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        conn.call(&Request {
+            id: None,
+            op: get("k")
+        })
+        .await,
+        Err(Error::Protocol(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
+    let server = Server::standalone().await;
+    let client = Client::connect(&server.addr()).await.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                client.request(put(&key, &i.to_string())).await.unwrap();
+                client.request(get(&key)).await.unwrap()
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), Reply::Value(Some(i.to_string())));
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_answers_not_connection_failures() {
+    let server = Server::standalone().await;
+    let client = Client::connect(&server.addr()).await.unwrap();
+    let error = client
+        .request(Op::RemoveMember {
+            id: kv_server::protocol::NodeId(3),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(kv_server::protocol::ErrorCode::BadRequest)
+    );
+    // The connection is still usable.
+    assert_eq!(client.request(get("k")).await.unwrap(), Reply::Value(None));
+}
+
+#[tokio::test]
+async fn calls_fail_with_connection_lost_when_the_server_goes_away() {
+    let server = Server::standalone().await;
+    let client = Client::connect(&server.addr()).await.unwrap();
+    client.request(put("k", "v")).await.unwrap();
+    drop(server);
+    // The server closes idle connections on shutdown; the next call must fail, not hang.
+    let error = loop {
+        match client.request(get("k")).await {
+            Ok(_) => tokio::task::yield_now().await,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::ConnectionLost(_)), "{error}");
+    assert!(error.outcome_unknown());
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let error = Client::connect(&addr).await.unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error}");
+    assert!(!error.outcome_unknown());
+}

@@ -1,0 +1,257 @@
+//! `ClusterClient` against scripted nodes: it follows leader hints, asks `status` when it has
+//! none, backs off on `unavailable`, retries unknown outcomes with the same `seq`, and gives
+//! up at once on errors a retry cannot fix.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Scripted, Server};
+use kv_client::{ClusterClient, Error, RetryPolicy};
+use kv_server::protocol::{
+    Command, Consistency, ErrorCode, Failure, NodeId, Op, Outcome, Reply, Role, Session, Status,
+    WriteOutcome,
+};
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+fn status(role: Role, leader_addr: Option<String>) -> Outcome {
+    Ok(Reply::Status(Box::new(Status {
+        role,
+        leader_addr,
+        term: Some(1),
+        ..Status::standalone()
+    })))
+}
+
+#[tokio::test]
+async fn follows_a_not_leader_hint_to_the_leader() {
+    let leader = Server::standalone().await;
+    let hint = leader.addr();
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Follower, None),
+        _ => Err(Failure::not_leader(Some(hint.clone()))),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![follower.addr()], quick());
+    client.put("k", "v").await.unwrap();
+    assert_eq!(client.leader(), Some(leader.addr().as_str()));
+    assert_eq!(
+        client
+            .get("k", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test]
+async fn finds_the_leader_through_status_when_given_several_members() {
+    let leader = Server::standalone().await;
+    let leader_addr = leader.addr();
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Follower, Some(leader_addr.clone())),
+        _ => panic!("requests must go to the leader once it is known"),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![follower.addr(), leader.addr()], quick());
+    assert_eq!(client.find_leader().await, Some(leader.addr()));
+    client.put("k", "v").await.unwrap();
+}
+
+#[tokio::test]
+async fn skips_a_member_that_is_down() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    let up = Server::standalone().await;
+    let mut client = ClusterClient::new(vec![down_addr, up.addr()], quick());
+    client.put("k", "v").await.unwrap();
+    assert_eq!(
+        client
+            .get("k", Consistency::Stale)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test]
+async fn retries_unavailable_until_the_cluster_recovers() {
+    let calls = Arc::new(Mutex::new(0));
+    let seen = calls.clone();
+    let node = Server::start(Scripted(move |op| {
+        let mut n = seen.lock().unwrap();
+        *n += 1;
+        match op {
+            Op::Status => status(Role::Candidate, None),
+            _ if *n < 5 => Err(Failure::unavailable("electing")),
+            _ => Ok(Reply::Write(WriteOutcome::Put)),
+        }
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    client.put("k", "v").await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 5);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_retried_with_the_same_session_and_seq() {
+    // The node answers `timeout` to the first attempt of each write and records every
+    // (client, seq) it sees; retries must repeat the pair, new writes must advance seq.
+    let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
+    let seen = sessions.clone();
+    let node = Server::start(Scripted(move |op| match op {
+        Op::Write {
+            session: Some(session),
+            ..
+        } => {
+            let mut seen = seen.lock().unwrap();
+            let retry = seen.last() == Some(&session);
+            seen.push(session);
+            if retry {
+                Ok(Reply::Write(WriteOutcome::Put))
+            } else {
+                Err(Failure::timeout("lost"))
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    client.put("a", "1").await.unwrap();
+    client.put("b", "2").await.unwrap();
+    let sessions = sessions.lock().unwrap();
+    let id = client.client_id().to_owned();
+    let expected: Vec<Session> = [1, 1, 2, 2]
+        .iter()
+        .map(|&seq| Session {
+            client: id.clone(),
+            seq,
+        })
+        .collect();
+    assert_eq!(*sessions, expected);
+}
+
+#[tokio::test]
+async fn bad_requests_are_not_retried() {
+    let calls = Arc::new(Mutex::new(0));
+    let seen = calls.clone();
+    let node = Server::start(Scripted(move |_| {
+        *seen.lock().unwrap() += 1;
+        Err(Failure::too_large("key too long"))
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::TooLarge));
+    assert_eq!(*calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_write_whose_outcome_stays_unknown_ends_in_timeout_at_the_deadline() {
+    let node = Server::start(Scripted(|_| Err(Failure::timeout("no quorum")))).await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(100),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![node.addr()], policy);
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout));
+    assert!(error.outcome_unknown());
+}
+
+#[tokio::test]
+async fn a_read_that_keeps_failing_reports_the_last_error() {
+    let node = Server::start(Scripted(|op| match op {
+        Op::Status => status(Role::Candidate, None),
+        _ => Err(Failure::unavailable("no leader")),
+    }))
+    .await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(100),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![node.addr()], policy);
+    let error = client
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+}
+
+#[tokio::test]
+async fn typed_operations_round_trip_through_a_real_server() {
+    let server = Server::standalone().await;
+    let mut client = ClusterClient::new(vec![server.addr()], quick());
+    assert_eq!(
+        client.get("k", Consistency::Linearizable).await.unwrap(),
+        None
+    );
+    client.put("k", "v").await.unwrap();
+    use kv_server::protocol::CasOutcome;
+    assert_eq!(
+        client.cas("k", Some("x"), "y").await.unwrap(),
+        CasOutcome::Mismatch {
+            current: Some("v".into())
+        }
+    );
+    assert_eq!(
+        client.cas("k", Some("v"), "w").await.unwrap(),
+        CasOutcome::Swapped
+    );
+    assert_eq!(
+        client.cas("new", None, "1").await.unwrap(),
+        CasOutcome::Swapped
+    );
+    assert!(client.delete("k").await.unwrap());
+    assert!(!client.delete("k").await.unwrap());
+    assert_eq!(
+        client.status_of(&server.addr()).await.unwrap().role,
+        Role::Standalone
+    );
+    let error = client
+        .add_member(NodeId(2), "127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        Error::Server(Failure {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_is_abandoned_after_the_request_timeout() {
+    // Accepts connections but never reads: every request times out, and a write's outcome
+    // is then unknown.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(50),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![addr], policy);
+    let error = client
+        .execute(Op::Write {
+            command: Command::Delete { key: "k".into() },
+            session: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    drop(silent);
+}
