@@ -5,12 +5,17 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// A log line that cannot be written (stderr closed by whoever started the process) is
+/// dropped: the subscriber's own fallback would `eprintln!` the failure, which panics when
+/// stderr is closed, and a server must not die because its log pipe went away.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .init();
 }
 

@@ -60,6 +60,25 @@ fn serves_then_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn a_closed_stderr_does_not_kill_the_server() {
+    let mut child = kv_server()
+        .args(["--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    listening_addr(&mut stderr);
+    drop(stderr);
+    // Shutting down logs two lines to the closed pipe; it must still exit cleanly.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status with stderr closed: {status}");
+}
+
+#[test]
 fn a_busy_port_is_one_clear_line_and_a_failure_exit() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
