@@ -1,5 +1,6 @@
 //! `kv-client`: the command line for limecached (stage 1).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -131,13 +132,16 @@ impl From<Error> for Failure {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Written without print!/eprintln!, which panic when the reader has gone away
+    // (`kv-client ... | head -c1`); a closed pipe is not worth a backtrace.
     match run(cli).await {
         Ok(Output(text, code)) => {
-            print!("{text}");
+            let _ = std::io::stdout().write_all(text.as_bytes());
             ExitCode::from(code)
         }
         Err(Failure(message, code)) => {
-            eprintln!("kv-client: {}", message.lines().next().unwrap_or_default());
+            let line = message.lines().next().unwrap_or_default();
+            let _ = writeln!(std::io::stderr(), "kv-client: {line}");
             ExitCode::from(code)
         }
     }
