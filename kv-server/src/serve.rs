@@ -69,6 +69,26 @@ pub async fn serve<H: Handler>(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    accept_loop(listener, shutdown, move |stream, stop| {
+        serve_client(stream, handler.clone(), config, stop)
+    })
+    .await
+}
+
+/// Accepts connections on `listener` and runs `on_connection` for each in its own task until
+/// `shutdown` completes; then cancels the token every connection was given and waits for all
+/// of them to end.
+///
+/// [`serve`] is this loop with [`serve_client`] for every connection; a node that also takes
+/// peer connections on the same port routes each connection itself.
+pub async fn accept_loop<F, C>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_connection: F,
+) where
+    F: FnMut(TcpStream, CancellationToken) -> C,
+    C: Future<Output = ()> + Send + 'static,
+{
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -77,8 +97,8 @@ pub async fn serve<H: Handler>(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let connection = serve_connection(stream, handler.clone(), config, stop.clone());
-                    connections.spawn(connection.instrument(tracing::debug_span!("client", %peer)));
+                    let connection = on_connection(stream, stop.clone());
+                    connections.spawn(connection.instrument(tracing::debug_span!("conn", %peer)));
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: wait for connections to close
@@ -95,7 +115,9 @@ pub async fn serve<H: Handler>(
     connections.wait().await;
 }
 
-async fn serve_connection<H: Handler>(
+/// Serves one client connection until the client closes it, it breaks, or `stop` is
+/// cancelled (then started requests are answered, within the drain timeout, and it closes).
+pub async fn serve_client<H: Handler>(
     mut stream: TcpStream,
     handler: Arc<H>,
     config: ServeConfig,

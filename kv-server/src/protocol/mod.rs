@@ -16,7 +16,9 @@ mod request;
 mod response;
 mod status;
 
-pub use request::{Command, Consistency, Limits, Op, OpKind, Request, RequestId, Session};
+pub use request::{
+    Command, Consistency, Limits, Op, OpKind, Request, RequestId, Session, is_host_port,
+};
 pub use response::{
     CasOutcome, ErrorCode, Failure, Outcome, Reply, Response, WireResponse, WireResponseError,
     WriteOutcome,

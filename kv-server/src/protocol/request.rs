@@ -411,12 +411,19 @@ fn node_id(id: Option<RequestId>) -> Result<NodeId, Failure> {
 }
 
 fn check_host_port(addr: &str) -> Result<(), Failure> {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(Failure::bad_request(format!(
+    if is_host_port(addr) {
+        Ok(())
+    } else {
+        Err(Failure::bad_request(format!(
             "`addr` must be host:port, not {addr:?}"
-        ))),
+        )))
     }
+}
+
+/// Whether `addr` has the shape `host:port` (a non-empty host and a valid port number).
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 impl Request {

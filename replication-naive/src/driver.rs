@@ -1,0 +1,179 @@
+//! The node driver: runs any [`Node`] for real, on tokio.
+//!
+//! One task owns the node, so the node needs no locks: it `select!`s over a tick interval,
+//! the peer inbox and client calls, and after each input sends what the node's [`Outbox`]
+//! holds (messages through the [`Transport`], replies to the waiting clients).
+//!
+//! ```text
+//!   clients ─┐                            ┌─▶ Transport ─▶ peers
+//!            ├─ accept_loop ─ route ─┐    │
+//!   peers ───┘  (one port)           ▼    │
+//!        serve_client ─ calls ─▶ node task (tick / step / request) ─▶ replies ─▶ clients
+//!        receive ─────── inbox ─▶
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_server::protocol::{Failure, NodeId, Op, Outcome};
+use kv_server::serve::{Handler, ServeConfig, accept_loop, serve_client};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::node::{Node, Outbox, RequestTag};
+use crate::transport::{self, Transport, TransportConfig};
+
+/// How the driver runs a node.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverConfig {
+    /// Real time per [`Node::tick`].
+    pub tick: Duration,
+    /// Client connections.
+    pub serve: ServeConfig,
+    /// Peer connections.
+    pub transport: TransportConfig,
+    /// Client requests waiting for the node task; past this, clients get `unavailable`.
+    pub call_queue: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            tick: Duration::from_millis(10),
+            serve: ServeConfig::default(),
+            transport: TransportConfig::default(),
+            call_queue: 8192,
+        }
+    }
+}
+
+type Call = (Op, oneshot::Sender<Outcome>);
+
+/// Runs `node` on `listener` (clients and peers both connect there) until `shutdown`
+/// completes; `peers` maps every member's id to its address. On shutdown, client connections
+/// are drained first, while the node still runs, so requests in flight can be answered.
+pub async fn run<N>(
+    node: N,
+    listener: TcpListener,
+    peers: BTreeMap<NodeId, String>,
+    config: DriverConfig,
+    shutdown: impl Future<Output = ()>,
+) where
+    N: Node + Send + 'static,
+{
+    let stop_node = CancellationToken::new();
+    let transport = Transport::start(node.id(), &peers, config.transport, stop_node.clone());
+    let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
+    let (calls_tx, calls) = mpsc::channel(config.call_queue);
+    let node_task = tokio::spawn(drive(
+        node,
+        transport,
+        inbox,
+        calls,
+        config.tick,
+        stop_node.clone(),
+    ));
+
+    let calls = Arc::new(Calls(calls_tx));
+    accept_loop(listener, shutdown, move |stream, stop| {
+        route(stream, calls.clone(), inbox_tx.clone(), config, stop)
+    })
+    .await;
+    stop_node.cancel();
+    let _ = node_task.await;
+}
+
+/// Sends a connection to the client protocol or the peer protocol by its first byte.
+async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
+    stream: TcpStream,
+    calls: Arc<Calls>,
+    inbox: mpsc::Sender<(NodeId, M)>,
+    config: DriverConfig,
+    stop: CancellationToken,
+) {
+    let peer = tokio::select! {
+        _ = stop.cancelled() => return,
+        peer = transport::is_peer(&stream) => peer,
+    };
+    match peer {
+        Ok(true) => transport::log_inbound_end(
+            transport::receive(stream, inbox, config.transport, stop).await,
+        ),
+        Ok(false) => serve_client(stream, calls, config.serve, stop).await,
+        Err(error) => debug!(%error, "connection closed before its first byte"),
+    }
+}
+
+/// The client side's way into the node task.
+struct Calls(mpsc::Sender<Call>);
+
+impl Handler for Calls {
+    fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        let is_write = matches!(op, Op::Write { .. });
+        let (tx, rx) = oneshot::channel();
+        // Sent now, not in the future, so requests reach the node in the order they were read.
+        let queued = self.0.try_send((op, tx));
+        async move {
+            match queued {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Failure::unavailable("the node is overloaded; retry later"));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Failure::unavailable("the node is shutting down"));
+                }
+                Ok(()) => {}
+            }
+            rx.await.unwrap_or_else(|_| {
+                // The node stopped with the request pending: a write may or may not have
+                // been replicated, so its outcome is unknown.
+                Err(if is_write {
+                    Failure::timeout("the node stopped before answering; the write may or may not have taken effect")
+                } else {
+                    Failure::unavailable("the node stopped before answering")
+                })
+            })
+        }
+    }
+}
+
+/// The node task.
+async fn drive<N: Node>(
+    mut node: N,
+    transport: Transport<N::Message>,
+    mut inbox: mpsc::Receiver<(NodeId, N::Message)>,
+    mut calls: mpsc::Receiver<Call>,
+    tick: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut waiting: HashMap<RequestTag, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut next_tag = 0;
+    let mut out = Outbox::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => node.tick(&mut out),
+            Some((from, message)) = inbox.recv() => node.step(from, message, &mut out),
+            Some((op, reply)) = calls.recv() => {
+                next_tag += 1;
+                let tag = RequestTag(next_tag);
+                waiting.insert(tag, reply);
+                node.request(tag, op, &mut out);
+            }
+        }
+        for (to, message) in out.messages.drain(..) {
+            transport.send(to, message);
+        }
+        for (tag, outcome) in out.replies.drain(..) {
+            if let Some(reply) = waiting.remove(&tag) {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}

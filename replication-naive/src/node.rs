@@ -1,0 +1,67 @@
+//! The shape every replicated node has: a synchronous, deterministic state machine.
+//!
+//! A [`Node`] never touches sockets, clocks, threads or global randomness. Time arrives as
+//! [`Node::tick`], messages as [`Node::step`], client requests as [`Node::request`]; what the
+//! node wants done (messages to send, replies to give) it writes into an [`Outbox`]. The same
+//! node therefore runs unchanged under the tokio [`crate::driver`] and inside the
+//! deterministic [`crate::sim`], where a seed fixes every delay, loss and crash.
+
+use std::fmt::Debug;
+
+use kv_server::protocol::{NodeId, Op, Outcome};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Names one client request inside a node, so the reply can find its way back. Assigned by
+/// whoever runs the node (driver or simulator), unique per node run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestTag(pub u64);
+
+/// What a node asks its runner to do after an input.
+#[derive(Debug)]
+pub struct Outbox<M> {
+    /// Messages to send: (destination, message). Delivery is best effort: the network may
+    /// drop, delay, duplicate or reorder them, and the node must cope.
+    pub messages: Vec<(NodeId, M)>,
+    /// Answers to client requests.
+    pub replies: Vec<(RequestTag, Outcome)>,
+}
+
+impl<M> Default for Outbox<M> {
+    fn default() -> Self {
+        Outbox {
+            messages: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+}
+
+impl<M> Outbox<M> {
+    /// Queues `message` for `to`.
+    pub fn send(&mut self, to: NodeId, message: M) {
+        self.messages.push((to, message));
+    }
+
+    /// Queues the answer to request `tag`.
+    pub fn reply(&mut self, tag: RequestTag, outcome: Outcome) {
+        self.replies.push((tag, outcome));
+    }
+}
+
+/// A replicated node: a deterministic state machine driven from outside.
+pub trait Node {
+    /// What nodes of this kind say to each other.
+    type Message: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
+
+    /// This node's id.
+    fn id(&self) -> NodeId;
+
+    /// One unit of time has passed (the runner decides how long a unit is).
+    fn tick(&mut self, out: &mut Outbox<Self::Message>);
+
+    /// A message from peer `from` has arrived.
+    fn step(&mut self, from: NodeId, message: Self::Message, out: &mut Outbox<Self::Message>);
+
+    /// A client asks for `op`; the answer goes into `out.replies` under `tag`, now or later.
+    fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Self::Message>);
+}

@@ -1,0 +1,398 @@
+//! The deterministic cluster simulator: whole clusters of any [`Node`] in one thread, with a
+//! seeded network.
+//!
+//! Time is simulated milliseconds. Each node ticks every `tick_ms` (with a random phase, so
+//! nodes are not in lockstep); each message is delivered after a random delay, and may be
+//! dropped or duplicated, as [`NetConfig`] says. Tests partition, heal, crash and restart
+//! nodes between steps. Everything random comes from one generator seeded with the test's
+//! seed, so a failing run replays exactly: [`for_each_seed`] prints the seed on failure and
+//! runs only that seed when `LIMECACHED_SEED` is set.
+//!
+//! A crash drops the node (its volatile state) and every message addressed to it; a restart
+//! builds a new node with the factory, which receives the crashed node so it can carry over
+//! whatever that node's kind keeps durably (nothing, before stage 6).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use kv_server::protocol::{NodeId, Op, Outcome};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::node::{Node, Outbox, RequestTag};
+
+/// How the simulated network behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetConfig {
+    /// Shortest delivery delay, in ms.
+    pub min_delay: u64,
+    /// Longest delivery delay, in ms; a spread between the two reorders messages.
+    pub max_delay: u64,
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+}
+
+impl NetConfig {
+    /// No loss, no duplicates; delays of 1-5 ms, so some reordering.
+    pub fn reliable() -> Self {
+        NetConfig {
+            min_delay: 1,
+            max_delay: 5,
+            drop: 0.0,
+            duplicate: 0.0,
+        }
+    }
+
+    /// 10% loss, 5% duplicates, delays of 1-40 ms: heavy reordering.
+    pub fn unreliable() -> Self {
+        NetConfig {
+            min_delay: 1,
+            max_delay: 40,
+            drop: 0.1,
+            duplicate: 0.05,
+        }
+    }
+}
+
+enum Event<M> {
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: M,
+    },
+}
+
+struct Slot<N> {
+    node: Option<N>,
+    /// Bumped on every restart, so the ticks of an earlier life are ignored.
+    incarnation: u64,
+}
+
+type Factory<N> = Box<dyn FnMut(NodeId, Option<N>) -> N>;
+type Check<N> = Box<dyn FnMut(&Sim<N>)>;
+
+/// A simulated cluster of nodes of kind `N`.
+pub struct Sim<N: Node> {
+    seed: u64,
+    rng: StdRng,
+    now: u64,
+    tick_ms: u64,
+    next_event: u64,
+    events: BTreeMap<(u64, u64), Event<N::Message>>,
+    slots: BTreeMap<NodeId, Slot<N>>,
+    factory: Factory<N>,
+    net: NetConfig,
+    cut: HashSet<(NodeId, NodeId)>,
+    next_tag: u64,
+    replies: HashMap<RequestTag, Outcome>,
+    check: Option<Check<N>>,
+    delivered: u64,
+}
+
+impl<N: Node> Sim<N> {
+    /// A cluster of `ids`, each built by `factory(id, None)`, ticking every `tick_ms`, on a
+    /// reliable network.
+    pub fn new(
+        seed: u64,
+        ids: impl IntoIterator<Item = NodeId>,
+        tick_ms: u64,
+        factory: impl FnMut(NodeId, Option<N>) -> N + 'static,
+    ) -> Sim<N> {
+        let mut sim = Sim {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            tick_ms: tick_ms.max(1),
+            next_event: 0,
+            events: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            factory: Box::new(factory),
+            net: NetConfig::reliable(),
+            cut: HashSet::new(),
+            next_tag: 0,
+            replies: HashMap::new(),
+            check: None,
+            delivered: 0,
+        };
+        for id in ids {
+            let node = (sim.factory)(id, None);
+            sim.slots.insert(
+                id,
+                Slot {
+                    node: Some(node),
+                    incarnation: 0,
+                },
+            );
+            sim.schedule_first_tick(id);
+        }
+        sim
+    }
+
+    /// The seed this run was built from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Simulated milliseconds since the start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The run's random generator, for tests that pick random faults: drawing from it keeps
+    /// the run replayable.
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    /// Every node id, up or down.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// The node `id`, unless it is crashed.
+    pub fn node(&self, id: NodeId) -> Option<&N> {
+        self.slots.get(&id)?.node.as_ref()
+    }
+
+    /// Every running node.
+    pub fn nodes(&self) -> impl Iterator<Item = &N> {
+        self.slots.values().filter_map(|slot| slot.node.as_ref())
+    }
+
+    /// How many messages have been delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Changes how the network behaves from now on.
+    pub fn set_net(&mut self, net: NetConfig) {
+        self.net = net;
+    }
+
+    /// Runs `check` after every event from now on (and once right away): the place for
+    /// invariants that must hold at every step.
+    pub fn check_every_step(&mut self, check: impl FnMut(&Sim<N>) + 'static) {
+        self.check = Some(Box::new(check));
+        self.run_check();
+    }
+
+    /// Processes events for `ms` simulated milliseconds.
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now + ms;
+        while self.step_before(until) {}
+        self.now = until;
+    }
+
+    /// Processes events until `done` holds (checked after each event) or `max_ms` pass.
+    /// Returns whether `done` held.
+    pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Sim<N>) -> bool) -> bool {
+        let until = self.now + max_ms;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if !self.step_before(until) {
+                self.now = until;
+                return done(self);
+            }
+        }
+    }
+
+    /// Sends a client request to node `id`; its answer, if any, appears under the returned
+    /// tag in [`Sim::reply`]. A crashed node never answers.
+    pub fn request(&mut self, id: NodeId, op: Op) -> RequestTag {
+        self.next_tag += 1;
+        let tag = RequestTag(self.next_tag);
+        let mut out = Outbox::default();
+        if let Some(node) = self.slots.get_mut(&id).and_then(|slot| slot.node.as_mut()) {
+            node.request(tag, op, &mut out);
+            self.dispatch(id, out);
+            self.run_check();
+        }
+        tag
+    }
+
+    /// The answer to request `tag`, once given.
+    pub fn reply(&self, tag: RequestTag) -> Option<&Outcome> {
+        self.replies.get(&tag)
+    }
+
+    /// Crashes node `id`: it stops, loses its volatile state, and messages to it are lost.
+    pub fn crash(&mut self, id: NodeId) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.node = None;
+        }
+    }
+
+    /// Restarts node `id` (crashing it first if it is up) through the factory, which gets the
+    /// old node so it can keep what that kind of node keeps durably.
+    pub fn restart(&mut self, id: NodeId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let old = slot.node.take();
+        slot.incarnation += 1;
+        slot.node = Some((self.factory)(id, old));
+        self.schedule_first_tick(id);
+        self.run_check();
+    }
+
+    /// Whether node `id` is running.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).is_some()
+    }
+
+    /// Cuts every link between different groups (messages in flight across a cut are lost
+    /// too); links inside a group, and to nodes in no group, are left as they are.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i + 1) {
+                for &x in a.iter() {
+                    for &y in b.iter() {
+                        self.cut.insert((x, y));
+                        self.cut.insert((y, x));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.ids().into_iter().filter(|&o| o != id).collect();
+        self.partition(&[&[id], &others]);
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Whether messages from `from` reach `to`.
+    pub fn connected(&self, from: NodeId, to: NodeId) -> bool {
+        !self.cut.contains(&(from, to))
+    }
+
+    fn schedule_first_tick(&mut self, id: NodeId) {
+        let phase = self.rng.gen_range(0..self.tick_ms);
+        let incarnation = self.slots[&id].incarnation;
+        self.schedule(
+            self.now + phase,
+            Event::Tick {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    fn schedule(&mut self, at: u64, event: Event<N::Message>) {
+        self.next_event += 1;
+        self.events.insert((at, self.next_event), event);
+    }
+
+    /// Processes the next event if it is due before `until`.
+    fn step_before(&mut self, until: u64) -> bool {
+        let Some(entry) = self.events.first_entry() else {
+            return false;
+        };
+        let (at, _) = *entry.key();
+        if at > until {
+            return false;
+        }
+        let event = entry.remove();
+        self.now = at;
+        let mut out = Outbox::default();
+        let source = match event {
+            Event::Tick {
+                node: id,
+                incarnation,
+            } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return true;
+                };
+                if slot.incarnation != incarnation {
+                    return true;
+                }
+                let Some(node) = slot.node.as_mut() else {
+                    return true;
+                };
+                node.tick(&mut out);
+                self.schedule(
+                    at + self.tick_ms,
+                    Event::Tick {
+                        node: id,
+                        incarnation,
+                    },
+                );
+                id
+            }
+            Event::Deliver { from, to, message } => {
+                if !self.connected(from, to) {
+                    return true;
+                }
+                let Some(node) = self.slots.get_mut(&to).and_then(|slot| slot.node.as_mut()) else {
+                    return true;
+                };
+                self.delivered += 1;
+                node.step(from, message, &mut out);
+                to
+            }
+        };
+        self.dispatch(source, out);
+        self.run_check();
+        true
+    }
+
+    /// Puts a node's outbox on the network and records its replies.
+    fn dispatch(&mut self, from: NodeId, out: Outbox<N::Message>) {
+        for (to, message) in out.messages {
+            if self.rng.gen_bool(self.net.drop) {
+                continue;
+            }
+            if self.rng.gen_bool(self.net.duplicate) {
+                let delay = self.rng.gen_range(self.net.min_delay..=self.net.max_delay);
+                self.schedule(
+                    self.now + delay,
+                    Event::Deliver {
+                        from,
+                        to,
+                        message: message.clone(),
+                    },
+                );
+            }
+            let delay = self.rng.gen_range(self.net.min_delay..=self.net.max_delay);
+            self.schedule(self.now + delay, Event::Deliver { from, to, message });
+        }
+        self.replies.extend(out.replies);
+    }
+
+    fn run_check(&mut self) {
+        if let Some(mut check) = self.check.take() {
+            check(self);
+            self.check = Some(check);
+        }
+    }
+}
+
+/// Runs `test` once per seed in `0..count`, or only for `LIMECACHED_SEED` when that is set.
+/// When a run fails, prints its seed and how to replay it, then fails the test.
+pub fn for_each_seed(count: u64, test: impl Fn(u64)) {
+    if let Ok(seed) = std::env::var("LIMECACHED_SEED") {
+        let seed = seed.parse().expect("LIMECACHED_SEED must be a number");
+        eprintln!("replaying seed {seed}");
+        test(seed);
+        return;
+    }
+    for seed in 0..count {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| test(seed))) {
+            eprintln!("\n*** failed with seed {seed}; replay it with LIMECACHED_SEED={seed}\n");
+            resume_unwind(panic);
+        }
+    }
+}

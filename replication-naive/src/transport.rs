@@ -1,0 +1,310 @@
+//! The peer transport: framed messages over TCP between nodes, reconnecting with backoff
+//! (roadmap stage 5, "RPC reconnects").
+//!
+//! A node has one address (`--listen`) for clients and peers alike. A peer connection opens
+//! with the byte [`PEER_PREAMBLE`] (`\0`, which never starts a JSON line), then a [`Hello`]
+//! frame naming the sender and the protocol version; after that, every frame is one message.
+//! Frames are length-prefixed (`LengthDelimitedCodec`) and hold JSON, which keeps the peer
+//! protocol readable in a packet capture and versionable by adding fields.
+//!
+//! Connections are one-way: node A sends to B over a connection A opened, and receives from B
+//! over a connection B opened. Each peer gets an outbound task with a bounded queue; when the
+//! queue is full, or the peer is unreachable for long, messages are dropped. That is the
+//! contract every node here is written against: the network may lose messages, and the
+//! protocol (Raft from stage 3 on) retransmits what matters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use kv_server::protocol::NodeId;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The first byte of every peer connection; client connections start with `{`.
+pub const PEER_PREAMBLE: u8 = 0;
+
+/// Bumped when the peer message format changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame of a peer connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The sender's node id.
+    pub from: NodeId,
+}
+
+/// Tuning of the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportConfig {
+    /// Messages waiting per peer; past this, new messages to that peer are dropped.
+    pub queue: usize,
+    /// First pause after a failed connection attempt; doubled per failure, with jitter.
+    pub min_backoff: Duration,
+    /// Longest pause between connection attempts.
+    pub max_backoff: Duration,
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            queue: 4096,
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+            max_frame_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The sending side: one queue and one task per peer.
+#[derive(Debug)]
+pub struct Transport<M> {
+    queues: HashMap<NodeId, mpsc::Sender<M>>,
+}
+
+impl<M: Serialize + Send + 'static> Transport<M> {
+    /// Starts an outbound task for every peer in `peers` other than `me`. The tasks stop when
+    /// `stop` is cancelled or the transport is dropped.
+    pub fn start(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, String>,
+        config: TransportConfig,
+        stop: CancellationToken,
+    ) -> Transport<M> {
+        let mut queues = HashMap::new();
+        for (&id, addr) in peers.iter().filter(|(id, _)| **id != me) {
+            let (tx, rx) = mpsc::channel(config.queue);
+            queues.insert(id, tx);
+            let link = Link {
+                me,
+                to: id,
+                addr: addr.clone(),
+                config,
+            };
+            tokio::spawn(link.run(rx, stop.clone()));
+        }
+        Transport { queues }
+    }
+
+    /// Queues `message` for `to`; drops it (best effort) when the queue is full or `to` is
+    /// not a known peer.
+    pub fn send(&self, to: NodeId, message: M) {
+        match self.queues.get(&to) {
+            Some(queue) => {
+                if queue.try_send(message).is_err() {
+                    debug!(%to, "peer queue full; message dropped");
+                }
+            }
+            None => debug!(%to, "message for an unknown peer dropped"),
+        }
+    }
+}
+
+/// An open outbound connection: frames go out on the write half; the read half only tells
+/// when the peer has gone.
+struct Outbound {
+    frames: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    reader: OwnedReadHalf,
+}
+
+/// One outbound link to one peer.
+struct Link {
+    me: NodeId,
+    to: NodeId,
+    addr: String,
+    config: TransportConfig,
+}
+
+impl Link {
+    async fn run<M: Serialize>(self, mut queue: mpsc::Receiver<M>, stop: CancellationToken) {
+        let mut backoff = self.config.min_backoff;
+        let mut was_up = None;
+        loop {
+            let connected = tokio::select! {
+                _ = stop.cancelled() => return,
+                connected = self.connect() => connected,
+            };
+            let error = match connected {
+                Ok(mut outbound) => {
+                    if was_up != Some(true) {
+                        info!(peer = %self.to, addr = %self.addr, "peer link up");
+                    }
+                    was_up = Some(true);
+                    backoff = self.config.min_backoff;
+                    match self.pump(&mut outbound, &mut queue, &stop).await {
+                        Ok(()) => return,
+                        Err(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            if was_up != Some(false) {
+                info!(peer = %self.to, addr = %self.addr, %error, "peer link down; retrying");
+            }
+            was_up = Some(false);
+            let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+            backoff = (backoff * 2).min(self.config.max_backoff);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<Outbound> {
+        let mut stream = TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&[PEER_PREAMBLE]).await?;
+        let (reader, writer) = stream.into_split();
+        let mut frames = FramedWrite::new(writer, self.codec());
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            from: self.me,
+        };
+        frames
+            .send(Bytes::from(serde_json::to_vec(&hello)?))
+            .await?;
+        Ok(Outbound { frames, reader })
+    }
+
+    /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`).
+    ///
+    /// The peer never writes on this connection, so anything readable means it closed or
+    /// reset it (it restarted, say). Watching for that notices a dead link at once, instead
+    /// of losing the next batch to a write into a socket that is already gone.
+    async fn pump<M: Serialize>(
+        &self,
+        link: &mut Outbound,
+        queue: &mut mpsc::Receiver<M>,
+        stop: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let frames = &mut link.frames;
+        let mut probe = [0u8; 1];
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                closed = link.reader.read(&mut probe) => {
+                    closed?;
+                    return Err(std::io::ErrorKind::ConnectionAborted.into());
+                }
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return Ok(()),
+                },
+            };
+            frames
+                .feed(Bytes::from(serde_json::to_vec(&message)?))
+                .await?;
+            // Batch whatever else is already queued into the same flush.
+            while let Ok(message) = queue.try_recv() {
+                frames
+                    .feed(Bytes::from(serde_json::to_vec(&message)?))
+                    .await?;
+            }
+            SinkExt::<Bytes>::flush(frames).await?;
+        }
+    }
+
+    fn codec(&self) -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(self.config.max_frame_bytes)
+            .new_codec()
+    }
+}
+
+/// Whether `stream` is a peer connection: its first byte is [`PEER_PREAMBLE`]. Waits for that
+/// byte without consuming it.
+pub async fn is_peer(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    Ok(n == 1 && first[0] == PEER_PREAMBLE)
+}
+
+/// Why an inbound peer connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// The socket failed or a frame was too long.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The first frame was not a valid [`Hello`] of our version.
+    #[error("bad hello: {0}")]
+    Hello(String),
+    /// A frame did not hold a valid message.
+    #[error("undecodable message from {from}: {error}")]
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// What was wrong.
+        error: serde_json::Error,
+    },
+}
+
+/// Reads one inbound peer connection (preamble, hello, messages) and hands each message to
+/// `inbox` as `(sender, message)`, until the peer closes it, it breaks, `stop` is cancelled
+/// or the inbox is gone.
+pub async fn receive<M: DeserializeOwned>(
+    mut stream: TcpStream,
+    inbox: mpsc::Sender<(NodeId, M)>,
+    config: TransportConfig,
+    stop: CancellationToken,
+) -> Result<(), InboundError> {
+    let mut preamble = [0u8; 1];
+    stream.read_exact(&mut preamble).await?;
+    if preamble[0] != PEER_PREAMBLE {
+        return Err(InboundError::Hello("not a peer connection".into()));
+    }
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(config.max_frame_bytes)
+        .new_codec();
+    let mut frames = FramedRead::new(stream, codec);
+    let hello: Hello = match frames.next().await {
+        Some(frame) => {
+            serde_json::from_slice(&frame?).map_err(|e| InboundError::Hello(e.to_string()))?
+        }
+        None => return Ok(()),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(InboundError::Hello(format!(
+            "peer {} speaks version {}, we speak {PROTOCOL_VERSION}",
+            hello.from, hello.version
+        )));
+    }
+    let from = hello.from;
+    debug!(%from, "peer connected");
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            frame = frames.next() => match frame {
+                Some(frame) => frame?,
+                None => return Ok(()),
+            },
+        };
+        let message = serde_json::from_slice(&frame)
+            .map_err(|error| InboundError::Message { from, error })?;
+        if inbox.send((from, message)).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Logs why an inbound peer connection ended, at a level that fits.
+pub fn log_inbound_end(result: Result<(), InboundError>) {
+    match result {
+        Ok(()) => debug!("peer connection closed"),
+        Err(InboundError::Io(error)) => debug!(%error, "peer connection broke"),
+        Err(error) => warn!(%error, "peer connection refused"),
+    }
+}
