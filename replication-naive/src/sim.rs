@@ -248,8 +248,9 @@ impl<N: Node> Sim<N> {
         self.node(id).is_some()
     }
 
-    /// Cuts every link between different groups (messages in flight across a cut are lost
-    /// too); links inside a group, and to nodes in no group, are left as they are.
+    /// Cuts every link between different groups: messages sent across a cut are lost, and so
+    /// are those in flight when it is made. Links inside a group, and to nodes in no group,
+    /// are left as they are.
     pub fn partition(&mut self, groups: &[&[NodeId]]) {
         for (i, a) in groups.iter().enumerate() {
             for b in groups.iter().skip(i + 1) {
@@ -352,7 +353,8 @@ impl<N: Node> Sim<N> {
     /// Puts a node's outbox on the network and records its replies.
     fn dispatch(&mut self, from: NodeId, out: Outbox<N::Message>) {
         for (to, message) in out.messages {
-            if self.rng.gen_bool(self.net.drop) {
+            // Lost if sent across a cut, even should the cut heal before it would arrive.
+            if !self.connected(from, to) || self.rng.gen_bool(self.net.drop) {
                 continue;
             }
             if self.rng.gen_bool(self.net.duplicate) {
