@@ -243,6 +243,13 @@ impl<N: Node> Sim<N> {
         self.run_check();
     }
 
+    /// How many times node `id` has been restarted: per-node invariants that only hold within
+    /// one life of a node (a commit index never going back) compare values of the same
+    /// incarnation.
+    pub fn incarnation(&self, id: NodeId) -> u64 {
+        self.slots.get(&id).map_or(0, |slot| slot.incarnation)
+    }
+
     /// Whether node `id` is running.
     pub fn is_up(&self, id: NodeId) -> bool {
         self.node(id).is_some()

@@ -1,0 +1,199 @@
+//! Where a node keeps its log and hard state.
+//!
+//! The core only talks to [`Storage`], so a durable implementation (stage 6) and log
+//! compaction (stage 7) slot in without touching it. The trait has compaction's seam from the
+//! start: the log may begin after index 1 ([`Storage::first_index`]), and the term of an entry
+//! that is no longer held is unknown (`None`), except for the last compacted one.
+
+use kv_server::protocol::NodeId;
+
+use crate::types::{Entry, LogIndex, Term};
+
+/// What a node must remember across restarts besides its log (Figure 2, "persistent state").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub current_term: Term,
+    /// Whom it voted for in `current_term`, if anyone.
+    pub voted_for: Option<NodeId>,
+}
+
+/// A node's log and hard state.
+///
+/// Invariants every implementation keeps: indexes are contiguous from `first_index()` to
+/// `last_index()`; `term(last_index())` is known (for an empty log, `term(LogIndex(0))` is
+/// `Term(0)`); appended entries directly follow `last_index()`.
+pub trait Storage {
+    /// The index of the first entry held (1 while nothing has been compacted).
+    fn first_index(&self) -> LogIndex;
+
+    /// The index of the last entry (0 when the log is empty).
+    fn last_index(&self) -> LogIndex;
+
+    /// The term of the entry at `index`, if known: `Term(0)` for index 0, `None` past the end
+    /// or before what is held.
+    fn term(&self, index: LogIndex) -> Option<Term>;
+
+    /// Entries `from..=to`, at most `max` of them, clipped to what is held.
+    fn entries(&self, from: LogIndex, to: LogIndex, max: usize) -> Vec<Entry>;
+
+    /// Appends entries that directly follow `last_index()`.
+    fn append(&mut self, entries: Vec<Entry>);
+
+    /// Removes every entry after `index` (a conflicting suffix, §5.3).
+    fn truncate_after(&mut self, index: LogIndex);
+
+    /// The saved hard state.
+    fn hard_state(&self) -> HardState;
+
+    /// Saves the hard state.
+    fn save_hard_state(&mut self, state: HardState);
+}
+
+/// A log in memory: everything is lost when the node stops.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    entries: Vec<Entry>,
+    hard_state: HardState,
+}
+
+impl MemStorage {
+    /// An empty log.
+    pub fn new() -> Self {
+        MemStorage::default()
+    }
+
+    /// A log holding `entries` (indexes 1, 2, ...), for tests that start from a given log.
+    pub fn with_entries(entries: Vec<Entry>, hard_state: HardState) -> Self {
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                LogIndex(i as u64 + 1),
+                "entries must be contiguous from 1"
+            );
+        }
+        MemStorage {
+            entries,
+            hard_state,
+        }
+    }
+
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let pos = index.0.checked_sub(1)? as usize;
+        (pos < self.entries.len()).then_some(pos)
+    }
+}
+
+impl Storage for MemStorage {
+    fn first_index(&self) -> LogIndex {
+        LogIndex(1)
+    }
+
+    fn last_index(&self) -> LogIndex {
+        LogIndex(self.entries.len() as u64)
+    }
+
+    fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == LogIndex(0) {
+            return Some(Term(0));
+        }
+        self.position(index).map(|pos| self.entries[pos].term)
+    }
+
+    fn entries(&self, from: LogIndex, to: LogIndex, max: usize) -> Vec<Entry> {
+        let from = from.0.max(1);
+        let to = to.0.min(self.last_index().0);
+        if from > to {
+            return Vec::new();
+        }
+        let start = (from - 1) as usize;
+        let end = (to as usize).min(start + max);
+        self.entries[start..end].to_vec()
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                self.last_index().next(),
+                "appended entries must follow the log"
+            );
+            self.entries.push(entry);
+        }
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) {
+        self.entries.truncate(index.0 as usize);
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn save_hard_state(&mut self, state: HardState) {
+        self.hard_state = state;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_server::protocol::Command;
+
+    use super::*;
+    use crate::types::Payload;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let command = Command::Delete {
+            key: format!("k{index}"),
+        };
+        Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            payload: Payload::Command(command),
+        }
+    }
+
+    #[test]
+    fn an_empty_log_knows_the_term_of_index_zero_only() {
+        let log = MemStorage::new();
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(1), LogIndex(0))
+        );
+        assert_eq!(log.term(LogIndex(0)), Some(Term(0)));
+        assert_eq!(log.term(LogIndex(1)), None);
+        assert!(log.entries(LogIndex(1), LogIndex(5), 10).is_empty());
+    }
+
+    #[test]
+    fn entries_are_clipped_to_the_log_and_to_max() {
+        let mut log = MemStorage::new();
+        log.append((1..=5).map(|i| entry(i, 1)).collect());
+        let got: Vec<u64> = log
+            .entries(LogIndex(2), LogIndex(9), 2)
+            .iter()
+            .map(|e| e.index.0)
+            .collect();
+        assert_eq!(got, vec![2, 3]);
+        assert_eq!(log.entries(LogIndex(0), LogIndex(1), 10).len(), 1);
+        assert_eq!(log.term(LogIndex(5)), Some(Term(1)));
+    }
+
+    #[test]
+    fn truncate_after_removes_the_suffix_only() {
+        let mut log = MemStorage::new();
+        log.append((1..=5).map(|i| entry(i, i)).collect());
+        log.truncate_after(LogIndex(3));
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
+        log.append(vec![entry(4, 9)]);
+        assert_eq!(log.term(LogIndex(4)), Some(Term(9)));
+    }
+
+    #[test]
+    #[should_panic(expected = "follow the log")]
+    fn a_gap_is_refused() {
+        let mut log = MemStorage::new();
+        log.append(vec![entry(2, 1)]);
+    }
+}

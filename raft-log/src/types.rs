@@ -1,0 +1,64 @@
+//! The paper's vocabulary as types: a term passed where an index is expected does not
+//! compile.
+
+use std::fmt;
+
+use kv_server::protocol::Command;
+use serde::{Deserialize, Serialize};
+
+/// A Raft term (§5.1): a logical clock that only grows. Term 0 precedes every real term.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Term(pub u64);
+
+/// A position in the log. Entries start at index 1; index 0 is the empty prefix before them.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct LogIndex(pub u64);
+
+impl LogIndex {
+    /// The index after this one.
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The index before this one (index 0 stays 0).
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a log entry carries. An enum so that later stages can log more than client writes
+/// (a leader's no-op in stage 6, configuration changes in stage 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A client's write, applied to the key/value map when committed.
+    Command(Command),
+}
+
+/// One log entry: where it is, the term of the leader that created it, and what it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its position.
+    pub index: LogIndex,
+    /// The term in which a leader created it.
+    pub term: Term,
+    /// What it carries.
+    pub payload: Payload,
+}
