@@ -36,7 +36,7 @@ async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
         .await
         .unwrap();
         conn.send(&Request {
-            id: Some(RequestId::String(format!("g{i}"))),
+            id: Some(RequestId::string(&format!("g{i}"))),
             op: get(&format!("k{i}")),
         })
         .await

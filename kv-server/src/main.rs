@@ -33,6 +33,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    let shutdown = shutdown_signal();
     let listener = match TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -52,7 +53,7 @@ async fn main() -> ExitCode {
         },
         ..ServeConfig::default()
     };
-    kv_server::server::run(listener, config, shutdown_signal()).await;
+    kv_server::server::run(listener, config, shutdown).await;
     info!("kv-server stopped");
     ExitCode::SUCCESS
 }

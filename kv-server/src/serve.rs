@@ -16,9 +16,10 @@ use std::time::Duration;
 use futures::future::{self, Either};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, warn};
@@ -115,6 +116,17 @@ pub async fn accept_loop<F, C>(
     connections.wait().await;
 }
 
+/// Past this many bytes of unsent answers, a connection stops taking answers out of its
+/// in-flight queue and stops reading requests until the client reads. A client that never
+/// reads then costs bounded memory, and no branch of the loop waits on its socket, so stop
+/// and the drain deadline still work.
+const WRITE_HIGH_WATER: usize = 64 << 10;
+
+/// After answering `too_large` to an overlong line, how long to keep reading (and
+/// discarding) before closing. Closing with unread input makes the kernel send a reset,
+/// which can destroy the answer before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Serves one client connection until the client closes it, it breaks, or `stop` is
 /// cancelled (then started requests are answered, within the drain timeout, and it closes).
 pub async fn serve_client<H: Handler>(
@@ -127,18 +139,19 @@ pub async fn serve_client<H: Handler>(
     // Responses are flushed in batches, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
-    let codec = JsonLinesCodec::new(config.limits.max_line_bytes);
-    let mut requests = FramedRead::new(reader, codec.clone());
-    let mut responses = FramedWrite::new(writer, codec);
+    let mut encoder = JsonLinesCodec::new(config.limits.max_line_bytes);
+    let mut requests = FramedRead::new(reader, encoder.clone());
+    let mut responses = FramedWrite::new(writer, encoder.clone());
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
-    let mut unflushed = false;
+    let mut overlong = false;
     let mut drain_deadline = None;
     // Created once: a fresh `cancelled()` future per loop turn would re-register with the
     // token on every request (a few percent of the server's CPU in profiles).
     let stopping = stop.cancelled();
     tokio::pin!(stopping);
     let result: Result<(), CodecError> = loop {
+        let room = responses.write_buffer().len() < WRITE_HIGH_WATER;
         tokio::select! {
             // Reading first: a burst is read and started before its answers are written, so
             // they leave in one write.
@@ -147,7 +160,7 @@ pub async fn serve_client<H: Handler>(
                 reading = false;
                 drain_deadline = Some(Instant::now() + config.drain_timeout);
             }
-            frame = requests.next(), if reading && in_flight.len() < config.max_in_flight => {
+            frame = requests.next(), if reading && room && in_flight.len() < config.max_in_flight => {
                 match frame {
                     Some(Ok(line)) => {
                         let request = Request::parse(&line, &config.limits);
@@ -157,22 +170,23 @@ pub async fn serve_client<H: Handler>(
                         let failure = Failure::too_large(format!("line longer than {limit} bytes"));
                         in_flight.push_back(respond(&*handler, Err((None, failure))));
                         reading = false;
+                        overlong = true;
                     }
                     Some(Err(error)) => break Err(error),
                     None => reading = false,
                 }
             }
-            Some(response) = in_flight.next() => {
-                if let Err(error) = responses.feed(response).await {
+            // Encoding only appends to the write buffer; the socket is written by the flush
+            // branch, which, like every branch, can be interrupted.
+            Some(response) = in_flight.next(), if room => {
+                if let Err(error) = encoder.encode(response, responses.write_buffer_mut()) {
                     break Err(error);
                 }
-                unflushed = true;
             }
-            flushed = SinkExt::<Response>::flush(&mut responses), if unflushed => {
+            flushed = SinkExt::<Response>::flush(&mut responses), if !responses.write_buffer().is_empty() => {
                 if let Err(error) = flushed {
                     break Err(error);
                 }
-                unflushed = false;
             }
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)),
                 if drain_deadline.is_some() => {
@@ -181,13 +195,23 @@ pub async fn serve_client<H: Handler>(
             }
             else => break Ok(()),
         }
-        if !reading && in_flight.is_empty() && !unflushed {
+        if !reading && in_flight.is_empty() && responses.write_buffer().is_empty() {
             break Ok(());
         }
     };
     match result {
         Ok(()) => debug!("closed"),
         Err(error) => debug!(%error, "closed on error"),
+    }
+    if overlong {
+        let mut writer = responses.into_inner();
+        let mut reader = requests.into_inner();
+        let _ = writer.shutdown().await;
+        let discard = async {
+            let mut sink = [0u8; 8192];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, discard).await;
     }
 }
 

@@ -32,7 +32,7 @@ impl Handler for Gated {
 async fn gated(
     config: ServeConfig,
 ) -> (
-    Running,
+    Running<Gated>,
     mpsc::UnboundedReceiver<(String, oneshot::Sender<Outcome>)>,
 ) {
     let (started, rx) = mpsc::unbounded_channel();
@@ -61,7 +61,7 @@ async fn answers_completing_out_of_order_are_written_in_request_order() {
             json!({"id":i,"ok":true,"value":i.to_string()})
         );
     }
-    server.stop().await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -75,7 +75,7 @@ async fn shutdown_answers_requests_already_started() {
     answer.send(Ok(Reply::Value(Some("late".into())))).unwrap();
     assert_eq!(c.recv().await, json!({"id":1,"ok":true,"value":"late"}));
     c.expect_closed().await;
-    stopped.await.unwrap();
+    stopped.await;
 }
 
 #[tokio::test]
@@ -89,7 +89,7 @@ async fn shutdown_closes_a_connection_whose_answers_never_come() {
     c.send(json!({"id":1,"op":"get","key":"stuck"})).await;
     let (_, _held) = started.recv().await.unwrap();
     // Holding the sender keeps the answer pending forever; serve must still return.
-    server.stop().await.unwrap();
+    server.stop().await;
     c.expect_closed().await;
 }
 
@@ -114,5 +114,37 @@ async fn in_flight_limit_applies_backpressure_without_losing_requests() {
         answer.send(Ok(Reply::Value(Some(key)))).unwrap();
         assert_eq!(c.recv().await["id"], i);
     }
-    server.stop().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_block_shutdown() {
+    // 64 answers of 1 MiB each fill the socket buffers and more; with the client not reading,
+    // writing them blocks. Shutdown must still finish, after the drain timeout.
+    let config = ServeConfig {
+        drain_timeout: Duration::from_millis(100),
+        ..ServeConfig::default()
+    };
+    let server = Running::with_handler(kv_server::server::Standalone::new(), config).await;
+    let mut c = Conn::connect(server.addr).await;
+    assert_eq!(
+        c.call(json!({"op":"put","key":"big","value":"v".repeat(1 << 20)}))
+            .await["ok"],
+        true
+    );
+    let mut burst = Vec::new();
+    for _ in 0..64 {
+        burst.extend_from_slice(b"{\"op\":\"get\",\"key\":\"big\"}\n");
+    }
+    c.send_raw(&burst).await;
+    // One answer read: the server is now busy writing the other 63 MiB, which the client will
+    // not read.
+    assert_eq!(
+        c.recv().await["value"].as_str().map(str::len),
+        Some(1 << 20)
+    );
+    // Guard only: without the fix this hangs until the client reads, i.e. forever.
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .expect("shutdown blocked by a client that does not read");
 }

@@ -33,6 +33,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    let shutdown = shutdown_signal();
     if let Err(problem) = args.node.validate() {
         eprintln!("raft-log: {problem}");
         return ExitCode::from(2);
@@ -63,14 +64,7 @@ async fn main() -> ExitCode {
     };
     info!(id = %args.node.id, addr = %args.node.listen, role, leader = %args.leader, term = %config.term, "node listening");
     let node = RaftLogNode::new(config, MemStorage::new());
-    driver::run(
-        node,
-        listener,
-        args.node.peers,
-        driver_config,
-        shutdown_signal(),
-    )
-    .await;
+    driver::run(node, listener, args.node.peers, driver_config, shutdown).await;
     info!("node stopped");
     ExitCode::SUCCESS
 }

@@ -29,6 +29,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    let shutdown = shutdown_signal();
     if let Err(problem) = args.node.validate() {
         eprintln!("replication-naive: {problem}");
         return ExitCode::from(2);
@@ -62,7 +63,7 @@ async fn main() -> ExitCode {
         listener,
         args.node.peers,
         DriverConfig::default(),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     info!("node stopped");

@@ -2,76 +2,84 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::response::Failure;
 use super::status::NodeId;
 
 /// The `id` a client puts on a request; the response echoes it unchanged.
 ///
-/// The contract allows any JSON number or string. Numbers keep their JSON form (an integer
-/// stays an integer, `1.5` stays `1.5`), so the echo is exact.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RequestId {
-    /// A JSON number.
-    Number(serde_json::Number),
-    /// A JSON string.
-    String(String),
+/// The contract allows any JSON number or string. The id is kept as the exact JSON text the
+/// client sent (`1e2` stays `1e2`, `18446744073709551616` keeps every digit), so the echo is
+/// byte for byte, whatever the number.
+#[derive(Debug, Clone)]
+pub struct RequestId(Box<RawValue>);
+
+impl RequestId {
+    /// The id `n`.
+    pub fn number(n: u64) -> Self {
+        RequestId(RawValue::from_string(n.to_string()).expect("an integer is valid JSON"))
+    }
+
+    /// The id `"s"`.
+    pub fn string(s: &str) -> Self {
+        let json = serde_json::to_string(s).expect("a string serializes");
+        RequestId(RawValue::from_string(json).expect("a serialized string is valid JSON"))
+    }
+
+    /// The id as a `u64`, when it is written as a plain non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.0.get().parse().ok()
+    }
+
+    /// The id's JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
 }
 
 impl From<u64> for RequestId {
     fn from(n: u64) -> Self {
-        RequestId::Number(n.into())
+        RequestId::number(n)
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for RequestId {}
+
+impl std::hash::Hash for RequestId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.get().hash(state);
     }
 }
 
 impl Serialize for RequestId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RequestId::Number(n) => n.serialize(serializer),
-            RequestId::String(s) => serializer.serialize_str(s),
-        }
+        self.0.serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for RequestId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl Visitor<'_> for IdVisitor {
-            type Value = RequestId;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`id` as a number or a string")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RequestId, E> {
-                Ok(RequestId::Number(v.into()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RequestId, E> {
-                Ok(RequestId::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RequestId, E> {
-                serde_json::Number::from_f64(v)
-                    .map(RequestId::Number)
-                    .ok_or_else(|| E::custom("`id` is not a finite number"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RequestId, E> {
-                Ok(RequestId::String(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<RequestId, E> {
-                Ok(RequestId::String(v))
-            }
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        match raw.get().as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Ok(RequestId(raw)),
+            _ => Err(de::Error::custom("`id` must be a number or a string")),
         }
-        deserializer.deserialize_any(IdVisitor)
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestId::Number(n) => write!(f, "{n}"),
-            RequestId::String(s) => write!(f, "{s:?}"),
-        }
+        f.write_str(self.0.get())
     }
 }
 
@@ -285,6 +293,13 @@ impl Request {
     /// On failure the error carries the request's id when it could be read, so the `bad_request`
     /// or `too_large` response can echo it.
     pub fn parse(line: &[u8], limits: &Limits) -> Result<Request, (Option<RequestId>, Failure)> {
+        // serde would also read a struct from a JSON array; the contract wants an object.
+        if line.trim_ascii_start().first() != Some(&b'{') {
+            return Err((
+                None,
+                Failure::bad_request("a request is a JSON object on one line"),
+            ));
+        }
         let wire: WireRequest = match serde_json::from_slice(line) {
             Ok(wire) => wire,
             Err(e) => {
@@ -403,11 +418,10 @@ fn check_size(name: &str, s: &str, max: usize) -> Result<(), Failure> {
 
 /// Membership requests name the node in `id` (the contract's choice), so it must be a node id.
 fn node_id(id: Option<RequestId>) -> Result<NodeId, Failure> {
-    match id {
-        Some(RequestId::Number(n)) => n.as_u64().filter(|&n| n > 0).map(NodeId),
-        _ => None,
-    }
-    .ok_or_else(|| Failure::bad_request("membership requests need `id`: a node id above 0"))
+    id.and_then(|id| id.as_u64())
+        .filter(|&n| n > 0)
+        .map(NodeId)
+        .ok_or_else(|| Failure::bad_request("membership requests need `id`: a node id above 0"))
 }
 
 fn check_host_port(addr: &str) -> Result<(), Failure> {

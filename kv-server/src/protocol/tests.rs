@@ -189,7 +189,7 @@ fn requests_round_trip_through_their_wire_form() {
             },
         },
         Request {
-            id: Some(RequestId::String("x".into())),
+            id: Some(RequestId::string("x")),
             op: Op::Write {
                 command: Command::Cas {
                     key: "k".into(),

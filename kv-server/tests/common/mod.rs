@@ -14,32 +14,45 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A server running in this process until [`Running::stop`].
-pub struct Running {
+pub struct Running<H> {
     pub addr: SocketAddr,
+    handler: Arc<H>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
-impl Running {
-    pub async fn standalone() -> Running {
+impl Running<Standalone> {
+    pub async fn standalone() -> Running<Standalone> {
         Running::with_handler(Standalone::new(), ServeConfig::default()).await
     }
+}
 
-    pub async fn with_handler<H: Handler>(handler: H, config: ServeConfig) -> Running {
+impl<H: Handler> Running<H> {
+    pub async fn with_handler(handler: H, config: ServeConfig) -> Running<H> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve(listener, Arc::new(handler), config, shutdown));
-        Running { addr, stop, task }
+        let handler = Arc::new(handler);
+        let task = tokio::spawn(serve(listener, handler.clone(), config, shutdown));
+        Running {
+            addr,
+            handler,
+            stop,
+            task,
+        }
     }
 
-    /// Signals shutdown; the returned handle completes when `serve` has returned.
-    pub fn stop(self) -> JoinHandle<()> {
+    /// Signals shutdown now; the returned future completes, with the handler, once `serve`
+    /// has returned (every connection closed).
+    pub fn stop(self) -> impl std::future::Future<Output = Arc<H>> {
         let _ = self.stop.send(());
-        self.task
+        async move {
+            self.task.await.unwrap();
+            self.handler
+        }
     }
 }
 
@@ -68,7 +81,8 @@ impl Conn {
         self.send_raw(&line).await;
     }
 
-    pub async fn recv(&mut self) -> Value {
+    /// The next response line, exactly as sent (newline included).
+    pub async fn recv_line(&mut self) -> String {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).await.unwrap();
         assert!(n > 0, "connection closed while a response was expected");
@@ -76,6 +90,11 @@ impl Conn {
             line.ends_with('\n'),
             "response line without newline: {line:?}"
         );
+        line
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        let line = self.recv_line().await;
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
     }
 
