@@ -173,10 +173,8 @@ async fn preload(target: &str, config: &BenchConfig) -> Result<(), Error> {
                 command,
                 session: None,
             },
-        })
-        .await?;
+        })?;
         if conn.outstanding() >= 256 || key + 1 == config.keys {
-            conn.flush().await?;
             while conn.outstanding() > 0 {
                 conn.recv().await??;
             }
@@ -256,14 +254,12 @@ async fn worker(
             conn.send(&Request {
                 id: Some(RequestId::from(next_id)),
                 op,
-            })
-            .await?;
+            })?;
             sent_at.push_back(Instant::now());
         }
         let Some(sent) = sent_at.pop_front() else {
             break;
         };
-        conn.flush().await?;
         let outcome = conn.recv().await?;
         let micros = sent.elapsed().as_micros().max(1) as u64;
         result.latency_us.saturating_record(micros);

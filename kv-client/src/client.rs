@@ -1,8 +1,9 @@
 //! [`Client`]: a handle to one connection that many tasks can use at once.
 //!
 //! A background task owns the [`Connection`]. Each call hands the task a request and a
-//! oneshot for the answer; the task writes requests as they come (one flush per batch) and
-//! hands answers back in order. Concurrent calls are therefore pipelined on one socket.
+//! oneshot for the answer; the task queues requests as they come, writes them while waiting
+//! for answers, and hands answers back in order. Concurrent calls are therefore pipelined on
+//! one socket.
 //!
 //! `Client` is transport only; the typed API (`get`, `put`, ...) with leader finding and
 //! retries is [`crate::ClusterClient`], which works just as well with a single address.
@@ -62,29 +63,32 @@ impl Client {
     }
 }
 
-/// The connection's task: writes calls as they arrive, answers them in order, and fails every
-/// waiting call when the connection breaks.
+/// Past this many bytes of requests not yet written, the connection's task takes no new
+/// calls until the server has read some.
+const QUEUE_HIGH_WATER: usize = 64 << 10;
+
+/// The connection's task: queues calls as they arrive, writes them while waiting for
+/// answers, answers in order, and fails every waiting call when the connection breaks. It
+/// ends when the connection breaks or the last handle is dropped; then the socket closes, so
+/// a request abandoned by a timed-out caller does not keep a task and a socket alive.
 async fn drive(mut connection: Connection, mut calls: mpsc::Receiver<Call>) {
     let mut waiting: VecDeque<oneshot::Sender<Result<Outcome, Error>>> = VecDeque::new();
-    let mut accepting = true;
+    // Ids are not needed to match answers (they come back in order), but the connection
+    // checks each echo, which catches a desynchronised stream at once.
+    let mut next_id = 0u64;
     let error = loop {
         tokio::select! {
-            call = calls.recv(), if accepting => match call {
-                Some((request, reply)) => {
-                    if let Err(error) = connection.send(&request).await {
+            call = calls.recv(), if connection.queued_bytes() < QUEUE_HIGH_WATER => match call {
+                Some((mut request, reply)) => {
+                    next_id += 1;
+                    request.id = Some(RequestId::from(next_id));
+                    if let Err(error) = connection.send(&request) {
                         let _ = reply.send(Err(Error::ConnectionLost(error.to_string())));
                         break error;
                     }
                     waiting.push_back(reply);
-                    // Batch: flush only when no further call is already queued.
-                    if calls.is_empty() {
-                        if let Err(error) = connection.flush().await {
-                            break error;
-                        }
-                    }
                 }
-                // Every handle is gone: finish what is outstanding, then close.
-                None => accepting = false,
+                None => return,
             },
             answer = connection.recv(), if !waiting.is_empty() => {
                 let reply = waiting.pop_front().expect("an answer implies a waiting call");

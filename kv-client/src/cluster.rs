@@ -14,21 +14,31 @@
 //! | `bad_request`, `too_large`            | give up at once: retrying cannot help                |
 //!
 //! Writes of one `ClusterClient` are sequential (`&mut self`): a server keeps only the last
-//! `seq` of each client, so a session has at most one write in flight. Run one
+//! `seq` of each client, so a session sends its writes one after another. Run one
 //! `ClusterClient` per concurrent worker.
+//!
+//! One subtlety for servers: when an attempt times out, its connection is closed and the write
+//! is retried elsewhere, but the first copy may already be on its way and can reach a server
+//! after a *later* write of the same session. A deduplicating server must therefore treat any
+//! `seq` at or below the last one it applied for that client as a duplicate, not only an
+//! equal one.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use kv_server::protocol::{
-    CasOutcome, Command, Consistency, ErrorCode, NodeId, Op, Reply, Role, Session, Status,
+    CasOutcome, Command, Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, Session, Status,
     WriteOutcome,
 };
 use rand::Rng;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
 
 use crate::{Client, Error};
+
+/// How long after the deadline the hard stop of [`ClusterClient::execute`] fires, so that the
+/// retry loop, which knows the last error, normally reports first.
+const HARD_STOP_GRACE: Duration = Duration::from_millis(100);
 
 /// How hard [`ClusterClient`] tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,14 +238,27 @@ impl ClusterClient {
     /// Every retry of a write resends the same op, and so the same `seq`.
     pub async fn execute(&mut self, op: Op) -> Result<Reply, Error> {
         let deadline = Instant::now() + self.policy.deadline;
+        let is_write = matches!(op, Op::Write { .. });
+        // The loop below keeps every wait within the deadline and reports the last error
+        // when it passes; this is the hard stop, a little later, for what it cannot bound
+        // itself (finding the leader, a slow connect).
+        match timeout_at(deadline + HARD_STOP_GRACE, self.retry(op, deadline)).await {
+            Ok(result) => result,
+            Err(_) if is_write => Err(self.unknown_outcome("no answer")),
+            Err(_) => Err(Error::RequestTimeout(self.policy.deadline)),
+        }
+    }
+
+    async fn retry(&mut self, op: Op, deadline: Instant) -> Result<Reply, Error> {
         let mut backoff = self.policy.initial_backoff;
         let mut outcome_unknown = false;
+        let mut redirects = 0;
         if self.leader.is_none() {
             self.find_leader().await;
         }
         loop {
             let addr = self.target();
-            let error = match self.attempt(&addr, op.clone()).await {
+            let error = match self.attempt(&addr, op.clone(), deadline).await {
                 Ok(reply) => return Ok(reply),
                 Err(error) => error,
             };
@@ -247,7 +270,10 @@ impl ClusterClient {
                     ErrorCode::NotLeader => match &failure.leader {
                         Some(leader) if *leader != addr => {
                             self.leader = Some(leader.clone());
-                            true
+                            // Follow a hint at once, but not forever: during an election two
+                            // nodes may name each other for a while.
+                            redirects += 1;
+                            redirects <= 2
                         }
                         _ => {
                             self.leader = None;
@@ -267,22 +293,29 @@ impl ClusterClient {
                     !self.next.is_multiple_of(self.members.len())
                 }
             };
-            if Instant::now() >= deadline {
-                return Err(if outcome_unknown && matches!(op, Op::Write { .. }) {
-                    Error::Server(kv_server::protocol::Failure::timeout(format!(
-                        "gave up after {:?}; the write may or may not have taken effect (last error: {error})",
-                        self.policy.deadline
-                    )))
-                } else {
-                    error
-                });
-            }
             if !retry_at_once {
+                redirects = 0;
+            }
+            if !retry_at_once && Instant::now() < deadline {
                 let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
                 tokio::time::sleep(jittered.min(deadline - Instant::now())).await;
                 backoff = (backoff * 2).min(self.policy.max_backoff);
             }
+            if Instant::now() >= deadline {
+                return Err(if outcome_unknown && matches!(op, Op::Write { .. }) {
+                    self.unknown_outcome(&error.to_string())
+                } else {
+                    error
+                });
+            }
         }
+    }
+
+    fn unknown_outcome(&self, last_error: &str) -> Error {
+        Error::Server(Failure::timeout(format!(
+            "gave up after {:?}; the write may or may not have taken effect (last error: {last_error})",
+            self.policy.deadline
+        )))
     }
 
     /// The address to send to: the leader if known, else the next member in turn.
@@ -295,15 +328,19 @@ impl ClusterClient {
         addr
     }
 
-    async fn attempt(&mut self, addr: &str, op: Op) -> Result<Reply, Error> {
+    async fn attempt(&mut self, addr: &str, op: Op, deadline: Instant) -> Result<Reply, Error> {
         if !self.members.iter().any(|m| m == addr) {
             // A leader hint may name a member the user did not list.
             self.members.push(addr.to_owned());
         }
         let client = self.connection(addr).await?;
-        let result = match timeout(self.policy.request_timeout, client.request(op)).await {
+        let budget = self
+            .policy
+            .request_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let result = match timeout(budget, client.request(op)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::RequestTimeout(self.policy.request_timeout)),
+            Err(_) => Err(Error::RequestTimeout(budget)),
         };
         if let Err(error) = &result {
             self.forget(addr, error);

@@ -2,18 +2,23 @@
 //!
 //! The building block of [`crate::Client`], and what the load generator uses directly so that
 //! measuring a server costs as little client work as possible. A connection may have many
-//! requests outstanding: [`Connection::send`] queues one, [`Connection::flush`] writes the
-//! queue, [`Connection::recv`] reads the oldest answer. It remembers what it sent, so each
-//! answer is checked against its request's id and read as the right kind of reply.
+//! requests outstanding: [`Connection::send`] queues one (no I/O), [`Connection::recv`]
+//! reads the oldest answer and writes queued requests while it waits. It remembers what it
+//! sent, so each answer is checked against its request's id and read as the right kind of
+//! reply.
+//!
+//! Writing only while also reading is what keeps a pipelining client from deadlocking with a
+//! server: a server that cannot write its answers (because nobody reads them) stops reading
+//! requests, so a client that insisted on writing all its requests first would wait forever.
 
 use std::collections::VecDeque;
 
 use futures::{SinkExt, StreamExt};
-use kv_server::codec::JsonLinesCodec;
+use kv_server::codec::{CodecError, JsonLinesCodec};
 use kv_server::protocol::{Limits, OpKind, Outcome, Request, RequestId, WireResponse};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use crate::Error;
 
@@ -22,6 +27,7 @@ use crate::Error;
 pub struct Connection {
     reader: FramedRead<OwnedReadHalf, JsonLinesCodec>,
     writer: FramedWrite<OwnedWriteHalf, JsonLinesCodec>,
+    encoder: JsonLinesCodec,
     /// Sent and unanswered, oldest first: the id the answer must echo, and its kind.
     outstanding: VecDeque<(Option<RequestId>, OpKind)>,
     addr: String,
@@ -42,7 +48,8 @@ impl Connection {
         let codec = JsonLinesCodec::new(Limits::default().max_line_bytes);
         Ok(Connection {
             reader: FramedRead::new(reader, codec.clone()),
-            writer: FramedWrite::new(writer, codec),
+            writer: FramedWrite::new(writer, codec.clone()),
+            encoder: codec,
             outstanding: VecDeque::new(),
             addr: addr.to_owned(),
         })
@@ -53,20 +60,20 @@ impl Connection {
         &self.addr
     }
 
-    /// Queues `request`; it is written by the next [`Connection::flush`] (or sooner, when the
-    /// write buffer fills).
-    pub async fn send(&mut self, request: &Request) -> Result<(), Error> {
-        self.writer.feed(request).await.map_err(lost)?;
+    /// Queues `request` without writing it: it goes out during the next
+    /// [`Connection::recv`] or [`Connection::flush`].
+    pub fn send(&mut self, request: &Request) -> Result<(), Error> {
+        self.encoder
+            .encode(request, self.writer.write_buffer_mut())
+            .map_err(lost)?;
         self.outstanding
             .push_back((request.wire_id(), request.op.kind()));
         Ok(())
     }
 
-    /// Writes everything queued.
-    pub async fn flush(&mut self) -> Result<(), Error> {
-        SinkExt::<&Request>::flush(&mut self.writer)
-            .await
-            .map_err(lost)
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.writer.write_buffer().len()
     }
 
     /// How many requests were sent and not yet answered.
@@ -74,13 +81,28 @@ impl Connection {
         self.outstanding.len()
     }
 
-    /// Reads the answer to the oldest outstanding request. Cancel-safe: dropping the future
-    /// before it completes loses no answer.
+    /// Writes everything queued. Cancel-safe: what was not written stays queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        SinkExt::<&Request>::flush(&mut self.writer)
+            .await
+            .map_err(lost)
+    }
+
+    /// Reads the answer to the oldest outstanding request, writing queued requests while it
+    /// waits. Cancel-safe: dropping the future loses no answer and no queued request.
     pub async fn recv(&mut self) -> Result<Outcome, Error> {
         let Some((id, kind)) = self.outstanding.front().cloned() else {
             return Err(Error::Protocol("recv with no request outstanding".into()));
         };
-        let line = match self.reader.next().await {
+        let line = loop {
+            tokio::select! {
+                biased;
+                line = self.reader.next() => break line,
+                flushed = SinkExt::<&Request>::flush(&mut self.writer),
+                    if !self.writer.write_buffer().is_empty() => flushed.map_err(lost)?,
+            }
+        };
+        let line = match line {
             Some(Ok(line)) => line,
             Some(Err(error)) => return Err(lost(error)),
             None => return Err(Error::ConnectionLost("closed by the server".into())),
@@ -110,12 +132,11 @@ impl Connection {
         if !self.outstanding.is_empty() {
             return Err(Error::Protocol("call with requests outstanding".into()));
         }
-        self.send(request).await?;
-        self.flush().await?;
+        self.send(request)?;
         self.recv().await
     }
 }
 
-fn lost(error: kv_server::codec::CodecError) -> Error {
+fn lost(error: CodecError) -> Error {
     Error::ConnectionLost(error.to_string())
 }

@@ -148,14 +148,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<Output, Failure> {
-    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+    let Some(deadline) = seconds(cli.timeout) else {
         return Err(Failure(
             "--timeout must be a positive number of seconds".into(),
             2,
         ));
-    }
+    };
     let policy = RetryPolicy {
-        deadline: Duration::from_secs_f64(cli.timeout),
+        deadline,
         ..RetryPolicy::default()
     };
     let mut client = ClusterClient::new(cli.addr.clone(), policy);
@@ -222,8 +222,8 @@ async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
         return usage("--read-ratio must be between 0 and 1");
     }
     let length = match (args.requests, args.duration) {
-        (_, Some(secs)) if secs.is_finite() && secs > 0.0 => {
-            Length::Duration(Duration::from_secs_f64(secs))
+        (_, Some(secs)) if seconds(secs).is_some() => {
+            Length::Duration(seconds(secs).expect("checked in the guard"))
         }
         (_, Some(_)) => return usage("--duration must be a positive number of seconds"),
         (Some(n), None) => Length::Requests(n),
@@ -253,4 +253,11 @@ async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
         report.table()
     }
     .into())
+}
+
+/// A positive, finite number of seconds that fits a `Duration`.
+fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
 }

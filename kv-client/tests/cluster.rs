@@ -58,14 +58,99 @@ async fn follows_a_not_leader_hint_to_the_leader() {
 async fn finds_the_leader_through_status_when_given_several_members() {
     let leader = Server::standalone().await;
     let leader_addr = leader.addr();
+    let misdirected = Arc::new(Mutex::new(0));
+    let counter = misdirected.clone();
     let follower = Server::start(Scripted(move |op| match op {
         Op::Status => status(Role::Follower, Some(leader_addr.clone())),
-        _ => panic!("requests must go to the leader once it is known"),
+        _ => {
+            *counter.lock().unwrap() += 1;
+            Err(Failure::not_leader(Some(leader_addr.clone())))
+        }
     }))
     .await;
     let mut client = ClusterClient::new(vec![follower.addr(), leader.addr()], quick());
     assert_eq!(client.find_leader().await, Some(leader.addr()));
     client.put("k", "v").await.unwrap();
+    assert_eq!(
+        *misdirected.lock().unwrap(),
+        0,
+        "a request went to the follower"
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_naming_each_other_do_not_make_the_client_spin() {
+    // During an election two nodes may each name the other as leader. The client follows a
+    // hint or two at once, then backs off: over 300 ms with backoff of at least 1 ms and
+    // doubling, that is a few dozen attempts, not thousands.
+    let calls = Arc::new(Mutex::new(0u32));
+    let b_addr = Arc::new(Mutex::new(String::new()));
+    let (seen, b) = (calls.clone(), b_addr.clone());
+    let node_b = Server::start(Scripted({
+        let seen = calls.clone();
+        move |_| {
+            *seen.lock().unwrap() += 1;
+            Err(Failure::not_leader(None))
+        }
+    }))
+    .await;
+    *b.lock().unwrap() = node_b.addr();
+    let node_a = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Follower, None),
+        _ => {
+            *seen.lock().unwrap() += 1;
+            Err(Failure::not_leader(Some(b.lock().unwrap().clone())))
+        }
+    }))
+    .await;
+    let a_addr = node_a.addr();
+    let pointing_back = Server::start(Scripted(move |_| {
+        Err(Failure::not_leader(Some(a_addr.clone())))
+    }))
+    .await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![node_a.addr(), pointing_back.addr()], policy);
+    let error = client.put("k", "v").await.unwrap_err();
+    assert!(error.code().is_some(), "{error}");
+    let calls = *calls.lock().unwrap();
+    assert!(calls < 300, "{calls} attempts in 300 ms: the client spins");
+    drop(node_b);
+}
+
+#[tokio::test]
+async fn the_deadline_bounds_the_whole_command_even_against_silent_members() {
+    // Three members that accept connections and never answer. Without an overall bound,
+    // finding the leader alone would take 3 × request_timeout.
+    let silent: Vec<tokio::net::TcpListener> =
+        futures::future::join_all((0..3).map(|_| tokio::net::TcpListener::bind("127.0.0.1:0")))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let addrs = silent
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(3),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(addrs, policy);
+    let started = tokio::time::Instant::now();
+    let error = client.put("k", "v").await.unwrap_err();
+    // Outcome-based, not timing-based: a write that got no answer is reported as unknown.
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    // Generous bound: the deadline is 200 ms; without the fix this takes 9 s or more.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(silent);
 }
 
 #[tokio::test]
