@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kv_server::process::{init_tracing, shutdown_signal};
+use kv_server::process::{bind, init_tracing, shutdown_signal};
 use kv_server::protocol::Limits;
 use kv_server::serve::ServeConfig;
-use tokio::net::TcpListener;
 use tracing::info;
 
 /// A single in-memory key/value server speaking limecached's JSON-lines protocol
@@ -34,12 +33,9 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     let shutdown = shutdown_signal();
-    let listener = match TcpListener::bind(&args.listen).await {
+    let listener = match bind(&args.listen).await {
         Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("kv-server: cannot listen on {}: {error}", args.listen);
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return error.report("kv-server"),
     };
     match listener.local_addr() {
         Ok(addr) => info!(%addr, "kv-server listening"),

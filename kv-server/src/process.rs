@@ -1,6 +1,9 @@
 //! What every binary of the workspace does around its main job: logging and signals.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
 
 use tracing_subscriber::EnvFilter;
 
@@ -57,4 +60,43 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     }
+}
+
+/// Why a binary could not start: one line for stderr, and the exit status.
+#[derive(Debug)]
+pub struct StartError {
+    message: String,
+    code: u8,
+}
+
+impl StartError {
+    /// Flags that contradict each other or the contract (exit status 2, like clap's own).
+    pub fn usage(message: impl Into<String>) -> Self {
+        StartError {
+            message: message.into(),
+            code: 2,
+        }
+    }
+
+    /// The environment refused (a busy port, an unreadable directory): exit status 1.
+    pub fn failure(message: impl Into<String>) -> Self {
+        StartError {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
+    /// Prints `program: message` on stderr and gives the exit status.
+    pub fn report(self, program: &str) -> ExitCode {
+        // Not eprintln!, which panics if stderr is closed.
+        let _ = writeln!(std::io::stderr(), "{program}: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+/// Binds `addr`, with a one-line error naming it when that fails.
+pub async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::failure(format!("cannot listen on {addr}: {error}")))
 }

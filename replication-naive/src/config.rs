@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
+use kv_server::process::StartError;
 use kv_server::protocol::{NodeId, is_host_port};
 
 /// `--id`, `--listen` and `--peers`, for every stage's node binary.
@@ -22,17 +23,51 @@ pub struct NodeArgs {
 
 impl NodeArgs {
     /// Checks that the flags agree with each other.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), StartError> {
         match self.peers.get(&self.id) {
-            None => Err(format!(
+            None => Err(StartError::usage(format!(
                 "--peers does not list this node's --id {}",
                 self.id
-            )),
-            Some(addr) if *addr != self.listen => Err(format!(
+            ))),
+            Some(addr) if *addr != self.listen => Err(StartError::usage(format!(
                 "--peers gives node {} the address {addr}, but --listen is {}; they must be the same",
                 self.id, self.listen
-            )),
+            ))),
             Some(_) => Ok(()),
+        }
+    }
+}
+
+/// [`NodeArgs`] plus `--leader`, for the stages whose leader is fixed (2 and 3).
+#[derive(Debug, Clone, Args)]
+pub struct FixedLeaderArgs {
+    /// `--id`, `--listen`, `--peers`.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The leader's id (fixed: these stages have no elections).
+    #[arg(long, value_parser = parse_node_id)]
+    pub leader: NodeId,
+}
+
+impl FixedLeaderArgs {
+    /// Checks that the flags agree with each other.
+    pub fn validate(&self) -> Result<(), StartError> {
+        self.node.validate()?;
+        if !self.node.peers.contains_key(&self.leader) {
+            return Err(StartError::usage(format!(
+                "--leader {} is not in --peers",
+                self.leader
+            )));
+        }
+        Ok(())
+    }
+
+    /// `"leader"` or `"follower"`, for the startup log line.
+    pub fn role(&self) -> &'static str {
+        if self.node.id == self.leader {
+            "leader"
+        } else {
+            "follower"
         }
     }
 }

@@ -1,15 +1,14 @@
 //! `replication-naive --id 1 --listen 127.0.0.1:7001 --peers 1=...,2=...,3=... --leader 1`:
 //! stage 2, naive broadcast replication (deliberately unsafe; see the chapter).
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kv_server::process::{init_tracing, shutdown_signal};
-use kv_server::protocol::NodeId;
-use replication_naive::config::{NodeArgs, parse_node_id};
+use kv_server::process::{StartError, bind, init_tracing, shutdown_signal};
+use replication_naive::config::FixedLeaderArgs;
 use replication_naive::driver::{self, DriverConfig};
 use replication_naive::naive::NaiveNode;
-use tokio::net::TcpListener;
 use tracing::info;
 
 /// One node of a naively replicated key/value cluster (stage 2 of the limecached tutorial).
@@ -19,53 +18,34 @@ use tracing::info;
 #[command(version)]
 struct Args {
     #[command(flatten)]
-    node: NodeArgs,
-    /// The leader's id (fixed: this stage has no elections).
-    #[arg(long, value_parser = parse_node_id)]
-    leader: NodeId,
+    cluster: FixedLeaderArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
-    let shutdown = shutdown_signal();
-    if let Err(problem) = args.node.validate() {
-        eprintln!("replication-naive: {problem}");
-        return ExitCode::from(2);
+    match run(args, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report("replication-naive"),
     }
-    if !args.node.peers.contains_key(&args.leader) {
-        eprintln!(
-            "replication-naive: --leader {} is not in --peers",
-            args.leader
-        );
-        return ExitCode::from(2);
-    }
-    let listener = match TcpListener::bind(&args.node.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "replication-naive: cannot listen on {}: {error}",
-                args.node.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let role = if args.node.id == args.leader {
-        "leader"
-    } else {
-        "follower"
-    };
-    info!(id = %args.node.id, addr = %args.node.listen, role, leader = %args.leader, "node listening");
-    let node = NaiveNode::new(args.node.id, args.node.peers.clone(), args.leader);
+}
+
+async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let cluster = args.cluster;
+    cluster.validate()?;
+    let listener = bind(&cluster.node.listen).await?;
+    let (id, leader) = (cluster.node.id, cluster.leader);
+    info!(%id, addr = %cluster.node.listen, role = cluster.role(), %leader, "node listening");
+    let node = NaiveNode::new(id, cluster.node.peers.clone(), leader);
     driver::run(
         node,
         listener,
-        args.node.peers,
+        cluster.node.peers,
         DriverConfig::default(),
         shutdown,
     )
     .await;
     info!("node stopped");
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -1,37 +1,11 @@
 //! The naive node doing its job on a quiet network: writes through the leader reach every
 //! node, followers redirect writes, reads are local, status describes the cluster.
 
-use std::collections::BTreeMap;
+mod common;
 
-use kv_server::protocol::{
-    Command, Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, WriteOutcome,
-};
-use replication_naive::naive::NaiveNode;
-use replication_naive::sim::{Sim, for_each_seed};
-
-const LEADER: NodeId = NodeId(1);
-
-fn members() -> BTreeMap<NodeId, String> {
-    (1..=3)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
-
-fn cluster(seed: u64) -> Sim<NaiveNode> {
-    Sim::new(seed, members().into_keys(), 10, |id, _| {
-        NaiveNode::new(id, members(), LEADER)
-    })
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
+use common::{LEADER, cluster, put};
+use kv_server::protocol::{Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, WriteOutcome};
+use replication_naive::sim::for_each_seed;
 
 #[test]
 fn a_write_acknowledged_by_a_majority_reaches_every_node_on_a_quiet_network() {

@@ -1,37 +1,15 @@
 //! The known flaws of naive replication, each demonstrated. These tests pass when the flaw
 //! shows: they document why stage 3 (`raft-log`) exists, and each names what fixes it there.
 
-use std::collections::BTreeMap;
+mod common;
 
-use kv_server::protocol::{Command, NodeId, Op};
+use common::{LEADER, cluster, put};
+use kv_server::protocol::NodeId;
 use replication_naive::naive::NaiveNode;
 use replication_naive::sim::{NetConfig, Sim};
 
-const LEADER: NodeId = NodeId(1);
 const F1: NodeId = NodeId(2);
 const F2: NodeId = NodeId(3);
-
-fn members() -> BTreeMap<NodeId, String> {
-    (1..=3)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
-
-fn cluster(seed: u64) -> Sim<NaiveNode> {
-    Sim::new(seed, members().into_keys(), 10, |id, _| {
-        NaiveNode::new(id, members(), LEADER)
-    })
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
 
 fn value(sim: &Sim<NaiveNode>, id: NodeId, key: &str) -> Option<String> {
     sim.node(id).unwrap().map().get(key).map(str::to_owned)

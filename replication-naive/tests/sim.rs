@@ -1,42 +1,11 @@
 //! The simulator itself: a seed fixes the whole run; partitions, crashes and restarts do what
 //! they say. The naive node serves as a small, deterministic subject.
 
-use std::collections::BTreeMap;
+mod common;
 
-use kv_server::protocol::{Command, Consistency, NodeId, Op, Reply, WriteOutcome};
-use replication_naive::naive::NaiveNode;
-use replication_naive::sim::{NetConfig, Sim};
-
-const LEADER: NodeId = NodeId(1);
-
-fn members() -> BTreeMap<NodeId, String> {
-    (1..=3)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
-
-fn cluster(seed: u64) -> Sim<NaiveNode> {
-    Sim::new(seed, members().into_keys(), 10, |id, _| {
-        NaiveNode::new(id, members(), LEADER)
-    })
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
-
-fn get(key: &str) -> Op {
-    Op::Get {
-        key: key.into(),
-        consistency: Consistency::Stale,
-    }
-}
+use common::{LEADER, cluster, put, stale_get as get};
+use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use replication_naive::sim::NetConfig;
 
 /// A digest of a run: every node's data after a fixed workload on a lossy network.
 fn run_digest(seed: u64) -> (u64, Vec<Vec<(String, String)>>) {

@@ -64,6 +64,25 @@ async fn messages_queued_while_a_peer_is_down_arrive_in_order_once_it_is_up() {
     stop.cancel();
 }
 
+/// Opens a peer connection to `addr` as node 5, announcing protocol `version`.
+async fn hello_from_5(
+    addr: std::net::SocketAddr,
+    version: u32,
+) -> FramedWrite<TcpStream, LengthDelimitedCodec> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
+    let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
+    let hello = Hello {
+        version,
+        from: NodeId(5),
+    };
+    frames
+        .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
+        .await
+        .unwrap();
+    frames
+}
+
 #[tokio::test]
 async fn a_peer_with_another_protocol_version_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,17 +92,7 @@ async fn a_peer_with_another_protocol_version_is_refused() {
         let (tx, _rx) = mpsc::channel::<(NodeId, u64)>(1);
         transport::receive(stream, tx, fast(), CancellationToken::new()).await
     });
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
-    let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
-    let hello = Hello {
-        version: transport::PROTOCOL_VERSION + 1,
-        from: NodeId(5),
-    };
-    frames
-        .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
-        .await
-        .unwrap();
+    let _connection = hello_from_5(addr, transport::PROTOCOL_VERSION + 1).await;
     let error = handshake.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("version"), "{error}");
 }
@@ -97,17 +106,7 @@ async fn an_undecodable_message_closes_the_connection_with_an_error() {
         let (tx, _rx) = mpsc::channel::<(NodeId, u64)>(1);
         transport::receive(stream, tx, fast(), CancellationToken::new()).await
     });
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
-    let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
-    let hello = Hello {
-        version: transport::PROTOCOL_VERSION,
-        from: NodeId(5),
-    };
-    frames
-        .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
-        .await
-        .unwrap();
+    let mut frames = hello_from_5(addr, transport::PROTOCOL_VERSION).await;
     frames
         .send(Bytes::from_static(b"\"not a number\""))
         .await
