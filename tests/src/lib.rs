@@ -1,9 +1,12 @@
-//! Helpers for the cross-crate tests.
+//! Helpers for the cross-crate and multi-process tests.
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The path of the workspace binary `name`, built (or brought up to date) on first use.
 ///
@@ -32,4 +35,109 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// `n` free loopback addresses. The ports are found by binding port 0 and released before
+/// use, so another process could take one in between; on a test machine that is rare.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").to_string())
+        .collect()
+}
+
+/// A cluster of node processes of one stage binary, all given the same `--peers`.
+pub struct ProcessCluster {
+    binary: PathBuf,
+    /// Node id → address.
+    pub addrs: BTreeMap<u64, String>,
+    extra_args: Vec<String>,
+    children: BTreeMap<u64, Child>,
+}
+
+impl ProcessCluster {
+    /// Starts nodes `1..=n` of `binary` with `--id`, `--listen`, `--peers` and `extra_args`.
+    pub fn start(binary: &str, n: u64, extra_args: &[&str]) -> ProcessCluster {
+        let addrs: BTreeMap<u64, String> = (1..=n).zip(free_addrs(n as usize)).collect();
+        let mut cluster = ProcessCluster {
+            binary: self::binary(binary),
+            addrs,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            children: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// Every address, comma-separated, as `--addr` takes them.
+    pub fn all_addrs(&self) -> Vec<String> {
+        self.addrs.values().cloned().collect()
+    }
+
+    /// Starts node `id` (again) and returns once it logs that it is listening. Its log lines
+    /// are drained in the background so the process never blocks on a full pipe.
+    pub fn start_node(&mut self, id: u64) {
+        let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        let mut child = Command::new(&self.binary)
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &self.addrs[&id],
+                "--peers",
+                &peers.join(","),
+            ])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a node");
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("node listening"));
+        assert!(ready, "node {id} exited before listening");
+        std::thread::spawn(move || lines.for_each(drop));
+        self.children.insert(id, child);
+    }
+
+    /// `kill -9` node `id` and waits for it to be gone.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for id in self.children.keys().copied().collect::<Vec<_>>() {
+            self.kill(id);
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds, failing after `limit`: for state that changes
+/// inside other processes, where there is no event to await.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
