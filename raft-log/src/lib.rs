@@ -16,7 +16,13 @@
 //! | [`types`]     | `Term`, `LogIndex`, `Entry`, `Payload`                                |
 //! | [`storage`]   | the `Storage` trait (compaction and durability seams) and `MemStorage` |
 //! | [`message`]   | `AppendEntries`, its response, the conflict hint                      |
-//! | [`node`]      | `RaftLogNode`: the synchronous core, a `replication_naive::node::Node` |
+//! | [`log`]       | `RaftLog`: the follower side of §5.3, the commit rules                |
+//! | [`replication`] | `Replication`: the leader's per-follower progress (probe, pipeline) |
+//! | [`apply`]     | `Applier`: committed entries applied in order, clients answered      |
+//! | [`node`]      | `RaftLogNode`: the pieces above with a fixed leader, as a `Node`      |
+//!
+//! `log`, `replication` and `apply` are written to be reused: the election stage composes
+//! the same pieces with roles and terms instead of copying them.
 //!
 //! Departures from the paper, all from etcd's raft: the leader probes a follower with one
 //! AppendEntries at a time until it finds where their logs match, then pipelines (sends new
@@ -25,7 +31,10 @@
 //! paper sketches at the end of §5.3).
 #![warn(missing_docs)]
 
+pub mod apply;
+pub mod log;
 pub mod message;
 pub mod node;
+pub mod replication;
 pub mod storage;
 pub mod types;

@@ -1,0 +1,82 @@
+//! [`Applier`]: applies committed entries to the key/value map, once each, in index order,
+//! and answers the clients waiting for them.
+
+use std::collections::BTreeMap;
+
+use kv_server::protocol::{Failure, Outcome, Reply};
+use kv_server::store::KvMap;
+use replication_naive::node::RequestTag;
+
+use crate::log::RaftLog;
+use crate::storage::Storage;
+use crate::types::{LogIndex, Payload, Term};
+
+/// The state machine and the clients waiting on it.
+#[derive(Debug, Default)]
+pub struct Applier {
+    state: KvMap,
+    last_applied: LogIndex,
+    /// Clients waiting for the entry they proposed at an index, in a term.
+    waiting: BTreeMap<LogIndex, (Term, RequestTag)>,
+}
+
+impl Applier {
+    /// An empty state machine.
+    pub fn new() -> Applier {
+        Applier::default()
+    }
+
+    /// The key/value map, as of [`Applier::last_applied`].
+    pub fn state(&self) -> &KvMap {
+        &self.state
+    }
+
+    /// The highest index applied.
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+
+    /// Answers `tag` when the entry proposed at `index` in `term` is applied.
+    pub fn wait(&mut self, index: LogIndex, term: Term, tag: RequestTag) {
+        self.waiting.insert(index, (term, tag));
+    }
+
+    /// Applies every committed entry not yet applied, and returns the answers for the clients
+    /// that waited on them. A client whose entry was replaced by another leader's (same
+    /// index, other term) learns that its write did not happen: an entry that is replaced was
+    /// never committed, and never will be.
+    pub fn apply_committed<S: Storage>(&mut self, log: &RaftLog<S>) -> Vec<(RequestTag, Outcome)> {
+        let mut answers = Vec::new();
+        while self.last_applied < log.commit_index() {
+            let from = self.last_applied.next();
+            let batch = log.entries(from, log.commit_index(), 1024);
+            assert!(
+                !batch.is_empty(),
+                "committed entries {from}..={} must be in the log",
+                log.commit_index()
+            );
+            for entry in batch {
+                assert_eq!(
+                    entry.index,
+                    self.last_applied.next(),
+                    "entries are applied once, in order"
+                );
+                self.last_applied = entry.index;
+                let outcome = match entry.payload {
+                    Payload::Command(command) => Ok(Reply::Write(self.state.apply(command))),
+                };
+                if let Some((term, tag)) = self.waiting.remove(&entry.index) {
+                    let answer = if term == entry.term {
+                        outcome
+                    } else {
+                        Err(Failure::unavailable(
+                            "leadership changed before the write was committed; it did not happen",
+                        ))
+                    };
+                    answers.push((tag, answer));
+                }
+            }
+        }
+        answers
+    }
+}

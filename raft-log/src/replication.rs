@@ -1,0 +1,185 @@
+//! [`Replication`]: the leader's side of log replication — what to send each follower, and
+//! what its answers mean (Figure 2, "volatile state on leaders").
+
+use std::collections::BTreeMap;
+
+use kv_server::protocol::NodeId;
+use tracing::{debug, warn};
+
+use crate::log::RaftLog;
+use crate::message::{AppendEntries, Rejection};
+use crate::storage::Storage;
+use crate::types::{LogIndex, Term};
+
+/// How the leader sends to one follower (the two modes of etcd's raft).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Where the follower's log matches is not known: one AppendEntries at a time, moving
+    /// `next_index` back on each rejection until one is accepted.
+    Probe {
+        /// An AppendEntries is out and unanswered; the next goes out on its answer or at the
+        /// next heartbeat (in case it was lost).
+        waiting: bool,
+    },
+    /// The logs match up to `match_index`: new entries are sent as soon as they exist, and
+    /// `next_index` moves ahead optimistically without waiting for answers.
+    Pipeline,
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The next entry to send.
+    pub next_index: LogIndex,
+    /// The highest entry known to be replicated on the follower.
+    pub match_index: LogIndex,
+    /// Probing or pipelining.
+    pub mode: Mode,
+}
+
+/// A leader's progress with every follower.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    progress: BTreeMap<NodeId, Progress>,
+    max_entries: usize,
+}
+
+impl Replication {
+    /// Progress for `followers` of a leader whose log ends at `last_index`: each is probed
+    /// from just after it, and nothing is known to match (Figure 2: next_index = last log
+    /// index + 1, match_index = 0).
+    pub fn new(
+        followers: impl IntoIterator<Item = NodeId>,
+        last_index: LogIndex,
+        max_entries: usize,
+    ) -> Replication {
+        let start = Progress {
+            next_index: last_index.next(),
+            match_index: LogIndex(0),
+            mode: Mode::Probe { waiting: false },
+        };
+        Replication {
+            progress: followers.into_iter().map(|id| (id, start)).collect(),
+            max_entries,
+        }
+    }
+
+    /// The followers.
+    pub fn followers(&self) -> Vec<NodeId> {
+        self.progress.keys().copied().collect()
+    }
+
+    /// The progress with `follower`.
+    pub fn progress(&self, follower: NodeId) -> Option<&Progress> {
+        self.progress.get(&follower)
+    }
+
+    /// The AppendEntries to send `follower` now, if its mode allows one. A heartbeat goes out
+    /// even with nothing new, and re-sends a probe whose answer may have been lost.
+    pub fn append_for<S: Storage>(
+        &mut self,
+        follower: NodeId,
+        log: &RaftLog<S>,
+        term: Term,
+        heartbeat: bool,
+    ) -> Option<AppendEntries> {
+        let last = log.last_index();
+        let p = self.progress.get_mut(&follower)?;
+        match p.mode {
+            Mode::Probe { waiting: true } if !heartbeat => return None,
+            Mode::Pipeline if p.next_index > last && !heartbeat => return None,
+            _ => {}
+        }
+        let prev_log_index = p.next_index.prev();
+        let Some(prev_log_term) = log.term(prev_log_index) else {
+            warn!(%follower, %prev_log_index, "no term for the entry before next_index; not sending");
+            return None;
+        };
+        let entries = log.entries(p.next_index, last, self.max_entries);
+        match &mut p.mode {
+            Mode::Probe { waiting } => *waiting = true,
+            Mode::Pipeline => {
+                if let Some(sent) = entries.last() {
+                    p.next_index = sent.index.next();
+                }
+            }
+        }
+        Some(AppendEntries {
+            term,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: log.commit_index(),
+        })
+    }
+
+    /// Records `follower`'s answer (of the leader's current term). Returns whether to send it
+    /// more at once.
+    pub fn on_response<S: Storage>(
+        &mut self,
+        follower: NodeId,
+        result: Result<LogIndex, Rejection>,
+        log: &RaftLog<S>,
+    ) -> bool {
+        let Some(p) = self.progress.get_mut(&follower) else {
+            return false;
+        };
+        match result {
+            Ok(matched) => {
+                p.match_index = p.match_index.max(matched);
+                p.next_index = p.next_index.max(matched.next());
+                p.mode = Mode::Pipeline;
+                true
+            }
+            Err(rejection) => {
+                let stale = match p.mode {
+                    Mode::Probe { .. } => rejection.prev_log_index != p.next_index.prev(),
+                    Mode::Pipeline => rejection.prev_log_index < p.match_index,
+                };
+                if stale {
+                    debug!(%follower, prev = %rejection.prev_log_index, "stale rejection ignored");
+                    return false;
+                }
+                let next = log
+                    .next_index_after(rejection)
+                    .min(rejection.prev_log_index)
+                    .max(LogIndex(1));
+                if next <= p.match_index {
+                    // The follower lost entries it had acknowledged (a node whose log is
+                    // not durable came back empty).
+                    p.match_index = next.prev();
+                }
+                debug!(%follower, %next, "log mismatch; probing");
+                p.next_index = next;
+                p.mode = Mode::Probe { waiting: false };
+                true
+            }
+        }
+    }
+
+    /// The highest index stored by a majority of `voters` (`me` stores `own_last`).
+    pub fn quorum_match(
+        &self,
+        me: NodeId,
+        own_last: LogIndex,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> LogIndex {
+        let mut stored: Vec<LogIndex> = voters
+            .into_iter()
+            .map(|id| {
+                if id == me {
+                    own_last
+                } else {
+                    self.progress
+                        .get(&id)
+                        .map_or(LogIndex(0), |p| p.match_index)
+                }
+            })
+            .collect();
+        if stored.is_empty() {
+            return LogIndex(0);
+        }
+        stored.sort_unstable_by(|a, b| b.cmp(a));
+        stored[stored.len() / 2]
+    }
+}
