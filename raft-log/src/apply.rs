@@ -64,6 +64,7 @@ impl Applier {
                 self.last_applied = entry.index;
                 let outcome = match entry.payload {
                     Payload::Command(command) => Ok(Reply::Write(self.state.apply(command))),
+                    Payload::Noop => Ok(Reply::Done),
                 };
                 if let Some((term, tag)) = self.waiting.remove(&entry.index) {
                     let answer = if term == entry.term {

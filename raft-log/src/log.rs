@@ -22,6 +22,11 @@ impl<S: Storage> RaftLog<S> {
         }
     }
 
+    /// Gives back the storage (what survives a crash).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
     /// The storage underneath.
     pub fn storage(&self) -> &S {
         &self.storage

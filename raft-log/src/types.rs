@@ -20,6 +20,13 @@ pub struct Term(pub u64);
 #[serde(transparent)]
 pub struct LogIndex(pub u64);
 
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
 impl LogIndex {
     /// The index after this one.
     pub fn next(self) -> LogIndex {
@@ -50,6 +57,9 @@ impl fmt::Display for LogIndex {
 pub enum Payload {
     /// A client's write, applied to the key/value map when committed.
     Command(Command),
+    /// Nothing: what a new leader appends at the start of its term so that an entry of its
+    /// own term commits, and with it every earlier entry (§5.4.2, §8). Used from stage 6.
+    Noop,
 }
 
 /// One log entry: where it is, the term of the leader that created it, and what it carries.

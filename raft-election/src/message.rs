@@ -1,0 +1,44 @@
+//! What nodes say to each other from this stage on: stage 3's AppendEntries, plus
+//! RequestVote (§5.2) and its pre-vote variant (thesis §9.6).
+
+use raft_log::message::{AppendEntries, AppendEntriesResponse};
+use raft_log::types::{LogIndex, Term};
+use serde::{Deserialize, Serialize};
+
+/// A Raft message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Leader → follower: entries, heartbeat, commit index (stage 3).
+    AppendEntries(AppendEntries),
+    /// Follower → leader: the outcome of an AppendEntries (stage 3).
+    AppendEntriesResponse(AppendEntriesResponse),
+    /// Candidate → everyone: vote for me (or, as a pre-vote, would you?).
+    RequestVote(RequestVote),
+    /// The answer to a RequestVote.
+    RequestVoteResponse(RequestVoteResponse),
+}
+
+/// Figure 2's RequestVote arguments, with the pre-vote flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVote {
+    /// The candidate's term; for a pre-vote, the term it would campaign in (its current term
+    /// + 1), which it has not adopted.
+    pub term: Term,
+    /// The index of the candidate's last entry (§5.4.1).
+    pub last_log_index: LogIndex,
+    /// The term of the candidate's last entry (§5.4.1).
+    pub last_log_term: Term,
+    /// A pre-vote: "would you vote for me?" Changes no one's term or vote.
+    pub pre_vote: bool,
+}
+
+/// The answer to a RequestVote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVoteResponse {
+    /// The voter's current term (for a granted pre-vote, the term asked about).
+    pub term: Term,
+    /// Whether the vote (or pre-vote) is granted.
+    pub granted: bool,
+    /// Whether this answers a pre-vote.
+    pub pre_vote: bool,
+}

@@ -1,0 +1,606 @@
+//! [`RaftNode`]: Raft with elections. Stage 3's log, replication and state machine, with
+//! terms, roles, votes and timers around them (§5.1, §5.2, §5.4), pre-vote (thesis §9.6) and
+//! check-quorum (thesis §6.2).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
+use kv_server::store::KvMap;
+use raft_log::apply::Applier;
+use raft_log::log::RaftLog;
+use raft_log::message::{AppendEntries, AppendEntriesResponse, Rejection};
+use raft_log::replication::Replication;
+use raft_log::storage::{HardState, Storage};
+use raft_log::types::{LogIndex, Payload, Term};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use replication_naive::node::{Node, Outbox, RequestTag};
+use tracing::{debug, info};
+
+use crate::message::{Message, RequestVote, RequestVoteResponse};
+
+/// How a node is set up. Times are in ticks (the driver's tick is 10 ms by default).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every member, this node included, with its address.
+    pub members: BTreeMap<NodeId, String>,
+    /// The election timeout's base: a follower that hears from no leader for a random time in
+    /// `[election_ticks, 2 × election_ticks)` campaigns (§5.2).
+    pub election_ticks: u64,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: u64,
+    /// Most entries carried by one AppendEntries.
+    pub max_entries_per_message: usize,
+    /// Ask for pre-votes before campaigning (thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election timeout steps down
+    /// (thesis §6.2).
+    pub check_quorum: bool,
+    /// Seeds the randomized election timeouts: the only randomness in the core.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A member of `members` with the defaults: elections after 20-40 ticks of silence,
+    /// heartbeats every 5 ticks (with 10 ms ticks: 200-400 ms and 50 ms), pre-vote and
+    /// check-quorum on.
+    pub fn new(id: NodeId, members: BTreeMap<NodeId, String>, seed: u64) -> Config {
+        Config {
+            id,
+            members,
+            election_ticks: 20,
+            heartbeat_ticks: 5,
+            max_entries_per_message: 256,
+            pre_vote: true,
+            check_quorum: true,
+            seed,
+        }
+    }
+
+    fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}
+
+/// What this node is doing in its current term.
+#[derive(Debug)]
+enum Duty {
+    Follower,
+    /// Asking for pre-votes for `term + 1`, without having changed its term.
+    PreCandidate {
+        votes: BTreeSet<NodeId>,
+    },
+    Candidate {
+        votes: BTreeSet<NodeId>,
+    },
+    Leader {
+        replication: Replication,
+        /// Who has answered since the last check-quorum round (the leader counts itself).
+        heard_from: BTreeSet<NodeId>,
+    },
+}
+
+/// A Raft node with elections.
+#[derive(Debug)]
+pub struct RaftNode<S> {
+    config: Config,
+    log: RaftLog<S>,
+    applier: Applier,
+    term: Term,
+    voted_for: Option<NodeId>,
+    duty: Duty,
+    leader: Option<NodeId>,
+    rng: StdRng,
+    /// Ticks since the last election-timer reset (hearing from a leader, granting a vote,
+    /// campaigning); for a leader, since the last check-quorum round.
+    election_elapsed: u64,
+    /// This round's randomized timeout, in `[election_ticks, 2 × election_ticks)`.
+    election_timeout: u64,
+    heartbeat_elapsed: u64,
+}
+
+impl<S: Storage> RaftNode<S> {
+    /// A node recovering its term, vote and log from `storage` (empty for a new node). It
+    /// starts as a follower that knows no leader.
+    pub fn new(config: Config, storage: S) -> RaftNode<S> {
+        assert!(
+            config.members.contains_key(&config.id),
+            "a node must be a member"
+        );
+        assert!(
+            config.election_ticks > config.heartbeat_ticks,
+            "heartbeats must come more often than elections"
+        );
+        let log = RaftLog::new(storage);
+        let HardState {
+            current_term,
+            voted_for,
+        } = log.hard_state();
+        let rng =
+            StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut node = RaftNode {
+            config,
+            log,
+            applier: Applier::new(),
+            term: current_term,
+            voted_for,
+            duty: Duty::Follower,
+            leader: None,
+            rng,
+            election_elapsed: 0,
+            election_timeout: 0,
+            heartbeat_elapsed: 0,
+        };
+        node.reset_election_timer();
+        node
+    }
+
+    /// Gives back the storage: what survives a crash.
+    pub fn into_storage(self) -> S {
+        self.log.into_storage()
+    }
+
+    /// The log's storage.
+    pub fn log(&self) -> &S {
+        self.log.storage()
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Whom this node voted for in the current term.
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        match self.duty {
+            Duty::Follower => Role::Follower,
+            Duty::PreCandidate { .. } | Duty::Candidate { .. } => Role::Candidate,
+            Duty::Leader { .. } => Role::Leader,
+        }
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.duty, Duty::Leader { .. })
+    }
+
+    /// The leader this node knows of in its current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest index known to be committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.commit_index()
+    }
+
+    /// The highest index applied to the key/value map.
+    pub fn last_applied(&self) -> LogIndex {
+        self.applier.last_applied()
+    }
+
+    /// The key/value map, as of `last_applied`.
+    pub fn state(&self) -> &KvMap {
+        self.applier.state()
+    }
+
+    fn addr(&self, id: NodeId) -> Option<String> {
+        self.config.members.get(&id).cloned()
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.config
+            .members
+            .keys()
+            .copied()
+            .filter(|&id| id != self.config.id)
+            .collect()
+    }
+
+    fn status(&self) -> Status {
+        let members = self.config.members.iter();
+        Status {
+            id: Some(self.config.id),
+            role: self.role(),
+            term: Some(self.term.0),
+            leader: self.leader,
+            leader_addr: self.leader.and_then(|id| self.addr(id)),
+            commit_index: Some(self.commit_index().0),
+            last_applied: Some(self.last_applied().0),
+            members: Some(
+                members
+                    .map(|(&id, addr)| Member {
+                        id,
+                        addr: addr.clone(),
+                        voter: true,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.config.election_ticks;
+        self.election_timeout = self.rng.gen_range(base..2 * base);
+    }
+
+    /// Persists the term and vote. Called before any message that depends on them is sent:
+    /// the outbox is only sent once the node returns, and storage is durable on return.
+    fn save_hard_state(&mut self) {
+        self.log.save_hard_state(HardState {
+            current_term: self.term,
+            voted_for: self.voted_for,
+        });
+    }
+
+    /// Adopts `term` (if newer) and follows `leader` (if known). §5.1: a node that sees a
+    /// higher term updates its own and reverts to follower.
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.save_hard_state();
+        }
+        let was = self.role();
+        let leader_changed = self.leader != leader;
+        self.duty = Duty::Follower;
+        self.leader = leader;
+        self.reset_election_timer();
+        if was != Role::Follower || leader_changed {
+            info!(id = %self.config.id, term = %self.term, leader = ?leader.map(|l| l.0), "follower");
+        }
+    }
+
+    /// Starts an election: a pre-vote round first when enabled, then a real one (§5.2).
+    fn campaign(&mut self, pre_vote: bool, out: &mut Outbox<Message>) {
+        self.reset_election_timer();
+        self.leader = None;
+        let votes = BTreeSet::from([self.config.id]);
+        let term = if pre_vote {
+            self.duty = Duty::PreCandidate { votes };
+            debug!(id = %self.config.id, term = %self.term, "pre-candidate");
+            self.term.next()
+        } else {
+            self.term = self.term.next();
+            self.voted_for = Some(self.config.id);
+            self.save_hard_state();
+            self.duty = Duty::Candidate { votes };
+            info!(id = %self.config.id, term = %self.term, "candidate");
+            self.term
+        };
+        let request = RequestVote {
+            term,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            pre_vote,
+        };
+        for peer in self.peers() {
+            out.send(peer, Message::RequestVote(request));
+        }
+        // A cluster of one elects itself.
+        self.count_votes(pre_vote, out);
+    }
+
+    fn count_votes(&mut self, pre_vote: bool, out: &mut Outbox<Message>) {
+        let won = match &self.duty {
+            Duty::PreCandidate { votes } if pre_vote => votes.len() >= self.config.majority(),
+            Duty::Candidate { votes } if !pre_vote => votes.len() >= self.config.majority(),
+            _ => false,
+        };
+        if won && pre_vote {
+            self.campaign(false, out);
+        } else if won {
+            self.become_leader(out);
+        }
+    }
+
+    fn become_leader(&mut self, out: &mut Outbox<Message>) {
+        let replication = Replication::new(
+            self.peers(),
+            self.log.last_index(),
+            self.config.max_entries_per_message,
+        );
+        self.duty = Duty::Leader {
+            replication,
+            heard_from: BTreeSet::from([self.config.id]),
+        };
+        self.leader = Some(self.config.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        info!(id = %self.config.id, term = %self.term, "leader");
+        // §8: an entry of the new term, so that it, and every entry before it, can commit.
+        self.log.append_new(self.term, Payload::Noop);
+        self.broadcast(false, out);
+        self.advance_commit(out);
+    }
+
+    /// Whether this node heard from a leader within the base election timeout: then it
+    /// refuses to help anyone unseat that leader (thesis §4.2.3 and §9.6). A leader counts
+    /// itself.
+    fn leader_is_fresh(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.config.election_ticks
+    }
+
+    fn on_request_vote(&mut self, from: NodeId, req: RequestVote, out: &mut Outbox<Message>) {
+        let refuse = |term| RequestVoteResponse {
+            term,
+            granted: false,
+            pre_vote: req.pre_vote,
+        };
+        if req.term < self.term {
+            out.send(from, Message::RequestVoteResponse(refuse(self.term)));
+            return;
+        }
+        if self.leader_is_fresh() && self.leader != Some(from) {
+            // Ignored, term included: a node that was cut off, or restarted, must not depose
+            // a leader that a majority still hears from.
+            debug!(%from, term = %req.term, "vote refused: the current leader is alive");
+            out.send(from, Message::RequestVoteResponse(refuse(self.term)));
+            return;
+        }
+        // §5.4.1 election restriction: vote only for a candidate whose log is at least as
+        // up to date as ours (later last term, or same last term and at least as long).
+        let up_to_date = (req.last_log_term, req.last_log_index)
+            >= (self.log.last_term(), self.log.last_index());
+        if req.pre_vote {
+            // A pre-vote changes nothing here: no term, no vote, no timer.
+            let granted = req.term > self.term && up_to_date;
+            let term = if granted { req.term } else { self.term };
+            out.send(
+                from,
+                Message::RequestVoteResponse(RequestVoteResponse {
+                    term,
+                    granted,
+                    pre_vote: true,
+                }),
+            );
+            return;
+        }
+        if req.term > self.term {
+            self.become_follower(req.term, None);
+        }
+        let granted = up_to_date && self.voted_for.is_none_or(|v| v == from);
+        if granted {
+            self.voted_for = Some(from);
+            self.save_hard_state();
+            self.reset_election_timer();
+        }
+        out.send(
+            from,
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term: self.term,
+                granted,
+                pre_vote: false,
+            }),
+        );
+    }
+
+    fn on_vote_response(
+        &mut self,
+        from: NodeId,
+        resp: RequestVoteResponse,
+        out: &mut Outbox<Message>,
+    ) {
+        if resp.term > self.term && !resp.granted {
+            self.become_follower(resp.term, None);
+            return;
+        }
+        let expected_term = if resp.pre_vote {
+            self.term.next()
+        } else {
+            self.term
+        };
+        if !resp.granted || resp.term != expected_term {
+            return;
+        }
+        match &mut self.duty {
+            Duty::PreCandidate { votes } if resp.pre_vote => {
+                votes.insert(from);
+            }
+            Duty::Candidate { votes } if !resp.pre_vote => {
+                votes.insert(from);
+            }
+            _ => return,
+        }
+        self.count_votes(resp.pre_vote, out);
+    }
+
+    fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
+        if req.term < self.term {
+            // Figure 2, step 1. Our term in the answer tells the stale leader to step down.
+            let rejection = Rejection {
+                prev_log_index: req.prev_log_index,
+                conflict_term: None,
+                conflict_index: LogIndex(0),
+            };
+            let response = AppendEntriesResponse {
+                term: self.term,
+                result: Err(rejection),
+            };
+            out.send(from, Message::AppendEntriesResponse(response));
+            return;
+        }
+        // A leader of this term or a later one exists: follow it (a candidate of the same
+        // term steps down, §5.2).
+        if req.term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(from)
+        {
+            self.become_follower(req.term, Some(from));
+        }
+        self.reset_election_timer();
+        let result = self.log.accept(
+            req.prev_log_index,
+            req.prev_log_term,
+            req.entries,
+            req.leader_commit,
+        );
+        self.apply_committed(out);
+        out.send(
+            from,
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: self.term,
+                result,
+            }),
+        );
+    }
+
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        resp: AppendEntriesResponse,
+        out: &mut Outbox<Message>,
+    ) {
+        if resp.term > self.term {
+            self.become_follower(resp.term, None);
+            return;
+        }
+        let Duty::Leader {
+            replication,
+            heard_from,
+        } = &mut self.duty
+        else {
+            return;
+        };
+        if resp.term < self.term {
+            return;
+        }
+        heard_from.insert(from);
+        let more = replication.on_response(from, resp.result, &self.log);
+        if more {
+            if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
+                out.send(from, Message::AppendEntries(append));
+            }
+        }
+        self.advance_commit(out);
+    }
+
+    fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
+        let Duty::Leader { replication, .. } = &mut self.duty else {
+            return;
+        };
+        for follower in replication.followers() {
+            if let Some(append) = replication.append_for(follower, &self.log, self.term, heartbeat)
+            {
+                out.send(follower, Message::AppendEntries(append));
+            }
+        }
+    }
+
+    fn advance_commit(&mut self, out: &mut Outbox<Message>) {
+        let Duty::Leader { replication, .. } = &self.duty else {
+            return;
+        };
+        let voters = self.config.members.keys().copied();
+        let stored = replication.quorum_match(self.config.id, self.log.last_index(), voters);
+        // §5.4.2: only an entry of the current term commits by counting replicas.
+        if self.log.commit_if_current_term(stored, self.term) {
+            self.apply_committed(out);
+        }
+    }
+
+    fn apply_committed(&mut self, out: &mut Outbox<Message>) {
+        for (tag, outcome) in self.applier.apply_committed(&self.log) {
+            out.reply(tag, outcome);
+        }
+    }
+
+    fn tick_leader(&mut self, out: &mut Outbox<Message>) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast(true, out);
+        }
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            let majority = self.config.majority();
+            let Duty::Leader { heard_from, .. } = &mut self.duty else {
+                return;
+            };
+            let heard = heard_from.len();
+            *heard_from = BTreeSet::from([self.config.id]);
+            // Thesis §6.2 (check-quorum): a leader that has not heard from a majority within
+            // an election timeout may have been deposed; it stops accepting writes.
+            if self.config.check_quorum && heard < majority {
+                info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+        }
+    }
+}
+
+impl<S: Storage> Node for RaftNode<S> {
+    type Message = Message;
+
+    fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    fn tick(&mut self, out: &mut Outbox<Message>) {
+        if self.is_leader() {
+            self.tick_leader(out);
+            return;
+        }
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.election_timeout {
+            self.campaign(self.config.pre_vote, out);
+        }
+    }
+
+    fn step(&mut self, from: NodeId, message: Message, out: &mut Outbox<Message>) {
+        if !self.config.members.contains_key(&from) {
+            debug!(%from, "message from a non-member ignored");
+            return;
+        }
+        match message {
+            Message::AppendEntries(req) => self.on_append_entries(from, req, out),
+            Message::AppendEntriesResponse(resp) => self.on_append_response(from, resp, out),
+            Message::RequestVote(req) => self.on_request_vote(from, req, out),
+            Message::RequestVoteResponse(resp) => self.on_vote_response(from, resp, out),
+        }
+    }
+
+    fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
+        match op {
+            // A local read, possibly stale. Linearizable reads (ReadIndex) come with the
+            // limecached node.
+            Op::Get { key, .. } => out.reply(
+                tag,
+                Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
+            ),
+            Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
+            Op::Write { command, .. } => match self.duty {
+                Duty::Leader { .. } => {
+                    let index = self.log.append_new(self.term, Payload::Command(command));
+                    self.applier.wait(index, self.term, tag);
+                    self.broadcast(false, out);
+                    self.advance_commit(out);
+                }
+                Duty::Follower => {
+                    let leader_addr = self.leader.and_then(|id| self.addr(id));
+                    out.reply(tag, Err(Failure::not_leader(leader_addr)));
+                }
+                Duty::PreCandidate { .. } | Duty::Candidate { .. } => {
+                    out.reply(
+                        tag,
+                        Err(Failure::unavailable(
+                            "an election is under way; retry shortly",
+                        )),
+                    );
+                }
+            },
+            Op::AddMember { .. } | Op::RemoveMember { .. } => out.reply(
+                tag,
+                Err(Failure::bad_request("membership changes arrive in stage 8")),
+            ),
+        }
+    }
+}
