@@ -69,7 +69,11 @@ enum Event<M> {
 }
 
 struct Slot<N> {
+    /// The running node; `None` while crashed.
     node: Option<N>,
+    /// A crashed node, kept (not running) so that a restart can hand it to the factory,
+    /// which takes from it what that kind of node keeps durably.
+    remains: Option<N>,
     /// Bumped on every restart, so the ticks of an earlier life are ignored.
     incarnation: u64,
 }
@@ -126,6 +130,7 @@ impl<N: Node> Sim<N> {
                 id,
                 Slot {
                     node: Some(node),
+                    remains: None,
                     incarnation: 0,
                 },
             );
@@ -223,10 +228,13 @@ impl<N: Node> Sim<N> {
         self.replies.get(&tag)
     }
 
-    /// Crashes node `id`: it stops, loses its volatile state, and messages to it are lost.
+    /// Crashes node `id`: it stops, and messages to it are lost. What it keeps durably is
+    /// handed to the factory when it restarts; the rest is gone.
     pub fn crash(&mut self, id: NodeId) {
         if let Some(slot) = self.slots.get_mut(&id) {
-            slot.node = None;
+            if let Some(node) = slot.node.take() {
+                slot.remains = Some(node);
+            }
         }
     }
 
@@ -236,7 +244,7 @@ impl<N: Node> Sim<N> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let old = slot.node.take();
+        let old = slot.node.take().or_else(|| slot.remains.take());
         slot.incarnation += 1;
         slot.node = Some((self.factory)(id, old));
         self.schedule_first_tick(id);

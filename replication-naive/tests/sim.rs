@@ -5,6 +5,7 @@ mod common;
 
 use common::{LEADER, cluster, put, stale_get as get};
 use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use replication_naive::naive::NaiveNode;
 use replication_naive::sim::NetConfig;
 
 /// A digest of a run: every node's data after a fixed workload on a lossy network.
@@ -105,4 +106,24 @@ fn every_step_check_sees_every_event() {
     sim.run_for(50);
     // 3 nodes × 5 ticks, 2 Replicate + 2 Ack deliveries, the request, and the first call.
     assert!(calls.get() >= 15 + 4 + 2, "check ran {} times", calls.get());
+}
+
+#[test]
+fn a_restart_after_a_crash_hands_the_crashed_node_to_the_factory() {
+    // The factory sees the node that crashed, however long ago, so a kind of node with
+    // durable state can recover it. (Naive nodes keep nothing, so the test factory records.)
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let handed: Rc<RefCell<Vec<bool>>> = Rc::default();
+    let record = handed.clone();
+    let mut sim: replication_naive::sim::Sim<NaiveNode> =
+        replication_naive::sim::Sim::new(1, common::members().into_keys(), 10, move |id, old| {
+            record.borrow_mut().push(old.is_some());
+            NaiveNode::new(id, common::members(), LEADER)
+        });
+    sim.crash(NodeId(2));
+    sim.run_for(100);
+    sim.restart(NodeId(2));
+    sim.restart(NodeId(3));
+    assert_eq!(*handed.borrow(), vec![false, false, false, true, true]);
 }

@@ -93,3 +93,121 @@ pub fn check_election_safety(sim: &mut Cluster) {
         }
     });
 }
+
+/// What the per-step checker remembers between events.
+#[derive(Default)]
+struct History {
+    /// Election safety: the leader of each term.
+    leader_of: BTreeMap<Term, NodeId>,
+    /// Every entry known committed (by some node's commit index): index → term.
+    committed: BTreeMap<u64, Term>,
+    /// Every entry applied by some node: index → term.
+    applied: BTreeMap<u64, Term>,
+    /// Per node and incarnation: commit and apply progress already recorded, and, while it
+    /// leads, the (term, last index, last term) of its log.
+    seen: BTreeMap<NodeId, NodeSeen>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct NodeSeen {
+    incarnation: u64,
+    commit: u64,
+    applied: u64,
+    leading: Option<(Term, u64, Term)>,
+}
+
+/// Checks after every simulated event the properties of Figure 3:
+///
+/// - **election safety**: at most one leader per term;
+/// - **leader append-only**: while it leads, a leader's log only grows (its last entry stays);
+/// - **leader completeness**: a node that becomes leader holds every entry known committed;
+/// - **state machine safety**: no two nodes apply different entries at one index;
+///
+/// and that committed entries are never seen with two different terms. Log matching is
+/// checked by [`assert_log_matching`] at the end of each phase of a test (it is quadratic).
+pub fn check_raft_properties(sim: &mut Cluster) {
+    use raft_log::storage::Storage;
+    use raft_log::types::LogIndex;
+    let history: Rc<RefCell<History>> = Rc::default();
+    sim.check_every_step(move |sim| {
+        let mut h = history.borrow_mut();
+        let seed = sim.seed();
+        for id in sim.ids() {
+            let Some(node) = sim.node(id) else { continue };
+            let log = node.log();
+            let term_at = |i: u64| log.term(LogIndex(i)).expect("committed and applied entries are in the log");
+            let life = sim.incarnation(id);
+            let mut seen = *h.seen.get(&id).filter(|s| s.incarnation == life).unwrap_or(&NodeSeen { incarnation: life, ..NodeSeen::default() });
+            if node.is_leader() {
+                let term = node.term();
+                let first = *h.leader_of.entry(term).or_insert(id);
+                assert_eq!(first, id, "election safety: two leaders in term {term} (seed {seed})");
+                let last = (log.last_index().0, log.term(log.last_index()).unwrap());
+                match seen.leading {
+                    Some((t, index, entry_term)) if t == term => {
+                        assert!(last.0 >= index && log.term(LogIndex(index)) == Some(entry_term),
+                            "leader append-only: node {id} lost entry {index} while leading term {term} (seed {seed})");
+                    }
+                    _ => {
+                        for (&index, &t) in h.committed.iter() {
+                            assert_eq!(log.term(LogIndex(index)), Some(t),
+                                "leader completeness: node {id}, leader of term {term}, lacks committed entry {index} (seed {seed})");
+                        }
+                    }
+                }
+                seen.leading = Some((term, last.0, last.1));
+            } else {
+                seen.leading = None;
+            }
+            for index in seen.commit + 1..=node.commit_index().0 {
+                let t = term_at(index);
+                let first = *h.committed.entry(index).or_insert(t);
+                assert_eq!(first, t, "entry {index} committed with terms {first} and {t} (seed {seed})");
+            }
+            seen.commit = seen.commit.max(node.commit_index().0);
+            for index in seen.applied + 1..=node.last_applied().0 {
+                let t = term_at(index);
+                let first = *h.applied.entry(index).or_insert(t);
+                assert_eq!(first, t, "state machine safety: entry {index} applied with terms {first} and {t} (seed {seed})");
+            }
+            seen.applied = seen.applied.max(node.last_applied().0);
+            h.seen.insert(id, seen);
+        }
+    });
+}
+
+/// Log matching (§5.3): if two running nodes hold an entry with the same index and term,
+/// their logs are identical up to it.
+pub fn assert_log_matching(sim: &Cluster) {
+    use raft_log::storage::Storage;
+    use raft_log::types::LogIndex;
+    let logs: Vec<(NodeId, Vec<(u64, Term, String)>)> = sim
+        .ids()
+        .into_iter()
+        .filter_map(|id| {
+            let log = sim.node(id)?.log();
+            let entries = log.entries(LogIndex(1), log.last_index(), usize::MAX);
+            Some((
+                id,
+                entries
+                    .into_iter()
+                    .map(|e| (e.index.0, e.term, format!("{:?}", e.payload)))
+                    .collect(),
+            ))
+        })
+        .collect();
+    for (i, (a, la)) in logs.iter().enumerate() {
+        for (b, lb) in &logs[i + 1..] {
+            let common = la.len().min(lb.len());
+            if let Some(k) = (0..common).rev().find(|&k| la[k].1 == lb[k].1) {
+                assert_eq!(
+                    la[..=k],
+                    lb[..=k],
+                    "log matching: nodes {a} and {b} agree on entry {} but not before (seed {})",
+                    k + 1,
+                    sim.seed()
+                );
+            }
+        }
+    }
+}
