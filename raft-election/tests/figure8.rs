@@ -6,16 +6,19 @@
 
 mod common;
 
-use common::{TICK_MS, assert_log_matching, check_raft_properties, cluster, put, stable_leader};
+use common::{
+    TICK_MS, assert_log_matching, check_raft_properties, cluster_with, put, stable_leader,
+};
 use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use raft_election::node::Config;
 use rand::Rng;
 use replication_naive::node::RequestTag;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 const ELECTION_MS: u64 = 20 * TICK_MS;
 
-fn random_schedule(seed: u64, net: NetConfig) {
-    let mut sim = cluster(seed, 5);
+fn random_schedule(seed: u64, net: NetConfig, tweak: fn(&mut Config)) {
+    let mut sim = cluster_with(seed, 5, tweak);
     sim.set_net(net);
     check_raft_properties(&mut sim);
     let mut writes: Vec<(String, RequestTag)> = Vec::new();
@@ -108,12 +111,35 @@ fn random_schedule(seed: u64, net: NetConfig) {
     }
 }
 
+fn defaults(_: &mut Config) {}
+
+/// Plain Raft: without pre-vote, the real vote's §5.4.1 check is the only thing keeping a
+/// stale log from winning; without check-quorum, deposed leaders linger.
+fn plain_raft(config: &mut Config) {
+    config.pre_vote = false;
+    config.check_quorum = false;
+}
+
 #[test]
 fn figure_8_reliable_network() {
-    for_each_seed(500, |seed| random_schedule(seed, NetConfig::reliable()));
+    for_each_seed(500, |seed| {
+        random_schedule(seed, NetConfig::reliable(), defaults)
+    });
 }
 
 #[test]
 fn figure_8_unreliable_network() {
-    for_each_seed(500, |seed| random_schedule(seed, NetConfig::unreliable()));
+    for_each_seed(500, |seed| {
+        random_schedule(seed, NetConfig::unreliable(), defaults)
+    });
+}
+
+#[test]
+fn figure_8_without_pre_vote_or_check_quorum() {
+    for_each_seed(250, |seed| {
+        random_schedule(seed, NetConfig::reliable(), plain_raft)
+    });
+    for_each_seed(250, |seed| {
+        random_schedule(seed ^ 0x5eed, NetConfig::unreliable(), plain_raft)
+    });
 }

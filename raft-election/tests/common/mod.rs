@@ -181,7 +181,8 @@ pub fn check_raft_properties(sim: &mut Cluster) {
 pub fn assert_log_matching(sim: &Cluster) {
     use raft_log::storage::Storage;
     use raft_log::types::LogIndex;
-    let logs: Vec<(NodeId, Vec<(u64, Term, String)>)> = sim
+    type Log = Vec<(u64, Term, String)>;
+    let logs: Vec<(NodeId, Log)> = sim
         .ids()
         .into_iter()
         .filter_map(|id| {
