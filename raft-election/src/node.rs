@@ -77,8 +77,10 @@ enum Duty {
     },
     Leader {
         replication: Replication,
-        /// Who has answered since the last check-quorum round (the leader counts itself).
-        heard_from: BTreeSet<NodeId>,
+        /// Ticks since this node became leader.
+        ticks: u64,
+        /// For each follower, the value of `ticks` when it last answered.
+        last_heard: BTreeMap<NodeId, u64>,
     },
 }
 
@@ -94,7 +96,7 @@ pub struct RaftNode<S> {
     leader: Option<NodeId>,
     rng: StdRng,
     /// Ticks since the last election-timer reset (hearing from a leader, granting a vote,
-    /// campaigning); for a leader, since the last check-quorum round.
+    /// campaigning). A leader keeps it at 0: it is its own fresh leader.
     election_elapsed: u64,
     /// This round's randomized timeout, in `[election_ticks, 2 × election_ticks)`.
     election_timeout: u64,
@@ -308,9 +310,12 @@ impl<S: Storage> RaftNode<S> {
             self.log.last_index(),
             self.config.max_entries_per_message,
         );
+        // Every follower counts as just heard from: a new leader gets one election timeout.
+        let last_heard = self.peers().into_iter().map(|id| (id, 0)).collect();
         self.duty = Duty::Leader {
             replication,
-            heard_from: BTreeSet::from([self.config.id]),
+            ticks: 0,
+            last_heard,
         };
         self.leader = Some(self.config.id);
         self.election_elapsed = 0;
@@ -463,7 +468,8 @@ impl<S: Storage> RaftNode<S> {
         }
         let Duty::Leader {
             replication,
-            heard_from,
+            ticks,
+            last_heard,
         } = &mut self.duty
         else {
             return;
@@ -471,7 +477,7 @@ impl<S: Storage> RaftNode<S> {
         if resp.term < self.term {
             return;
         }
-        heard_from.insert(from);
+        last_heard.insert(from, *ticks);
         let more = replication.on_response(from, resp.result, &self.log);
         if more {
             if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
@@ -517,22 +523,27 @@ impl<S: Storage> RaftNode<S> {
             self.heartbeat_elapsed = 0;
             self.broadcast(true, out);
         }
-        self.election_elapsed += 1;
-        if self.election_elapsed >= self.config.election_ticks {
-            self.election_elapsed = 0;
-            let majority = self.config.majority();
-            let Duty::Leader { heard_from, .. } = &mut self.duty else {
-                return;
-            };
-            let heard = heard_from.len();
-            *heard_from = BTreeSet::from([self.config.id]);
-            // Thesis §6.2 (check-quorum): a leader that has not heard from a majority within
-            // an election timeout may have been deposed; it stops accepting writes.
-            if self.config.check_quorum && heard < majority {
-                info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
-                let term = self.term;
-                self.become_follower(term, None);
-            }
+        let window = self.config.election_ticks;
+        let majority = self.config.majority();
+        let Duty::Leader {
+            ticks, last_heard, ..
+        } = &mut self.duty
+        else {
+            return;
+        };
+        *ticks += 1;
+        // Thesis §6.2 (check-quorum): a leader that has not heard from a majority (itself
+        // included) within an election timeout may have been deposed, and cannot commit
+        // anyway; it steps down rather than keep accepting writes. Checked every tick over a
+        // sliding window, so it happens within one election timeout of losing contact.
+        let heard = 1 + last_heard
+            .values()
+            .filter(|&&at| *ticks - at < window)
+            .count();
+        if self.config.check_quorum && heard < majority {
+            info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
+            let term = self.term;
+            self.become_follower(term, None);
         }
     }
 }
