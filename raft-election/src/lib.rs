@@ -24,7 +24,11 @@
 //! |-------------|----------------------------------------------------------|
 //! | [`message`] | `Message`: stage 3's AppendEntries plus RequestVote      |
 //! | [`node`]    | `RaftNode`: roles, terms, votes, timers, as a `Node`     |
+//! | [`durable`] | `DurableStorage`: the log and hard state on disk, checksummed, fsynced |
+//! | [`medium`]  | the bytes underneath: a file, or a simulated disk for crash tests |
 #![warn(missing_docs)]
 
+pub mod durable;
+pub mod medium;
 pub mod message;
 pub mod node;

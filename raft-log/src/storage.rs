@@ -10,7 +10,7 @@ use kv_server::protocol::NodeId;
 use crate::types::{Entry, LogIndex, Term};
 
 /// What a node must remember across restarts besides its log (Figure 2, "persistent state").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HardState {
     /// The latest term this node has seen.
     pub current_term: Term,

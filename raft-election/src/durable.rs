@@ -1,0 +1,281 @@
+//! [`DurableStorage`]: the `raft_log::storage::Storage` trait on disk.
+//!
+//! One append-only file of records, each a change to the log or hard state:
+//!
+//! ```text
+//! record := len: u32 LE | crc32(payload): u32 LE | payload (JSON, `len` bytes)
+//! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
+//! ```
+//!
+//! Every change is appended and fsynced before the call returns, so nothing is acknowledged
+//! (a vote granted, an entry accepted) before it is on disk. Opening replays the records into
+//! memory; reads are served from memory. A crash can leave the last record torn, or garbage
+//! after it: the first record that is short or fails its checksum ends the log, and it and
+//! everything after it are cut from the file (and logged), never applied.
+//!
+//! One file for everything means one fsync covers a batch of changes, which is what group
+//! commit (in the `limecached` node) builds on. The file only grows; compaction (stage 7)
+//! rewrites it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kv_server::protocol::NodeId;
+use raft_log::storage::{HardState, MemStorage, Storage};
+use raft_log::types::{Entry, LogIndex, Term};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::medium::{FileMedium, Medium};
+
+/// The file holding the log, inside the data directory.
+pub const LOG_FILE: &str = "raft.log";
+/// The file naming the node that owns the data directory.
+pub const NODE_ID_FILE: &str = "node-id";
+
+const HEADER: usize = 8;
+
+/// One change, as written to disk.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Entries(Vec<Entry>),
+    TruncateAfter(LogIndex),
+    HardState(HardState),
+}
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory or a file in it could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The directory belongs to another node: adopting it would make this node claim
+    /// another's votes and log.
+    #[error("{path} belongs to node {owner}, not to node {me}")]
+    Foreign {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: String,
+        /// The node asked to open it.
+        me: NodeId,
+    },
+    /// A record that passed its checksum could not be replayed: a bug, not a crash.
+    #[error("unreadable record at byte {offset}: {reason}")]
+    Corrupt {
+        /// Where it starts.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The log and hard state, kept in memory and made durable on a [`Medium`].
+#[derive(Debug)]
+pub struct DurableStorage<M: Medium = FileMedium> {
+    memory: MemStorage,
+    medium: M,
+}
+
+impl DurableStorage<FileMedium> {
+    /// Opens (creating if needed) the data directory `dir` of node `id`.
+    pub fn open_dir(dir: &Path, id: NodeId) -> Result<DurableStorage<FileMedium>, OpenError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let id_file = dir.join(NODE_ID_FILE);
+        match fs::read_to_string(&id_file) {
+            Ok(owner) if owner.trim() == id.to_string() => {}
+            Ok(owner) => {
+                return Err(OpenError::Foreign {
+                    path: dir.to_path_buf(),
+                    owner: owner.trim().to_owned(),
+                    me: id,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::write(&id_file, format!("{id}\n")).map_err(io(&id_file))?;
+                fs::File::open(&id_file)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&id_file))?;
+            }
+            Err(e) => return Err(io(&id_file)(e)),
+        }
+        let log_file = dir.join(LOG_FILE);
+        let medium = FileMedium::open(&log_file).map_err(io(&log_file))?;
+        DurableStorage::open(medium).map_err(|e| match e {
+            OpenError::Io { source, .. } => OpenError::Io {
+                path: log_file,
+                source,
+            },
+            other => other,
+        })
+    }
+}
+
+impl<M: Medium> DurableStorage<M> {
+    /// Replays what `medium` holds, cutting a torn or corrupt tail.
+    pub fn open(mut medium: M) -> Result<DurableStorage<M>, OpenError> {
+        let io = |source| OpenError::Io {
+            path: PathBuf::new(),
+            source,
+        };
+        let bytes = medium.read_all().map_err(io)?;
+        let mut memory = MemStorage::new();
+        let mut offset = 0;
+        loop {
+            match read_record(&bytes[offset..]) {
+                Read::Record(payload) => {
+                    let record: Record =
+                        serde_json::from_slice(payload).map_err(|e| OpenError::Corrupt {
+                            offset,
+                            reason: e.to_string(),
+                        })?;
+                    replay(&mut memory, record)
+                        .map_err(|reason| OpenError::Corrupt { offset, reason })?;
+                    offset += HEADER + payload.len();
+                }
+                Read::End => break,
+                Read::Torn => {
+                    warn!(
+                        cut = bytes.len() - offset,
+                        at = offset,
+                        "torn record at the end of the log (a crash while writing); cut"
+                    );
+                    medium.truncate(offset as u64).map_err(io)?;
+                    break;
+                }
+                Read::Damaged => {
+                    return Err(OpenError::Corrupt {
+                        offset,
+                        reason: "the record fails its checksum and more data follows it: the log is damaged, not torn; refusing to start".into(),
+                    });
+                }
+            }
+        }
+        Ok(DurableStorage { memory, medium })
+    }
+
+    /// Gives back the medium (tests crash it).
+    pub fn into_medium(self) -> M {
+        self.medium
+    }
+
+    /// Appends `record` and syncs. A write or sync that fails leaves the disk in an unknown
+    /// state: the node must stop rather than acknowledge anything, so this panics (and the
+    /// binary aborts).
+    fn write(&mut self, record: &Record) {
+        let payload = serde_json::to_vec(record).expect("records serialize");
+        let mut bytes = Vec::with_capacity(HEADER + payload.len());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        if let Err(error) = self.medium.append(&bytes).and_then(|()| self.medium.sync()) {
+            panic!(
+                "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
+            );
+        }
+    }
+}
+
+/// What is at the start of the remaining bytes.
+enum Read<'a> {
+    /// An intact record's payload.
+    Record(&'a [u8]),
+    /// Nothing: the log ends cleanly.
+    End,
+    /// The end of the log is a record cut short, or one whose checksum fails with nothing
+    /// after it, or zeros (a file extended but never written): what a crash mid-write leaves.
+    Torn,
+    /// A complete record that fails its checksum, with more data after it.
+    Damaged,
+}
+
+fn read_record(bytes: &[u8]) -> Read<'_> {
+    if bytes.is_empty() {
+        return Read::End;
+    }
+    let Some(header) = bytes.get(..HEADER) else {
+        return Read::Torn;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let Some(payload) = bytes.get(HEADER..HEADER + len).filter(|_| len > 0) else {
+        return Read::Torn;
+    };
+    match (crc32fast::hash(payload) == crc, bytes.len() > HEADER + len) {
+        (true, _) => Read::Record(payload),
+        (false, false) => Read::Torn,
+        (false, true) => Read::Damaged,
+    }
+}
+
+fn replay(memory: &mut MemStorage, record: Record) -> Result<(), String> {
+    match record {
+        Record::Entries(entries) => {
+            let next = memory.last_index().next();
+            match entries.first() {
+                Some(first) if first.index != next => {
+                    return Err(format!(
+                        "entries start at {} after a log ending at {}",
+                        first.index,
+                        memory.last_index()
+                    ));
+                }
+                _ => memory.append(entries),
+            }
+        }
+        Record::TruncateAfter(index) => memory.truncate_after(index),
+        Record::HardState(state) => memory.save_hard_state(state),
+    }
+    Ok(())
+}
+
+impl<M: Medium> Storage for DurableStorage<M> {
+    fn first_index(&self) -> LogIndex {
+        self.memory.first_index()
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.memory.last_index()
+    }
+
+    fn term(&self, index: LogIndex) -> Option<Term> {
+        self.memory.term(index)
+    }
+
+    fn entries(&self, from: LogIndex, to: LogIndex, max: usize) -> Vec<Entry> {
+        self.memory.entries(from, to, max)
+    }
+
+    fn append(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.write(&Record::Entries(entries.clone()));
+        self.memory.append(entries);
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) {
+        self.write(&Record::TruncateAfter(index));
+        self.memory.truncate_after(index);
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.memory.hard_state()
+    }
+
+    fn save_hard_state(&mut self, state: HardState) {
+        if state != self.memory.hard_state() {
+            self.write(&Record::HardState(state));
+            self.memory.save_hard_state(state);
+        }
+    }
+}

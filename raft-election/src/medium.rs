@@ -1,0 +1,128 @@
+//! Where the durable log's bytes go: a file, or, in tests, a simulated disk that can lose
+//! what was never synced, the seam through which crashes are tested at every byte.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// An append-only byte store with an explicit sync.
+pub trait Medium {
+    /// Everything written so far (on open: what survived).
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>>;
+    /// Appends `bytes` (not yet durable).
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes everything appended so far durable (fsync).
+    fn sync(&mut self) -> std::io::Result<()>;
+    /// Cuts the store to `len` bytes, durably (used to drop a torn tail).
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+/// A real file.
+#[derive(Debug)]
+pub struct FileMedium {
+    file: File,
+}
+
+impl FileMedium {
+    /// Opens (or creates) the file at `path` and makes its directory entry durable.
+    pub fn open(path: &Path) -> std::io::Result<FileMedium> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        if let Some(dir) = path.parent() {
+            // A new file's name is only durable once its directory is synced.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(FileMedium { file })
+    }
+}
+
+impl Medium for FileMedium {
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_all()
+    }
+}
+
+/// A simulated disk: bytes appended but not synced may be lost, or half-written, in a
+/// crash. Clones share nothing.
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    bytes: Vec<u8>,
+    synced: usize,
+}
+
+impl SimDisk {
+    /// An empty disk.
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    /// How many bytes have been written (synced or not).
+    pub fn written(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The disk as it was when only its first `keep` bytes had been written: a crash at that
+    /// instant, mid-write if `keep` falls inside a record.
+    pub fn written_up_to(&self, keep: usize) -> SimDisk {
+        let keep = keep.min(self.bytes.len());
+        SimDisk {
+            bytes: self.bytes[..keep].to_vec(),
+            synced: keep.min(self.synced),
+        }
+    }
+
+    /// The disk with byte `at` flipped (a corrupted record).
+    pub fn corrupted(&self, at: usize) -> SimDisk {
+        let mut disk = self.clone();
+        disk.bytes[at] ^= 0xff;
+        disk
+    }
+
+    /// The disk with `n` zero bytes after its end, as a file extended but never written.
+    pub fn zero_extended(&self, n: usize) -> SimDisk {
+        let mut disk = self.clone();
+        disk.bytes.resize(disk.bytes.len() + n, 0);
+        disk
+    }
+}
+
+impl Medium for SimDisk {
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        Ok(self.bytes.clone())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.synced = self.bytes.len();
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.bytes.truncate(len as usize);
+        self.synced = self.bytes.len();
+        Ok(())
+    }
+}
