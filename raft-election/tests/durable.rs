@@ -21,7 +21,9 @@ fn entry(index: u64, term: u64) -> Entry {
 }
 
 /// The observable state of a storage: hard state and every entry.
-fn state(s: &impl Storage) -> (HardState, Vec<Entry>) {
+type State = (HardState, Vec<Entry>);
+
+fn state(s: &impl Storage) -> State {
     (
         s.hard_state(),
         s.entries(LogIndex(1), s.last_index(), usize::MAX),
@@ -30,11 +32,12 @@ fn state(s: &impl Storage) -> (HardState, Vec<Entry>) {
 
 /// A sequence of changes of every kind, applied to durable and in-memory storage alike.
 /// Returns the disk, and after each change: the bytes written so far and the state.
-fn scripted_history() -> (SimDisk, Vec<(usize, (HardState, Vec<Entry>))>) {
+fn scripted_history() -> (SimDisk, Vec<(usize, State)>) {
     let mut durable = DurableStorage::open(SimDisk::new()).unwrap();
     let mut model = MemStorage::new();
     let mut history = vec![(0, state(&model))];
-    let ops: Vec<Box<dyn Fn(&mut dyn Storage)>> = vec![
+    type Change = Box<dyn Fn(&mut dyn Storage)>;
+    let ops: Vec<Change> = vec![
         Box::new(|s| {
             s.save_hard_state(HardState {
                 current_term: Term(1),

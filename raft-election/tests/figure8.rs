@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    TICK_MS, assert_log_matching, check_raft_properties, cluster_with, put, stable_leader,
+    TICK_MS, assert_log_matching, check_raft_properties, cluster_with, durable_cluster, put,
+    stable_leader,
 };
 use kv_server::protocol::{NodeId, Reply, WriteOutcome};
 use raft_election::node::Config;
@@ -18,7 +19,14 @@ use replication_naive::sim::{NetConfig, for_each_seed};
 const ELECTION_MS: u64 = 20 * TICK_MS;
 
 fn random_schedule(seed: u64, net: NetConfig, tweak: fn(&mut Config)) {
-    let mut sim = cluster_with(seed, 5, tweak);
+    run_schedule(cluster_with(seed, 5, tweak), seed, net);
+}
+
+fn run_schedule<S: raft_log::storage::Storage + 'static>(
+    mut sim: replication_naive::sim::Sim<raft_election::node::RaftNode<S>>,
+    seed: u64,
+    net: NetConfig,
+) {
     sim.set_net(net);
     check_raft_properties(&mut sim);
     let mut writes: Vec<(String, RequestTag)> = Vec::new();
@@ -141,5 +149,16 @@ fn figure_8_without_pre_vote_or_check_quorum() {
     });
     for_each_seed(250, |seed| {
         random_schedule(seed ^ 0x5eed, NetConfig::unreliable(), plain_raft)
+    });
+}
+
+#[test]
+fn figure_8_with_durable_storage_on_simulated_disks() {
+    for_each_seed(100, |seed| {
+        run_schedule(
+            durable_cluster(seed, 5, defaults),
+            seed,
+            NetConfig::unreliable(),
+        )
     });
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use kv_server::protocol::{Command, NodeId, Op};
 use raft_election::node::{Config, RaftNode};
-use raft_log::storage::MemStorage;
+use raft_log::storage::{MemStorage, Storage};
 use raft_log::types::Term;
 use replication_naive::sim::Sim;
 
@@ -54,7 +54,7 @@ pub fn put(key: &str, value: &str) -> Op {
 }
 
 /// The running nodes that believe they lead, with their terms.
-pub fn leaders(sim: &Cluster) -> Vec<(NodeId, Term)> {
+pub fn leaders<S: Storage>(sim: &Sim<RaftNode<S>>) -> Vec<(NodeId, Term)> {
     sim.ids()
         .into_iter()
         .filter_map(|id| {
@@ -67,7 +67,7 @@ pub fn leaders(sim: &Cluster) -> Vec<(NodeId, Term)> {
 
 /// The one leader of the highest term among running nodes, if every running node of a
 /// majority agrees it is the leader (it leads, or they follow it in its term).
-pub fn stable_leader(sim: &Cluster) -> Option<NodeId> {
+pub fn stable_leader<S: Storage>(sim: &Sim<RaftNode<S>>) -> Option<NodeId> {
     let (leader, term) = leaders(sim).into_iter().max_by_key(|&(_, t)| t)?;
     let followers = sim
         .nodes()
@@ -125,8 +125,7 @@ struct NodeSeen {
 ///
 /// and that committed entries are never seen with two different terms. Log matching is
 /// checked by [`assert_log_matching`] at the end of each phase of a test (it is quadratic).
-pub fn check_raft_properties(sim: &mut Cluster) {
-    use raft_log::storage::Storage;
+pub fn check_raft_properties<S: Storage + 'static>(sim: &mut Sim<RaftNode<S>>) {
     use raft_log::types::LogIndex;
     let history: Rc<RefCell<History>> = Rc::default();
     sim.check_every_step(move |sim| {
@@ -178,8 +177,7 @@ pub fn check_raft_properties(sim: &mut Cluster) {
 
 /// Log matching (§5.3): if two running nodes hold an entry with the same index and term,
 /// their logs are identical up to it.
-pub fn assert_log_matching(sim: &Cluster) {
-    use raft_log::storage::Storage;
+pub fn assert_log_matching<S: Storage>(sim: &Sim<RaftNode<S>>) {
     use raft_log::types::LogIndex;
     type Log = Vec<(u64, Term, String)>;
     let logs: Vec<(NodeId, Log)> = sim
@@ -211,4 +209,31 @@ pub fn assert_log_matching(sim: &Cluster) {
             }
         }
     }
+}
+
+/// `n` nodes whose storage is [`raft_election::durable::DurableStorage`] on simulated disks:
+/// every restart replays the node's log from the bytes its disk kept.
+pub fn durable_cluster(
+    seed: u64,
+    n: u64,
+    tweak: impl Fn(&mut Config) + 'static,
+) -> Sim<RaftNode<raft_election::durable::DurableStorage<raft_election::medium::SimDisk>>> {
+    use raft_election::durable::DurableStorage;
+    use raft_election::medium::SimDisk;
+    Sim::new(
+        seed,
+        members(n).into_keys(),
+        TICK_MS,
+        move |id, old: Option<RaftNode<DurableStorage<SimDisk>>>| {
+            let mut config = Config::new(id, members(n), seed);
+            tweak(&mut config);
+            let disk = old
+                .map(|node| node.into_storage().into_medium())
+                .unwrap_or_default();
+            RaftNode::new(
+                config,
+                DurableStorage::open(disk).expect("a simulated disk replays"),
+            )
+        },
+    )
 }
