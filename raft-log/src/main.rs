@@ -46,7 +46,9 @@ async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Start
     let (id, leader, term) = (cluster.node.id, cluster.leader, config.term);
     info!(%id, addr = %cluster.node.listen, role = cluster.role(), %leader, %term, "node listening");
     let node = RaftLogNode::new(config, MemStorage::new());
-    driver::run(node, listener, cluster.node.peers, driver_config, shutdown).await;
+    driver::run(node, listener, cluster.node.peers, driver_config, shutdown)
+        .await
+        .map_err(|failed| StartError::failure(failed.to_string()))?;
     info!("node stopped");
     Ok(())
 }

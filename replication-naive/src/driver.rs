@@ -54,23 +54,31 @@ impl Default for DriverConfig {
 
 type Call = (Op, oneshot::Sender<Outcome>);
 
+/// The node's task ended on its own: it panicked, typically because its storage could not
+/// make a change durable. The process should exit rather than go on answering clients.
+#[derive(Debug, thiserror::Error)]
+#[error("the node stopped unexpectedly: {0}")]
+pub struct NodeFailed(String);
+
 /// Runs `node` on `listener` (clients and peers both connect there) until `shutdown`
 /// completes; `peers` maps every member's id to its address. On shutdown, client connections
-/// are drained first, while the node still runs, so requests in flight can be answered.
+/// are drained first, while the node still runs, so requests in flight can be answered. If
+/// the node itself fails, stops serving at once and returns the failure.
 pub async fn run<N>(
     node: N,
     listener: TcpListener,
     peers: BTreeMap<NodeId, String>,
     config: DriverConfig,
     shutdown: impl Future<Output = ()>,
-) where
+) -> Result<(), NodeFailed>
+where
     N: Node + Send + 'static,
 {
     let stop_node = CancellationToken::new();
     let transport = Transport::start(node.id(), &peers, config.transport, stop_node.clone());
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
-    let node_task = tokio::spawn(drive(
+    let mut node_task = tokio::spawn(drive(
         node,
         transport,
         inbox,
@@ -80,12 +88,31 @@ pub async fn run<N>(
     ));
 
     let calls = Arc::new(Calls(calls_tx));
-    accept_loop(listener, shutdown, move |stream, stop| {
+    let serving = accept_loop(listener, shutdown, move |stream, stop| {
         route(stream, calls.clone(), inbox_tx.clone(), config, stop)
-    })
-    .await;
-    stop_node.cancel();
-    let _ = node_task.await;
+    });
+    tokio::select! {
+        () = serving => {
+            stop_node.cancel();
+            let _ = node_task.await;
+            Ok(())
+        }
+        ended = &mut node_task => {
+            stop_node.cancel();
+            let why = match ended {
+                Err(error) if error.is_panic() => {
+                    let panic = error.into_panic();
+                    panic.downcast_ref::<String>().cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "panic".to_owned())
+                }
+                Err(error) => error.to_string(),
+                Ok(()) => "the node task returned".to_owned(),
+            };
+            tracing::error!(%why, "node failed; stopping");
+            Err(NodeFailed(why))
+        }
+    }
 }
 
 /// Sends a connection to the client protocol or the peer protocol by its first byte.

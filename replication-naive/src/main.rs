@@ -45,7 +45,8 @@ async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Start
         DriverConfig::default(),
         shutdown,
     )
-    .await;
+    .await
+    .map_err(|failed| StartError::failure(failed.to_string()))?;
     info!("node stopped");
     Ok(())
 }

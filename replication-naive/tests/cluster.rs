@@ -17,13 +17,16 @@ const LEADER: NodeId = NodeId(1);
 
 struct Running {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), driver::NodeFailed>>,
 }
 
 impl Running {
     async fn stop(self) {
         let _ = self.stop.send(());
-        self.task.await.unwrap();
+        self.task
+            .await
+            .unwrap()
+            .expect("the node ran until stopped");
     }
 }
 
@@ -140,4 +143,56 @@ async fn a_restarted_follower_receives_new_writes_once_the_link_reconnects() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// A node that fails (as a node whose disk refused a write does) on a request for "boom".
+struct Fragile(NodeId);
+
+impl replication_naive::node::Node for Fragile {
+    type Message = ();
+
+    fn id(&self) -> NodeId {
+        self.0
+    }
+
+    fn tick(&mut self, _: &mut replication_naive::node::Outbox<()>) {}
+
+    fn step(&mut self, _: NodeId, _: (), _: &mut replication_naive::node::Outbox<()>) {}
+
+    fn request(
+        &mut self,
+        tag: replication_naive::node::RequestTag,
+        op: kv_server::protocol::Op,
+        out: &mut replication_naive::node::Outbox<()>,
+    ) {
+        match op {
+            kv_server::protocol::Op::Get { key, .. } if key == "boom" => {
+                panic!("disk refused a write")
+            }
+            _ => out.reply(tag, Ok(kv_server::protocol::Reply::Value(None))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_fails_stops_the_driver_with_the_reason() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let members = BTreeMap::from([(NodeId(1), addr.clone())]);
+    let run = tokio::spawn(driver::run(
+        Fragile(NodeId(1)),
+        listener,
+        members,
+        DriverConfig::default(),
+        std::future::pending(),
+    ));
+    let mut c = client(&[&addr]);
+    assert_eq!(c.get("fine", Consistency::Stale).await.unwrap(), None);
+    // The request never gets an answer; the driver's result is what this test waits for.
+    tokio::spawn(async move { c.get("boom", Consistency::Stale).await });
+    let failed = run.await.unwrap().unwrap_err();
+    assert!(
+        failed.to_string().contains("disk refused a write"),
+        "{failed}"
+    );
 }
