@@ -257,7 +257,8 @@ impl<S: Storage> RaftNode<S> {
         self.leader = leader;
         self.reset_election_timer();
         if was != Role::Follower || leader_changed {
-            info!(id = %self.config.id, term = %self.term, leader = ?leader.map(|l| l.0), "follower");
+            let leader = leader.map_or_else(|| "unknown".to_owned(), |l| l.to_string());
+            info!(id = %self.config.id, term = %self.term, %leader, "follower");
         }
     }
 

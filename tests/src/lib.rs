@@ -55,17 +55,36 @@ pub struct ProcessCluster {
     /// Node id → address.
     pub addrs: BTreeMap<u64, String>,
     extra_args: Vec<String>,
+    /// When set, node `i` gets `--data-dir <this>/n<i>`; removed with the cluster.
+    data_dirs: Option<tempfile::TempDir>,
     children: BTreeMap<u64, Child>,
 }
 
 impl ProcessCluster {
     /// Starts nodes `1..=n` of `binary` with `--id`, `--listen`, `--peers` and `extra_args`.
     pub fn start(binary: &str, n: u64, extra_args: &[&str]) -> ProcessCluster {
+        ProcessCluster::launch(binary, n, extra_args, None)
+    }
+
+    /// Like [`ProcessCluster::start`], giving each node its own `--data-dir` in a temporary
+    /// directory, kept across restarts of the node.
+    pub fn start_durable(binary: &str, n: u64, extra_args: &[&str]) -> ProcessCluster {
+        let dirs = tempfile::tempdir().expect("a temporary directory");
+        ProcessCluster::launch(binary, n, extra_args, Some(dirs))
+    }
+
+    fn launch(
+        binary: &str,
+        n: u64,
+        extra_args: &[&str],
+        data_dirs: Option<tempfile::TempDir>,
+    ) -> ProcessCluster {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(free_addrs(n as usize)).collect();
         let mut cluster = ProcessCluster {
             binary: self::binary(binary),
             addrs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            data_dirs,
             children: BTreeMap::new(),
         };
         for id in 1..=n {
@@ -83,16 +102,23 @@ impl ProcessCluster {
     /// are drained in the background so the process never blocks on a full pipe.
     pub fn start_node(&mut self, id: u64) {
         let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
-        let mut child = Command::new(&self.binary)
-            .args([
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &self.addrs[&id],
-                "--peers",
-                &peers.join(","),
-            ])
-            .args(&self.extra_args)
+        let mut command = Command::new(&self.binary);
+        let id_arg = id.to_string();
+        command.args([
+            "--id",
+            &id_arg,
+            "--listen",
+            &self.addrs[&id],
+            "--peers",
+            &peers.join(","),
+        ]);
+        command.args(&self.extra_args);
+        if let Some(dirs) = &self.data_dirs {
+            command
+                .arg("--data-dir")
+                .arg(dirs.path().join(format!("n{id}")));
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
