@@ -1,0 +1,216 @@
+//! The core one input at a time, with exact outputs: what a campaign sends and persists,
+//! when a vote is granted, and how a higher term is handled.
+
+mod common;
+
+use common::members;
+use kv_server::protocol::{NodeId, Role};
+use raft_election::message::{Message, RequestVote, RequestVoteResponse};
+use raft_election::node::{Config, RaftNode};
+use raft_log::message::{AppendEntries, AppendEntriesResponse};
+use raft_log::storage::{HardState, MemStorage, Storage};
+use raft_log::types::{Entry, LogIndex, Payload, Term};
+use replication_naive::node::{Node, Outbox};
+
+fn node(id: u64, log_terms: &[u64], term: u64, pre_vote: bool) -> RaftNode<MemStorage> {
+    let entries = log_terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry {
+            index: LogIndex(i as u64 + 1),
+            term: Term(t),
+            payload: Payload::Noop,
+        })
+        .collect();
+    let storage = MemStorage::with_entries(
+        entries,
+        HardState {
+            current_term: Term(term),
+            voted_for: None,
+        },
+    );
+    let mut config = Config::new(NodeId(id), members(3), 1);
+    config.pre_vote = pre_vote;
+    RaftNode::new(config, storage)
+}
+
+/// Ticks until the node sends something, and returns that.
+fn tick_until_it_speaks(node: &mut RaftNode<MemStorage>) -> Vec<(NodeId, Message)> {
+    for _ in 0..1_000 {
+        let mut out = Outbox::default();
+        node.tick(&mut out);
+        if !out.messages.is_empty() {
+            return out.messages;
+        }
+    }
+    panic!("the node never campaigned");
+}
+
+fn vote_request(term: u64, last: (u64, u64), pre_vote: bool) -> Message {
+    Message::RequestVote(RequestVote {
+        term: Term(term),
+        last_log_index: LogIndex(last.0),
+        last_log_term: Term(last.1),
+        pre_vote,
+    })
+}
+
+fn answer(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Vec<(NodeId, Message)> {
+    let mut out = Outbox::default();
+    node.step(NodeId(from), message, &mut out);
+    out.messages
+}
+
+fn vote(term: u64, granted: bool, pre_vote: bool) -> Message {
+    Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(term),
+        granted,
+        pre_vote,
+    })
+}
+
+#[test]
+fn a_campaign_raises_the_term_votes_for_itself_and_persists_both_before_asking() {
+    // §5.2: increment currentTerm, vote for self, send RequestVote to all others. The
+    // storage already holds the new term and vote when the messages are handed out.
+    let mut n = node(1, &[1, 2], 2, false);
+    let sent = tick_until_it_speaks(&mut n);
+    let request = vote_request(3, (2, 2), false);
+    assert_eq!(
+        sent,
+        vec![(NodeId(2), request.clone()), (NodeId(3), request)]
+    );
+    assert_eq!(
+        n.log().hard_state(),
+        HardState {
+            current_term: Term(3),
+            voted_for: Some(NodeId(1))
+        }
+    );
+    assert_eq!(n.role(), Role::Candidate);
+}
+
+#[test]
+fn a_pre_vote_campaign_changes_neither_term_nor_vote() {
+    let mut n = node(1, &[1], 1, true);
+    let sent = tick_until_it_speaks(&mut n);
+    assert_eq!(sent[0], (NodeId(2), vote_request(2, (1, 1), true)));
+    assert_eq!(
+        n.log().hard_state(),
+        HardState {
+            current_term: Term(1),
+            voted_for: None
+        }
+    );
+    // Granted pre-votes from a majority start the real election, in term 2.
+    let sent = answer(&mut n, 2, vote(2, true, true));
+    assert_eq!(sent[0], (NodeId(2), vote_request(2, (1, 1), false)));
+    assert_eq!(n.term(), Term(2));
+}
+
+#[test]
+fn a_vote_is_refused_to_a_candidate_with_a_less_up_to_date_log() {
+    // §5.4.1: the voter's last entry has term 3; a candidate whose last term is 2 loses,
+    // however long its log.
+    let mut n = node(2, &[1, 3], 3, false);
+    assert_eq!(
+        answer(&mut n, 1, vote_request(4, (9, 2), false)),
+        vec![(NodeId(1), vote(4, false, false))]
+    );
+    assert_eq!(
+        n.term(),
+        Term(4),
+        "the higher term is adopted even when the vote is refused"
+    );
+    assert_eq!(n.voted_for(), None);
+    // Same last term and a log at least as long: granted, and persisted.
+    assert_eq!(
+        answer(&mut n, 3, vote_request(4, (2, 3), false)),
+        vec![(NodeId(3), vote(4, true, false))]
+    );
+    assert_eq!(
+        n.log().hard_state(),
+        HardState {
+            current_term: Term(4),
+            voted_for: Some(NodeId(3))
+        }
+    );
+}
+
+#[test]
+fn one_vote_per_term() {
+    let mut n = node(2, &[], 0, false);
+    assert_eq!(
+        answer(&mut n, 1, vote_request(1, (0, 0), false)),
+        vec![(NodeId(1), vote(1, true, false))]
+    );
+    assert_eq!(
+        answer(&mut n, 3, vote_request(1, (0, 0), false)),
+        vec![(NodeId(3), vote(1, false, false))]
+    );
+    // A repeated request from the one it voted for is granted again (its answer may be lost).
+    assert_eq!(
+        answer(&mut n, 1, vote_request(1, (0, 0), false)),
+        vec![(NodeId(1), vote(1, true, false))]
+    );
+}
+
+#[test]
+fn a_leader_that_learns_of_a_higher_term_steps_down() {
+    let mut n = node(1, &[], 0, false);
+    tick_until_it_speaks(&mut n);
+    answer(&mut n, 2, vote(1, true, false));
+    assert!(n.is_leader());
+    let stale = AppendEntriesResponse {
+        term: Term(5),
+        result: Err(raft_log::message::Rejection {
+            prev_log_index: LogIndex(0),
+            conflict_term: None,
+            conflict_index: LogIndex(0),
+        }),
+    };
+    answer(&mut n, 3, Message::AppendEntriesResponse(stale));
+    assert!(!n.is_leader());
+    assert_eq!((n.term(), n.leader()), (Term(5), None));
+}
+
+#[test]
+fn a_candidate_that_hears_from_a_leader_of_its_term_follows_it() {
+    let mut n = node(1, &[], 0, false);
+    tick_until_it_speaks(&mut n);
+    let heartbeat = AppendEntries {
+        term: Term(1),
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: vec![],
+        leader_commit: LogIndex(0),
+    };
+    let sent = answer(&mut n, 2, Message::AppendEntries(heartbeat));
+    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.leader(), Some(NodeId(2)));
+    let ok = AppendEntriesResponse {
+        term: Term(1),
+        result: Ok(LogIndex(0)),
+    };
+    assert_eq!(sent, vec![(NodeId(2), Message::AppendEntriesResponse(ok))]);
+}
+
+#[test]
+fn a_node_that_hears_from_its_leader_refuses_to_help_depose_it() {
+    // Thesis §4.2.3: within an election timeout of the leader's last word, a vote request,
+    // even of a higher term, is refused and the term left alone.
+    let mut n = node(2, &[], 0, false);
+    let heartbeat = AppendEntries {
+        term: Term(1),
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: vec![],
+        leader_commit: LogIndex(0),
+    };
+    answer(&mut n, 1, Message::AppendEntries(heartbeat));
+    assert_eq!(
+        answer(&mut n, 3, vote_request(7, (5, 5), false)),
+        vec![(NodeId(3), vote(1, false, false))]
+    );
+    assert_eq!(n.term(), Term(1));
+}
