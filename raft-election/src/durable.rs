@@ -3,15 +3,18 @@
 //! One append-only file of records, each a change to the log or hard state:
 //!
 //! ```text
-//! record := len: u32 LE | crc32(payload): u32 LE | payload (JSON, `len` bytes)
+//! record := len: u32 LE | crc32(len): u32 LE | crc32(payload): u32 LE | payload (JSON, `len` bytes)
 //! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
 //! ```
 //!
 //! Every change is appended and fsynced before the call returns, so nothing is acknowledged
 //! (a vote granted, an entry accepted) before it is on disk. Opening replays the records into
-//! memory; reads are served from memory. A crash can leave the last record torn, or garbage
-//! after it: the first record that is short or fails its checksum ends the log, and it and
-//! everything after it are cut from the file (and logged), never applied.
+//! memory; reads are served from memory. A crash can leave the last record torn (cut short,
+//! or with a payload that fails its checksum and nothing after it) or zeros after it: that
+//! tail is cut from the file (and logged), never applied. Damage anywhere else — a header or
+//! payload that fails its checksum with more data after it — is refused: silently dropping
+//! the records after it would forget votes and acknowledged entries. The length has its own
+//! checksum so that a damaged length cannot pass for a torn tail.
 //!
 //! One file for everything means one fsync covers a batch of changes, which is what group
 //! commit (in the `limecached` node) builds on. The file only grows; compaction (stage 7)
@@ -33,7 +36,10 @@ pub const LOG_FILE: &str = "raft.log";
 /// The file naming the node that owns the data directory.
 pub const NODE_ID_FILE: &str = "node-id";
 
-const HEADER: usize = 8;
+const HEADER: usize = 12;
+
+/// No record is larger: a longer length is damage.
+const MAX_RECORD: usize = 1 << 30;
 
 /// One change, as written to disk.
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,8 +179,15 @@ impl<M: Medium> DurableStorage<M> {
     /// binary aborts).
     fn write(&mut self, record: &Record) {
         let payload = serde_json::to_vec(record).expect("records serialize");
+        assert!(
+            payload.len() <= MAX_RECORD,
+            "a record of {} bytes is too large",
+            payload.len()
+        );
+        let len = (payload.len() as u32).to_le_bytes();
         let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&len);
+        bytes.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         bytes.extend_from_slice(&payload);
         if let Err(error) = self.medium.append(&bytes).and_then(|()| self.medium.sync()) {
@@ -191,26 +204,38 @@ enum Read<'a> {
     Record(&'a [u8]),
     /// Nothing: the log ends cleanly.
     End,
-    /// The end of the log is a record cut short, or one whose checksum fails with nothing
-    /// after it, or zeros (a file extended but never written): what a crash mid-write leaves.
+    /// What a crash mid-write leaves at the end: a record cut short, a last payload that
+    /// fails its checksum, or zeros (a file extended but never written).
     Torn,
-    /// A complete record that fails its checksum, with more data after it.
+    /// A header or payload that fails its checksum with more data after it.
     Damaged,
 }
 
 fn read_record(bytes: &[u8]) -> Read<'_> {
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if bytes.is_empty() {
         return Read::End;
     }
-    let Some(header) = bytes.get(..HEADER) else {
+    if bytes.len() < HEADER {
+        return Read::Torn;
+    }
+    let (len, len_crc, payload_crc) = (word(0), word(4), word(8));
+    if crc32fast::hash(&bytes[..4]) != len_crc || len == 0 || len as usize > MAX_RECORD {
+        return if bytes.iter().all(|&b| b == 0) {
+            Read::Torn
+        } else {
+            Read::Damaged
+        };
+    }
+    let len = len as usize;
+    let Some(payload) = bytes.get(HEADER..HEADER + len) else {
         return Read::Torn;
     };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let Some(payload) = bytes.get(HEADER..HEADER + len).filter(|_| len > 0) else {
-        return Read::Torn;
-    };
-    match (crc32fast::hash(payload) == crc, bytes.len() > HEADER + len) {
+    match (
+        crc32fast::hash(payload) == payload_crc,
+        bytes.len() > HEADER + len,
+    ) {
         (true, _) => Read::Record(payload),
         (false, false) => Read::Torn,
         (false, true) => Read::Damaged,

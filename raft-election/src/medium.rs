@@ -90,6 +90,14 @@ impl SimDisk {
         }
     }
 
+    /// The disk after a crash: what was synced survives, nothing else.
+    pub fn crash(&self) -> SimDisk {
+        SimDisk {
+            bytes: self.bytes[..self.synced].to_vec(),
+            synced: self.synced,
+        }
+    }
+
     /// The disk with byte `at` flipped (a corrupted record).
     pub fn corrupted(&self, at: usize) -> SimDisk {
         let mut disk = self.clone();

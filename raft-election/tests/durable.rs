@@ -105,6 +105,31 @@ fn a_corrupt_record_with_more_after_it_is_refused() {
 }
 
 #[test]
+fn every_change_is_synced_before_the_call_returns() {
+    // A crash keeps only synced bytes; every change was acknowledged by returning, so all
+    // must survive.
+    let (disk, history) = scripted_history();
+    let recovered = DurableStorage::open(disk.crash()).unwrap();
+    assert_eq!(state(&recovered), history.last().unwrap().1);
+}
+
+#[test]
+fn a_damaged_length_in_the_middle_is_refused_not_taken_for_a_torn_tail() {
+    // A length pointing past the end of the file (or zero) would look like a torn record;
+    // its own checksum tells damage from a crash, and the synced records after it (a vote
+    // among them) are not silently dropped.
+    let (disk, history) = scripted_history();
+    let second_start = history[1].0;
+    for byte in 0..4 {
+        let error = DurableStorage::open(disk.corrupted(second_start + byte)).unwrap_err();
+        assert!(
+            matches!(error, OpenError::Corrupt { offset, .. } if offset == second_start),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn zeros_after_the_last_record_are_cut() {
     let (disk, history) = scripted_history();
     let recovered = DurableStorage::open(disk.zero_extended(4096)).unwrap();
