@@ -8,14 +8,14 @@ use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use raft_log::apply::Applier;
 use raft_log::log::RaftLog;
-use raft_log::message::{AppendEntries, AppendEntriesResponse, Rejection};
-use raft_log::replication::Replication;
+use raft_log::message::{AppendEntries, AppendEntriesResponse};
+use raft_log::replication::{FollowerLogs, Replication};
 use raft_log::storage::{HardState, Storage};
 use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replication_naive::node::{Node, Outbox, RequestTag};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::message::{Message, RequestVote, RequestVoteResponse};
 
@@ -310,6 +310,7 @@ impl<S: Storage> RaftNode<S> {
             self.peers(),
             self.log.last_index(),
             self.config.max_entries_per_message,
+            FollowerLogs::Durable,
         );
         // Every follower counts as just heard from: a new leader gets one election timeout.
         let last_heard = self.peers().into_iter().map(|id| (id, 0)).collect();
@@ -420,18 +421,17 @@ impl<S: Storage> RaftNode<S> {
     }
 
     fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
+        if !req.is_well_formed() {
+            warn!(%from, "malformed AppendEntries dropped");
+            return;
+        }
         if req.term < self.term {
-            // Figure 2, step 1. Our term in the answer tells the stale leader to step down.
-            let rejection = Rejection {
-                prev_log_index: req.prev_log_index,
-                conflict_term: None,
-                conflict_index: LogIndex(0),
-            };
-            let response = AppendEntriesResponse {
-                term: self.term,
-                result: Err(rejection),
-            };
-            out.send(from, Message::AppendEntriesResponse(response));
+            // Figure 2, step 1: refused; our term in the answer tells the sender it is stale.
+            debug!(%from, term = %req.term, "stale AppendEntries refused");
+            out.send(
+                from,
+                Message::AppendEntriesResponse(req.refuse_stale(self.term)),
+            );
             return;
         }
         // A leader of this term or a later one exists: follow it (a candidate of the same
@@ -441,6 +441,7 @@ impl<S: Storage> RaftNode<S> {
             self.become_follower(req.term, Some(from));
         }
         self.reset_election_timer();
+        let in_reply_to = req.term;
         let result = self.log.accept(
             req.prev_log_index,
             req.prev_log_term,
@@ -448,13 +449,12 @@ impl<S: Storage> RaftNode<S> {
             req.leader_commit,
         );
         self.apply_committed(out);
-        out.send(
-            from,
-            Message::AppendEntriesResponse(AppendEntriesResponse {
-                term: self.term,
-                result,
-            }),
-        );
+        let response = AppendEntriesResponse {
+            term: self.term,
+            in_reply_to,
+            result,
+        };
+        out.send(from, Message::AppendEntriesResponse(response));
     }
 
     fn on_append_response(
@@ -475,7 +475,8 @@ impl<S: Storage> RaftNode<S> {
         else {
             return;
         };
-        if resp.term < self.term {
+        if resp.term < self.term || resp.in_reply_to != self.term {
+            // An answer to an earlier term's request: it says nothing about this term's log.
             return;
         }
         last_heard.insert(from, *ticks);
@@ -592,7 +593,9 @@ impl<S: Storage> Node for RaftNode<S> {
             Op::Write { command, .. } => match self.duty {
                 Duty::Leader { .. } => {
                     let index = self.log.append_new(self.term, Payload::Command(command));
-                    self.applier.wait(index, self.term, tag);
+                    if let Some(displaced) = self.applier.wait(index, self.term, tag) {
+                        out.reply(displaced, Applier::replaced());
+                    }
                     self.broadcast(false, out);
                     self.advance_commit(out);
                 }

@@ -163,6 +163,7 @@ fn a_leader_that_learns_of_a_higher_term_steps_down() {
     assert!(n.is_leader());
     let stale = AppendEntriesResponse {
         term: Term(5),
+        in_reply_to: Term(1),
         result: Err(raft_log::message::Rejection {
             prev_log_index: LogIndex(0),
             conflict_term: None,
@@ -190,6 +191,7 @@ fn a_candidate_that_hears_from_a_leader_of_its_term_follows_it() {
     assert_eq!(n.leader(), Some(NodeId(2)));
     let ok = AppendEntriesResponse {
         term: Term(1),
+        in_reply_to: Term(1),
         result: Ok(LogIndex(0)),
     };
     assert_eq!(sent, vec![(NodeId(2), Message::AppendEntriesResponse(ok))]);

@@ -36,9 +36,21 @@ impl Applier {
         self.last_applied
     }
 
-    /// Answers `tag` when the entry proposed at `index` in `term` is applied.
-    pub fn wait(&mut self, index: LogIndex, term: Term, tag: RequestTag) {
-        self.waiting.insert(index, (term, tag));
+    /// Answers `tag` when the entry proposed at `index` in `term` is applied. Returns the
+    /// client that waited on an earlier term's entry at the same index, if any: that entry
+    /// was replaced (the log was cut back and grew again), so it never committed; the
+    /// caller answers that client now.
+    pub fn wait(&mut self, index: LogIndex, term: Term, tag: RequestTag) -> Option<RequestTag> {
+        self.waiting
+            .insert(index, (term, tag))
+            .map(|(_, displaced)| displaced)
+    }
+
+    /// The answer for a client whose entry was replaced by another leader's.
+    pub fn replaced() -> Outcome {
+        Err(Failure::unavailable(
+            "leadership changed before the write was committed; it did not happen",
+        ))
     }
 
     /// Applies every committed entry not yet applied, and returns the answers for the clients
@@ -70,14 +82,29 @@ impl Applier {
                     let answer = if term == entry.term {
                         outcome
                     } else {
-                        Err(Failure::unavailable(
-                            "leadership changed before the write was committed; it did not happen",
-                        ))
+                        Applier::replaced()
                     };
                     answers.push((tag, answer));
                 }
             }
         }
         answers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_displaced_from_its_index_is_handed_back_to_be_answered() {
+        // A former leader's entry at index 5 (term 2) was cut from its log; it leads again
+        // and a new entry takes index 5 in term 4. The first client must not wait forever.
+        let mut applier = Applier::new();
+        assert_eq!(applier.wait(LogIndex(5), Term(2), RequestTag(1)), None);
+        assert_eq!(
+            applier.wait(LogIndex(5), Term(4), RequestTag(2)),
+            Some(RequestTag(1))
+        );
     }
 }

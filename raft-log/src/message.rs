@@ -29,11 +29,46 @@ pub struct AppendEntries {
     pub leader_commit: LogIndex,
 }
 
+impl AppendEntries {
+    /// Whether the entries are what an AppendEntries carries: consecutive indexes from
+    /// `prev_log_index + 1`, terms never decreasing, none after the request's own term. A
+    /// peer that sends anything else is broken; its message is dropped, not obeyed.
+    pub fn is_well_formed(&self) -> bool {
+        let mut expected = self.prev_log_index;
+        let mut last_term = self.prev_log_term;
+        self.entries.iter().all(|e| {
+            expected = expected.next();
+            let ok = e.index == expected && e.term >= last_term && e.term <= self.term;
+            last_term = e.term;
+            ok
+        }) && self.prev_log_term <= self.term
+    }
+
+    /// The answer of a node whose term, `term`, is newer than this request's (Figure 2,
+    /// step 1): refused, and the sender learns its term is stale.
+    pub fn refuse_stale(&self, term: Term) -> AppendEntriesResponse {
+        let rejection = Rejection {
+            prev_log_index: self.prev_log_index,
+            conflict_term: None,
+            conflict_index: LogIndex(0),
+        };
+        AppendEntriesResponse {
+            term,
+            in_reply_to: self.term,
+            result: Err(rejection),
+        }
+    }
+}
+
 /// The answer to an AppendEntries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendEntriesResponse {
     /// The follower's current term.
     pub term: Term,
+    /// The term of the AppendEntries this answers. A leader acts only on answers to its own
+    /// term's requests: a refusal of an older leader's request (by a node already in the
+    /// new term) must not pass for a log mismatch.
+    pub in_reply_to: Term,
     /// `Ok(match_index)`: the log matches the leader's up to `match_index`. `Err`: the
     /// consistency check failed.
     pub result: Result<LogIndex, Rejection>,

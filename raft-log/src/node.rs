@@ -10,8 +10,8 @@ use tracing::{debug, warn};
 
 use crate::apply::Applier;
 use crate::log::RaftLog;
-use crate::message::{AppendEntries, AppendEntriesResponse, Message, Rejection};
-use crate::replication::{Progress, Replication};
+use crate::message::{AppendEntries, AppendEntriesResponse, Message};
+use crate::replication::{FollowerLogs, Progress, Replication};
 use crate::storage::{HardState, Storage};
 use crate::types::{LogIndex, Payload, Term};
 
@@ -83,6 +83,7 @@ impl<S: Storage> RaftLogNode<S> {
                 followers,
                 log.last_index(),
                 config.max_entries_per_message,
+                FollowerLogs::Volatile,
             ));
         }
         RaftLogNode {
@@ -163,7 +164,9 @@ impl<S: Storage> RaftLogNode<S> {
     /// Leader: appends a client's write to the log and starts replicating it.
     fn propose(&mut self, tag: RequestTag, payload: Payload, out: &mut Outbox<Message>) {
         let index = self.log.append_new(self.term, payload);
-        self.applier.wait(index, self.term, tag);
+        if let Some(displaced) = self.applier.wait(index, self.term, tag) {
+            out.reply(displaced, Applier::replaced());
+        }
         self.broadcast(false, out);
         // A cluster of one commits on its own.
         self.advance_commit(out);
@@ -185,18 +188,17 @@ impl<S: Storage> RaftLogNode<S> {
     /// Follower: an AppendEntries from the leader.
     fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
         // Figure 2, step 1: reply false if term < currentTerm (§5.1).
+        if !req.is_well_formed() {
+            warn!(%from, "malformed AppendEntries dropped");
+            return;
+        }
         if req.term < self.term {
+            // Figure 2, step 1: refused; our term in the answer tells the sender it is stale.
             debug!(%from, term = %req.term, "stale AppendEntries refused");
-            let rejection = Rejection {
-                prev_log_index: req.prev_log_index,
-                conflict_term: None,
-                conflict_index: LogIndex(0),
-            };
-            let response = AppendEntriesResponse {
-                term: self.term,
-                result: Err(rejection),
-            };
-            out.send(from, Message::AppendEntriesResponse(response));
+            out.send(
+                from,
+                Message::AppendEntriesResponse(req.refuse_stale(self.term)),
+            );
             return;
         }
         if req.term > self.term {
@@ -206,6 +208,7 @@ impl<S: Storage> RaftLogNode<S> {
                 voted_for: None,
             });
         }
+        let in_reply_to = req.term;
         let result = self.log.accept(
             req.prev_log_index,
             req.prev_log_term,
@@ -213,13 +216,12 @@ impl<S: Storage> RaftLogNode<S> {
             req.leader_commit,
         );
         self.apply_committed(out);
-        out.send(
-            from,
-            Message::AppendEntriesResponse(AppendEntriesResponse {
-                term: self.term,
-                result,
-            }),
-        );
+        let response = AppendEntriesResponse {
+            term: self.term,
+            in_reply_to,
+            result,
+        };
+        out.send(from, Message::AppendEntriesResponse(response));
     }
 
     /// Leader: an answer to an AppendEntries.
@@ -229,8 +231,9 @@ impl<S: Storage> RaftLogNode<S> {
         resp: AppendEntriesResponse,
         out: &mut Outbox<Message>,
     ) {
-        if resp.term != self.term {
-            // Higher: another leader cannot exist while leadership is fixed. Lower: stale.
+        if resp.term != self.term || resp.in_reply_to != self.term {
+            // Higher: another leader cannot exist while leadership is fixed. Lower, or an
+            // answer to another term's request: stale.
             warn!(%from, term = %resp.term, "an answer from another term ignored");
             return;
         }

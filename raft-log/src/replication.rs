@@ -37,11 +37,24 @@ pub struct Progress {
     pub mode: Mode,
 }
 
+/// Whether followers keep their logs across restarts. It decides what a rejection at or
+/// below a follower's `match_index` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowerLogs {
+    /// Stage 3: a restarted follower comes back empty, so a rejection at or below
+    /// `match_index` can be news (it lost what it acknowledged) and resets its progress.
+    Volatile,
+    /// From stage 6: what a follower acknowledged in this term it keeps, so such a
+    /// rejection can only be a reordered answer to an older request, and is ignored.
+    Durable,
+}
+
 /// A leader's progress with every follower.
 #[derive(Debug, Clone)]
 pub struct Replication {
     progress: BTreeMap<NodeId, Progress>,
     max_entries: usize,
+    logs: FollowerLogs,
 }
 
 impl Replication {
@@ -52,6 +65,7 @@ impl Replication {
         followers: impl IntoIterator<Item = NodeId>,
         last_index: LogIndex,
         max_entries: usize,
+        logs: FollowerLogs,
     ) -> Replication {
         let start = Progress {
             next_index: last_index.next(),
@@ -61,6 +75,7 @@ impl Replication {
         Replication {
             progress: followers.into_iter().map(|id| (id, start)).collect(),
             max_entries,
+            logs,
         }
     }
 
@@ -132,9 +147,14 @@ impl Replication {
                 true
             }
             Err(rejection) => {
-                let stale = match p.mode {
-                    Mode::Probe { .. } => rejection.prev_log_index != p.next_index.prev(),
-                    Mode::Pipeline => rejection.prev_log_index < p.match_index,
+                let stale = match (p.mode, self.logs) {
+                    (Mode::Probe { .. }, _) => rejection.prev_log_index != p.next_index.prev(),
+                    (Mode::Pipeline, FollowerLogs::Durable) => {
+                        rejection.prev_log_index <= p.match_index
+                    }
+                    (Mode::Pipeline, FollowerLogs::Volatile) => {
+                        rejection.prev_log_index < p.match_index
+                    }
                 };
                 if stale {
                     debug!(%follower, prev = %rejection.prev_log_index, "stale rejection ignored");
@@ -145,9 +165,12 @@ impl Replication {
                     .min(rejection.prev_log_index)
                     .max(LogIndex(1));
                 if next <= p.match_index {
-                    // The follower lost entries it had acknowledged (a node whose log is
-                    // not durable came back empty).
-                    p.match_index = next.prev();
+                    match self.logs {
+                        // The follower lost entries it had acknowledged: it restarted empty.
+                        FollowerLogs::Volatile => p.match_index = next.prev(),
+                        // Cannot happen for a fresh rejection; never resend what matches.
+                        FollowerLogs::Durable => return false,
+                    }
                 }
                 debug!(%follower, %next, "log mismatch; probing");
                 p.next_index = next;
@@ -181,5 +204,61 @@ impl Replication {
         }
         stored.sort_unstable_by(|a, b| b.cmp(a));
         stored[stored.len() / 2]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_server::protocol::NodeId;
+
+    use super::*;
+    use crate::storage::{HardState, MemStorage};
+    use crate::types::{Entry, Payload};
+
+    fn log(n: u64) -> RaftLog<MemStorage> {
+        let entries = (1..=n)
+            .map(|i| Entry {
+                index: LogIndex(i),
+                term: Term(1),
+                payload: Payload::Noop,
+            })
+            .collect();
+        RaftLog::new(MemStorage::with_entries(entries, HardState::default()))
+    }
+
+    fn rejection_at(prev: u64) -> Result<LogIndex, Rejection> {
+        Err(Rejection {
+            prev_log_index: LogIndex(prev),
+            conflict_term: None,
+            conflict_index: LogIndex(prev),
+        })
+    }
+
+    /// Pipelining with match = 4, the leader sends A1 (entries 5..=7) and A2 (8..=9). The
+    /// follower gets A2 first and refuses it (prev 7), then accepts A1. The leader reads
+    /// Ok(7), then the refusal at prev 7.
+    fn reordered(logs: FollowerLogs) -> Progress {
+        let log = log(9);
+        let follower = NodeId(2);
+        let mut r = Replication::new([follower], LogIndex(4), 3, logs);
+        r.on_response(follower, Ok(LogIndex(4)), &log);
+        r.append_for(follower, &log, Term(1), false);
+        r.append_for(follower, &log, Term(1), false);
+        r.on_response(follower, Ok(LogIndex(7)), &log);
+        r.on_response(follower, rejection_at(7), &log);
+        *r.progress(follower).unwrap()
+    }
+
+    #[test]
+    fn with_durable_followers_a_reordered_refusal_at_the_match_index_is_stale() {
+        let p = reordered(FollowerLogs::Durable);
+        assert_eq!((p.match_index, p.mode), (LogIndex(7), Mode::Pipeline));
+    }
+
+    #[test]
+    fn with_volatile_followers_a_refusal_at_the_match_index_means_it_lost_its_log() {
+        let p = reordered(FollowerLogs::Volatile);
+        assert!(p.match_index < LogIndex(7));
+        assert_eq!(p.mode, Mode::Probe { waiting: false });
     }
 }

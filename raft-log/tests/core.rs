@@ -42,6 +42,7 @@ fn answer(node: &mut RaftLogNode<MemStorage>, message: Message) -> Vec<(NodeId, 
 fn accepted(term: u64, matched: u64) -> Vec<(NodeId, Message)> {
     let response = AppendEntriesResponse {
         term: Term(term),
+        in_reply_to: Term(term),
         result: Ok(LogIndex(matched)),
     };
     vec![(LEADER, Message::AppendEntriesResponse(response))]
@@ -62,6 +63,7 @@ fn rejected(
         LEADER,
         Message::AppendEntriesResponse(AppendEntriesResponse {
             term: Term(term),
+            in_reply_to: Term(term),
             result: Err(rejection),
         }),
     )]
@@ -97,9 +99,18 @@ fn a_term_mismatch_is_refused_with_the_first_index_of_the_conflicting_term() {
 #[test]
 fn a_stale_term_is_refused_and_changes_nothing() {
     let mut node = follower(&[1, 2], 2);
+    let refused = AppendEntriesResponse {
+        term: Term(2),
+        in_reply_to: Term(1),
+        result: Err(Rejection {
+            prev_log_index: LogIndex(1),
+            conflict_term: None,
+            conflict_index: LogIndex(0),
+        }),
+    };
     assert_eq!(
-        answer(&mut node, append(1, (2, 2), vec![entry(3, 1)], 3)),
-        rejected(2, 2, None, 0)
+        answer(&mut node, append(1, (1, 1), vec![entry(2, 1)], 2)),
+        vec![(LEADER, Message::AppendEntriesResponse(refused))]
     );
     assert_eq!(
         (node.log().last_index(), node.commit_index()),
@@ -167,6 +178,7 @@ fn the_leader_does_not_commit_an_earlier_terms_entry_by_counting_replicas() {
     let ok = |matched| {
         Message::AppendEntriesResponse(AppendEntriesResponse {
             term: Term(3),
+            in_reply_to: Term(3),
             result: Ok(LogIndex(matched)),
         })
     };
@@ -207,6 +219,7 @@ fn the_leader_answers_a_client_only_when_its_entry_is_applied() {
     assert_eq!(out.messages.len(), 2, "sent to both followers at once");
     let ok = Message::AppendEntriesResponse(AppendEntriesResponse {
         term: Term(1),
+        in_reply_to: Term(1),
         result: Ok(LogIndex(1)),
     });
     leader.step(NodeId(3), ok, &mut out);
@@ -226,4 +239,51 @@ fn a_follower_redirects_writes_and_serves_reads_locally() {
     let failure = out.replies[0].1.clone().unwrap_err();
     assert_eq!(failure.leader.as_deref(), Some("127.0.0.1:7001"));
     assert_eq!(node.log().last_index(), LogIndex(0));
+}
+
+#[test]
+fn a_malformed_append_entries_is_dropped_not_obeyed() {
+    // Entries must follow prev_log_index one by one, with terms that never go back and
+    // never pass the request's term. Anything else comes from a broken peer.
+    let mut node = follower(&[1], 1);
+    for bad in [
+        append(1, (1, 1), vec![entry(3, 1)], 0),
+        append(1, (1, 1), vec![entry(2, 1), entry(2, 1)], 0),
+        append(1, (1, 1), vec![entry(2, 2)], 0),
+        append(2, (1, 1), vec![entry(2, 2), entry(3, 1)], 0),
+    ] {
+        assert_eq!(answer(&mut node, bad), vec![]);
+    }
+    assert_eq!(node.log().last_index(), LogIndex(1));
+}
+
+#[test]
+fn a_refusal_of_an_older_terms_request_is_not_taken_for_a_log_mismatch() {
+    // The leader (term 3) gets a refusal of its own term-2 request from a follower already
+    // in term 3: it must not move next_index back for it.
+    let hard = HardState {
+        current_term: Term(2),
+        voted_for: None,
+    };
+    let mut config = Config::new(LEADER, members(3), LEADER);
+    config.term = Term(3);
+    let mut leader = RaftLogNode::new(config, MemStorage::with_entries(log_of(&[1, 2]), hard));
+    let before = *leader.progress(FOLLOWER).unwrap();
+    let old_refusal = AppendEntriesResponse {
+        term: Term(3),
+        in_reply_to: Term(2),
+        result: Err(Rejection {
+            prev_log_index: LogIndex(2),
+            conflict_term: None,
+            conflict_index: LogIndex(0),
+        }),
+    };
+    let mut out = Outbox::default();
+    leader.step(
+        FOLLOWER,
+        Message::AppendEntriesResponse(old_refusal),
+        &mut out,
+    );
+    assert_eq!(*leader.progress(FOLLOWER).unwrap(), before);
+    assert!(out.messages.is_empty());
 }
