@@ -96,21 +96,31 @@ impl DurableStorage<FileMedium> {
             move |source| OpenError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
+        // A new directory's name is durable only once its parent is synced.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(io(parent))?;
+        }
         let id_file = dir.join(NODE_ID_FILE);
         match fs::read_to_string(&id_file) {
             Ok(owner) if owner.trim() == id.to_string() => {}
             Ok(owner) => {
+                let owner = owner.trim().to_owned();
                 return Err(OpenError::Foreign {
                     path: dir.to_path_buf(),
-                    owner: owner.trim().to_owned(),
+                    owner,
                     me: id,
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::write(&id_file, format!("{id}\n")).map_err(io(&id_file))?;
-                fs::File::open(&id_file)
+                // Written aside, synced, then renamed into place: a crash leaves either no
+                // file or a complete one, never an empty one that would lock the node out.
+                let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+                fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
+                fs::File::open(&tmp)
                     .and_then(|f| f.sync_all())
-                    .map_err(io(&id_file))?;
+                    .map_err(io(&tmp))?;
+                fs::rename(&tmp, &id_file).map_err(io(&id_file))?;
+                sync_dir(dir).map_err(io(dir))?;
             }
             Err(e) => return Err(io(&id_file)(e)),
         }
@@ -196,6 +206,10 @@ impl<M: Medium> DurableStorage<M> {
             );
         }
     }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// What is at the start of the remaining bytes.

@@ -184,7 +184,7 @@ async fn drive<N: Node>(
     let mut out = Outbox::default();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = ticks.tick() => node.tick(&mut out),
             Some((from, message)) = inbox.recv() => node.step(from, message, &mut out),
             Some((op, reply)) = calls.recv() => {
@@ -203,4 +203,6 @@ async fn drive<N: Node>(
             }
         }
     }
+    // The links end with `stop`; wait for them so nothing outlives the run.
+    transport.stopped().await;
 }

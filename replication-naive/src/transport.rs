@@ -26,12 +26,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// The first byte of every peer connection; client connections start with `{`.
 pub const PEER_PREAMBLE: u8 = 0;
+
+/// Bytes encoded and not yet written to a peer, past which a link takes no more messages
+/// from its queue until the peer reads.
+const WRITE_HIGH_WATER: usize = 1 << 20;
 
 /// Bumped when the peer message format changes incompatibly.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -56,6 +61,8 @@ pub struct TransportConfig {
     pub max_backoff: Duration,
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
+    /// Longest wait for a connection (and its hello) to a peer before trying again.
+    pub connect_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -65,6 +72,7 @@ impl Default for TransportConfig {
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
             max_frame_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +81,7 @@ impl Default for TransportConfig {
 #[derive(Debug)]
 pub struct Transport<M> {
     queues: HashMap<NodeId, mpsc::Sender<M>>,
+    links: TaskTracker,
 }
 
 impl<M: Serialize + Send + 'static> Transport<M> {
@@ -85,6 +94,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         stop: CancellationToken,
     ) -> Transport<M> {
         let mut queues = HashMap::new();
+        let links = TaskTracker::new();
         for (&id, addr) in peers.iter().filter(|(id, _)| **id != me) {
             let (tx, rx) = mpsc::channel(config.queue);
             queues.insert(id, tx);
@@ -94,9 +104,15 @@ impl<M: Serialize + Send + 'static> Transport<M> {
                 addr: addr.clone(),
                 config,
             };
-            tokio::spawn(link.run(rx, stop.clone()));
+            links.spawn(link.run(rx, stop.clone()));
         }
-        Transport { queues }
+        links.close();
+        Transport { queues, links }
+    }
+
+    /// Completes once every link's task has ended (after `stop` is cancelled).
+    pub async fn stopped(&self) {
+        self.links.wait().await;
     }
 
     /// Queues `message` for `to`; drops it (best effort) when the queue is full or `to` is
@@ -164,57 +180,63 @@ impl Link {
         }
     }
 
+    /// Connects and says hello, within the connect timeout: after a partition that
+    /// silently dropped packets heals, the OS would otherwise retry a lost SYN for minutes.
     async fn connect(&self) -> std::io::Result<Outbound> {
-        let mut stream = TcpStream::connect(&self.addr).await?;
-        stream.set_nodelay(true)?;
-        stream.write_all(&[PEER_PREAMBLE]).await?;
-        let (reader, writer) = stream.into_split();
-        let mut frames = FramedWrite::new(writer, self.codec());
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            from: self.me,
+        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let connecting = async {
+            let mut stream = TcpStream::connect(&self.addr).await?;
+            stream.set_nodelay(true)?;
+            stream.write_all(&[PEER_PREAMBLE]).await?;
+            let (reader, writer) = stream.into_split();
+            let mut frames = FramedWrite::new(writer, self.codec());
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                from: self.me,
+            };
+            frames
+                .send(Bytes::from(serde_json::to_vec(&hello)?))
+                .await?;
+            Ok(Outbound { frames, reader })
         };
-        frames
-            .send(Bytes::from(serde_json::to_vec(&hello)?))
-            .await?;
-        Ok(Outbound { frames, reader })
+        tokio::time::timeout(self.config.connect_timeout, connecting)
+            .await
+            .map_err(|_| timed_out())?
     }
 
     /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`).
     ///
+    /// Every wait is a branch of one `select!`, so neither `stop` nor a dead peer can be
+    /// stuck behind a write. Messages are encoded into the write buffer (up to a high-water
+    /// mark, past which the queue backs up and then drops) and written by the flush branch.
     /// The peer never writes on this connection, so anything readable means it closed or
-    /// reset it (it restarted, say). Watching for that notices a dead link at once, instead
-    /// of losing the next batch to a write into a socket that is already gone.
+    /// reset it (it restarted, say): that is noticed at once, instead of losing the next
+    /// batch to a write into a socket that is already gone.
     async fn pump<M: Serialize>(
         &self,
         link: &mut Outbound,
         queue: &mut mpsc::Receiver<M>,
         stop: &CancellationToken,
     ) -> std::io::Result<()> {
-        let frames = &mut link.frames;
+        let mut encoder = self.codec();
         let mut probe = [0u8; 1];
         loop {
-            let message = tokio::select! {
+            let room = link.frames.write_buffer().len() < WRITE_HIGH_WATER;
+            tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 closed = link.reader.read(&mut probe) => {
                     closed?;
                     return Err(std::io::ErrorKind::ConnectionAborted.into());
                 }
-                message = queue.recv() => match message {
-                    Some(message) => message,
+                message = queue.recv(), if room => match message {
+                    Some(message) => {
+                        let frame = Bytes::from(serde_json::to_vec(&message)?);
+                        encoder.encode(frame, link.frames.write_buffer_mut())?;
+                    }
                     None => return Ok(()),
                 },
-            };
-            frames
-                .feed(Bytes::from(serde_json::to_vec(&message)?))
-                .await?;
-            // Batch whatever else is already queued into the same flush.
-            while let Ok(message) = queue.try_recv() {
-                frames
-                    .feed(Bytes::from(serde_json::to_vec(&message)?))
-                    .await?;
+                flushed = SinkExt::<Bytes>::flush(&mut link.frames), if !link.frames.write_buffer().is_empty() => flushed?,
             }
-            SinkExt::<Bytes>::flush(frames).await?;
         }
     }
 

@@ -123,3 +123,27 @@ async fn an_undecodable_message_closes_the_connection_with_an_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_never_reads_cannot_hold_up_stopping() {
+    // The peer accepts and then reads nothing: writes to it block once the socket buffers
+    // fill. Stopping must still end the link at once.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move { silent.accept().await.unwrap() });
+    let stop = CancellationToken::new();
+    let peers = BTreeMap::from([
+        (NodeId(1), "unused:1".to_owned()),
+        (NodeId(2), addr.to_string()),
+    ]);
+    let sender: Transport<Vec<u8>> = Transport::start(NodeId(1), &peers, fast(), stop.clone());
+    for _ in 0..64 {
+        sender.send(NodeId(2), vec![7; 1 << 20]);
+    }
+    let _connection = held.await.unwrap();
+    stop.cancel();
+    // Guard only: a link stuck in a write would never end.
+    tokio::time::timeout(Duration::from_secs(10), sender.stopped())
+        .await
+        .expect("a link was stuck writing");
+}
