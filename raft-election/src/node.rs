@@ -441,19 +441,8 @@ impl<S: Storage> RaftNode<S> {
             self.become_follower(req.term, Some(from));
         }
         self.reset_election_timer();
-        let in_reply_to = req.term;
-        let result = self.log.accept(
-            req.prev_log_index,
-            req.prev_log_term,
-            req.entries,
-            req.leader_commit,
-        );
+        let response = self.log.append_from_leader(req, self.term);
         self.apply_committed(out);
-        let response = AppendEntriesResponse {
-            term: self.term,
-            in_reply_to,
-            result,
-        };
         out.send(from, Message::AppendEntriesResponse(response));
     }
 
@@ -506,9 +495,8 @@ impl<S: Storage> RaftNode<S> {
             return;
         };
         let voters = self.config.members.keys().copied();
-        let stored = replication.quorum_match(self.config.id, self.log.last_index(), voters);
         // §5.4.2: only an entry of the current term commits by counting replicas.
-        if self.log.commit_if_current_term(stored, self.term) {
+        if replication.advance_commit(&mut self.log, self.config.id, voters, self.term) {
             self.apply_committed(out);
         }
     }

@@ -2,7 +2,7 @@
 //! (§5.3): the follower's side of AppendEntries, the leader's reading of a rejection, and the
 //! commit rule (§5.4.2). Every Raft stage keeps its log in one of these.
 
-use crate::message::Rejection;
+use crate::message::{AppendEntries, AppendEntriesResponse, Rejection};
 use crate::storage::{HardState, Storage};
 use crate::types::{Entry, LogIndex, Payload, Term};
 
@@ -134,6 +134,27 @@ impl<S: Storage> RaftLog<S> {
         //    last new entry): only what this AppendEntries verified, and never backwards.
         self.commit_to(leader_commit.min(last_new));
         Ok(last_new)
+    }
+
+    /// Follower: takes an AppendEntries of `current_term` (its term already checked, and
+    /// adopted, by the caller) and gives the answer to send back.
+    pub fn append_from_leader(
+        &mut self,
+        req: AppendEntries,
+        current_term: Term,
+    ) -> AppendEntriesResponse {
+        let in_reply_to = req.term;
+        let result = self.accept(
+            req.prev_log_index,
+            req.prev_log_term,
+            req.entries,
+            req.leader_commit,
+        );
+        AppendEntriesResponse {
+            term: current_term,
+            in_reply_to,
+            result,
+        }
     }
 
     /// Moves the commit index up to `index` (never down).

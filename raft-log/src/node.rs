@@ -208,19 +208,8 @@ impl<S: Storage> RaftLogNode<S> {
                 voted_for: None,
             });
         }
-        let in_reply_to = req.term;
-        let result = self.log.accept(
-            req.prev_log_index,
-            req.prev_log_term,
-            req.entries,
-            req.leader_commit,
-        );
+        let response = self.log.append_from_leader(req, self.term);
         self.apply_committed(out);
-        let response = AppendEntriesResponse {
-            term: self.term,
-            in_reply_to,
-            result,
-        };
         out.send(from, Message::AppendEntriesResponse(response));
     }
 
@@ -256,8 +245,7 @@ impl<S: Storage> RaftLogNode<S> {
             return;
         };
         let voters = self.config.members.keys().copied();
-        let stored = replication.quorum_match(self.config.id, self.log.last_index(), voters);
-        if self.log.commit_if_current_term(stored, self.term) {
+        if replication.advance_commit(&mut self.log, self.config.id, voters, self.term) {
             self.apply_committed(out);
         }
     }

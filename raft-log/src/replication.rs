@@ -180,6 +180,19 @@ impl Replication {
         }
     }
 
+    /// Leader `me` of `term`: commits the highest index a majority of `voters` stores, if it
+    /// is from `term` (§5.4.2). Returns whether the commit index moved.
+    pub fn advance_commit<S: Storage>(
+        &self,
+        log: &mut RaftLog<S>,
+        me: NodeId,
+        voters: impl IntoIterator<Item = NodeId>,
+        term: Term,
+    ) -> bool {
+        let stored = self.quorum_match(me, log.last_index(), voters);
+        log.commit_if_current_term(stored, term)
+    }
+
     /// The highest index stored by a majority of `voters` (`me` stores `own_last`).
     pub fn quorum_match(
         &self,
