@@ -15,7 +15,7 @@ use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replication_naive::node::{Node, Outbox, RequestTag};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::message::{Message, RequestVote, RequestVoteResponse};
 
@@ -421,17 +421,10 @@ impl<S: Storage> RaftNode<S> {
     }
 
     fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
-        if !req.is_well_formed() {
-            warn!(%from, "malformed AppendEntries dropped");
-            return;
-        }
-        if req.term < self.term {
-            // Figure 2, step 1: refused; our term in the answer tells the sender it is stale.
-            debug!(%from, term = %req.term, "stale AppendEntries refused");
-            out.send(
-                from,
-                Message::AppendEntriesResponse(req.refuse_stale(self.term)),
-            );
+        if let Err(answer) = req.screen(from, self.term) {
+            if let Some(refusal) = answer {
+                out.send(from, Message::AppendEntriesResponse(refusal));
+            }
             return;
         }
         // A leader of this term or a later one exists: follow it (a candidate of the same

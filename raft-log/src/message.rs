@@ -1,6 +1,8 @@
 //! What Raft nodes say to each other in this stage: AppendEntries and its answer (§5.3).
 
+use kv_server::protocol::NodeId;
 use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
 
 use crate::types::{Entry, LogIndex, Term};
 
@@ -42,6 +44,25 @@ impl AppendEntries {
             last_term = e.term;
             ok
         }) && self.prev_log_term <= self.term
+    }
+
+    /// What a node in `current_term` does with this request before anything else: `Ok` to
+    /// go on; `Err(None)` to drop it (malformed: a broken peer is not obeyed); `Err(Some)`
+    /// to answer a refusal without touching its log (Figure 2, step 1: an older term).
+    pub fn screen(
+        &self,
+        from: NodeId,
+        current_term: Term,
+    ) -> Result<(), Option<AppendEntriesResponse>> {
+        if !self.is_well_formed() {
+            warn!(%from, "malformed AppendEntries dropped");
+            return Err(None);
+        }
+        if self.term < current_term {
+            debug!(%from, term = %self.term, "stale AppendEntries refused");
+            return Err(Some(self.refuse_stale(current_term)));
+        }
+        Ok(())
     }
 
     /// The answer of a node whose term, `term`, is newer than this request's (Figure 2,

@@ -187,18 +187,10 @@ impl<S: Storage> RaftLogNode<S> {
 
     /// Follower: an AppendEntries from the leader.
     fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
-        // Figure 2, step 1: reply false if term < currentTerm (§5.1).
-        if !req.is_well_formed() {
-            warn!(%from, "malformed AppendEntries dropped");
-            return;
-        }
-        if req.term < self.term {
-            // Figure 2, step 1: refused; our term in the answer tells the sender it is stale.
-            debug!(%from, term = %req.term, "stale AppendEntries refused");
-            out.send(
-                from,
-                Message::AppendEntriesResponse(req.refuse_stale(self.term)),
-            );
+        if let Err(answer) = req.screen(from, self.term) {
+            if let Some(refusal) = answer {
+                out.send(from, Message::AppendEntriesResponse(refusal));
+            }
             return;
         }
         if req.term > self.term {
