@@ -17,8 +17,8 @@
 //! checksum so that a damaged length cannot pass for a torn tail.
 //!
 //! One file for everything means one fsync covers a batch of changes, which is what group
-//! commit (in the `limecached` node) builds on. The file only grows; compaction (stage 7)
-//! rewrites it.
+//! commit (in the `limecached` node) builds on. The file grows until the log is compacted
+//! (stage 7); then it is rewritten, atomically, with only what is still needed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use raft_log::types::{Entry, LogIndex, Term};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::medium::{FileMedium, Medium};
+use crate::medium::{FileMedium, Medium, sync_dir};
 
 /// The file holding the log, inside the data directory.
 pub const LOG_FILE: &str = "raft.log";
@@ -47,6 +47,9 @@ enum Record {
     Entries(Vec<Entry>),
     TruncateAfter(LogIndex),
     HardState(HardState),
+    /// A snapshot covers everything up to this index, of this term (written first in a
+    /// file rewritten after compaction).
+    Compacted(LogIndex, Term),
 }
 
 /// Why a data directory could not be opened.
@@ -97,9 +100,7 @@ impl DurableStorage<FileMedium> {
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         // A new directory's name is durable only once its parent is synced.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent).map_err(io(parent))?;
-        }
+        crate::medium::sync_parent(dir).map_err(io(dir))?;
         let id_file = dir.join(NODE_ID_FILE);
         match fs::read_to_string(&id_file) {
             Ok(owner) if owner.trim() == id.to_string() => {}
@@ -188,18 +189,7 @@ impl<M: Medium> DurableStorage<M> {
     /// state: the node must stop rather than acknowledge anything, so this panics (and the
     /// binary aborts).
     fn write(&mut self, record: &Record) {
-        let payload = serde_json::to_vec(record).expect("records serialize");
-        assert!(
-            payload.len() <= MAX_RECORD,
-            "a record of {} bytes is too large",
-            payload.len()
-        );
-        let len = (payload.len() as u32).to_le_bytes();
-        let mut bytes = Vec::with_capacity(HEADER + payload.len());
-        bytes.extend_from_slice(&len);
-        bytes.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = encode(record);
         if let Err(error) = self.medium.append(&bytes).and_then(|()| self.medium.sync()) {
             panic!(
                 "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
@@ -208,8 +198,21 @@ impl<M: Medium> DurableStorage<M> {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+/// One record as written to disk.
+fn encode(record: &Record) -> Vec<u8> {
+    let payload = serde_json::to_vec(record).expect("records serialize");
+    assert!(
+        payload.len() <= MAX_RECORD,
+        "a record of {} bytes is too large",
+        payload.len()
+    );
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(&len);
+    bytes.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
 }
 
 /// What is at the start of the remaining bytes.
@@ -273,6 +276,7 @@ fn replay(memory: &mut MemStorage, record: Record) -> Result<(), String> {
         }
         Record::TruncateAfter(index) => memory.truncate_after(index),
         Record::HardState(state) => memory.save_hard_state(state),
+        Record::Compacted(index, term) => memory.compact(index, term),
     }
     Ok(())
 }
@@ -305,6 +309,26 @@ impl<M: Medium> Storage for DurableStorage<M> {
     fn truncate_after(&mut self, index: LogIndex) {
         self.write(&Record::TruncateAfter(index));
         self.memory.truncate_after(index);
+    }
+
+    fn compact(&mut self, index: LogIndex, term: Term) {
+        if index < self.memory.first_index() {
+            return;
+        }
+        self.memory.compact(index, term);
+        // The file is rewritten with only what is still needed: where the log starts, the
+        // hard state, the entries after the snapshot.
+        let mut bytes = encode(&Record::Compacted(index, term));
+        bytes.extend(encode(&Record::HardState(self.memory.hard_state())));
+        let rest = self
+            .memory
+            .entries(index.next(), self.memory.last_index(), usize::MAX);
+        if !rest.is_empty() {
+            bytes.extend(encode(&Record::Entries(rest)));
+        }
+        if let Err(error) = self.medium.replace(&bytes) {
+            panic!("cannot rewrite the log after compaction ({error}); stopping");
+        }
     }
 
     fn hard_state(&self) -> HardState {

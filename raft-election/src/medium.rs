@@ -15,12 +15,17 @@ pub trait Medium {
     fn sync(&mut self) -> std::io::Result<()>;
     /// Cuts the store to `len` bytes, durably (used to drop a torn tail).
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+
+    /// Replaces the whole content with `bytes`, atomically and durably: after a crash the
+    /// store holds either the old content or the new, never a mix (used after compaction).
+    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 }
 
 /// A real file.
 #[derive(Debug)]
 pub struct FileMedium {
     file: File,
+    path: std::path::PathBuf,
 }
 
 impl FileMedium {
@@ -31,11 +36,11 @@ impl FileMedium {
             .append(true)
             .create(true)
             .open(path)?;
-        if let Some(dir) = path.parent() {
-            // A new file's name is only durable once its directory is synced.
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(FileMedium { file })
+        sync_parent(path)?;
+        Ok(FileMedium {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -59,6 +64,34 @@ impl Medium for FileMedium {
         self.file.set_len(len)?;
         self.file.sync_all()
     }
+
+    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // Written aside and renamed over the old file: rename is atomic.
+        let tmp = self.path.with_extension("tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        sync_parent(&self.path)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        Ok(())
+    }
+}
+
+/// Makes a new or renamed file's name durable: its directory must be synced.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
+}
+
+/// Syncs a directory, making the names of files created or renamed in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A simulated disk: bytes appended but not synced may be lost, or half-written, in a
@@ -130,6 +163,12 @@ impl Medium for SimDisk {
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.bytes.truncate(len as usize);
+        self.synced = self.bytes.len();
+        Ok(())
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.bytes = bytes.to_vec();
         self.synced = self.bytes.len();
         Ok(())
     }

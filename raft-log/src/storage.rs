@@ -40,8 +40,16 @@ pub trait Storage {
     /// Appends entries that directly follow `last_index()`.
     fn append(&mut self, entries: Vec<Entry>);
 
-    /// Removes every entry after `index` (a conflicting suffix, §5.3).
+    /// Removes every entry after `index` (a conflicting suffix, §5.3). Compacted entries are
+    /// committed and are never removed.
     fn truncate_after(&mut self, index: LogIndex);
+
+    /// A snapshot now covers everything up to `index`, whose term is `term`: drop those
+    /// entries (§7). If the log holds `index` with that term, the entries after it stay; if it
+    /// holds a different entry there, or ends before `index`, the whole log goes and it
+    /// continues after `index`. Afterwards `first_index()` is `index + 1` and `term(index)` is
+    /// `term`. Compacting to an index already compacted does nothing.
+    fn compact(&mut self, index: LogIndex, term: Term);
 
     /// The saved hard state.
     fn hard_state(&self) -> HardState;
@@ -55,6 +63,9 @@ pub trait Storage {
 pub struct MemStorage {
     entries: Vec<Entry>,
     hard_state: HardState,
+    /// The last index a snapshot covers, and its term: `entries[0]` follows it. (0, 0) when
+    /// nothing has been compacted.
+    compacted: (LogIndex, Term),
 }
 
 impl MemStorage {
@@ -75,39 +86,39 @@ impl MemStorage {
         MemStorage {
             entries,
             hard_state,
+            compacted: (LogIndex(0), Term(0)),
         }
     }
 
     fn position(&self, index: LogIndex) -> Option<usize> {
-        let pos = index.0.checked_sub(1)? as usize;
+        let pos = index.0.checked_sub(self.compacted.0.0 + 1)? as usize;
         (pos < self.entries.len()).then_some(pos)
     }
 }
 
 impl Storage for MemStorage {
     fn first_index(&self) -> LogIndex {
-        LogIndex(1)
+        self.compacted.0.next()
     }
 
     fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        LogIndex(self.compacted.0.0 + self.entries.len() as u64)
     }
 
     fn term(&self, index: LogIndex) -> Option<Term> {
-        if index == LogIndex(0) {
-            return Some(Term(0));
+        if index == self.compacted.0 {
+            return Some(self.compacted.1);
         }
         self.position(index).map(|pos| self.entries[pos].term)
     }
 
     fn entries(&self, from: LogIndex, to: LogIndex, max: usize) -> Vec<Entry> {
-        let from = from.0.max(1);
-        let to = to.0.min(self.last_index().0);
-        if from > to {
+        let from = from.max(self.first_index());
+        let to = to.min(self.last_index());
+        let (Some(start), Some(last)) = (self.position(from), self.position(to)) else {
             return Vec::new();
-        }
-        let start = (from - 1) as usize;
-        let end = (to as usize).min(start + max);
+        };
+        let end = (last + 1).min(start.saturating_add(max));
         self.entries[start..end].to_vec()
     }
 
@@ -123,7 +134,27 @@ impl Storage for MemStorage {
     }
 
     fn truncate_after(&mut self, index: LogIndex) {
-        self.entries.truncate(index.0 as usize);
+        assert!(
+            index >= self.compacted.0,
+            "compacted entries are committed and never removed"
+        );
+        self.entries
+            .truncate((index.0 - self.compacted.0.0) as usize);
+    }
+
+    fn compact(&mut self, index: LogIndex, term: Term) {
+        if index <= self.compacted.0 {
+            return;
+        }
+        match self.position(index) {
+            // §7: an entry matching the snapshot's last one keeps the entries after it.
+            Some(pos) if self.entries[pos].term == term => {
+                self.entries.drain(..=pos);
+            }
+            // A different entry there, or none: the snapshot replaces the whole log.
+            _ => self.entries.clear(),
+        }
+        self.compacted = (index, term);
     }
 
     fn hard_state(&self) -> HardState {
@@ -188,6 +219,71 @@ mod tests {
         assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
         log.append(vec![entry(4, 9)]);
         assert_eq!(log.term(LogIndex(4)), Some(Term(9)));
+    }
+
+    #[test]
+    fn compaction_keeps_the_boundary_term_and_the_entries_after_it() {
+        let mut log = MemStorage::new();
+        log.append((1..=5).map(|i| entry(i, i)).collect());
+        log.compact(LogIndex(3), Term(3));
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(4), LogIndex(5))
+        );
+        assert_eq!(log.term(LogIndex(3)), Some(Term(3)));
+        assert_eq!(log.term(LogIndex(2)), None);
+        let held: Vec<u64> = log
+            .entries(LogIndex(1), LogIndex(9), 10)
+            .iter()
+            .map(|e| e.index.0)
+            .collect();
+        assert_eq!(held, vec![4, 5]);
+        log.truncate_after(LogIndex(4));
+        log.append(vec![entry(5, 9), entry(6, 9)]);
+        assert_eq!(
+            (log.last_index(), log.term(LogIndex(6))),
+            (LogIndex(6), Some(Term(9)))
+        );
+        // Compacting again to an earlier point changes nothing.
+        log.compact(LogIndex(2), Term(2));
+        assert_eq!(log.first_index(), LogIndex(4));
+    }
+
+    #[test]
+    fn a_snapshot_that_conflicts_with_the_log_or_passes_its_end_replaces_it() {
+        // §7: a different entry at the snapshot's last index means the log after it cannot
+        // be trusted either.
+        let mut log = MemStorage::new();
+        log.append((1..=5).map(|i| entry(i, 1)).collect());
+        log.compact(LogIndex(3), Term(2));
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(4), LogIndex(3))
+        );
+        assert_eq!(log.term(LogIndex(3)), Some(Term(2)));
+        log.append(vec![entry(4, 2)]);
+        assert_eq!(log.last_index(), LogIndex(4));
+
+        let mut short = MemStorage::new();
+        short.append(vec![entry(1, 1)]);
+        short.compact(LogIndex(10), Term(4));
+        assert_eq!(
+            (
+                short.first_index(),
+                short.last_index(),
+                short.term(LogIndex(10))
+            ),
+            (LogIndex(11), LogIndex(10), Some(Term(4)))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "never removed")]
+    fn compacted_entries_cannot_be_truncated() {
+        let mut log = MemStorage::new();
+        log.append((1..=3).map(|i| entry(i, 1)).collect());
+        log.compact(LogIndex(2), Term(1));
+        log.truncate_after(LogIndex(1));
     }
 
     #[test]
