@@ -398,7 +398,8 @@ impl<N: Node> Sim<N> {
 }
 
 /// Runs `test` once per seed in `0..count`, or only for `LIMECACHED_SEED` when that is set.
-/// When a run fails, prints its seed and how to replay it, then fails the test.
+/// `LIMECACHED_SEEDS=N` runs `N` seeds instead of `count`, for longer soak runs. When a run
+/// fails, prints its seed and how to replay it, then fails the test.
 pub fn for_each_seed(count: u64, test: impl Fn(u64)) {
     if let Ok(seed) = std::env::var("LIMECACHED_SEED") {
         let seed = seed.parse().expect("LIMECACHED_SEED must be a number");
@@ -406,6 +407,7 @@ pub fn for_each_seed(count: u64, test: impl Fn(u64)) {
         test(seed);
         return;
     }
+    let count = std::env::var("LIMECACHED_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(count);
     for seed in 0..count {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| test(seed))) {
             eprintln!("\n*** failed with seed {seed}; replay it with LIMECACHED_SEED={seed}\n");
