@@ -407,7 +407,10 @@ pub fn for_each_seed(count: u64, test: impl Fn(u64)) {
         test(seed);
         return;
     }
-    let count = std::env::var("LIMECACHED_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(count);
+    let count = std::env::var("LIMECACHED_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(count);
     for seed in 0..count {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| test(seed))) {
             eprintln!("\n*** failed with seed {seed}; replay it with LIMECACHED_SEED={seed}\n");
