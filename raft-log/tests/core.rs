@@ -22,6 +22,17 @@ fn follower(terms: &[u64], current_term: u64) -> RaftLogNode<MemStorage> {
     RaftLogNode::new(config, MemStorage::with_entries(log_of(terms), hard))
 }
 
+/// The fixed leader, in term 3, of a log with the given terms (its last saved term 2).
+fn leader_of_term_3_over(log_terms: &[u64]) -> RaftLogNode<MemStorage> {
+    let hard = HardState {
+        current_term: Term(2),
+        voted_for: None,
+    };
+    let mut config = Config::new(LEADER, members(3), LEADER);
+    config.term = Term(3);
+    RaftLogNode::new(config, MemStorage::with_entries(log_of(log_terms), hard))
+}
+
 fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
     Message::AppendEntries(AppendEntries {
         term: Term(term),
@@ -167,13 +178,7 @@ fn commit_follows_the_leader_but_never_past_the_entries_it_verified_nor_backward
 fn the_leader_does_not_commit_an_earlier_terms_entry_by_counting_replicas() {
     // §5.4.2 / Figure 8: the leader of term 3 holds entry 2 from term 2. Even once a majority
     // stores entry 2, it stays uncommitted until an entry of term 3 is stored by a majority.
-    let hard = HardState {
-        current_term: Term(2),
-        voted_for: None,
-    };
-    let mut config = Config::new(LEADER, members(3), LEADER);
-    config.term = Term(3);
-    let mut leader = RaftLogNode::new(config, MemStorage::with_entries(log_of(&[1, 2]), hard));
+    let mut leader = leader_of_term_3_over(&[1, 2]);
     let mut out = Outbox::default();
     let ok = |matched| {
         Message::AppendEntriesResponse(AppendEntriesResponse {
@@ -261,13 +266,7 @@ fn a_malformed_append_entries_is_dropped_not_obeyed() {
 fn a_refusal_of_an_older_terms_request_is_not_taken_for_a_log_mismatch() {
     // The leader (term 3) gets a refusal of its own term-2 request from a follower already
     // in term 3: it must not move next_index back for it.
-    let hard = HardState {
-        current_term: Term(2),
-        voted_for: None,
-    };
-    let mut config = Config::new(LEADER, members(3), LEADER);
-    config.term = Term(3);
-    let mut leader = RaftLogNode::new(config, MemStorage::with_entries(log_of(&[1, 2]), hard));
+    let mut leader = leader_of_term_3_over(&[1, 2]);
     let before = *leader.progress(FOLLOWER).unwrap();
     let old_refusal = AppendEntriesResponse {
         term: Term(3),
