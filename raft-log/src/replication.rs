@@ -11,6 +11,10 @@ use crate::message::{AppendEntries, Rejection};
 use crate::storage::Storage;
 use crate::types::{LogIndex, Term};
 
+/// Most bytes of entries (roughly) in one AppendEntries: far below the peer transport's
+/// frame limit, however large the values.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
 /// How the leader sends to one follower (the two modes of etcd's raft).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -110,7 +114,16 @@ impl Replication {
             warn!(%follower, %prev_log_index, "no term for the entry before next_index; not sending");
             return None;
         };
-        let entries = log.entries(p.next_index, last, self.max_entries);
+        let mut entries = log.entries(p.next_index, last, self.max_entries);
+        // Bounded in bytes too: a batch of large values must stay well under the transport's
+        // frame limit, or it would be refused and re-sent forever. One entry always goes.
+        let mut bytes = 0;
+        if let Some(keep) = entries.iter().position(|e| {
+            bytes += e.payload.approx_bytes();
+            bytes > MAX_BATCH_BYTES
+        }) {
+            entries.truncate(keep.max(1));
+        }
         match &mut p.mode {
             Mode::Probe { waiting } => *waiting = true,
             Mode::Pipeline => {
@@ -260,6 +273,52 @@ mod tests {
         r.on_response(follower, Ok(LogIndex(7)), &log);
         r.on_response(follower, rejection_at(7), &log);
         *r.progress(follower).unwrap()
+    }
+
+    #[test]
+    fn a_batch_of_large_values_is_cut_to_the_byte_budget_but_never_to_nothing() {
+        let value = "v".repeat(1 << 20);
+        let entries: Vec<Entry> = (1..=20)
+            .map(|i| Entry {
+                index: LogIndex(i),
+                term: Term(1),
+                payload: Payload::Command(kv_server::protocol::Command::Put {
+                    key: "k".into(),
+                    value: value.clone(),
+                }),
+            })
+            .collect();
+        let log = RaftLog::new(MemStorage::with_entries(entries, HardState::default()));
+        let follower = NodeId(2);
+        let mut r = Replication::new([follower], LogIndex(0), 256, FollowerLogs::Durable);
+        let sent = r
+            .append_for(follower, &log, Term(1), false)
+            .unwrap()
+            .entries;
+        assert_eq!(
+            sent.len(),
+            3,
+            "three 1 MiB entries fit in 4 MiB, a fourth does not"
+        );
+        // An entry larger than the whole budget still goes, alone.
+        let huge = "v".repeat(MAX_BATCH_BYTES + 1);
+        let one = vec![Entry {
+            index: LogIndex(1),
+            term: Term(1),
+            payload: Payload::Command(kv_server::protocol::Command::Put {
+                key: "k".into(),
+                value: huge,
+            }),
+        }];
+        let log = RaftLog::new(MemStorage::with_entries(one, HardState::default()));
+        let mut r = Replication::new([follower], LogIndex(0), 256, FollowerLogs::Durable);
+        assert_eq!(
+            r.append_for(follower, &log, Term(1), false)
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
     }
 
     #[test]

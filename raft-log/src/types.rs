@@ -62,6 +62,24 @@ pub enum Payload {
     Noop,
 }
 
+impl Payload {
+    /// About how many bytes the payload takes on the wire (keys and values, plus a little
+    /// for framing), for bounding batches.
+    pub fn approx_bytes(&self) -> usize {
+        const FRAMING: usize = 64;
+        match self {
+            Payload::Command(Command::Put { key, value }) => FRAMING + key.len() + value.len(),
+            Payload::Command(Command::Delete { key }) => FRAMING + key.len(),
+            Payload::Command(Command::Cas {
+                key,
+                expected,
+                value,
+            }) => FRAMING + key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+            Payload::Noop => FRAMING,
+        }
+    }
+}
+
 /// One log entry: where it is, the term of the leader that created it, and what it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
