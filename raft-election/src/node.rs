@@ -475,11 +475,8 @@ impl<S: Storage> RaftNode<S> {
         let Duty::Leader { replication, .. } = &mut self.duty else {
             return;
         };
-        for follower in replication.followers() {
-            if let Some(append) = replication.append_for(follower, &self.log, self.term, heartbeat)
-            {
-                out.send(follower, Message::AppendEntries(append));
-            }
+        for (follower, append) in replication.broadcast(&self.log, self.term, heartbeat) {
+            out.send(follower, Message::AppendEntries(append));
         }
     }
 

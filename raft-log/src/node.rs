@@ -177,11 +177,8 @@ impl<S: Storage> RaftLogNode<S> {
         let Some(replication) = self.replication.as_mut() else {
             return;
         };
-        for follower in replication.followers() {
-            if let Some(append) = replication.append_for(follower, &self.log, self.term, heartbeat)
-            {
-                out.send(follower, Message::AppendEntries(append));
-            }
+        for (follower, append) in replication.broadcast(&self.log, self.term, heartbeat) {
+            out.send(follower, Message::AppendEntries(append));
         }
     }
 

@@ -141,6 +141,21 @@ impl Replication {
         })
     }
 
+    /// The AppendEntries every follower should get now (see [`Replication::append_for`]).
+    pub fn broadcast<S: Storage>(
+        &mut self,
+        log: &RaftLog<S>,
+        term: Term,
+        heartbeat: bool,
+    ) -> Vec<(NodeId, AppendEntries)> {
+        self.followers()
+            .into_iter()
+            .filter_map(|follower| {
+                Some((follower, self.append_for(follower, log, term, heartbeat)?))
+            })
+            .collect()
+    }
+
     /// Records `follower`'s answer (of the leader's current term). Returns whether to send it
     /// more at once.
     pub fn on_response<S: Storage>(
