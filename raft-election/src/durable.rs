@@ -41,10 +41,11 @@ const HEADER: usize = 12;
 /// No record is larger: a longer length is damage.
 const MAX_RECORD: usize = 1 << 30;
 
-/// One change, as written to disk.
+/// One change, as written to disk. Generic over how the entries are held: written from a
+/// borrowed slice (no copy of values on the write path), read back into a `Vec`.
 #[derive(Debug, Serialize, Deserialize)]
-enum Record {
-    Entries(Vec<Entry>),
+enum Record<E> {
+    Entries(E),
     TruncateAfter(LogIndex),
     HardState(HardState),
     /// A snapshot covers everything up to this index, of this term (written first in a
@@ -150,7 +151,7 @@ impl<M: Medium> DurableStorage<M> {
         loop {
             match read_record(&bytes[offset..]) {
                 Read::Record(payload) => {
-                    let record: Record =
+                    let record: Record<Vec<Entry>> =
                         serde_json::from_slice(payload).map_err(|e| OpenError::Corrupt {
                             offset,
                             reason: e.to_string(),
@@ -188,7 +189,7 @@ impl<M: Medium> DurableStorage<M> {
     /// Appends `record` and syncs. A write or sync that fails leaves the disk in an unknown
     /// state: the node must stop rather than acknowledge anything, so this panics (and the
     /// binary aborts).
-    fn write(&mut self, record: &Record) {
+    fn write(&mut self, record: &Record<&[Entry]>) {
         let bytes = encode(record);
         if let Err(error) = self.medium.append(&bytes).and_then(|()| self.medium.sync()) {
             panic!(
@@ -199,7 +200,7 @@ impl<M: Medium> DurableStorage<M> {
 }
 
 /// One record as written to disk.
-fn encode(record: &Record) -> Vec<u8> {
+fn encode(record: &Record<&[Entry]>) -> Vec<u8> {
     let payload = serde_json::to_vec(record).expect("records serialize");
     assert!(
         payload.len() <= MAX_RECORD,
@@ -259,7 +260,7 @@ fn read_record(bytes: &[u8]) -> Read<'_> {
     }
 }
 
-fn replay(memory: &mut MemStorage, record: Record) -> Result<(), String> {
+fn replay(memory: &mut MemStorage, record: Record<Vec<Entry>>) -> Result<(), String> {
     match record {
         Record::Entries(entries) => {
             let next = memory.last_index().next();
@@ -302,12 +303,12 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if entries.is_empty() {
             return;
         }
-        self.write(&Record::Entries(entries.clone()));
+        self.write(&Record::Entries(entries.as_slice()));
         self.memory.append(entries);
     }
 
     fn truncate_after(&mut self, index: LogIndex) {
-        self.write(&Record::TruncateAfter(index));
+        self.write(&Record::<&[Entry]>::TruncateAfter(index));
         self.memory.truncate_after(index);
     }
 
@@ -318,13 +319,15 @@ impl<M: Medium> Storage for DurableStorage<M> {
         self.memory.compact(index, term);
         // The file is rewritten with only what is still needed: where the log starts, the
         // hard state, the entries after the snapshot.
-        let mut bytes = encode(&Record::Compacted(index, term));
-        bytes.extend(encode(&Record::HardState(self.memory.hard_state())));
+        let mut bytes = encode(&Record::<&[Entry]>::Compacted(index, term));
+        bytes.extend(encode(&Record::<&[Entry]>::HardState(
+            self.memory.hard_state(),
+        )));
         let rest = self
             .memory
             .entries(index.next(), self.memory.last_index(), usize::MAX);
         if !rest.is_empty() {
-            bytes.extend(encode(&Record::Entries(rest)));
+            bytes.extend(encode(&Record::Entries(rest.as_slice())));
         }
         if let Err(error) = self.medium.replace(&bytes) {
             panic!("cannot rewrite the log after compaction ({error}); stopping");
@@ -337,7 +340,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
 
     fn save_hard_state(&mut self, state: HardState) {
         if state != self.memory.hard_state() {
-            self.write(&Record::HardState(state));
+            self.write(&Record::<&[Entry]>::HardState(state));
             self.memory.save_hard_state(state);
         }
     }
