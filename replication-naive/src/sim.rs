@@ -397,6 +397,14 @@ impl<N: Node> Sim<N> {
     }
 }
 
+/// Members `1..=n` with made-up loopback addresses: a simulated cluster never dials them,
+/// but nodes hand them out (as `not_leader` hints, in `status`), so tests can check them.
+pub fn members(n: u64) -> BTreeMap<NodeId, String> {
+    (1..=n)
+        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
+        .collect()
+}
+
 /// Runs `test` once per seed in `0..count`, or only for `LIMECACHED_SEED` when that is set.
 /// `LIMECACHED_SEEDS=N` runs `N` seeds instead of `count`, for longer soak runs. When a run
 /// fails, prints its seed and how to replay it, then fails the test.

@@ -117,9 +117,9 @@ fn a_restart_after_a_crash_hands_the_crashed_node_to_the_factory() {
     let handed: Rc<RefCell<Vec<bool>>> = Rc::default();
     let record = handed.clone();
     let mut sim: replication_naive::sim::Sim<NaiveNode> =
-        replication_naive::sim::Sim::new(1, common::members().into_keys(), 10, move |id, old| {
+        replication_naive::sim::Sim::new(1, common::members(3).into_keys(), 10, move |id, old| {
             record.borrow_mut().push(old.is_some());
-            NaiveNode::new(id, common::members(), LEADER)
+            NaiveNode::new(id, common::members(3), LEADER)
         });
     sim.crash(NodeId(2));
     sim.run_for(100);

@@ -16,11 +16,7 @@ pub type Cluster = Sim<RaftNode<MemStorage>>;
 /// Simulated milliseconds per tick, as the driver's default.
 pub const TICK_MS: u64 = 10;
 
-pub fn members(n: u64) -> BTreeMap<NodeId, String> {
-    (1..=n)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
+pub use replication_naive::sim::members;
 
 /// `n` nodes with default settings. A restarted node keeps its storage (term, vote, log:
 /// what the durable storage keeps) and loses everything else.

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use kv_server::protocol::{Command, NodeId, Op};
@@ -15,11 +15,7 @@ pub type Cluster = Sim<RaftLogNode<MemStorage>>;
 
 pub const LEADER: NodeId = NodeId(1);
 
-pub fn members(n: u64) -> BTreeMap<NodeId, String> {
-    (1..=n)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
+pub use replication_naive::sim::members;
 
 /// `n` nodes with empty logs, node 1 leading; a restarted node comes back empty.
 pub fn cluster(seed: u64, n: u64) -> Cluster {

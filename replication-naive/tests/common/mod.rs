@@ -1,25 +1,18 @@
 //! The cluster every naive-replication test starts from.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::collections::BTreeMap;
-
 use kv_server::protocol::{Command, Consistency, NodeId, Op};
 use replication_naive::naive::NaiveNode;
 use replication_naive::sim::Sim;
 
 pub const LEADER: NodeId = NodeId(1);
 
-/// Three members with made-up addresses (the simulator never dials them).
-pub fn members() -> BTreeMap<NodeId, String> {
-    (1..=3)
-        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
-        .collect()
-}
+pub use replication_naive::sim::members;
 
 /// Three naive nodes led by node 1, ticking every 10 ms; a restarted node starts empty.
 pub fn cluster(seed: u64) -> Sim<NaiveNode> {
-    Sim::new(seed, members().into_keys(), 10, |id, _| {
-        NaiveNode::new(id, members(), LEADER)
+    Sim::new(seed, members(3).into_keys(), 10, |id, _| {
+        NaiveNode::new(id, members(3), LEADER)
     })
 }
 
