@@ -54,13 +54,14 @@ async fn main() -> ExitCode {
 async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     args.node.validate()?;
     let driver_config = DriverConfig::default();
-    let tick_ms = driver_config.tick.as_millis().max(1) as u64;
-    let election_ticks = args.election_timeout_ms.div_ceil(tick_ms);
-    let heartbeat_ticks = args.heartbeat_ms.div_ceil(tick_ms);
+    let election_ticks = driver_config.ticks(args.election_timeout_ms);
+    let heartbeat_ticks = driver_config.ticks(args.heartbeat_ms);
     if heartbeat_ticks >= election_ticks {
         return Err(StartError::usage(format!(
-            "--heartbeat-ms ({}) must be below --election-timeout-ms ({}), by at least the {tick_ms} ms tick",
-            args.heartbeat_ms, args.election_timeout_ms
+            "--heartbeat-ms ({}) must be below --election-timeout-ms ({}), by at least the {} ms tick",
+            args.heartbeat_ms,
+            args.election_timeout_ms,
+            driver_config.tick.as_millis()
         )));
     }
     let id = args.node.id;
@@ -82,9 +83,7 @@ async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Start
         "node listening"
     );
     let node = RaftNode::new(config, storage);
-    driver::run(node, listener, args.node.peers, driver_config, shutdown)
-        .await
-        .map_err(|failed| StartError::failure(failed.to_string()))?;
+    driver::run(node, listener, args.node.peers, driver_config, shutdown).await?;
     info!("node stopped");
     Ok(())
 }

@@ -40,15 +40,12 @@ async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Start
     cluster.validate()?;
     let listener = bind(&cluster.node.listen).await?;
     let driver_config = DriverConfig::default();
-    let tick_ms = driver_config.tick.as_millis().max(1) as u64;
     let mut config = Config::new(cluster.node.id, cluster.node.peers.clone(), cluster.leader);
-    config.heartbeat_ticks = args.heartbeat_ms.div_ceil(tick_ms).max(1);
+    config.heartbeat_ticks = driver_config.ticks(args.heartbeat_ms);
     let (id, leader, term) = (cluster.node.id, cluster.leader, config.term);
     info!(%id, addr = %cluster.node.listen, role = cluster.role(), %leader, %term, "node listening");
     let node = RaftLogNode::new(config, MemStorage::new());
-    driver::run(node, listener, cluster.node.peers, driver_config, shutdown)
-        .await
-        .map_err(|failed| StartError::failure(failed.to_string()))?;
+    driver::run(node, listener, cluster.node.peers, driver_config, shutdown).await?;
     info!("node stopped");
     Ok(())
 }

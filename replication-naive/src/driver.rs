@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_server::process::StartError;
 use kv_server::protocol::{Failure, NodeId, Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, accept_loop, serve_client};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,6 +53,14 @@ impl Default for DriverConfig {
     }
 }
 
+impl DriverConfig {
+    /// How many ticks make at least `ms` milliseconds (never fewer than one).
+    pub fn ticks(&self, ms: u64) -> u64 {
+        let tick_ms = (self.tick.as_millis() as u64).max(1);
+        ms.div_ceil(tick_ms).max(1)
+    }
+}
+
 type Call = (Op, oneshot::Sender<Outcome>);
 
 /// The node's task ended on its own: it panicked, typically because its storage could not
@@ -59,6 +68,13 @@ type Call = (Op, oneshot::Sender<Outcome>);
 #[derive(Debug, thiserror::Error)]
 #[error("the node stopped unexpectedly: {0}")]
 pub struct NodeFailed(String);
+
+impl From<NodeFailed> for StartError {
+    /// A binary reports a failed node as it reports any failure to run: one line, exit 1.
+    fn from(failed: NodeFailed) -> StartError {
+        StartError::failure(failed.to_string())
+    }
+}
 
 /// Runs `node` on `listener` (clients and peers both connect there) until `shutdown`
 /// completes; `peers` maps every member's id to its address. On shutdown, client connections
@@ -205,4 +221,19 @@ async fn drive<N: Node>(
     }
     // The links end with `stop`; wait for them so nothing outlives the run.
     transport.stopped().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_round_up_to_whole_ticks_and_never_to_zero() {
+        let config = DriverConfig::default(); // 10 ms ticks
+        assert_eq!(
+            [1, 10, 11, 200, 205].map(|ms| config.ticks(ms)),
+            [1, 1, 2, 20, 21]
+        );
+        assert_eq!(config.ticks(0), 1);
+    }
 }

@@ -45,8 +45,7 @@ async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), Start
         DriverConfig::default(),
         shutdown,
     )
-    .await
-    .map_err(|failed| StartError::failure(failed.to_string()))?;
+    .await?;
     info!("node stopped");
     Ok(())
 }
