@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use kv_client::{ClusterClient, RetryPolicy};
+use kv_server::protocol::{Consistency, Role, Status};
+
 /// The path of the workspace binary `name`, built (or brought up to date) on first use.
 ///
 /// Cargo builds only this package's own binaries for its tests, so binaries of other crates
@@ -132,6 +135,39 @@ impl ProcessCluster {
         assert!(ready, "node {id} exited before listening");
         std::thread::spawn(move || lines.for_each(drop));
         self.children.insert(id, child);
+    }
+
+    /// Node `id`'s own status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<Status> {
+        self.client_of(id).status_of(&self.addrs[&id]).await.ok()
+    }
+
+    /// The value of `key` in node `id`'s own copy, if it answers.
+    pub async fn stale_get(&self, id: u64, key: &str) -> Option<String> {
+        self.client_of(id)
+            .get(key, Consistency::Stale)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The node that says it leads, if one does.
+    pub async fn leader(&self) -> Option<u64> {
+        for &id in self.addrs.keys() {
+            if self
+                .status(id)
+                .await
+                .is_some_and(|s| s.role == Role::Leader)
+            {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// A client that talks to node `id` only.
+    fn client_of(&self, id: u64) -> ClusterClient {
+        ClusterClient::new(vec![self.addrs[&id].clone()], RetryPolicy::default())
     }
 
     /// `kill -9` node `id` and waits for it to be gone.

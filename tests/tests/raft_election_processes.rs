@@ -5,21 +5,8 @@
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
-use kv_server::protocol::{Consistency, Role};
+use kv_server::protocol::Role;
 use tests::{ProcessCluster, eventually};
-
-async fn leader_id(client: &mut ClusterClient, cluster: &ProcessCluster) -> u64 {
-    for (&id, addr) in &cluster.addrs {
-        if client
-            .status_of(addr)
-            .await
-            .is_ok_and(|s| s.role == Role::Leader)
-        {
-            return id;
-        }
-    }
-    panic!("no node reports itself leader");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_is_replaced_and_rejoins_with_every_acknowledged_write() {
@@ -31,7 +18,7 @@ async fn the_leader_killed_is_replaced_and_rejoins_with_every_acknowledged_write
             .await
             .unwrap();
     }
-    let old = leader_id(&mut client, &cluster).await;
+    let old = cluster.leader().await.expect("a leader");
     cluster.kill(old);
     for i in 10..20 {
         client
@@ -39,38 +26,27 @@ async fn the_leader_killed_is_replaced_and_rejoins_with_every_acknowledged_write
             .await
             .unwrap();
     }
-    let new = leader_id(&mut client, &cluster).await;
+    let new = cluster.leader().await.expect("a new leader");
     assert_ne!(new, old);
 
     cluster.start_node(old);
-    let old_addr = cluster.addrs[&old].clone();
     eventually(
         "the old leader follows and has applied every write",
         Duration::from_secs(10),
         || {
-            let addr = old_addr.clone();
+            let cluster = &cluster;
             async move {
-                let mut c = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
-                let Ok(status) = c.status_of(&addr).await else {
-                    return false;
-                };
-                status.role == Role::Follower
-                    && c.get("k19", Consistency::Stale)
-                        .await
-                        .ok()
-                        .flatten()
-                        .as_deref()
-                        == Some("v19")
+                cluster
+                    .status(old)
+                    .await
+                    .is_some_and(|s| s.role == Role::Follower)
+                    && cluster.stale_get(old, "k19").await.as_deref() == Some("v19")
             }
         },
     )
     .await;
-    let mut direct = ClusterClient::new(vec![old_addr], RetryPolicy::default());
     for i in 0..20 {
-        let value = direct
-            .get(&format!("k{i}"), Consistency::Stale)
-            .await
-            .unwrap();
+        let value = cluster.stale_get(old, &format!("k{i}")).await;
         assert_eq!(
             value,
             Some(format!("v{i}")),

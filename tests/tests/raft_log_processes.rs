@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
-use kv_server::protocol::Consistency;
 use tests::{ProcessCluster, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,27 +26,22 @@ async fn a_killed_follower_comes_back_empty_and_catches_up() {
     }
     cluster.start_node(3);
 
-    let node3 = cluster.addrs[&3].clone();
     eventually(
         "node 3 applies all 20 entries",
         Duration::from_secs(10),
         || {
-            let node3 = node3.clone();
+            let cluster = &cluster;
             async move {
-                let mut c = ClusterClient::new(vec![node3.clone()], RetryPolicy::default());
-                c.status_of(&node3)
+                cluster
+                    .status(3)
                     .await
-                    .is_ok_and(|s| s.last_applied == Some(20))
+                    .is_some_and(|s| s.last_applied == Some(20))
             }
         },
     )
     .await;
-    let mut direct = ClusterClient::new(vec![node3], RetryPolicy::default());
     for i in [0, 9, 10, 19] {
-        let value = direct
-            .get(&format!("k{i}"), Consistency::Stale)
-            .await
-            .unwrap();
+        let value = cluster.stale_get(3, &format!("k{i}")).await;
         assert_eq!(
             value,
             Some(format!("v{i}")),
