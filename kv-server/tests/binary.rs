@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 fn kv_server() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv-server"));
@@ -25,14 +25,28 @@ fn listening_addr(stderr: &mut impl BufRead) -> String {
     panic!("kv-server exited without logging its address");
 }
 
-#[test]
-fn serves_then_stops_cleanly_on_sigterm() {
+/// Starts kv-server on port 0; returns it, its log, and the address it logged.
+fn start_on_a_free_port() -> (Child, BufReader<ChildStderr>, String) {
     let mut child = kv_server()
         .args(["--listen", "127.0.0.1:0"])
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = listening_addr(&mut stderr);
+    (child, stderr, addr)
+}
+
+fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn serves_then_stops_cleanly_on_sigterm() {
+    let (mut child, stderr, addr) = start_on_a_free_port();
 
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.write_all(b"{\"id\":1,\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}\n{\"id\":2,\"op\":\"get\",\"key\":\"k\"}\n").unwrap();
@@ -43,11 +57,7 @@ fn serves_then_stops_cleanly_on_sigterm() {
         r#"{"id":2,"ok":true,"value":"v"}"#
     );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     // The connected client saw its connection closed, not reset mid-response.
@@ -61,19 +71,10 @@ fn serves_then_stops_cleanly_on_sigterm() {
 
 #[test]
 fn a_closed_stderr_does_not_kill_the_server() {
-    let mut child = kv_server()
-        .args(["--listen", "127.0.0.1:0"])
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    listening_addr(&mut stderr);
+    let (mut child, stderr, _) = start_on_a_free_port();
     drop(stderr);
     // Shutting down logs two lines to the closed pipe; it must still exit cleanly.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status with stderr closed: {status}");
 }
