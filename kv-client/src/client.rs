@@ -22,7 +22,6 @@ type Call = (Request, oneshot::Sender<Result<Outcome, Error>>);
 #[derive(Debug, Clone)]
 pub struct Client {
     calls: mpsc::Sender<Call>,
-    addr: String,
 }
 
 impl Client {
@@ -31,15 +30,7 @@ impl Client {
         let connection = Connection::connect(addr).await?;
         let (calls, rx) = mpsc::channel(1024);
         tokio::spawn(drive(connection, rx));
-        Ok(Client {
-            calls,
-            addr: addr.to_owned(),
-        })
-    }
-
-    /// The address this client is connected to.
-    pub fn addr(&self) -> &str {
-        &self.addr
+        Ok(Client { calls })
     }
 
     /// Sends `op` and waits for its outcome. A server error response is `Ok(Err(failure))`;

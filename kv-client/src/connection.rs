@@ -61,7 +61,7 @@ impl Connection {
     }
 
     /// Queues `request` without writing it: it goes out during the next
-    /// [`Connection::recv`] or [`Connection::flush`].
+    /// [`Connection::recv`].
     pub fn send(&mut self, request: &Request) -> Result<(), Error> {
         self.encoder
             .encode(request, self.writer.write_buffer_mut())
@@ -79,13 +79,6 @@ impl Connection {
     /// How many requests were sent and not yet answered.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
-    }
-
-    /// Writes everything queued. Cancel-safe: what was not written stays queued.
-    pub async fn flush(&mut self) -> Result<(), Error> {
-        SinkExt::<&Request>::flush(&mut self.writer)
-            .await
-            .map_err(lost)
     }
 
     /// Reads the answer to the oldest outstanding request, writing queued requests while it

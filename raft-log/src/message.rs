@@ -67,7 +67,7 @@ impl AppendEntries {
 
     /// The answer of a node whose term, `term`, is newer than this request's (Figure 2,
     /// step 1): refused, and the sender learns its term is stale.
-    pub fn refuse_stale(&self, term: Term) -> AppendEntriesResponse {
+    fn refuse_stale(&self, term: Term) -> AppendEntriesResponse {
         let rejection = Rejection {
             prev_log_index: self.prev_log_index,
             conflict_term: None,

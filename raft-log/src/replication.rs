@@ -222,7 +222,7 @@ impl Replication {
     }
 
     /// The highest index stored by a majority of `voters` (`me` stores `own_last`).
-    pub fn quorum_match(
+    fn quorum_match(
         &self,
         me: NodeId,
         own_last: LogIndex,

@@ -34,11 +34,6 @@ impl RequestId {
     pub fn as_u64(&self) -> Option<u64> {
         self.0.get().parse().ok()
     }
-
-    /// The id's JSON text.
-    pub fn as_json(&self) -> &str {
-        self.0.get()
-    }
 }
 
 impl From<u64> for RequestId {
