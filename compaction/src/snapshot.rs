@@ -14,29 +14,15 @@
 //! any offset, so a leader can send it in chunks without holding it in memory, and a
 //! follower can write the chunks it receives straight into a new file.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use kv_server::protocol::NodeId;
-use raft_log::types::{LogIndex, Term};
-use serde::{Deserialize, Serialize};
+pub use raft_log::snapshot::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"LIMESNAP";
 const VERSION: u32 = 1;
 const TRAILER: u64 = 12;
-
-/// What a snapshot covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotMeta {
-    /// The last log index the snapshot includes.
-    pub index: LogIndex,
-    /// The term of that entry (needed for the consistency check of the entry after it).
-    pub term: Term,
-    /// The cluster's members at that index, with their addresses.
-    pub members: BTreeMap<NodeId, String>,
-}
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +43,18 @@ pub enum SnapshotError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<SnapshotError> for std::io::Error {
+    /// As the [`raft_log::snapshot::Snapshots`] seam reports it: a snapshot that does not
+    /// verify is [`std::io::ErrorKind::InvalidData`].
+    fn from(error: SnapshotError) -> std::io::Error {
+        let kind = match &error {
+            SnapshotError::Io { source, .. } => source.kind(),
+            SnapshotError::Corrupt { .. } => std::io::ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, error.to_string())
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -144,6 +142,17 @@ impl SnapshotWriter {
             .and_then(|d| d.sync_all())
             .map_err(io_error(&self.dir))?;
         Ok(self.path)
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_data(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

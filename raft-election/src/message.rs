@@ -1,7 +1,9 @@
 //! What nodes say to each other from this stage on: stage 3's AppendEntries, plus
-//! RequestVote (§5.2) and its pre-vote variant (thesis §9.6).
+//! RequestVote (§5.2) and its pre-vote variant (thesis §9.6), and InstallSnapshot (§7), which
+//! only nodes that compact their logs send.
 
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
+use raft_log::snapshot::{InstallSnapshot, InstallSnapshotResponse};
 use raft_log::types::{LogIndex, Term};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +18,11 @@ pub enum Message {
     RequestVote(RequestVote),
     /// The answer to a RequestVote.
     RequestVoteResponse(RequestVoteResponse),
+    /// Leader → follower: a chunk of a snapshot, for a follower that needs entries the
+    /// leader has compacted away (§7; sent only by nodes that take snapshots, stage 7).
+    InstallSnapshot(InstallSnapshot),
+    /// Follower → leader: where the snapshot transfer stands.
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 /// Figure 2's RequestVote arguments, with the pre-vote flag.

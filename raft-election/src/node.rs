@@ -3,6 +3,7 @@
 //! check-quorum (thesis §6.2).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 
 use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
@@ -10,12 +11,15 @@ use raft_log::apply::Applier;
 use raft_log::log::RaftLog;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::replication::{FollowerLogs, Replication};
+use raft_log::snapshot::{
+    InstallSnapshot, InstallSnapshotResponse, NoSnapshots, SnapshotMeta, Snapshots, Transfer,
+};
 use raft_log::storage::{HardState, Storage};
 use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replication_naive::node::{Node, Outbox, RequestTag};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::message::{Message, RequestVote, RequestVoteResponse};
 
@@ -40,6 +44,35 @@ pub struct Config {
     pub check_quorum: bool,
     /// Seeds the randomized election timeouts: the only randomness in the core.
     pub seed: u64,
+    /// When to snapshot the state machine and compact the log (stage 7); `None` never does.
+    pub snapshots: Option<SnapshotPolicy>,
+}
+
+/// When a node snapshots its state and compacts its log, and how it sends snapshots (§7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot once this many entries have been applied since the last snapshot.
+    pub entries: u64,
+    /// ... or once the entries applied since then carry this many bytes (roughly), whichever
+    /// comes first: a few large values must not grow the log unbounded either.
+    pub bytes: u64,
+    /// Entries kept in the log before the snapshot's index, so that a follower only a little
+    /// behind catches up from the log rather than from a whole snapshot.
+    pub keep: u64,
+    /// Most snapshot bytes per InstallSnapshot chunk.
+    pub chunk_bytes: usize,
+}
+
+impl Default for SnapshotPolicy {
+    /// Every 10,000 entries or 64 MiB, keeping 1,000 entries, in 1 MiB chunks.
+    fn default() -> Self {
+        SnapshotPolicy {
+            entries: 10_000,
+            bytes: 64 << 20,
+            keep: 1_000,
+            chunk_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Config {
@@ -56,6 +89,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             seed,
+            snapshots: None,
         }
     }
 
@@ -81,15 +115,40 @@ enum Duty {
         ticks: u64,
         /// For each follower, the value of `ticks` when it last answered.
         last_heard: BTreeMap<NodeId, u64>,
+        /// Snapshots being sent, by follower.
+        transfers: BTreeMap<NodeId, Outgoing>,
     },
 }
 
-/// A Raft node with elections.
+/// A snapshot on its way to a follower: the chunk at `offset` is the one in flight.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    index: LogIndex,
+    offset: u64,
+    /// The follower answered since the last heartbeat; if not, the chunk is sent again (it,
+    /// or its answer, may have been lost).
+    answered: bool,
+}
+
+/// A snapshot being received: `received` bytes of it so far.
 #[derive(Debug)]
-pub struct RaftNode<S> {
+struct Incoming {
+    meta: SnapshotMeta,
+    received: u64,
+}
+
+/// A Raft node with elections, keeping its log in `S` and, from stage 7, its snapshots in
+/// `P`.
+#[derive(Debug)]
+pub struct RaftNode<S, P = NoSnapshots> {
     config: Config,
     log: RaftLog<S>,
     applier: Applier,
+    snapshots: P,
+    /// The snapshot being received from the leader.
+    incoming: Option<Incoming>,
+    /// `Applier::applied_bytes` when the last snapshot was started (the size trigger).
+    applied_bytes_at_snapshot: u64,
     term: Term,
     voted_for: Option<NodeId>,
     duty: Duty,
@@ -105,8 +164,28 @@ pub struct RaftNode<S> {
 
 impl<S: Storage> RaftNode<S> {
     /// A node recovering its term, vote and log from `storage` (empty for a new node). It
-    /// starts as a follower that knows no leader.
+    /// starts as a follower that knows no leader. It keeps no snapshots.
     pub fn new(config: Config, storage: S) -> RaftNode<S> {
+        assert!(
+            config.snapshots.is_none(),
+            "a node that takes snapshots needs somewhere to keep them"
+        );
+        match RaftNode::with_snapshots(config, storage, NoSnapshots) {
+            Ok(node) => node,
+            Err(never) => unreachable!("NoSnapshots loads nothing: {never}"),
+        }
+    }
+
+    /// Gives back the storage: what survives a crash.
+    pub fn into_storage(self) -> S {
+        self.log.into_storage()
+    }
+}
+
+impl<S: Storage, P: Snapshots> RaftNode<S, P> {
+    /// A node recovering from its newest snapshot in `snapshots` and the log after it in
+    /// `storage`. Fails if the snapshot cannot be read (a damaged one is never loaded).
+    pub fn with_snapshots(config: Config, storage: S, mut snapshots: P) -> io::Result<Self> {
         assert!(
             config.members.contains_key(&config.id),
             "a node must be a member"
@@ -122,10 +201,14 @@ impl<S: Storage> RaftNode<S> {
         } = log.hard_state();
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let restored = snapshots.load_latest()?;
         let mut node = RaftNode {
             config,
             log,
             applier: Applier::new(),
+            snapshots,
+            incoming: None,
+            applied_bytes_at_snapshot: 0,
             term: current_term,
             voted_for,
             duty: Duty::Follower,
@@ -136,12 +219,23 @@ impl<S: Storage> RaftNode<S> {
             heartbeat_elapsed: 0,
         };
         node.reset_election_timer();
-        node
+        if let Some((meta, state)) = restored {
+            // A crash may have come between saving a snapshot and compacting the log.
+            node.log.install_snapshot(meta.index, meta.term);
+            node.applier.restore(state, meta.index);
+            info!(id = %node.config.id, index = %meta.index, "restored from snapshot");
+        }
+        Ok(node)
     }
 
-    /// Gives back the storage: what survives a crash.
-    pub fn into_storage(self) -> S {
-        self.log.into_storage()
+    /// Gives back the log's storage and the snapshots: what survives a crash.
+    pub fn into_parts(self) -> (S, P) {
+        (self.log.into_storage(), self.snapshots)
+    }
+
+    /// The snapshots.
+    pub fn snapshots(&self) -> &P {
+        &self.snapshots
     }
 
     /// The log's storage.
@@ -318,6 +412,7 @@ impl<S: Storage> RaftNode<S> {
             replication,
             ticks: 0,
             last_heard,
+            transfers: BTreeMap::new(),
         };
         self.leader = Some(self.config.id);
         self.election_elapsed = 0;
@@ -453,6 +548,7 @@ impl<S: Storage> RaftNode<S> {
             replication,
             ticks,
             last_heard,
+            ..
         } = &mut self.duty
         else {
             return;
@@ -468,16 +564,307 @@ impl<S: Storage> RaftNode<S> {
                 out.send(from, Message::AppendEntries(append));
             }
         }
+        self.start_transfers(out);
         self.advance_commit(out);
     }
 
     fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
-        let Duty::Leader { replication, .. } = &mut self.duty else {
+        let Duty::Leader {
+            replication,
+            transfers,
+            ..
+        } = &mut self.duty
+        else {
             return;
         };
         for (follower, append) in replication.broadcast(&self.log, self.term, heartbeat) {
             out.send(follower, Message::AppendEntries(append));
         }
+        if heartbeat {
+            // A chunk not answered since the last heartbeat is sent again: it or its answer
+            // may have been lost. It also keeps the follower from campaigning.
+            let unanswered: Vec<NodeId> = transfers
+                .iter_mut()
+                .filter_map(|(&id, t)| (!std::mem::replace(&mut t.answered, false)).then_some(id))
+                .collect();
+            for follower in unanswered {
+                self.send_chunk(follower, out);
+            }
+        }
+        self.start_transfers(out);
+    }
+
+    /// Leader: starts sending the newest snapshot to every follower that needs one and is
+    /// not already getting one.
+    fn start_transfers(&mut self, out: &mut Outbox<Message>) {
+        let Duty::Leader {
+            replication,
+            transfers,
+            ..
+        } = &mut self.duty
+        else {
+            return;
+        };
+        let Some(index) = self.snapshots.latest().map(|meta| meta.index) else {
+            return;
+        };
+        let starting: Vec<NodeId> = replication
+            .followers()
+            .into_iter()
+            .filter(|&f| replication.needs_snapshot(f) && !transfers.contains_key(&f))
+            .collect();
+        for &follower in &starting {
+            info!(id = %self.config.id, %follower, %index, "sending a snapshot");
+            let transfer = Outgoing {
+                index,
+                offset: 0,
+                answered: true,
+            };
+            transfers.insert(follower, transfer);
+        }
+        for follower in starting {
+            self.send_chunk(follower, out);
+        }
+    }
+
+    /// Leader: sends `follower` the chunk its transfer is at. If that snapshot has been
+    /// replaced by a newer one, the transfer starts over with the newer one.
+    fn send_chunk(&mut self, follower: NodeId, out: &mut Outbox<Message>) {
+        let Duty::Leader { transfers, .. } = &mut self.duty else {
+            return;
+        };
+        let Some(transfer) = transfers.get_mut(&follower) else {
+            return;
+        };
+        let max = self.config.snapshots.map_or(1 << 20, |p| p.chunk_bytes);
+        let chunk = match self
+            .snapshots
+            .read_chunk(transfer.index, transfer.offset, max)
+        {
+            Ok(chunk) => chunk,
+            Err(error) => panic!("cannot read this node's own snapshot ({error}); stopping"),
+        };
+        let (meta, chunk) = match (chunk, self.snapshots.latest()) {
+            (Some(chunk), Some(meta)) if meta.index == transfer.index => (meta.clone(), chunk),
+            (_, Some(newest)) => {
+                // Replaced by a newer snapshot: start over with that one.
+                transfer.index = newest.index;
+                transfer.offset = 0;
+                let newest = newest.clone();
+                match self.snapshots.read_chunk(newest.index, 0, max) {
+                    Ok(Some(chunk)) => (newest, chunk),
+                    Ok(None) => panic!("the newest snapshot {} cannot be read", newest.index),
+                    Err(error) => {
+                        panic!("cannot read this node's own snapshot ({error}); stopping")
+                    }
+                }
+            }
+            (_, None) => return,
+        };
+        let (data, total) = chunk;
+        let done = transfer.offset + data.len() as u64 >= total;
+        out.send(
+            follower,
+            Message::InstallSnapshot(InstallSnapshot {
+                term: self.term,
+                meta,
+                offset: transfer.offset,
+                data,
+                done,
+            }),
+        );
+    }
+
+    /// Leader: a follower's answer about a snapshot transfer.
+    fn on_snapshot_response(
+        &mut self,
+        from: NodeId,
+        resp: InstallSnapshotResponse,
+        out: &mut Outbox<Message>,
+    ) {
+        if resp.term > self.term {
+            self.become_follower(resp.term, None);
+            return;
+        }
+        let Duty::Leader {
+            replication,
+            ticks,
+            last_heard,
+            transfers,
+        } = &mut self.duty
+        else {
+            return;
+        };
+        if resp.in_reply_to != self.term {
+            return;
+        }
+        last_heard.insert(from, *ticks);
+        let Some(transfer) = transfers.get_mut(&from).filter(|t| t.index == resp.index) else {
+            return; // about a transfer that has ended or been replaced
+        };
+        transfer.answered = true;
+        match resp.result {
+            Transfer::Installed => {
+                transfers.remove(&from);
+                replication.snapshot_installed(from, resp.index);
+                info!(id = %self.config.id, follower = %from, index = %resp.index, "snapshot installed");
+                if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
+                    out.send(from, Message::AppendEntries(append));
+                }
+                self.advance_commit(out);
+            }
+            // The chunk in flight is the one asked for: its answer is on the way, or the
+            // next heartbeat re-sends it. Sending it again now would answer every duplicate
+            // answer with another duplicate.
+            Transfer::Next(offset) if offset == transfer.offset => {}
+            Transfer::Next(offset) => {
+                transfer.offset = offset;
+                self.send_chunk(from, out);
+            }
+        }
+    }
+
+    /// Follower: a chunk of the leader's snapshot (Figure 13, InstallSnapshot receiver).
+    fn on_install_snapshot(
+        &mut self,
+        from: NodeId,
+        req: InstallSnapshot,
+        out: &mut Outbox<Message>,
+    ) {
+        let (in_reply_to, index) = (req.term, req.meta.index);
+        let answer = |term, result| {
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term,
+                in_reply_to,
+                index,
+                result,
+            })
+        };
+        // 1. Reply immediately if term < currentTerm.
+        if req.term < self.term {
+            out.send(from, answer(self.term, Transfer::Next(0)));
+            return;
+        }
+        if req.term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(from)
+        {
+            self.become_follower(req.term, Some(from));
+        }
+        self.reset_election_timer();
+        let result = self.receive_chunk(req.meta, req.offset, &req.data, req.done, out);
+        out.send(from, answer(self.term, result));
+    }
+
+    /// Follower: steps 2-8 of the InstallSnapshot receiver, with chunks that may come twice,
+    /// late or out of order: only the chunk at the offset expected next is taken.
+    fn receive_chunk(
+        &mut self,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+        out: &mut Outbox<Message>,
+    ) -> Transfer {
+        if meta.index <= self.commit_index() {
+            // Every entry it covers is already committed here (and so is the leader's).
+            self.incoming = None;
+            return Transfer::Installed;
+        }
+        let same = |incoming: &Incoming| {
+            (incoming.meta.index, incoming.meta.term) == (meta.index, meta.term)
+        };
+        match &self.incoming {
+            Some(incoming) if same(incoming) && offset != incoming.received => {
+                return Transfer::Next(incoming.received);
+            }
+            Some(incoming) if same(incoming) => {}
+            // 2. Create a new snapshot file if first chunk; any other is out of place.
+            _ if offset != 0 => return Transfer::Next(0),
+            _ => {
+                if let Err(error) = self.snapshots.begin_receive(&meta) {
+                    panic!("cannot store a received snapshot ({error}); stopping");
+                }
+                self.incoming = Some(Incoming { meta, received: 0 });
+            }
+        }
+        // 3. Write data into the snapshot file at the given offset.
+        if let Err(error) = self.snapshots.append_received(data) {
+            panic!("cannot store a received snapshot ({error}); stopping");
+        }
+        let Some(incoming) = &mut self.incoming else {
+            unreachable!("a transfer is under way");
+        };
+        incoming.received += data.len() as u64;
+        // 4. Reply and wait for more data chunks if done is false.
+        if !done {
+            return Transfer::Next(incoming.received);
+        }
+        let Some(Incoming { meta, .. }) = self.incoming.take() else {
+            unreachable!("a transfer is under way");
+        };
+        // 5. Save the snapshot file (the store drops older ones).
+        let state = match self.snapshots.finish_receive() {
+            Ok(state) => state,
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                warn!(%error, index = %meta.index, "received snapshot does not verify; starting over");
+                return Transfer::Next(0);
+            }
+            Err(error) => panic!("cannot store a received snapshot ({error}); stopping"),
+        };
+        // 6-7. Keep the log after the snapshot if it matches there, else discard it.
+        self.log.install_snapshot(meta.index, meta.term);
+        // 8. Reset the state machine using the snapshot.
+        for (tag, outcome) in self.applier.restore(state, meta.index) {
+            out.reply(tag, outcome);
+        }
+        self.applied_bytes_at_snapshot = self.applier.applied_bytes();
+        info!(id = %self.config.id, index = %meta.index, "installed a snapshot from the leader");
+        Transfer::Installed
+    }
+
+    /// Starts a snapshot of the state machine if the policy says it is time and none is
+    /// being saved. Only the copy of the map happens here; the store writes it meanwhile.
+    fn maybe_snapshot(&mut self) {
+        let Some(policy) = self.config.snapshots else {
+            return;
+        };
+        let applied = self.last_applied();
+        let since = self.snapshots.latest().map_or(LogIndex(0), |m| m.index);
+        let bytes = self.applier.applied_bytes() - self.applied_bytes_at_snapshot;
+        if self.snapshots.saving()
+            || applied <= since
+            || (applied.0 - since.0 < policy.entries && bytes < policy.bytes)
+        {
+            return;
+        }
+        let meta = SnapshotMeta {
+            index: applied,
+            term: self
+                .log
+                .term(applied)
+                .expect("the last applied entry is in the log"),
+            members: self.config.members.clone(),
+        };
+        debug!(id = %self.config.id, index = %applied, "taking a snapshot");
+        self.applied_bytes_at_snapshot = self.applier.applied_bytes();
+        self.snapshots
+            .start_save(meta, self.applier.state().clone());
+    }
+
+    /// Compacts the log once a snapshot is durable, keeping `policy.keep` entries before it.
+    fn finish_snapshot(&mut self) {
+        let Some(saved) = self.snapshots.poll_saved() else {
+            return;
+        };
+        let meta = match saved {
+            Ok(meta) => meta,
+            Err(error) => panic!("cannot save a snapshot ({error}); stopping"),
+        };
+        let keep = self.config.snapshots.map_or(0, |p| p.keep);
+        let upto = LogIndex(meta.index.0.saturating_sub(keep));
+        if upto >= self.log.storage().first_index() {
+            self.log.compact(upto);
+        }
+        info!(id = %self.config.id, index = %meta.index, first_index = %self.log.storage().first_index(), "snapshot saved; log compacted");
     }
 
     fn advance_commit(&mut self, out: &mut Outbox<Message>) {
@@ -495,6 +882,7 @@ impl<S: Storage> RaftNode<S> {
         for (tag, outcome) in self.applier.apply_committed(&self.log) {
             out.reply(tag, outcome);
         }
+        self.maybe_snapshot();
     }
 
     fn tick_leader(&mut self, out: &mut Outbox<Message>) {
@@ -528,7 +916,7 @@ impl<S: Storage> RaftNode<S> {
     }
 }
 
-impl<S: Storage> Node for RaftNode<S> {
+impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     type Message = Message;
 
     fn id(&self) -> NodeId {
@@ -536,6 +924,7 @@ impl<S: Storage> Node for RaftNode<S> {
     }
 
     fn tick(&mut self, out: &mut Outbox<Message>) {
+        self.finish_snapshot();
         if self.is_leader() {
             self.tick_leader(out);
             return;
@@ -556,6 +945,8 @@ impl<S: Storage> Node for RaftNode<S> {
             Message::AppendEntriesResponse(resp) => self.on_append_response(from, resp, out),
             Message::RequestVote(req) => self.on_request_vote(from, req, out),
             Message::RequestVoteResponse(resp) => self.on_vote_response(from, resp, out),
+            Message::InstallSnapshot(req) => self.on_install_snapshot(from, req, out),
+            Message::InstallSnapshotResponse(resp) => self.on_snapshot_response(from, resp, out),
         }
     }
 

@@ -16,6 +16,8 @@ use crate::types::{LogIndex, Payload, Term};
 pub struct Applier {
     state: KvMap,
     last_applied: LogIndex,
+    /// Roughly how many bytes of entries have been applied (see [`Payload::approx_bytes`]).
+    applied_bytes: u64,
     /// Clients waiting for the entry they proposed at an index, in a term.
     waiting: BTreeMap<LogIndex, (Term, RequestTag)>,
 }
@@ -36,6 +38,12 @@ impl Applier {
         self.last_applied
     }
 
+    /// Roughly how many bytes of entries this applier has applied since it was created:
+    /// what a size-based snapshot trigger counts.
+    pub fn applied_bytes(&self) -> u64 {
+        self.applied_bytes
+    }
+
     /// Answers `tag` when the entry proposed at `index` in `term` is applied. Returns the
     /// client that waited on an earlier term's entry at the same index, if any: that entry
     /// was replaced (the log was cut back and grew again), so it never committed; the
@@ -51,6 +59,25 @@ impl Applier {
         Err(Failure::unavailable(
             "leadership changed before the write was committed; it did not happen",
         ))
+    }
+
+    /// Replaces the state with a snapshot's, which covers everything up to `index` (§7).
+    /// Returns the clients that waited on entries the snapshot covers, with their answer:
+    /// whether their entry or another leader's made it into the snapshot cannot be told, so
+    /// the outcome is unknown to them.
+    pub fn restore(&mut self, state: KvMap, index: LogIndex) -> Vec<(RequestTag, Outcome)> {
+        self.state = state;
+        self.last_applied = index;
+        let later = self.waiting.split_off(&index.next());
+        std::mem::replace(&mut self.waiting, later)
+            .into_values()
+            .map(|(_, tag)| {
+                let unknown = Failure::timeout(
+                    "the node caught up from a snapshot; the write may or may not have taken effect",
+                );
+                (tag, Err(unknown))
+            })
+            .collect()
     }
 
     /// Applies every committed entry not yet applied, and returns the answers for the clients
@@ -74,6 +101,7 @@ impl Applier {
                     "entries are applied once, in order"
                 );
                 self.last_applied = entry.index;
+                self.applied_bytes += entry.payload.approx_bytes() as u64;
                 let outcome = match entry.payload {
                     Payload::Command(command) => Ok(Reply::Write(self.state.apply(command))),
                     Payload::Noop => Ok(Reply::Done),

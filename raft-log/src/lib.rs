@@ -18,6 +18,7 @@
 //! | [`message`]   | `AppendEntries`, its response, the conflict hint                      |
 //! | [`log`]       | `RaftLog`: the follower side of §5.3, the commit rules                |
 //! | [`replication`] | `Replication`: the leader's per-follower progress (probe, pipeline) |
+//! | [`snapshot`]  | the snapshot seam: `SnapshotMeta`, the `Snapshots` store, InstallSnapshot (used from stage 7) |
 //! | [`apply`]     | `Applier`: committed entries applied in order, clients answered      |
 //! | [`node`]      | `RaftLogNode`: the pieces above with a fixed leader, as a `Node`      |
 //!
@@ -36,5 +37,6 @@ pub mod log;
 pub mod message;
 pub mod node;
 pub mod replication;
+pub mod snapshot;
 pub mod storage;
 pub mod types;

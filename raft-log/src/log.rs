@@ -90,6 +90,21 @@ impl<S: Storage> RaftLog<S> {
         mut entries: Vec<Entry>,
         leader_commit: LogIndex,
     ) -> Result<LogIndex, Rejection> {
+        let (prev_log_index, prev_log_term) = {
+            let compacted = self.storage.first_index().prev();
+            if prev_log_index < compacted {
+                // §7: everything up to `compacted` is in this node's snapshot, so committed,
+                // so identical in the leader's log (Leader Completeness, §5.4.3). Those
+                // entries are skipped, not compared with terms this log no longer holds.
+                entries.retain(|e| e.index > compacted);
+                let term = self
+                    .term(compacted)
+                    .expect("the compacted index's term is kept");
+                (compacted, term)
+            } else {
+                (prev_log_index, prev_log_term)
+            }
+        };
         // 2. Reply false if the log has no entry at prev_log_index whose term is
         //    prev_log_term (§5.3), saying where this log's conflicting term starts.
         match self.term(prev_log_index) {
@@ -155,6 +170,27 @@ impl<S: Storage> RaftLog<S> {
             in_reply_to,
             result,
         }
+    }
+
+    /// A snapshot of this node's own state covers everything up to `index` (applied, so
+    /// committed): drops those entries from the log (§7).
+    pub fn compact(&mut self, index: LogIndex) {
+        assert!(
+            index <= self.commit_index,
+            "only committed entries are compacted"
+        );
+        let term = self.term(index).expect("a compaction point is in the log");
+        self.storage.compact(index, term);
+    }
+
+    /// A snapshot received from the leader, or loaded at start, covers everything up to
+    /// `index` of `term`: the log keeps what follows it if it holds that entry, and is
+    /// otherwise replaced (Figure 13, steps 6-7); everything up to `index` is committed.
+    pub fn install_snapshot(&mut self, index: LogIndex, term: Term) {
+        if self.term(index) != Some(term) {
+            self.storage.compact(index, term);
+        }
+        self.commit_to(index);
     }
 
     /// Moves the commit index up to `index` (never down).

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kv_server::protocol::NodeId;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::log::RaftLog;
 use crate::message::{AppendEntries, Rejection};
@@ -28,6 +28,10 @@ pub enum Mode {
     /// The logs match up to `match_index`: new entries are sent as soon as they exist, and
     /// `next_index` moves ahead optimistically without waiting for answers.
     Pipeline,
+    /// The follower needs entries this log no longer holds (they are in a snapshot, §7):
+    /// the snapshot is being sent to it, and no entries go until it is installed
+    /// ([`Replication::snapshot_installed`]).
+    Snapshot,
 }
 
 /// The leader's view of one follower.
@@ -105,13 +109,16 @@ impl Replication {
         let last = log.last_index();
         let p = self.progress.get_mut(&follower)?;
         match p.mode {
+            Mode::Snapshot => return None,
             Mode::Probe { waiting: true } if !heartbeat => return None,
             Mode::Pipeline if p.next_index > last && !heartbeat => return None,
             _ => {}
         }
         let prev_log_index = p.next_index.prev();
         let Some(prev_log_term) = log.term(prev_log_index) else {
-            warn!(%follower, %prev_log_index, "no term for the entry before next_index; not sending");
+            // Compacted away: only a snapshot can bring this follower up to date.
+            debug!(%follower, %prev_log_index, "entries compacted; the follower needs a snapshot");
+            p.mode = Mode::Snapshot;
             return None;
         };
         let mut entries = log.entries(p.next_index, last, self.max_entries);
@@ -131,6 +138,7 @@ impl Replication {
                     p.next_index = sent.index.next();
                 }
             }
+            Mode::Snapshot => unreachable!("returned above"),
         }
         Some(AppendEntries {
             term,
@@ -171,11 +179,18 @@ impl Replication {
             Ok(matched) => {
                 p.match_index = p.match_index.max(matched);
                 p.next_index = p.next_index.max(matched.next());
+                // A late answer to an AppendEntries sent before the snapshot was needed
+                // does not interrupt the transfer.
+                if p.mode == Mode::Snapshot {
+                    return false;
+                }
                 p.mode = Mode::Pipeline;
                 true
             }
             Err(rejection) => {
                 let stale = match (p.mode, self.logs) {
+                    // No AppendEntries is out while a snapshot is sent.
+                    (Mode::Snapshot, _) => true,
                     (Mode::Probe { .. }, _) => rejection.prev_log_index != p.next_index.prev(),
                     (Mode::Pipeline, FollowerLogs::Durable) => {
                         rejection.prev_log_index <= p.match_index
@@ -205,6 +220,23 @@ impl Replication {
                 p.mode = Mode::Probe { waiting: false };
                 true
             }
+        }
+    }
+
+    /// Whether `follower` is waiting for a snapshot (see [`Mode::Snapshot`]).
+    pub fn needs_snapshot(&self, follower: NodeId) -> bool {
+        self.progress
+            .get(&follower)
+            .is_some_and(|p| p.mode == Mode::Snapshot)
+    }
+
+    /// `follower`'s state now covers everything up to `index` (it installed a snapshot, or
+    /// already had those entries committed): entries after it can go, probing from there.
+    pub fn snapshot_installed(&mut self, follower: NodeId, index: LogIndex) {
+        if let Some(p) = self.progress.get_mut(&follower) {
+            p.match_index = p.match_index.max(index);
+            p.next_index = p.match_index.next();
+            p.mode = Mode::Probe { waiting: false };
         }
     }
 

@@ -1,0 +1,189 @@
+//! [`FileSnapshots`]: a node's snapshots as files in its data directory, saved by a
+//! background thread so the node keeps serving while a large state is written.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use kv_server::store::KvMap;
+use raft_log::snapshot::{SnapshotMeta, Snapshots};
+use raft_log::types::LogIndex;
+use tracing::{info, warn};
+
+use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotWriter, latest};
+use crate::state::{read_map, write_map};
+
+/// Snapshots kept as files in one directory: the newest intact one is kept open (a leader
+/// reads its chunks from it); older ones are deleted once a newer one is durable.
+#[derive(Debug)]
+pub struct FileSnapshots {
+    dir: PathBuf,
+    latest: Option<SnapshotFile>,
+    /// The background save under way: its result arrives here.
+    saving: Option<mpsc::Receiver<Result<SnapshotFile, SnapshotError>>>,
+    /// The snapshot being received from a leader.
+    receiving: Option<SnapshotWriter>,
+}
+
+impl FileSnapshots {
+    /// The snapshots in `dir`. The newest is verified now: a damaged one is an error, never
+    /// skipped (an older one would silently lose what it held). Leftover unfinished
+    /// (`.tmp`) files are removed.
+    pub fn open(dir: &Path) -> Result<FileSnapshots, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let is_tmp = path.extension().is_some_and(|e| e == "tmp");
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if is_tmp && name.starts_with("snapshot-") {
+                fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        Ok(FileSnapshots {
+            dir: dir.to_path_buf(),
+            latest: latest(dir)?,
+            saving: None,
+            receiving: None,
+        })
+    }
+
+    /// The newest snapshot's file.
+    pub fn latest_path(&self) -> Option<&Path> {
+        self.latest.as_ref().map(SnapshotFile::path)
+    }
+
+    /// Makes `file` the newest snapshot if it is newer than the current one, and deletes
+    /// the one it replaces (or `file` itself, if it is not newer).
+    fn adopt(&mut self, file: SnapshotFile) {
+        let newer = self
+            .latest
+            .as_ref()
+            .is_none_or(|current| file.meta().index > current.meta().index);
+        let (keep, drop) = if newer {
+            (Some(file), self.latest.take())
+        } else {
+            (self.latest.take(), Some(file))
+        };
+        self.latest = keep;
+        if let Some(old) = drop {
+            if let Err(error) = fs::remove_file(old.path()) {
+                warn!(path = %old.path().display(), %error, "cannot delete an old snapshot");
+            }
+        }
+    }
+}
+
+/// Writes `state` as snapshot `meta` in `dir`, and opens (so verifies) the result.
+fn save(dir: &Path, meta: &SnapshotMeta, state: &KvMap) -> Result<SnapshotFile, SnapshotError> {
+    let mut writer = SnapshotWriter::create(dir, meta)?;
+    write_map(state, &mut writer).map_err(|source| SnapshotError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = writer.finish()?;
+    SnapshotFile::open(&path)
+}
+
+impl Snapshots for FileSnapshots {
+    fn latest(&self) -> Option<&SnapshotMeta> {
+        self.latest.as_ref().map(SnapshotFile::meta)
+    }
+
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>> {
+        let Some(file) = &mut self.latest else {
+            return Ok(None);
+        };
+        let meta = file.meta().clone();
+        let state = read_map(&mut file.data()?)?;
+        Ok(Some((meta, state)))
+    }
+
+    fn start_save(&mut self, meta: SnapshotMeta, state: KvMap) {
+        let (done, result) = mpsc::sync_channel(1);
+        let dir = self.dir.clone();
+        thread::spawn(move || {
+            let _ = done.send(save(&dir, &meta, &state));
+        });
+        self.saving = Some(result);
+    }
+
+    fn saving(&self) -> bool {
+        self.saving.is_some()
+    }
+
+    fn poll_saved(&mut self) -> Option<io::Result<SnapshotMeta>> {
+        let result = match self.saving.as_ref()?.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other(
+                "the snapshot writer stopped without a result",
+            )),
+            Ok(saved) => saved.map_err(io::Error::from),
+        };
+        self.saving = None;
+        Some(result.map(|file| {
+            let meta = file.meta().clone();
+            info!(path = %file.path().display(), bytes = file.data_len(), "snapshot written");
+            self.adopt(file);
+            meta
+        }))
+    }
+
+    fn read_chunk(
+        &mut self,
+        index: LogIndex,
+        offset: u64,
+        max: usize,
+    ) -> io::Result<Option<(Vec<u8>, u64)>> {
+        match &mut self.latest {
+            Some(file) if file.meta().index == index => {
+                let total = file.data_len();
+                Ok(Some((file.read_data(offset, max)?, total)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn begin_receive(&mut self, meta: &SnapshotMeta) -> io::Result<()> {
+        // A writer dropped unfinished leaves a .tmp file, which the next one with the same
+        // name truncates and `open` removes.
+        self.receiving = Some(SnapshotWriter::create(&self.dir, meta)?);
+        Ok(())
+    }
+
+    fn append_received(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.receiving {
+            Some(writer) => Ok(writer.write_data(data)?),
+            None => Err(io::Error::other("no snapshot is being received")),
+        }
+    }
+
+    fn finish_receive(&mut self) -> io::Result<KvMap> {
+        let writer = self
+            .receiving
+            .take()
+            .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
+        let path = writer.finish()?;
+        let mut file = match SnapshotFile::open(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = fs::remove_file(&path);
+                return Err(error.into());
+            }
+        };
+        let state = match read_map(&mut file.data()?) {
+            Ok(state) => state,
+            Err(error) => {
+                // Intact as a file, but not a map: the sender's data was wrong.
+                let _ = fs::remove_file(&path);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+        };
+        self.adopt(file);
+        Ok(state)
+    }
+}

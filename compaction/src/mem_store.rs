@@ -1,0 +1,132 @@
+//! [`MemSnapshots`]: snapshots in memory, for the simulator. They survive a simulated crash
+//! once saved (as files would); a save or a transfer under way does not.
+
+use std::io;
+use std::sync::Arc;
+
+use kv_server::store::KvMap;
+use raft_log::snapshot::{SnapshotMeta, Snapshots};
+use raft_log::types::LogIndex;
+
+use crate::state::{read_map, write_map};
+
+/// A snapshot's metadata and its data (as [`write_map`] encodes it, so chunks are the same
+/// bytes a file would hold).
+type Saved = (SnapshotMeta, Arc<Vec<u8>>);
+
+/// Snapshots in memory. A save completes at the first [`Snapshots::poll_saved`] after it
+/// starts, so the node runs on between the two, as it does while a file is written.
+#[derive(Debug, Clone, Default)]
+pub struct MemSnapshots {
+    latest: Option<Saved>,
+    pending: Option<Saved>,
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
+}
+
+impl MemSnapshots {
+    /// No snapshots.
+    pub fn new() -> MemSnapshots {
+        MemSnapshots::default()
+    }
+
+    /// What a crash leaves: the saved snapshot, not the save or the transfer under way.
+    pub fn after_crash(self) -> MemSnapshots {
+        MemSnapshots {
+            latest: self.latest,
+            pending: None,
+            receiving: None,
+        }
+    }
+
+    /// The newest snapshot's data size in bytes.
+    pub fn latest_len(&self) -> Option<usize> {
+        self.latest.as_ref().map(|(_, data)| data.len())
+    }
+
+    fn adopt(&mut self, saved: Saved) {
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|(current, _)| saved.0.index > current.index)
+        {
+            self.latest = Some(saved);
+        }
+    }
+}
+
+fn encode(state: &KvMap) -> Arc<Vec<u8>> {
+    let mut data = Vec::new();
+    write_map(state, &mut data).expect("writing to memory cannot fail");
+    Arc::new(data)
+}
+
+impl Snapshots for MemSnapshots {
+    fn latest(&self) -> Option<&SnapshotMeta> {
+        self.latest.as_ref().map(|(meta, _)| meta)
+    }
+
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>> {
+        self.latest
+            .as_ref()
+            .map(|(meta, data)| Ok((meta.clone(), read_map(&mut data.as_slice())?)))
+            .transpose()
+    }
+
+    fn start_save(&mut self, meta: SnapshotMeta, state: KvMap) {
+        self.pending = Some((meta, encode(&state)));
+    }
+
+    fn saving(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn poll_saved(&mut self) -> Option<io::Result<SnapshotMeta>> {
+        let saved = self.pending.take()?;
+        let meta = saved.0.clone();
+        self.adopt(saved);
+        Some(Ok(meta))
+    }
+
+    fn read_chunk(
+        &mut self,
+        index: LogIndex,
+        offset: u64,
+        max: usize,
+    ) -> io::Result<Option<(Vec<u8>, u64)>> {
+        Ok(self
+            .latest
+            .as_ref()
+            .filter(|(meta, _)| meta.index == index)
+            .map(|(_, data)| {
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(max).min(data.len());
+                (data[start..end].to_vec(), data.len() as u64)
+            }))
+    }
+
+    fn begin_receive(&mut self, meta: &SnapshotMeta) -> io::Result<()> {
+        self.receiving = Some((meta.clone(), Vec::new()));
+        Ok(())
+    }
+
+    fn append_received(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.receiving {
+            Some((_, received)) => {
+                received.extend_from_slice(data);
+                Ok(())
+            }
+            None => Err(io::Error::other("no snapshot is being received")),
+        }
+    }
+
+    fn finish_receive(&mut self) -> io::Result<KvMap> {
+        let (meta, data) = self
+            .receiving
+            .take()
+            .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
+        let state = read_map(&mut data.as_slice())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        self.adopt((meta, Arc::new(data)));
+        Ok(state)
+    }
+}
