@@ -26,10 +26,10 @@
 //! | [`node`]    | `RaftNode`: roles, terms, votes, timers, as a `Node`     |
 //! | [`durable`] | `DurableStorage`: the log and hard state on disk, checksummed, fsynced |
 //! | [`medium`]  | the bytes underneath: a file, or a simulated disk for crash tests |
-//! | [`checks`]  | what simulator tests check: leaders, Figure 3's properties after every event |
+//! | [`testkit`] | what simulator tests check: leaders, Figure 3's properties after every event |
 #![warn(missing_docs)]
 
-pub mod checks;
+pub mod testkit;
 pub mod durable;
 pub mod medium;
 pub mod message;

@@ -6,117 +6,13 @@
 
 mod common;
 
-use common::{
-    TICK_MS, assert_log_matching, check_raft_properties, cluster_with, durable_cluster, put,
-    stable_leader,
-};
-use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use common::{cluster_with, durable_cluster};
 use raft_election::node::Config;
-use rand::Rng;
-use replication_naive::node::RequestTag;
+use raft_election::testkit::run_schedule;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
-const ELECTION_MS: u64 = 20 * TICK_MS;
-
 fn random_schedule(seed: u64, net: NetConfig, tweak: fn(&mut Config)) {
-    run_schedule(cluster_with(seed, 5, tweak), seed, net);
-}
-
-fn run_schedule<S: raft_log::storage::Storage + 'static>(
-    mut sim: replication_naive::sim::Sim<raft_election::node::RaftNode<S>>,
-    seed: u64,
-    net: NetConfig,
-) {
-    sim.set_net(net);
-    check_raft_properties(&mut sim);
-    let mut writes: Vec<(String, RequestTag)> = Vec::new();
-    for round in 0..25 {
-        // Propose to whoever leads now (if anyone), and to a random node too.
-        for target in [
-            stable_leader(&sim),
-            Some(NodeId(sim.rng().gen_range(1..=5))),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let key = format!("r{round}n{}", target.0);
-            writes.push((key.clone(), sim.request(target, put(&key, "v"))));
-        }
-        let pause = sim.rng().gen_range(0..2 * ELECTION_MS);
-        sim.run_for(pause);
-        match sim.rng().gen_range(0..10) {
-            0..=2 => {
-                if let Some(leader) = stable_leader(&sim) {
-                    sim.crash(leader);
-                }
-            }
-            3 => {
-                let id = NodeId(sim.rng().gen_range(1..=5));
-                sim.crash(id);
-            }
-            4 | 5 => {
-                let id = NodeId(sim.rng().gen_range(1..=5));
-                sim.restart(id);
-            }
-            6 => {
-                let id = NodeId(sim.rng().gen_range(1..=5));
-                sim.isolate(id);
-            }
-            7 => sim.heal(),
-            _ => {}
-        }
-        // Never more than two down at once, so a majority can always form again.
-        let down: Vec<NodeId> = sim.ids().into_iter().filter(|&id| !sim.is_up(id)).collect();
-        for &id in down.iter().skip(2) {
-            sim.restart(id);
-        }
-        assert_log_matching(&sim);
-    }
-    for id in sim.ids() {
-        if !sim.is_up(id) {
-            sim.restart(id);
-        }
-    }
-    sim.heal();
-    sim.set_net(NetConfig::reliable());
-    // A write on the healed cluster commits everything acknowledged before it.
-    let mut settled = false;
-    for _ in 0..20 {
-        if !sim.run_until(50 * ELECTION_MS, |sim| stable_leader(sim).is_some()) {
-            continue;
-        }
-        let leader = stable_leader(&sim).unwrap();
-        let tag = sim.request(leader, put("final", "v"));
-        if sim.run_until(20 * ELECTION_MS, |sim| {
-            matches!(sim.reply(tag), Some(Ok(_)))
-        }) {
-            settled = true;
-            break;
-        }
-    }
-    assert!(
-        settled,
-        "the healed cluster never committed a write (seed {seed})"
-    );
-    let target = sim
-        .node(stable_leader(&sim).unwrap())
-        .unwrap()
-        .commit_index();
-    assert!(sim.run_until(50 * ELECTION_MS, |sim| {
-        sim.nodes().all(|n| n.last_applied() >= target)
-    }));
-    assert_log_matching(&sim);
-    for (key, tag) in &writes {
-        if sim.reply(*tag) == Some(&Ok(Reply::Write(WriteOutcome::Put))) {
-            for node in sim.nodes() {
-                assert_eq!(
-                    node.state().get(key),
-                    Some("v"),
-                    "acknowledged write {key} lost (seed {seed})"
-                );
-            }
-        }
-    }
+    run_schedule(cluster_with(seed, 5, tweak), net);
 }
 
 fn defaults(_: &mut Config) {}
@@ -174,7 +70,6 @@ fn figure_8_with_durable_storage_on_simulated_disks() {
     for_each_seed(100, |seed| {
         run_schedule(
             durable_cluster(seed, 5, defaults),
-            seed,
             NetConfig::unreliable(),
         )
     });

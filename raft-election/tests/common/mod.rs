@@ -11,7 +11,7 @@ pub type Cluster = Sim<RaftNode<MemStorage>>;
 pub const TICK_MS: u64 = 10;
 
 #[allow(unused_imports)] // each test file uses its own subset
-pub use raft_election::checks::*;
+pub use raft_election::testkit::*;
 pub use replication_naive::sim::members;
 
 /// `n` nodes with default settings. A restarted node keeps its storage (term, vote, log:

@@ -1,5 +1,6 @@
-//! What the simulator tests of this stage and the later ones check about a cluster of
-//! [`RaftNode`]s: who leads, and the properties of Figure 3, after every simulated event.
+//! What the simulator tests of this stage and the later ones use on a cluster of
+//! [`RaftNode`]s: who leads, the properties of Figure 3 after every simulated event, and the
+//! Figure 8 random schedule.
 //! Compaction-aware: an entry a node has compacted into a snapshot is not compared, its
 //! state is.
 
@@ -7,13 +8,18 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use kv_server::protocol::{Command, NodeId, Op};
+use kv_server::protocol::{Command, NodeId, Op, Reply, WriteOutcome};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
-use replication_naive::sim::Sim;
+use rand::Rng;
+use replication_naive::node::RequestTag;
+use replication_naive::sim::{NetConfig, Sim};
 
 use crate::node::RaftNode;
+
+/// The base election timeout of the default [`crate::node::Config`] with 10 ms ticks.
+const SCHEDULE_ELECTION_MS: u64 = 200;
 
 /// A client's put of `key` = `value`, without a session.
 pub fn put(key: &str, value: &str) -> Op {
@@ -251,3 +257,106 @@ pub fn assert_same_state<S: Storage, P: Snapshots>(sim: &Sim<RaftNode<S, P>>) {
         }
     }
 }
+
+/// 6.824's Figure 8 schedule on a cluster of five: 25 rounds of writes (to the leader and
+/// to a random node), random pauses, crashes, restarts and isolations, with `net`'s loss
+/// and reordering; the properties of [`check_raft_properties`] after every event, log
+/// matching after every round. Then the cluster is healed, and every acknowledged write must
+/// be in every node's state.
+pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
+    mut sim: Sim<RaftNode<S, P>>,
+    net: NetConfig,
+) {
+    let seed = sim.seed();
+    sim.set_net(net);
+    check_raft_properties(&mut sim);
+    let mut writes: Vec<(String, RequestTag)> = Vec::new();
+    for round in 0..25 {
+        // Propose to whoever leads now (if anyone), and to a random node too.
+        for target in [
+            stable_leader(&sim),
+            Some(NodeId(sim.rng().gen_range(1..=5))),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let key = format!("r{round}n{}", target.0);
+            writes.push((key.clone(), sim.request(target, put(&key, "v"))));
+        }
+        let pause = sim.rng().gen_range(0..2 * SCHEDULE_ELECTION_MS);
+        sim.run_for(pause);
+        match sim.rng().gen_range(0..10) {
+            0..=2 => {
+                if let Some(leader) = stable_leader(&sim) {
+                    sim.crash(leader);
+                }
+            }
+            3 => {
+                let id = NodeId(sim.rng().gen_range(1..=5));
+                sim.crash(id);
+            }
+            4 | 5 => {
+                let id = NodeId(sim.rng().gen_range(1..=5));
+                sim.restart(id);
+            }
+            6 => {
+                let id = NodeId(sim.rng().gen_range(1..=5));
+                sim.isolate(id);
+            }
+            7 => sim.heal(),
+            _ => {}
+        }
+        // Never more than two down at once, so a majority can always form again.
+        let down: Vec<NodeId> = sim.ids().into_iter().filter(|&id| !sim.is_up(id)).collect();
+        for &id in down.iter().skip(2) {
+            sim.restart(id);
+        }
+        assert_log_matching(&sim);
+    }
+    for id in sim.ids() {
+        if !sim.is_up(id) {
+            sim.restart(id);
+        }
+    }
+    sim.heal();
+    sim.set_net(NetConfig::reliable());
+    // A write on the healed cluster commits everything acknowledged before it.
+    let mut settled = false;
+    for _ in 0..20 {
+        if !sim.run_until(50 * SCHEDULE_ELECTION_MS, |sim| stable_leader(sim).is_some()) {
+            continue;
+        }
+        let leader = stable_leader(&sim).unwrap();
+        let tag = sim.request(leader, put("final", "v"));
+        if sim.run_until(20 * SCHEDULE_ELECTION_MS, |sim| {
+            matches!(sim.reply(tag), Some(Ok(_)))
+        }) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "the healed cluster never committed a write (seed {seed})"
+    );
+    let target = sim
+        .node(stable_leader(&sim).unwrap())
+        .unwrap()
+        .commit_index();
+    assert!(sim.run_until(50 * SCHEDULE_ELECTION_MS, |sim| {
+        sim.nodes().all(|n| n.last_applied() >= target)
+    }));
+    assert_log_matching(&sim);
+    for (key, tag) in &writes {
+        if sim.reply(*tag) == Some(&Ok(Reply::Write(WriteOutcome::Put))) {
+            for node in sim.nodes() {
+                assert_eq!(
+                    node.state().get(key),
+                    Some("v"),
+                    "acknowledged write {key} lost (seed {seed})"
+                );
+            }
+        }
+    }
+}
+
