@@ -1,4 +1,4 @@
-//! The key/value map as a snapshot's data section: one record per key,
+//! The key/value map as a snapshot's data section: one record per key, in key order,
 //! `key_len: u32 LE | key | value_len: u32 LE | value`, streamed in and out so that neither
 //! side needs a second copy of the map in memory.
 
@@ -9,7 +9,12 @@ use kv_server::store::KvMap;
 
 /// Writes every key and value of `map` to `out`.
 pub fn write_map(map: &KvMap, out: &mut impl Write) -> io::Result<()> {
-    for (key, value) in map.iter() {
+    // In key order: the same state always makes the same bytes, whichever node writes it
+    // (a hash map's order differs between processes), so snapshots can be compared byte for
+    // byte and simulated runs replay exactly.
+    let mut records: Vec<(&str, &str)> = map.iter().collect();
+    records.sort_unstable();
+    for (key, value) in records {
         for field in [key, value] {
             let len =
                 u32::try_from(field.len()).map_err(|_| io::Error::other("a string over 4 GiB"))?;

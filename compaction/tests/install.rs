@@ -78,7 +78,11 @@ fn node_id(node: &common::Node) -> NodeId {
 fn follower_down_while_compacting(sim: &mut Cluster) -> NodeId {
     write(sim, "a", 10);
     let leader = stable_leader(sim).expect("a leader");
-    let follower = sim.ids().into_iter().find(|&id| id != leader).expect("3 nodes");
+    let follower = sim
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("3 nodes");
     sim.crash(follower);
     write(sim, "b", 100);
     let leader = stable_leader(sim).expect("a leader");
@@ -100,7 +104,11 @@ fn snapshot_basic_every_node_snapshots_and_the_log_stays_short() {
         for node in sim.nodes() {
             let snapshot = node.snapshots().latest().expect("every node snapshotted");
             assert!(snapshot.index.0 >= 100, "seed {seed}");
-            assert!(log_len(node) <= 20 + 5 + 1, "log of {} entries (seed {seed})", log_len(node));
+            assert!(
+                log_len(node) <= 20 + 5 + 1,
+                "log of {} entries (seed {seed})",
+                log_len(node)
+            );
         }
     });
 }
@@ -146,7 +154,13 @@ fn install_then_crash_restarts_from_the_installed_snapshot() {
             sim.node(follower)
                 .is_some_and(|n| n.snapshots().latest().is_some_and(|m| m.index.0 > 11))
         }));
-        let installed = sim.node(follower).unwrap().snapshots().latest().cloned().unwrap();
+        let installed = sim
+            .node(follower)
+            .unwrap()
+            .snapshots()
+            .latest()
+            .cloned()
+            .unwrap();
         sim.crash(follower);
         sim.restart(follower);
         // Before it hears from anyone, it is back at its snapshot.
@@ -164,7 +178,10 @@ fn all_nodes_crash_and_restart_from_their_snapshots() {
         let mut sim = cluster(seed, 3, small_policy());
         check_raft_properties(&mut sim);
         write(&mut sim, "a", 90);
-        let before: Vec<_> = sim.nodes().map(|n| n.snapshots().latest().cloned()).collect();
+        let before: Vec<_> = sim
+            .nodes()
+            .map(|n| n.snapshots().latest().cloned())
+            .collect();
         for id in sim.ids() {
             sim.crash(id);
         }
@@ -174,7 +191,10 @@ fn all_nodes_crash_and_restart_from_their_snapshots() {
         for (node, snapshot) in sim.nodes().zip(before) {
             let snapshot = snapshot.expect("every node had snapshotted");
             assert!(node.last_applied() >= snapshot.index, "seed {seed}");
-            assert!(node.log().first_index() > raft_log::types::LogIndex(1), "seed {seed}");
+            assert!(
+                node.log().first_index() > raft_log::types::LogIndex(1),
+                "seed {seed}"
+            );
         }
         assert_same_state(&sim);
         write(&mut sim, "b", 10);
@@ -190,7 +210,11 @@ fn the_log_stays_bounded_under_a_long_write_stream() {
     let seed = sim.seed();
     sim.check_every_step(move |sim| {
         for node in sim.nodes() {
-            assert!(log_len(node) <= bound + 50, "a log of {} entries (seed {seed})", log_len(node));
+            assert!(
+                log_len(node) <= bound + 50,
+                "a log of {} entries (seed {seed})",
+                log_len(node)
+            );
         }
     });
     write(&mut sim, "k", 1500);
@@ -225,17 +249,24 @@ fn a_multi_megabyte_snapshot_crosses_a_lossy_network_intact() {
         write(&mut sim, "pad", 40);
         let leader = stable_leader(&sim).unwrap();
         let snapshot = sim.node(leader).unwrap().snapshots().latest_len().unwrap();
-        assert!(snapshot > 4 << 20, "a {snapshot}-byte snapshot (seed {seed})");
+        assert!(
+            snapshot > 4 << 20,
+            "a {snapshot}-byte snapshot (seed {seed})"
+        );
         sim.set_net(NetConfig::unreliable());
         sim.restart(follower);
         assert!(
             sim.run_until(200 * ELECTION_MS, |sim| {
-                sim.node(follower).is_some_and(|n| n.state().get("big47").is_some())
+                sim.node(follower)
+                    .is_some_and(|n| n.state().get("big47").is_some())
             }),
             "the follower never installed the snapshot (seed {seed})"
         );
         sim.set_net(NetConfig::reliable());
         converge(&mut sim, &[("pad", 40)]);
-        assert_eq!(sim.node(follower).unwrap().state().get("big0"), Some(big.as_str()));
+        assert_eq!(
+            sim.node(follower).unwrap().state().get("big0"),
+            Some(big.as_str())
+        );
     });
 }

@@ -29,8 +29,8 @@
 //! | [`testkit`] | what simulator tests check: leaders, Figure 3's properties after every event |
 #![warn(missing_docs)]
 
-pub mod testkit;
 pub mod durable;
 pub mod medium;
 pub mod message;
 pub mod node;
+pub mod testkit;

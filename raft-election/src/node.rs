@@ -130,10 +130,13 @@ struct Outgoing {
     answered: bool,
 }
 
-/// A snapshot being received: `received` bytes of it so far.
+/// A snapshot being received from the leader of `term`: `received` bytes of it so far.
+/// Two nodes' snapshots of the same index hold the same state but not necessarily the same
+/// bytes, so a transfer is one leader's: chunks from another term start it over.
 #[derive(Debug)]
 struct Incoming {
     meta: SnapshotMeta,
+    term: Term,
     received: u64,
 }
 
@@ -750,27 +753,28 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             self.become_follower(req.term, Some(from));
         }
         self.reset_election_timer();
-        let result = self.receive_chunk(req.meta, req.offset, &req.data, req.done, out);
+        let result = self.receive_chunk(req, out);
         out.send(from, answer(self.term, result));
     }
 
     /// Follower: steps 2-8 of the InstallSnapshot receiver, with chunks that may come twice,
     /// late or out of order: only the chunk at the offset expected next is taken.
-    fn receive_chunk(
-        &mut self,
-        meta: SnapshotMeta,
-        offset: u64,
-        data: &[u8],
-        done: bool,
-        out: &mut Outbox<Message>,
-    ) -> Transfer {
+    fn receive_chunk(&mut self, chunk: InstallSnapshot, out: &mut Outbox<Message>) -> Transfer {
+        let InstallSnapshot {
+            term,
+            meta,
+            offset,
+            data,
+            done,
+        } = chunk;
         if meta.index <= self.commit_index() {
             // Every entry it covers is already committed here (and so is the leader's).
             self.incoming = None;
             return Transfer::Installed;
         }
         let same = |incoming: &Incoming| {
-            (incoming.meta.index, incoming.meta.term) == (meta.index, meta.term)
+            (incoming.term, incoming.meta.index, incoming.meta.term)
+                == (term, meta.index, meta.term)
         };
         match &self.incoming {
             Some(incoming) if same(incoming) && offset != incoming.received => {
@@ -783,11 +787,15 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 if let Err(error) = self.snapshots.begin_receive(&meta) {
                     panic!("cannot store a received snapshot ({error}); stopping");
                 }
-                self.incoming = Some(Incoming { meta, received: 0 });
+                self.incoming = Some(Incoming {
+                    meta,
+                    term,
+                    received: 0,
+                });
             }
         }
         // 3. Write data into the snapshot file at the given offset.
-        if let Err(error) = self.snapshots.append_received(data) {
+        if let Err(error) = self.snapshots.append_received(&data) {
             panic!("cannot store a received snapshot ({error}); stopping");
         }
         let Some(incoming) = &mut self.incoming else {

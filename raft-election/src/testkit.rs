@@ -264,21 +264,18 @@ pub fn assert_same_state<S: Storage, P: Snapshots>(sim: &Sim<RaftNode<S, P>>) {
 /// matching after every round. Then the cluster is healed, and every acknowledged write must
 /// be in every node's state.
 pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
-    mut sim: Sim<RaftNode<S, P>>,
+    sim: &mut Sim<RaftNode<S, P>>,
     net: NetConfig,
 ) {
     let seed = sim.seed();
     sim.set_net(net);
-    check_raft_properties(&mut sim);
+    check_raft_properties(sim);
     let mut writes: Vec<(String, RequestTag)> = Vec::new();
     for round in 0..25 {
         // Propose to whoever leads now (if anyone), and to a random node too.
-        for target in [
-            stable_leader(&sim),
-            Some(NodeId(sim.rng().gen_range(1..=5))),
-        ]
-        .into_iter()
-        .flatten()
+        for target in [stable_leader(sim), Some(NodeId(sim.rng().gen_range(1..=5)))]
+            .into_iter()
+            .flatten()
         {
             let key = format!("r{round}n{}", target.0);
             writes.push((key.clone(), sim.request(target, put(&key, "v"))));
@@ -287,7 +284,7 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
         sim.run_for(pause);
         match sim.rng().gen_range(0..10) {
             0..=2 => {
-                if let Some(leader) = stable_leader(&sim) {
+                if let Some(leader) = stable_leader(sim) {
                     sim.crash(leader);
                 }
             }
@@ -311,7 +308,7 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
         for &id in down.iter().skip(2) {
             sim.restart(id);
         }
-        assert_log_matching(&sim);
+        assert_log_matching(sim);
     }
     for id in sim.ids() {
         if !sim.is_up(id) {
@@ -323,10 +320,12 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
     // A write on the healed cluster commits everything acknowledged before it.
     let mut settled = false;
     for _ in 0..20 {
-        if !sim.run_until(50 * SCHEDULE_ELECTION_MS, |sim| stable_leader(sim).is_some()) {
+        if !sim.run_until(50 * SCHEDULE_ELECTION_MS, |sim| {
+            stable_leader(sim).is_some()
+        }) {
             continue;
         }
-        let leader = stable_leader(&sim).unwrap();
+        let leader = stable_leader(sim).unwrap();
         let tag = sim.request(leader, put("final", "v"));
         if sim.run_until(20 * SCHEDULE_ELECTION_MS, |sim| {
             matches!(sim.reply(tag), Some(Ok(_)))
@@ -340,13 +339,13 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
         "the healed cluster never committed a write (seed {seed})"
     );
     let target = sim
-        .node(stable_leader(&sim).unwrap())
+        .node(stable_leader(sim).unwrap())
         .unwrap()
         .commit_index();
     assert!(sim.run_until(50 * SCHEDULE_ELECTION_MS, |sim| {
         sim.nodes().all(|n| n.last_applied() >= target)
     }));
-    assert_log_matching(&sim);
+    assert_log_matching(sim);
     for (key, tag) in &writes {
         if sim.reply(*tag) == Some(&Ok(Reply::Write(WriteOutcome::Put))) {
             for node in sim.nodes() {
@@ -359,4 +358,3 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
         }
     }
 }
-

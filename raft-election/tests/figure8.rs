@@ -12,7 +12,7 @@ use raft_election::testkit::run_schedule;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 fn random_schedule(seed: u64, net: NetConfig, tweak: fn(&mut Config)) {
-    run_schedule(cluster_with(seed, 5, tweak), net);
+    run_schedule(&mut cluster_with(seed, 5, tweak), net);
 }
 
 fn defaults(_: &mut Config) {}
@@ -69,7 +69,7 @@ fn figure_8_one_entry_per_message() {
 fn figure_8_with_durable_storage_on_simulated_disks() {
     for_each_seed(100, |seed| {
         run_schedule(
-            durable_cluster(seed, 5, defaults),
+            &mut durable_cluster(seed, 5, defaults),
             NetConfig::unreliable(),
         )
     });

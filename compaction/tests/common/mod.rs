@@ -33,17 +33,22 @@ pub fn cluster(seed: u64, n: u64, policy: SnapshotPolicy) -> Cluster {
 
 /// Like [`cluster`], with every node's configuration set by `tweak`.
 pub fn cluster_with(seed: u64, n: u64, tweak: impl Fn(&mut Config) + 'static) -> Cluster {
-    Sim::new(seed, members(n).into_keys(), TICK_MS, move |id, old: Option<Node>| {
-        let mut config = Config::new(id, members(n), seed);
-        tweak(&mut config);
-        let (storage, snapshots) = old
-            .map(|node| {
-                let (storage, snapshots) = node.into_parts();
-                (storage, snapshots.after_crash())
-            })
-            .unwrap_or_default();
-        RaftNode::with_snapshots(config, storage, snapshots).expect("memory snapshots load")
-    })
+    Sim::new(
+        seed,
+        members(n).into_keys(),
+        TICK_MS,
+        move |id, old: Option<Node>| {
+            let mut config = Config::new(id, members(n), seed);
+            tweak(&mut config);
+            let (storage, snapshots) = old
+                .map(|node| {
+                    let (storage, snapshots) = node.into_parts();
+                    (storage, snapshots.after_crash())
+                })
+                .unwrap_or_default();
+            RaftNode::with_snapshots(config, storage, snapshots).expect("memory snapshots load")
+        },
+    )
 }
 
 /// How many entries `node`'s log holds.

@@ -1,0 +1,164 @@
+//! The follower's side of InstallSnapshot, scripted chunk by chunk: only the chunk at the
+//! expected offset is taken; duplicates, stale and out-of-order chunks are answered with the
+//! offset wanted; a transfer cut by a restart starts over; data that does not decode is
+//! not installed.
+
+use compaction::mem_store::MemSnapshots;
+use compaction::state::write_map;
+use kv_server::protocol::{Command, NodeId};
+use kv_server::store::KvMap;
+use raft_election::message::Message;
+use raft_election::node::{Config, RaftNode};
+use raft_log::snapshot::{InstallSnapshot, SnapshotMeta, Snapshots, Transfer};
+use raft_log::storage::{MemStorage, Storage};
+use raft_log::types::{LogIndex, Term};
+use replication_naive::node::{Node, Outbox};
+use replication_naive::sim::members;
+
+type Follower = RaftNode<MemStorage, MemSnapshots>;
+
+const LEADER: NodeId = NodeId(1);
+
+fn follower(snapshots: MemSnapshots) -> Follower {
+    let mut config = Config::new(NodeId(2), members(3), 1);
+    config.snapshots = Some(Default::default());
+    RaftNode::with_snapshots(config, MemStorage::new(), snapshots).unwrap()
+}
+
+fn meta() -> SnapshotMeta {
+    SnapshotMeta {
+        index: LogIndex(50),
+        term: Term(2),
+        members: members(3),
+    }
+}
+
+fn state() -> (KvMap, Vec<u8>) {
+    let mut map = KvMap::default();
+    for i in 0..40 {
+        map.apply(Command::Put {
+            key: format!("key{i}"),
+            value: format!("value{i}"),
+        });
+    }
+    let mut data = Vec::new();
+    write_map(&map, &mut data).unwrap();
+    (map, data)
+}
+
+/// Sends the chunk `data[offset..offset + len]` in `term`; returns the follower's answer.
+fn chunk(
+    node: &mut Follower,
+    term: u64,
+    data: &[u8],
+    offset: usize,
+    len: usize,
+) -> (Term, Transfer) {
+    let end = (offset + len).min(data.len());
+    let mut out = Outbox::default();
+    node.step(
+        LEADER,
+        Message::InstallSnapshot(InstallSnapshot {
+            term: Term(term),
+            meta: meta(),
+            offset: offset as u64,
+            data: data[offset..end].to_vec(),
+            done: end == data.len(),
+        }),
+        &mut out,
+    );
+    match out.messages.as_slice() {
+        [(to, Message::InstallSnapshotResponse(resp))] => {
+            assert_eq!((*to, resp.index), (LEADER, LogIndex(50)));
+            (resp.term, resp.result)
+        }
+        other => panic!("expected one answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn only_the_chunk_at_the_expected_offset_is_taken() {
+    let (map, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
+    // A duplicate of the first chunk, and one from further on (a gap): both ignored.
+    assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
+    assert_eq!(chunk(&mut node, 2, &data, 300, 100).1, Transfer::Next(100));
+    let mut offset = 100;
+    while offset + 100 < data.len() {
+        assert_eq!(
+            chunk(&mut node, 2, &data, offset, 100).1,
+            Transfer::Next(offset as u64 + 100)
+        );
+        offset += 100;
+    }
+    assert_eq!(
+        chunk(&mut node, 2, &data, offset, 100).1,
+        Transfer::Installed
+    );
+    assert_eq!(node.state(), &map);
+    assert_eq!(
+        (node.last_applied(), node.commit_index()),
+        (LogIndex(50), LogIndex(50))
+    );
+    assert_eq!(node.log().first_index(), LogIndex(51));
+    assert_eq!(node.snapshots().latest(), Some(&meta()));
+    // A late chunk of the same snapshot: it is already covered.
+    assert_eq!(chunk(&mut node, 2, &data, 100, 100).1, Transfer::Installed);
+}
+
+#[test]
+fn a_chunk_from_a_stale_term_is_refused_with_the_newer_term() {
+    let (_, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(chunk(&mut node, 5, &data, 0, 100).1, Transfer::Next(100));
+    assert_eq!(
+        chunk(&mut node, 3, &data, 100, 100),
+        (Term(5), Transfer::Next(0))
+    );
+    assert_eq!(chunk(&mut node, 5, &data, 100, 100).1, Transfer::Next(200));
+}
+
+#[test]
+fn a_transfer_cut_by_a_restart_starts_over() {
+    let (map, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
+    let (_, snapshots) = node.into_parts();
+    let mut node = follower(snapshots.after_crash());
+    assert_eq!(chunk(&mut node, 2, &data, 100, 100).1, Transfer::Next(0));
+    assert_eq!(
+        chunk(&mut node, 2, &data, 0, data.len()).1,
+        Transfer::Installed
+    );
+    assert_eq!(node.state(), &map);
+}
+
+#[test]
+fn data_that_does_not_decode_is_not_installed() {
+    let (_, mut data) = state();
+    data.truncate(data.len() - 3);
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(
+        chunk(&mut node, 2, &data, 0, data.len()).1,
+        Transfer::Next(0)
+    );
+    assert_eq!(node.last_applied(), LogIndex(0));
+    assert!(node.state().is_empty());
+    assert_eq!(node.snapshots().latest(), None);
+}
+
+#[test]
+fn a_new_leaders_chunks_start_the_transfer_over() {
+    // Two nodes' snapshots of one index hold the same state, not necessarily the same
+    // bytes: a transfer is never continued from another leader's chunks.
+    let (map, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
+    assert_eq!(chunk(&mut node, 3, &data, 100, 100).1, Transfer::Next(0));
+    assert_eq!(
+        chunk(&mut node, 3, &data, 0, data.len()).1,
+        Transfer::Installed
+    );
+    assert_eq!(node.state(), &map);
+}
