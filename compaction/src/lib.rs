@@ -16,6 +16,7 @@
 //! | [`state`]    | the key/value map as a stream of records                              |
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod file_store;
 pub mod mem_store;
 pub mod snapshot;

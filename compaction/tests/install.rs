@@ -130,6 +130,27 @@ fn a_follower_that_was_down_catches_up_by_snapshot() {
 }
 
 #[test]
+fn a_wiped_follower_rejoins_by_snapshot() {
+    for_each_seed(20, |seed| {
+        let (mut sim, wiped) = common::wipeable_cluster(seed, 3, small_policy());
+        check_raft_properties(&mut sim);
+        write(&mut sim, "a", 60);
+        converge(&mut sim, &[("a", 60)]);
+        let leader = stable_leader(&sim).expect("a leader");
+        let follower = sim
+            .ids()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("3 nodes");
+        wiped.borrow_mut().insert(follower);
+        sim.restart(follower);
+        assert_eq!(sim.node(follower).unwrap().log().last_index().0, 0, "wiped");
+        write(&mut sim, "b", 5);
+        converge(&mut sim, &[("a", 60), ("b", 5)]);
+    });
+}
+
+#[test]
 fn install_on_an_unreliable_network() {
     for_each_seed(30, |seed| {
         let mut sim = cluster(seed, 5, small_policy());

@@ -26,9 +26,11 @@
 //! | [`node`]    | `RaftNode`: roles, terms, votes, timers, as a `Node`     |
 //! | [`durable`] | `DurableStorage`: the log and hard state on disk, checksummed, fsynced |
 //! | [`medium`]  | the bytes underneath: a file, or a simulated disk for crash tests |
+//! | [`cli`]     | the node binary's flags and start-up, reused by later stages' binaries |
 //! | [`testkit`] | what simulator tests check: leaders, Figure 3's properties after every event |
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod durable;
 pub mod medium;
 pub mod message;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kv_server::protocol::NodeId;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::log::RaftLog;
 use crate::message::{AppendEntries, Rejection};
@@ -52,8 +52,9 @@ pub enum FollowerLogs {
     /// Stage 3: a restarted follower comes back empty, so a rejection at or below
     /// `match_index` can be news (it lost what it acknowledged) and resets its progress.
     Volatile,
-    /// From stage 6: what a follower acknowledged in this term it keeps, so such a
-    /// rejection can only be a reordered answer to an older request, and is ignored.
+    /// From stage 6: what a follower acknowledged in this term it keeps, so a rejection at
+    /// `match_index` is a reordered answer to an older request, and is ignored. (A fresh
+    /// rejection below it means the follower lost its disk; it is believed, and logged.)
     Durable,
 }
 
@@ -208,12 +209,16 @@ impl Replication {
                     .min(rejection.prev_log_index)
                     .max(LogIndex(1));
                 if next <= p.match_index {
-                    match self.logs {
-                        // The follower lost entries it had acknowledged: it restarted empty.
-                        FollowerLogs::Volatile => p.match_index = next.prev(),
-                        // Cannot happen for a fresh rejection; never resend what matches.
-                        FollowerLogs::Durable => return false,
+                    // The follower lost entries it had acknowledged: in stage 3 it restarted
+                    // empty; with durable logs, its data directory was wiped or lost. What
+                    // it lacks is sent again (from a snapshot if compacted). Entries it
+                    // acknowledged may have counted towards a commit: losing a node's disk
+                    // is a failure Raft does not mask, which is why stage 8 replaces a
+                    // node through membership changes instead.
+                    if self.logs == FollowerLogs::Durable {
+                        warn!(%follower, match_index = %p.match_index, %next, "follower lost entries it had acknowledged");
                     }
+                    p.match_index = next.prev();
                 }
                 debug!(%follower, %next, "log mismatch; probing");
                 p.next_index = next;
@@ -372,6 +377,24 @@ mod tests {
     fn with_durable_followers_a_reordered_refusal_at_the_match_index_is_stale() {
         let p = reordered(FollowerLogs::Durable);
         assert_eq!((p.match_index, p.mode), (LogIndex(7), Mode::Pipeline));
+    }
+
+    #[test]
+    fn with_durable_followers_a_fresh_refusal_from_an_empty_log_is_believed() {
+        // The follower acknowledged 9, then its data directory was wiped: it refuses the
+        // next AppendEntries (prev 9) saying its log is empty. It gets everything again.
+        let log = log(9);
+        let follower = NodeId(2);
+        let mut r = Replication::new([follower], LogIndex(9), 3, FollowerLogs::Durable);
+        r.on_response(follower, Ok(LogIndex(9)), &log);
+        let wiped = Err(Rejection {
+            prev_log_index: LogIndex(9),
+            conflict_term: None,
+            conflict_index: LogIndex(1),
+        });
+        assert!(r.on_response(follower, wiped, &log));
+        let p = *r.progress(follower).unwrap();
+        assert_eq!((p.match_index, p.next_index), (LogIndex(0), LogIndex(1)));
     }
 
     #[test]

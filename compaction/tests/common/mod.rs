@@ -1,7 +1,12 @@
 //! Clusters of snapshotting nodes in the simulator.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
 use compaction::mem_store::MemSnapshots;
+use kv_server::protocol::NodeId;
 use raft_election::node::{Config, RaftNode, SnapshotPolicy};
 use raft_log::storage::{MemStorage, Storage};
 use replication_naive::sim::{Sim, members};
@@ -28,26 +33,32 @@ pub fn small_policy() -> SnapshotPolicy {
 /// `n` nodes snapshotting by `policy`. A restarted node keeps its log storage and its saved
 /// snapshots, and restarts from them.
 pub fn cluster(seed: u64, n: u64, policy: SnapshotPolicy) -> Cluster {
-    cluster_with(seed, n, move |config| config.snapshots = Some(policy))
+    wipeable_cluster(seed, n, policy).0
 }
 
-/// Like [`cluster`], with every node's configuration set by `tweak`.
-pub fn cluster_with(seed: u64, n: u64, tweak: impl Fn(&mut Config) + 'static) -> Cluster {
-    Sim::new(
-        seed,
-        members(n).into_keys(),
-        TICK_MS,
-        move |id, old: Option<Node>| {
-            let mut config = Config::new(id, members(n), seed);
-            tweak(&mut config);
-            let (storage, snapshots) = old
-                .map(|node| {
-                    let (storage, snapshots) = node.into_parts();
-                    (storage, snapshots.after_crash())
-                })
-                .unwrap_or_default();
-            RaftNode::with_snapshots(config, storage, snapshots).expect("memory snapshots load")
-        },
+/// Nodes whose disks the test can wipe: a node in the set restarts with nothing.
+pub type Wiped = Rc<RefCell<BTreeSet<NodeId>>>;
+
+/// Like [`cluster`]; a node whose id is in the returned set when it restarts comes back
+/// with an empty disk.
+pub fn wipeable_cluster(seed: u64, n: u64, policy: SnapshotPolicy) -> (Cluster, Wiped) {
+    let wiped = Wiped::default();
+    let wipe = wiped.clone();
+    let factory = move |id, old: Option<Node>| {
+        let mut config = Config::new(id, members(n), seed);
+        config.snapshots = Some(policy);
+        let (storage, snapshots) = old
+            .filter(|_| !wipe.borrow_mut().remove(&id))
+            .map(|node| {
+                let (storage, snapshots) = node.into_parts();
+                (storage, snapshots.after_crash())
+            })
+            .unwrap_or_default();
+        RaftNode::with_snapshots(config, storage, snapshots).expect("memory snapshots load")
+    };
+    (
+        Sim::new(seed, members(n).into_keys(), TICK_MS, factory),
+        wiped,
     )
 }
 

@@ -1,0 +1,97 @@
+//! The command line of a Raft node binary, shared by this stage's binary and the later ones
+//! that add to it: the flags of elections and durability, and running the node they
+//! describe.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use kv_server::process::{StartError, bind};
+use raft_log::snapshot::Snapshots;
+use raft_log::storage::Storage;
+use replication_naive::config::NodeArgs;
+use replication_naive::driver::{self, DriverConfig};
+use tracing::info;
+
+use crate::durable::DurableStorage;
+use crate::node::{Config, RaftNode, SnapshotPolicy};
+
+/// The flags for elections and durable state.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ElectionArgs {
+    /// Directory for this node's durable state (created if missing; refused if it belongs
+    /// to another node id).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Base election timeout in ms: a follower that hears from no leader for a random time
+    /// in [N, 2N) starts an election.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub election_timeout_ms: u64,
+    /// Milliseconds between a leader's heartbeats; must be well below the election timeout.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: u64,
+    /// Campaign without asking for pre-votes first (to see what pre-vote prevents).
+    #[arg(long)]
+    pub no_pre_vote: bool,
+    /// Keep leading without hearing from a majority (to see what check-quorum prevents).
+    #[arg(long)]
+    pub no_check_quorum: bool,
+}
+
+impl ElectionArgs {
+    /// The node configuration the flags describe, with times in `driver`'s ticks.
+    pub fn config(&self, node: &NodeArgs, driver: &DriverConfig) -> Result<Config, StartError> {
+        let election_ticks = driver.ticks(self.election_timeout_ms);
+        let heartbeat_ticks = driver.ticks(self.heartbeat_ms);
+        if heartbeat_ticks >= election_ticks {
+            return Err(StartError::usage(format!(
+                "--heartbeat-ms ({}) must be below --election-timeout-ms ({}), by at least the {} ms tick",
+                self.heartbeat_ms,
+                self.election_timeout_ms,
+                driver.tick.as_millis()
+            )));
+        }
+        let mut config = Config::new(node.id, node.peers.clone(), rand::random());
+        config.election_ticks = election_ticks;
+        config.heartbeat_ticks = heartbeat_ticks;
+        config.pre_vote = !self.no_pre_vote;
+        config.check_quorum = !self.no_check_quorum;
+        Ok(config)
+    }
+}
+
+/// Runs the node that `node` and `election` describe until `shutdown`: opens its data
+/// directory (its log, and its snapshots through `open_snapshots`), binds, recovers, serves.
+/// `policy` says when it snapshots (`None`: never).
+pub async fn run<P: Snapshots + Send + 'static>(
+    node: &NodeArgs,
+    election: &ElectionArgs,
+    policy: Option<SnapshotPolicy>,
+    open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    node.validate()?;
+    let driver_config = DriverConfig::default();
+    let mut config = election.config(node, &driver_config)?;
+    config.snapshots = policy;
+    let id = node.id;
+    let dir = &election.data_dir;
+    let storage = DurableStorage::open_dir(dir, id)
+        .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
+    let snapshots = open_snapshots(dir)?;
+    let listener = bind(&node.listen).await?;
+    let (term, last_index) = (storage.hard_state().current_term, storage.last_index());
+    let raft = RaftNode::with_snapshots(config, storage, snapshots)
+        .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
+    info!(
+        %id,
+        addr = %node.listen,
+        %term,
+        %last_index,
+        last_applied = %raft.last_applied(),
+        data_dir = %dir.display(),
+        "node listening"
+    );
+    driver::run(raft, listener, node.peers.clone(), driver_config, shutdown).await?;
+    info!("node stopped");
+    Ok(())
+}
