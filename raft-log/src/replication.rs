@@ -189,6 +189,18 @@ impl Replication {
                 true
             }
             Err(rejection) => {
+                if p.mode == Mode::Pipeline
+                    && self.logs == FollowerLogs::Durable
+                    && rejection.prev_log_index == p.match_index
+                {
+                    // A reordered answer to an older request, or a follower that lost its
+                    // disk and now refuses every heartbeat: one probe tells them apart (a
+                    // refused probe is believed below).
+                    debug!(%follower, prev = %rejection.prev_log_index, "refusal at the match index; probing");
+                    p.next_index = p.match_index.next();
+                    p.mode = Mode::Probe { waiting: false };
+                    return true;
+                }
                 let stale = match (p.mode, self.logs) {
                     // No AppendEntries is out while a snapshot is sent.
                     (Mode::Snapshot, _) => true,
@@ -374,15 +386,20 @@ mod tests {
     }
 
     #[test]
-    fn with_durable_followers_a_reordered_refusal_at_the_match_index_is_stale() {
+    fn with_durable_followers_a_refusal_at_the_match_index_is_checked_by_a_probe() {
+        // Reordered, or from a wiped follower: the match index stays until a probe is
+        // refused too.
         let p = reordered(FollowerLogs::Durable);
-        assert_eq!((p.match_index, p.mode), (LogIndex(7), Mode::Pipeline));
+        assert_eq!(
+            (p.match_index, p.next_index, p.mode),
+            (LogIndex(7), LogIndex(8), Mode::Probe { waiting: false })
+        );
     }
 
     #[test]
     fn with_durable_followers_a_fresh_refusal_from_an_empty_log_is_believed() {
         // The follower acknowledged 9, then its data directory was wiped: it refuses the
-        // next AppendEntries (prev 9) saying its log is empty. It gets everything again.
+        // next heartbeat (prev 9) saying its log is empty. It gets everything again.
         let log = log(9);
         let follower = NodeId(2);
         let mut r = Replication::new([follower], LogIndex(9), 3, FollowerLogs::Durable);
@@ -392,6 +409,16 @@ mod tests {
             conflict_term: None,
             conflict_index: LogIndex(1),
         });
+        assert!(r.on_response(follower, wiped, &log));
+        let p = *r.progress(follower).unwrap();
+        assert_eq!((p.match_index, p.next_index), (LogIndex(9), LogIndex(10)));
+        // The probe (prev 9) is refused the same way: now it is believed.
+        assert_eq!(
+            r.append_for(follower, &log, Term(1), false)
+                .unwrap()
+                .prev_log_index,
+            LogIndex(9)
+        );
         assert!(r.on_response(follower, wiped, &log));
         let p = *r.progress(follower).unwrap();
         assert_eq!((p.match_index, p.next_index), (LogIndex(0), LogIndex(1)));
