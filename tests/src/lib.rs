@@ -101,6 +101,12 @@ impl ProcessCluster {
         self.addrs.values().cloned().collect()
     }
 
+    /// Node `id`'s data directory, for a cluster started with
+    /// [`ProcessCluster::start_durable`].
+    pub fn data_dir(&self, id: u64) -> Option<PathBuf> {
+        Some(self.data_dirs.as_ref()?.path().join(format!("n{id}")))
+    }
+
     /// Starts node `id` (again) and returns once it logs that it is listening. Its log lines
     /// are drained in the background so the process never blocks on a full pipe.
     pub fn start_node(&mut self, id: u64) {
@@ -116,10 +122,8 @@ impl ProcessCluster {
             &peers.join(","),
         ]);
         command.args(&self.extra_args);
-        if let Some(dirs) = &self.data_dirs {
-            command
-                .arg("--data-dir")
-                .arg(dirs.path().join(format!("n{id}")));
+        if let Some(dir) = self.data_dir(id) {
+            command.arg("--data-dir").arg(dir);
         }
         let mut child = command
             .stdin(Stdio::null())
