@@ -7,8 +7,10 @@
 //! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
 //! ```
 //!
-//! Every change is appended and fsynced before the call returns, so nothing is acknowledged
-//! (a vote granted, an entry accepted) before it is on disk. Opening replays the records into
+//! Every change is appended to the file at once, and made durable by `sync`: one fsync for
+//! every change since the last (group commit). The node's runner syncs before anything that
+//! depends on a change leaves the node, so nothing is acknowledged (a vote granted, an entry
+//! accepted) before it is on disk. Opening replays the records into
 //! memory; reads are served from memory. A crash can leave the last record torn (cut short,
 //! or with a payload that fails its checksum and nothing after it) or zeros after it: that
 //! tail is cut from the file (and logged), never applied. Damage anywhere else — a header or
@@ -16,8 +18,7 @@
 //! the records after it would forget votes and acknowledged entries. The length has its own
 //! checksum so that a damaged length cannot pass for a torn tail.
 //!
-//! One file for everything means one fsync covers a batch of changes, which is what group
-//! commit (in the `limecached` node) builds on. The file grows until the log is compacted
+//! One file for everything is what lets one fsync cover a batch of changes. The file grows until the log is compacted
 //! (stage 7); then it is rewritten, atomically, with only what is still needed.
 
 use std::fs;
@@ -90,6 +91,8 @@ pub enum OpenError {
 pub struct DurableStorage<M: Medium = FileMedium> {
     memory: MemStorage,
     medium: M,
+    /// Records have been appended since the last sync.
+    unsynced: bool,
 }
 
 impl DurableStorage<FileMedium> {
@@ -178,7 +181,11 @@ impl<M: Medium> DurableStorage<M> {
                 }
             }
         }
-        Ok(DurableStorage { memory, medium })
+        Ok(DurableStorage {
+            memory,
+            medium,
+            unsynced: false,
+        })
     }
 
     /// Gives back the medium (tests crash it).
@@ -186,16 +193,17 @@ impl<M: Medium> DurableStorage<M> {
         self.medium
     }
 
-    /// Appends `record` and syncs. A write or sync that fails leaves the disk in an unknown
-    /// state: the node must stop rather than acknowledge anything, so this panics (and the
-    /// binary aborts).
+    /// Appends `record`; [`Storage::sync`] makes it durable. A write that fails leaves the
+    /// disk in an unknown state: the node must stop rather than acknowledge anything, so
+    /// this panics (and the binary stops).
     fn write(&mut self, record: &Record<&[Entry]>) {
         let bytes = encode(record);
-        if let Err(error) = self.medium.append(&bytes).and_then(|()| self.medium.sync()) {
+        if let Err(error) = self.medium.append(&bytes) {
             panic!(
                 "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
             );
         }
+        self.unsynced = true;
     }
 }
 
@@ -332,6 +340,8 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if let Err(error) = self.medium.replace(&bytes) {
             panic!("cannot rewrite the log after compaction ({error}); stopping");
         }
+        // The rewritten file holds every change so far, durably.
+        self.unsynced = false;
     }
 
     fn hard_state(&self) -> HardState {
@@ -343,5 +353,19 @@ impl<M: Medium> Storage for DurableStorage<M> {
             self.write(&Record::<&[Entry]>::HardState(state));
             self.memory.save_hard_state(state);
         }
+    }
+
+    /// One fsync for every record appended since the last (group commit). A failed fsync
+    /// may have lost any of them (and on Linux the error is reported once): stop.
+    fn sync(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        if let Err(error) = self.medium.sync() {
+            panic!(
+                "cannot sync the log ({error}); stopping rather than acknowledging what may not be on disk"
+            );
+        }
+        self.unsynced = false;
     }
 }

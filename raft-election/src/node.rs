@@ -958,6 +958,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         }
     }
 
+    fn sync(&mut self) {
+        self.log.sync();
+    }
+
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
         match op {
             // A local read, possibly stale. Linearizable reads (ReadIndex) come with the

@@ -42,6 +42,11 @@ impl<S: Storage> RaftLog<S> {
         self.storage.save_hard_state(state);
     }
 
+    /// Makes every change since the last call durable (see [`Storage::sync`]).
+    pub fn sync(&mut self) {
+        self.storage.sync();
+    }
+
     /// The index of the last entry (0 when empty).
     pub fn last_index(&self) -> LogIndex {
         self.storage.last_index()

@@ -276,6 +276,10 @@ impl<S: Storage> Node for RaftLogNode<S> {
         }
     }
 
+    fn sync(&mut self) {
+        self.log.sync();
+    }
+
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
         match op {
             // Local reads: stale on a follower, and not linearizable even on this leader

@@ -56,6 +56,12 @@ pub trait Storage {
 
     /// Saves the hard state.
     fn save_hard_state(&mut self, state: HardState);
+
+    /// Makes every change since the last call durable. A change may be lost in a crash
+    /// until this returns; nothing that depends on it (a vote granted, an entry
+    /// acknowledged, a message sent) may leave the node before. Calling it once for many
+    /// changes is group commit: one fsync for all of them.
+    fn sync(&mut self);
 }
 
 /// A log in memory: everything is lost when the node stops.
@@ -164,6 +170,8 @@ impl Storage for MemStorage {
     fn save_hard_state(&mut self, state: HardState) {
         self.hard_state = state;
     }
+
+    fn sync(&mut self) {}
 }
 
 #[cfg(test)]

@@ -63,6 +63,13 @@ impl DriverConfig {
 
 type Call = (Op, oneshot::Sender<Outcome>);
 
+/// Clients waiting for the node's answer, by the tag their request was given.
+type Waiting = HashMap<RequestTag, oneshot::Sender<Outcome>>;
+
+/// Most inputs the node task takes before it syncs and sends: bounds the latency one batch
+/// adds to the first input in it.
+const MAX_BATCH: usize = 512;
+
 /// The node's task ended on its own: it panicked, typically because its storage could not
 /// make a change durable. The process should exit rather than go on answering clients.
 #[derive(Debug, thiserror::Error)]
@@ -195,21 +202,34 @@ async fn drive<N: Node>(
 ) {
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut waiting: HashMap<RequestTag, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut waiting = Waiting::new();
     let mut next_tag = 0;
     let mut out = Outbox::default();
+    let mut call = |node: &mut N, (op, reply): Call, waiting: &mut Waiting, out: &mut _| {
+        next_tag += 1;
+        let tag = RequestTag(next_tag);
+        waiting.insert(tag, reply);
+        node.request(tag, op, out);
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => node.tick(&mut out),
             Some((from, message)) = inbox.recv() => node.step(from, message, &mut out),
-            Some((op, reply)) = calls.recv() => {
-                next_tag += 1;
-                let tag = RequestTag(next_tag);
-                waiting.insert(tag, reply);
-                node.request(tag, op, &mut out);
+            Some(c) = calls.recv() => call(&mut node, c, &mut waiting, &mut out),
+        }
+        // Group commit: take whatever else has already arrived, then make it all durable
+        // with one sync before anything leaves.
+        for _ in 0..MAX_BATCH {
+            if let Ok((from, message)) = inbox.try_recv() {
+                node.step(from, message, &mut out);
+            } else if let Ok(c) = calls.try_recv() {
+                call(&mut node, c, &mut waiting, &mut out);
+            } else {
+                break;
             }
         }
+        node.sync();
         for (to, message) in out.messages.drain(..) {
             transport.send(to, message);
         }

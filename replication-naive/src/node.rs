@@ -64,4 +64,10 @@ pub trait Node {
 
     /// A client asks for `op`; the answer goes into `out.replies` under `tag`, now or later.
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Self::Message>);
+
+    /// Makes durable whatever the outputs produced since the last call depend on. The
+    /// runner calls it before it sends any of them, once for a whole batch of inputs: with
+    /// a disk, that is one fsync for every write in the batch (group commit). Nodes that
+    /// keep nothing durable need not do anything.
+    fn sync(&mut self) {}
 }

@@ -217,6 +217,7 @@ impl<N: Node> Sim<N> {
         let mut out = Outbox::default();
         if let Some(node) = self.slots.get_mut(&id).and_then(|slot| slot.node.as_mut()) {
             node.request(tag, op, &mut out);
+            node.sync();
             self.dispatch(id, out);
             self.run_check();
         }
@@ -339,6 +340,7 @@ impl<N: Node> Sim<N> {
                     return true;
                 };
                 node.tick(&mut out);
+                node.sync();
                 self.schedule(
                     at + self.tick_ms,
                     Event::Tick {
@@ -357,6 +359,7 @@ impl<N: Node> Sim<N> {
                 };
                 self.delivered += 1;
                 node.step(from, message, &mut out);
+                node.sync();
                 to
             }
         };
