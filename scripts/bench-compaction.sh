@@ -6,13 +6,16 @@
 #
 # 1. Steady-state put throughput (64 clients, DURATION s) with compaction on (default
 #    thresholds) and off (the stage 6 binary, same code without snapshots), over a state
-#    of KEYS keys.
-# 2. A follower is killed, its data dir wiped, and restarted: the time until it has applied
-#    the leader's commit index (polled every 20 ms), and its peak RSS (VmHWM).
+#    of STEADY_KEYS keys (the stage 6 binary keeps its whole log in memory: at a million
+#    entries it stalls on reallocations long enough to cause elections).
+# 2. A compaction cluster is loaded with KEYS keys; a follower is killed, its data dir
+#    wiped, and restarted: the time until it has applied the leader's commit index (polled
+#    every 20 ms), and its peak RSS (VmHWM).
 # Every process it starts is stopped at exit; data lives in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
+STEADY_KEYS=${STEADY_KEYS:-100000}
 DURATION=${DURATION:-20}
 BIN=target/release
 DIR=$(mktemp -d)
@@ -34,33 +37,38 @@ field() { # field NODE COLUMN: a column of the status table's row for NODE
 }
 leader() { "$BIN/kv-client" --addr "$ADDRS" status | awk '/^leader:/ { print $2 }'; }
 wait_leader() { for _ in $(seq 100); do [ -n "$(leader 2>/dev/null)" ] && return; sleep 0.1; done; echo "no leader" >&2; exit 1; }
-bench() { "$BIN/kv-client" --addr "$ADDRS" bench --clients 64 --keys "$KEYS" "$@" --json; }
+bench() { "$BIN/kv-client" --addr "$ADDRS" bench --clients 64 "$@" --json; }
 row() { python3 -c 'import json,sys; r=json.load(sys.stdin); print("%8.0f puts/s  p50 %6.2f ms  p99 %6.2f ms" % (r["ops_per_sec"], r["p50_us"]/1000, r["p99_us"]/1000))'; }
 
-for bin in raft-election compaction; do
-  for id in 1 2 3; do start "$bin" "$id"; done
+load() { # load BINARY KEYS: start a cluster of BINARY and write KEYS keys once each
+  for id in 1 2 3; do start "$1" "$id"; done
   wait_leader
+  local t0; t0=$(date +%s.%N)
   # A `get` run writes every key once first; one get after that.
-  t0=$(date +%s.%N)
-  bench --workload get --requests 1 >/dev/null
-  echo "$bin: loaded $KEYS keys in $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
-  echo -n "$bin: steady puts over $KEYS keys: "
-  bench --workload put --duration "$DURATION" | row
-  if [ "$bin" = compaction ]; then
-    l=$(leader)
-    f=$(( l % 3 + 1 ))
-    ls -l "$DIR/compaction/n$l"
-    kill -9 "${PIDS[$f]}"; wait "${PIDS[$f]}" 2>/dev/null || true
-    rm -rf "$DIR/compaction/n$f"
-    target=$(field "$l" 5)
-    t0=$(date +%s.%N)
-    start compaction "$f"
-    until [ "$(field "$f" 6 2>/dev/null || echo 0)" -ge "$target" ] 2>/dev/null; do sleep 0.02; done
-    t1=$(date +%s.%N)
-    echo "wiped follower $f caught up to $target in $(python3 -c "print(f'{$t1 - $t0:.2f}')") s," \
-      "peak RSS $(awk '/VmHWM/ { print $2 / 1024 " MiB" }' "/proc/${PIDS[$f]}/status")," \
-      "leader RSS $(awk '/VmRSS/ { print $2 / 1024 " MiB" }' "/proc/${PIDS[$l]}/status")"
-    ls -l "$DIR/compaction/n$f"
-  fi
+  bench --keys "$2" --workload get --requests 1 >/dev/null
+  echo "$1: loaded $2 keys in $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+}
+
+for bin in raft-election compaction; do
+  load "$bin" "$STEADY_KEYS"
+  echo -n "$bin: steady puts over $STEADY_KEYS keys: "
+  bench --keys "$STEADY_KEYS" --workload put --duration "$DURATION" | row
   stop_all
 done
+
+load compaction "$KEYS"
+l=$(leader)
+f=$(( l % 3 + 1 ))
+ls -l "$DIR/compaction/n$l"
+kill -9 "${PIDS[$f]}"; wait "${PIDS[$f]}" 2>/dev/null || true
+rm -rf "$DIR/compaction/n$f"
+target=$(field "$l" 5)
+t0=$(date +%s.%N)
+start compaction "$f"
+until [ "$(field "$f" 6 2>/dev/null || echo 0)" -ge "$target" ] 2>/dev/null; do sleep 0.02; done
+t1=$(date +%s.%N)
+echo "wiped follower $f caught up to $target in $(python3 -c "print(f'{$t1 - $t0:.2f}')") s," \
+  "peak RSS $(awk '/VmHWM/ { print $2 / 1024 " MiB" }' "/proc/${PIDS[$f]}/status")," \
+  "leader RSS $(awk '/VmRSS/ { print $2 / 1024 " MiB" }' "/proc/${PIDS[$l]}/status")"
+ls -l "$DIR/compaction/n$f"
+grep -h "taking a snapshot\|snapshot written\|candidate" "$DIR"/compaction-n*.log | tail -5 || true
