@@ -518,6 +518,16 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.count_votes(resp.pre_vote, out);
     }
 
+    /// `leader` spoke in `term` (not older than ours): a leader of this term or a later one
+    /// exists, so follow it (a candidate of the same term steps down, §5.2), and hear it as
+    /// the heartbeat that keeps this node from campaigning.
+    fn follow(&mut self, leader: NodeId, term: Term) {
+        if term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(leader) {
+            self.become_follower(term, Some(leader));
+        }
+        self.reset_election_timer();
+    }
+
     fn on_append_entries(&mut self, from: NodeId, req: AppendEntries, out: &mut Outbox<Message>) {
         if let Err(answer) = req.screen(from, self.term) {
             if let Some(refusal) = answer {
@@ -525,13 +535,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             }
             return;
         }
-        // A leader of this term or a later one exists: follow it (a candidate of the same
-        // term steps down, §5.2).
-        if req.term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(from)
-        {
-            self.become_follower(req.term, Some(from));
-        }
-        self.reset_election_timer();
+        self.follow(from, req.term);
         let response = self.log.append_from_leader(req, self.term);
         self.apply_committed(out);
         out.send(from, Message::AppendEntriesResponse(response));
@@ -567,7 +571,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 out.send(from, Message::AppendEntries(append));
             }
         }
-        self.start_transfers(out);
+        self.start_transfer(from, out);
         self.advance_commit(out);
     }
 
@@ -594,12 +598,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 self.send_chunk(follower, out);
             }
         }
-        self.start_transfers(out);
+        for follower in self.peers() {
+            self.start_transfer(follower, out);
+        }
     }
 
-    /// Leader: starts sending the newest snapshot to every follower that needs one and is
-    /// not already getting one.
-    fn start_transfers(&mut self, out: &mut Outbox<Message>) {
+    /// Leader: starts sending the newest snapshot to `follower` if it needs one and is not
+    /// already getting one.
+    fn start_transfer(&mut self, follower: NodeId, out: &mut Outbox<Message>) {
         let Duty::Leader {
             replication,
             transfers,
@@ -608,26 +614,20 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         else {
             return;
         };
+        if !replication.needs_snapshot(follower) || transfers.contains_key(&follower) {
+            return;
+        }
         let Some(index) = self.snapshots.latest().map(|meta| meta.index) else {
             return;
         };
-        let starting: Vec<NodeId> = replication
-            .followers()
-            .into_iter()
-            .filter(|&f| replication.needs_snapshot(f) && !transfers.contains_key(&f))
-            .collect();
-        for &follower in &starting {
-            info!(id = %self.config.id, %follower, %index, "sending a snapshot");
-            let transfer = Outgoing {
-                index,
-                offset: 0,
-                answered: true,
-            };
-            transfers.insert(follower, transfer);
-        }
-        for follower in starting {
-            self.send_chunk(follower, out);
-        }
+        info!(id = %self.config.id, %follower, %index, "sending a snapshot");
+        let transfer = Outgoing {
+            index,
+            offset: 0,
+            answered: true,
+        };
+        transfers.insert(follower, transfer);
+        self.send_chunk(follower, out);
     }
 
     /// Leader: sends `follower` the chunk its transfer is at. If that snapshot has been
@@ -639,30 +639,19 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let Some(transfer) = transfers.get_mut(&follower) else {
             return;
         };
-        let max = self.config.snapshots.map_or(1 << 20, |p| p.chunk_bytes);
-        let chunk = match self
-            .snapshots
-            .read_chunk(transfer.index, transfer.offset, max)
-        {
-            Ok(chunk) => chunk,
-            Err(error) => panic!("cannot read this node's own snapshot ({error}); stopping"),
+        let Some(meta) = self.snapshots.latest().cloned() else {
+            return;
         };
-        let (meta, chunk) = match (chunk, self.snapshots.latest()) {
-            (Some(chunk), Some(meta)) if meta.index == transfer.index => (meta.clone(), chunk),
-            (_, Some(newest)) => {
-                // Replaced by a newer snapshot: start over with that one.
-                transfer.index = newest.index;
-                transfer.offset = 0;
-                let newest = newest.clone();
-                match self.snapshots.read_chunk(newest.index, 0, max) {
-                    Ok(Some(chunk)) => (newest, chunk),
-                    Ok(None) => panic!("the newest snapshot {} cannot be read", newest.index),
-                    Err(error) => {
-                        panic!("cannot read this node's own snapshot ({error}); stopping")
-                    }
-                }
-            }
-            (_, None) => return,
+        if meta.index != transfer.index {
+            // Replaced by a newer snapshot: start over with that one.
+            transfer.index = meta.index;
+            transfer.offset = 0;
+        }
+        let max = self.config.snapshots.map_or(1 << 20, |p| p.chunk_bytes);
+        let chunk = match self.snapshots.read_chunk(meta.index, transfer.offset, max) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => panic!("the newest snapshot, {}, cannot be read", meta.index),
+            Err(error) => panic!("cannot read this node's own snapshot ({error}); stopping"),
         };
         let (data, total) = chunk;
         let done = transfer.offset + data.len() as u64 >= total;
@@ -748,11 +737,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             out.send(from, answer(self.term, Transfer::Next(0)));
             return;
         }
-        if req.term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(from)
-        {
-            self.become_follower(req.term, Some(from));
-        }
-        self.reset_election_timer();
+        self.follow(from, req.term);
         let result = self.receive_chunk(req, out);
         out.send(from, answer(self.term, result));
     }
@@ -776,39 +761,34 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             (incoming.term, incoming.meta.index, incoming.meta.term)
                 == (term, meta.index, meta.term)
         };
-        match &self.incoming {
+        let incoming = match &mut self.incoming {
             Some(incoming) if same(incoming) && offset != incoming.received => {
                 return Transfer::Next(incoming.received);
             }
-            Some(incoming) if same(incoming) => {}
+            Some(incoming) if same(incoming) => incoming,
             // 2. Create a new snapshot file if first chunk; any other is out of place.
             _ if offset != 0 => return Transfer::Next(0),
             _ => {
                 if let Err(error) = self.snapshots.begin_receive(&meta) {
                     panic!("cannot store a received snapshot ({error}); stopping");
                 }
-                self.incoming = Some(Incoming {
-                    meta,
+                self.incoming.insert(Incoming {
+                    meta: meta.clone(),
                     term,
                     received: 0,
-                });
+                })
             }
-        }
+        };
         // 3. Write data into the snapshot file at the given offset.
         if let Err(error) = self.snapshots.append_received(&data) {
             panic!("cannot store a received snapshot ({error}); stopping");
         }
-        let Some(incoming) = &mut self.incoming else {
-            unreachable!("a transfer is under way");
-        };
         incoming.received += data.len() as u64;
         // 4. Reply and wait for more data chunks if done is false.
         if !done {
             return Transfer::Next(incoming.received);
         }
-        let Some(Incoming { meta, .. }) = self.incoming.take() else {
-            unreachable!("a transfer is under way");
-        };
+        self.incoming = None;
         // 5. Save the snapshot file (the store drops older ones).
         let state = match self.snapshots.finish_receive() {
             Ok(state) => state,
