@@ -78,15 +78,14 @@ impl FileSnapshots {
     }
 }
 
-/// Writes `state` as snapshot `meta` in `dir`, and opens (so verifies) the result.
+/// Writes `state` as snapshot `meta` in `dir`.
 fn save(dir: &Path, meta: &SnapshotMeta, state: &KvMap) -> Result<SnapshotFile, SnapshotError> {
     let mut writer = SnapshotWriter::create(dir, meta)?;
     write_map(state, &mut writer).map_err(|source| SnapshotError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = writer.finish()?;
-    SnapshotFile::open(&path)
+    writer.finish()
 }
 
 impl Snapshots for FileSnapshots {
@@ -167,19 +166,13 @@ impl Snapshots for FileSnapshots {
             .receiving
             .take()
             .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
-        let path = writer.finish()?;
-        let mut file = match SnapshotFile::open(&path) {
-            Ok(file) => file,
-            Err(error) => {
-                let _ = fs::remove_file(&path);
-                return Err(error.into());
-            }
-        };
-        let state = match read_map(&mut file.data()?) {
+        let mut file = writer.finish()?;
+        let decoded = read_map(&mut file.data()?);
+        let state = match decoded {
             Ok(state) => state,
             Err(error) => {
-                // Intact as a file, but not a map: the sender's data was wrong.
-                let _ = fs::remove_file(&path);
+                // Not a map: the sender's data was wrong.
+                let _ = fs::remove_file(file.path());
                 return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
         };

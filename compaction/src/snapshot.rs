@@ -76,6 +76,8 @@ pub fn file_name(meta: &SnapshotMeta) -> String {
 pub struct SnapshotWriter {
     file: BufWriter<File>,
     crc: crc32fast::Hasher,
+    meta: SnapshotMeta,
+    data_start: u64,
     data_len: u64,
     tmp: PathBuf,
     path: PathBuf,
@@ -93,15 +95,18 @@ impl SnapshotWriter {
             .truncate(true)
             .open(&tmp)
             .map_err(io_error(&tmp))?;
+        let json = serde_json::to_vec(meta).expect("snapshot metadata serializes");
         let mut writer = SnapshotWriter {
             file: BufWriter::new(file),
             crc: crc32fast::Hasher::new(),
+            meta: meta.clone(),
+            data_start: 16 + json.len() as u64,
             data_len: 0,
             tmp,
             path,
             dir: dir.to_path_buf(),
         };
-        let meta = serde_json::to_vec(meta).expect("snapshot metadata serializes");
+        let meta = json;
         writer.put(MAGIC)?;
         writer.put(&VERSION.to_le_bytes())?;
         writer.put(&(meta.len() as u32).to_le_bytes())?;
@@ -126,8 +131,8 @@ impl SnapshotWriter {
     }
 
     /// Seals the snapshot: trailer, fsync, rename into place, fsync of the directory. Returns
-    /// its path.
-    pub fn finish(mut self) -> Result<PathBuf, SnapshotError> {
+    /// it opened for reading (not verified again: it was just written and synced).
+    pub fn finish(mut self) -> Result<SnapshotFile, SnapshotError> {
         let data_len = self.data_len.to_le_bytes();
         self.put(&data_len)?;
         let crc = self.crc.clone().finalize().to_le_bytes();
@@ -141,7 +146,13 @@ impl SnapshotWriter {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error(&self.dir))?;
-        Ok(self.path)
+        Ok(SnapshotFile {
+            file: File::open(&self.path).map_err(io_error(&self.path))?,
+            path: self.path,
+            meta: self.meta,
+            data_start: self.data_start,
+            data_len: self.data_len,
+        })
     }
 }
 

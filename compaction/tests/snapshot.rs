@@ -41,7 +41,7 @@ fn write(dir: &Path, index: u64, state: &KvMap) -> std::path::PathBuf {
     for chunk in data.chunks(1000) {
         writer.write_data(chunk).unwrap();
     }
-    writer.finish().unwrap()
+    writer.finish().unwrap().path().to_path_buf()
 }
 
 #[test]
@@ -53,6 +53,23 @@ fn a_map_round_trips_through_a_snapshot() {
     assert_eq!(file.meta(), &meta(42));
     let restored = read_map(&mut file.data().unwrap()).unwrap();
     assert_eq!(restored, state);
+}
+
+#[test]
+fn the_writer_hands_back_the_file_it_wrote_as_opening_it_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SnapshotWriter::create(dir.path(), &meta(9)).unwrap();
+    write_map(&map(300), &mut writer).unwrap();
+    let mut written = writer.finish().unwrap();
+    let mut opened = SnapshotFile::open(written.path()).unwrap();
+    assert_eq!(written.meta(), opened.meta());
+    assert_eq!(written.data_len(), opened.data_len());
+    let all = opened.data_len() as usize;
+    assert_eq!(
+        written.read_data(0, all).unwrap(),
+        opened.read_data(0, all).unwrap()
+    );
+    assert_eq!(read_map(&mut written.data().unwrap()).unwrap(), map(300));
 }
 
 #[test]
