@@ -9,7 +9,8 @@ use crate::file_store::FileSnapshots;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SnapshotArgs {
     /// Snapshot the state and compact the log once this many entries have been applied
-    /// since the last snapshot.
+    /// since the last snapshot. Either threshold waits until those entries also carry 10%
+    /// of the state's bytes, so a large state is not rewritten for every few writes.
     #[arg(long, default_value_t = SnapshotPolicy::default().entries, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_threshold: u64,
     /// ... or once the entries applied since then carry this many MiB, whichever comes

@@ -9,12 +9,10 @@ use kv_server::store::KvMap;
 
 /// Writes every key and value of `map` to `out`.
 pub fn write_map(map: &KvMap, out: &mut impl Write) -> io::Result<()> {
-    // In key order: the same state always makes the same bytes, whichever node writes it
-    // (a hash map's order differs between processes), so snapshots can be compared byte for
-    // byte and simulated runs replay exactly.
-    let mut records: Vec<(&str, &str)> = map.iter().collect();
-    records.sort_unstable();
-    for (key, value) in records {
+    // `KvMap` iterates in key order, so the same state always makes the same bytes,
+    // whichever node writes it: snapshots can be compared byte for byte, and simulated runs
+    // replay exactly.
+    for (key, value) in map.iter() {
         for field in [key, value] {
             let len =
                 u32::try_from(field.len()).map_err(|_| io::Error::other("a string over 4 GiB"))?;

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use common::{Cluster, ELECTION_MS, cluster, log_len, small_policy};
 use kv_server::protocol::{NodeId, Reply, WriteOutcome};
 use raft_election::node::SnapshotPolicy;
@@ -243,6 +245,40 @@ fn the_log_stays_bounded_under_a_long_write_stream() {
     write(&mut sim, "k", 1500);
     for node in sim.nodes() {
         assert!(log_len(node) <= bound, "a log of {} entries", log_len(node));
+    }
+}
+
+#[test]
+fn a_growing_state_is_snapshotted_in_proportion_to_the_writes() {
+    // Every write adds a key of 200 bytes, so the state grows with the log. With a floor of
+    // 100% of the state's bytes, a snapshot waits until the log since the last one carries
+    // as many bytes as the state: snapshot indexes grow about fourfold (20, 84, 353), three
+    // or so in 400 writes rather than one every 20 entries.
+    let policy = SnapshotPolicy {
+        state_percent: 100,
+        ..small_policy()
+    };
+    let mut sim = cluster(11, 3, policy);
+    let mut taken: BTreeMap<NodeId, BTreeSet<u64>> = BTreeMap::new();
+    let value = "v".repeat(200);
+    for i in 0..400 {
+        let leader = {
+            assert!(sim.run_until(50 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
+            stable_leader(&sim).expect("a leader")
+        };
+        let tag = sim.request(leader, put(&format!("k{i:03}"), &value));
+        assert!(sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some()));
+        for node in sim.nodes() {
+            if let Some(meta) = node.snapshots().latest() {
+                taken.entry(node_id(node)).or_default().insert(meta.index.0);
+            }
+        }
+    }
+    for (id, indexes) in taken {
+        assert!(
+            (2..=5).contains(&indexes.len()),
+            "node {id} took snapshots at {indexes:?}"
+        );
     }
 }
 

@@ -56,6 +56,13 @@ pub struct SnapshotPolicy {
     /// ... or once the entries applied since then carry this many bytes (roughly), whichever
     /// comes first: a few large values must not grow the log unbounded either.
     pub bytes: u64,
+    /// ... but only once the entries applied since then carry at least this percentage of
+    /// the state's bytes. A snapshot writes the whole state, so without this floor a large
+    /// state would be rewritten every `entries` writes: at a million keys and 10,000 entries,
+    /// a hundred bytes serialized per byte written. With it, snapshot work stays proportional
+    /// to the write traffic (at most 100 / `state_percent` bytes per byte applied), and the
+    /// log held in memory stays proportional to the state, as redis bounds its AOF rewrites.
+    pub state_percent: u64,
     /// Entries kept in the log before the snapshot's index, so that a follower only a little
     /// behind catches up from the log rather than from a whole snapshot.
     pub keep: u64,
@@ -64,11 +71,13 @@ pub struct SnapshotPolicy {
 }
 
 impl Default for SnapshotPolicy {
-    /// Every 10,000 entries or 64 MiB, keeping 1,000 entries, in 1 MiB chunks.
+    /// Every 10,000 entries or 64 MiB once the log since the last snapshot carries 10% of
+    /// the state's bytes, keeping 1,000 entries, in 1 MiB chunks.
     fn default() -> Self {
         SnapshotPolicy {
             entries: 10_000,
             bytes: 64 << 20,
+            state_percent: 10,
             keep: 1_000,
             chunk_bytes: 1 << 20,
         }
@@ -818,9 +827,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let applied = self.last_applied();
         let since = self.snapshots.latest().map_or(LogIndex(0), |m| m.index);
         let bytes = self.applier.applied_bytes() - self.applied_bytes_at_snapshot;
+        let state_bytes = self.applier.state().bytes() as u64;
         if self.snapshots.saving()
             || applied <= since
             || (applied.0 - since.0 < policy.entries && bytes < policy.bytes)
+            || bytes.saturating_mul(100) < state_bytes.saturating_mul(policy.state_percent)
         {
             return;
         }

@@ -19,12 +19,13 @@ pub const TICK_MS: u64 = 10;
 /// The default base election timeout, in simulated milliseconds.
 pub const ELECTION_MS: u64 = 20 * TICK_MS;
 
-/// Snapshots every 20 entries, keeping 5, sent in 64-byte chunks: every transfer takes
-/// many chunks.
+/// Snapshots every 20 entries whatever the state's size, keeping 5, sent in 64-byte chunks:
+/// every transfer takes many chunks.
 pub fn small_policy() -> SnapshotPolicy {
     SnapshotPolicy {
         entries: 20,
         bytes: 1 << 20,
+        state_percent: 0,
         keep: 5,
         chunk_bytes: 64,
     }
