@@ -2,7 +2,7 @@
 //! background thread so the node keeps serving while a large state is written.
 
 use std::fs;
-use std::io;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -81,10 +81,17 @@ impl FileSnapshots {
 /// Writes `state` as snapshot `meta` in `dir`.
 fn save(dir: &Path, meta: &SnapshotMeta, state: &KvMap) -> Result<SnapshotFile, SnapshotError> {
     let mut writer = SnapshotWriter::create(dir, meta)?;
-    write_map(state, &mut writer).map_err(|source| SnapshotError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    // Buffered in front of the writer, so its checksum runs over large slices: fed the
+    // map's fields one by one (4 to 100 bytes), the CRC's per-call cost made it 7% of a
+    // loaded node's CPU.
+    let mut buffered = BufWriter::with_capacity(1 << 16, &mut writer);
+    write_map(state, &mut buffered)
+        .and_then(|()| buffered.flush())
+        .map_err(|source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    drop(buffered);
     writer.finish()
 }
 

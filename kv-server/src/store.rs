@@ -176,7 +176,11 @@ mod tests {
         map.apply(put("c", "4"));
         assert_eq!(map.bytes(), 7);
         map.apply(put("ab", "1"));
-        assert_eq!(map.bytes(), 5, "an overwrite replaces the old value's bytes");
+        assert_eq!(
+            map.bytes(),
+            5,
+            "an overwrite replaces the old value's bytes"
+        );
         map.apply(cas("c", Some("4"), "456"));
         assert_eq!(map.bytes(), 7);
         map.apply(cas("c", Some("wrong"), "x"));

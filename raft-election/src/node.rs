@@ -59,7 +59,7 @@ pub struct SnapshotPolicy {
     /// ... but only once the entries applied since then carry at least this percentage of
     /// the state's bytes. A snapshot writes the whole state, so without this floor a large
     /// state would be rewritten every `entries` writes: at a million keys and 10,000 entries,
-    /// a hundred bytes serialized per byte written. With it, snapshot work stays proportional
+    /// about a hundred bytes serialized per byte written. With it, snapshot work stays proportional
     /// to the write traffic (at most 100 / `state_percent` bytes per byte applied), and the
     /// log held in memory stays proportional to the state, as redis bounds its AOF rewrites.
     pub state_percent: u64,
@@ -71,11 +71,11 @@ pub struct SnapshotPolicy {
 }
 
 impl Default for SnapshotPolicy {
-    /// Every 10,000 entries or 64 MiB once the log since the last snapshot carries 10% of
-    /// the state's bytes, keeping 1,000 entries, in 1 MiB chunks.
+    /// Every 100,000 entries (etcd's default) or 64 MiB once the log since the last
+    /// snapshot carries 10% of the state's bytes, keeping 1,000 entries, in 1 MiB chunks.
     fn default() -> Self {
         SnapshotPolicy {
-            entries: 10_000,
+            entries: 100_000,
             bytes: 64 << 20,
             state_percent: 10,
             keep: 1_000,
