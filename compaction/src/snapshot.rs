@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 pub use raft_log::snapshot::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"LIMESNAP";
-const VERSION: u32 = 1;
+/// 2: the members in the metadata carry a voter flag (stage 8).
+const VERSION: u32 = 2;
 const TRAILER: u64 = 12;
 
 /// Why a snapshot could not be read or written.

@@ -10,6 +10,7 @@ use compaction::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotWr
 use compaction::state::{read_map, write_map};
 use kv_server::protocol::{Command, NodeId};
 use kv_server::store::KvMap;
+use raft_log::membership::Membership;
 use raft_log::types::{LogIndex, Term};
 
 fn meta(index: u64) -> SnapshotMeta {
@@ -19,7 +20,7 @@ fn meta(index: u64) -> SnapshotMeta {
     SnapshotMeta {
         index: LogIndex(index),
         term: Term(3),
-        members,
+        members: Membership::voters(&members),
     }
 }
 

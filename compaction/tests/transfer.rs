@@ -9,6 +9,7 @@ use kv_server::protocol::{Command, NodeId};
 use kv_server::store::KvMap;
 use raft_election::message::Message;
 use raft_election::node::{Config, RaftNode};
+use raft_log::membership::Membership;
 use raft_log::snapshot::{InstallSnapshot, SnapshotMeta, Snapshots, Transfer};
 use raft_log::storage::{MemStorage, Storage};
 use raft_log::types::{LogIndex, Term};
@@ -29,7 +30,7 @@ fn meta() -> SnapshotMeta {
     SnapshotMeta {
         index: LogIndex(50),
         term: Term(2),
-        members: members(3),
+        members: Membership::voters(&members(3)),
     }
 }
 

@@ -24,6 +24,7 @@
 //! |-------------|----------------------------------------------------------|
 //! | [`message`] | `Message`: stage 3's AppendEntries plus RequestVote (and stage 7's InstallSnapshot) |
 //! | [`node`]    | `RaftNode`: roles, terms, votes, timers, as a `Node`     |
+//! | [`configs`] | the configurations in a node's log, latest in force (used from stage 8) |
 //! | [`durable`] | `DurableStorage`: the log and hard state on disk, checksummed, fsynced |
 //! | [`medium`]  | the bytes underneath: a file, or a simulated disk for crash tests |
 //! | [`cli`]     | the node binary's flags and start-up, reused by later stages' binaries |
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod configs;
 pub mod durable;
 pub mod medium;
 pub mod message;

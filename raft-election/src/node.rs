@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
+use kv_server::protocol::{Failure, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use raft_log::apply::Applier;
 use raft_log::log::RaftLog;
+use raft_log::membership::Membership;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::replication::{FollowerLogs, Replication};
 use raft_log::snapshot::{
@@ -21,15 +22,25 @@ use rand::{Rng, SeedableRng};
 use replication_naive::node::{Node, Outbox, RequestTag};
 use tracing::{debug, info, warn};
 
+use crate::configs::Configs;
 use crate::message::{Message, RequestVote, RequestVoteResponse};
+
+mod membership;
+
+use membership::Change;
 
 /// How a node is set up. Times are in ticks (the driver's tick is 10 ms by default).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This node's id.
     pub id: NodeId,
-    /// Every member, this node included, with its address.
+    /// The voting members, with their addresses, until the log says otherwise: the
+    /// configuration in force before the first configuration entry (stage 8). Empty for a
+    /// node that joins an existing cluster and learns the members from its leader.
     pub members: BTreeMap<NodeId, String>,
+    /// Whether `add_member` and `remove_member` are served (stage 8 on); before, the members
+    /// are fixed and such requests are refused.
+    pub membership_changes: bool,
     /// The election timeout's base: a follower that hears from no leader for a random time in
     /// `[election_ticks, 2 × election_ticks)` campaigns (§5.2).
     pub election_ticks: u64,
@@ -85,7 +96,7 @@ impl Default for SnapshotPolicy {
 }
 
 impl Config {
-    /// A member of `members` with the defaults: elections after 20-40 ticks of silence,
+    /// A member of `members` (fixed) with the defaults: elections after 20-40 ticks of silence,
     /// heartbeats every 5 ticks (with 10 ms ticks: 200-400 ms and 50 ms), pre-vote and
     /// check-quorum on.
     pub fn new(id: NodeId, members: BTreeMap<NodeId, String>, seed: u64) -> Config {
@@ -99,11 +110,8 @@ impl Config {
             check_quorum: true,
             seed,
             snapshots: None,
+            membership_changes: false,
         }
-    }
-
-    fn majority(&self) -> usize {
-        self.members.len() / 2 + 1
     }
 }
 
@@ -155,6 +163,8 @@ struct Incoming {
 pub struct RaftNode<S, P = NoSnapshots> {
     config: Config,
     log: RaftLog<S>,
+    /// The configurations in the log; the latest is in force.
+    configs: Configs,
     applier: Applier,
     snapshots: P,
     /// The snapshot being received from the leader.
@@ -199,10 +209,6 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// `storage`. Fails if the snapshot cannot be read (a damaged one is never loaded).
     pub fn with_snapshots(config: Config, storage: S, mut snapshots: P) -> io::Result<Self> {
         assert!(
-            config.members.contains_key(&config.id),
-            "a node must be a member"
-        );
-        assert!(
             config.election_ticks > config.heartbeat_ticks,
             "heartbeats must come more often than elections"
         );
@@ -214,9 +220,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let restored = snapshots.load_latest()?;
+        let configs = Configs::new(Membership::voters(&config.members));
         let mut node = RaftNode {
             config,
             log,
+            configs,
             applier: Applier::new(),
             snapshots,
             incoming: None,
@@ -235,8 +243,13 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             // A crash may have come between saving a snapshot and compacting the log.
             node.log.install_snapshot(meta.index, meta.term);
             node.applier.restore(state, meta.index);
+            node.configs
+                .restored(meta.index, meta.members.clone(), &node.log);
             info!(id = %node.config.id, index = %meta.index, "restored from snapshot");
         }
+        let from = (node.configs.latest_index().next()).max(node.log.storage().first_index());
+        let entries = node.log.entries(from, node.log.last_index(), usize::MAX);
+        node.configs.appended(&entries);
         Ok(node)
     }
 
@@ -268,6 +281,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// This node's role.
     pub fn role(&self) -> Role {
         match self.duty {
+            Duty::Follower if !self.membership().is_voter(self.config.id) => Role::Learner,
             Duty::Follower => Role::Follower,
             Duty::PreCandidate { .. } | Duty::Candidate { .. } => Role::Candidate,
             Duty::Leader { .. } => Role::Leader,
@@ -300,20 +314,18 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn addr(&self, id: NodeId) -> Option<String> {
-        self.config.members.get(&id).cloned()
+        self.membership().addr(id).map(str::to_owned)
     }
 
+    /// Every other member, voting or not.
     fn peers(&self) -> Vec<NodeId> {
-        self.config
-            .members
-            .keys()
-            .copied()
+        self.membership()
+            .ids()
             .filter(|&id| id != self.config.id)
             .collect()
     }
 
     fn status(&self) -> Status {
-        let members = self.config.members.iter();
         Status {
             id: Some(self.config.id),
             role: self.role(),
@@ -322,16 +334,36 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             leader_addr: self.leader.and_then(|id| self.addr(id)),
             commit_index: Some(self.commit_index().0),
             last_applied: Some(self.last_applied().0),
-            members: Some(
-                members
-                    .map(|(&id, addr)| Member {
-                        id,
-                        addr: addr.clone(),
-                        voter: true,
-                    })
-                    .collect(),
-            ),
+            members: Some(self.membership().to_members()),
         }
+    }
+
+    /// Why a node that is not the leader cannot take a write: the leader's address when it
+    /// knows one, or an election under way.
+    fn not_leader(&self) -> Failure {
+        match self.duty {
+            Duty::PreCandidate { .. } | Duty::Candidate { .. } => {
+                Failure::unavailable("an election is under way; retry shortly")
+            }
+            _ => Failure::not_leader(self.leader.and_then(|id| self.addr(id))),
+        }
+    }
+
+    /// Leader: appends `payload` to the log in the current term; `tag`, if any, is answered
+    /// when it is applied. The caller sends it and advances the commit index.
+    fn propose(
+        &mut self,
+        tag: Option<RequestTag>,
+        payload: Payload,
+        out: &mut Outbox<Message>,
+    ) -> LogIndex {
+        let index = self.log.append_new(self.term, payload);
+        if let Some(tag) = tag {
+            if let Some(displaced) = self.applier.wait(index, self.term, tag) {
+                out.reply(displaced, Applier::replaced());
+            }
+        }
+        index
     }
 
     fn reset_election_timer(&mut self) {
@@ -399,9 +431,15 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn count_votes(&mut self, pre_vote: bool, out: &mut Outbox<Message>) {
+        let membership = self.configs.latest();
+        // Only the votes of voters in this node's configuration count (a learner, or a
+        // node that has been removed, may still answer).
+        let won = |votes: &BTreeSet<NodeId>| {
+            votes.iter().filter(|&&v| membership.is_voter(v)).count() >= membership.majority()
+        };
         let won = match &self.duty {
-            Duty::PreCandidate { votes } if pre_vote => votes.len() >= self.config.majority(),
-            Duty::Candidate { votes } if !pre_vote => votes.len() >= self.config.majority(),
+            Duty::PreCandidate { votes } if pre_vote => won(votes),
+            Duty::Candidate { votes } if !pre_vote => won(votes),
             _ => false,
         };
         if won && pre_vote {
@@ -545,7 +583,23 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         self.follow(from, req.term);
+        let configs: Vec<_> = req
+            .entries
+            .iter()
+            .filter(|e| matches!(e.payload, Payload::Config(_)))
+            .cloned()
+            .collect();
+        let before = self.configs.latest_index();
         let response = self.log.append_from_leader(req, self.term);
+        // A cut-back log may have taken the latest configuration with it.
+        self.configs.truncated(&self.log);
+        let kept = configs
+            .iter()
+            .filter(|e| self.log.term(e.index) == Some(e.term));
+        self.configs.appended(kept);
+        if self.configs.latest_index() != before || !configs.is_empty() {
+            self.membership_changed(out);
+        }
         self.apply_committed(out);
         out.send(from, Message::AppendEntriesResponse(response));
     }
@@ -582,6 +636,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
         self.start_transfer(from, out);
         self.advance_commit(out);
+        self.promote_caught_up(out);
     }
 
     fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
@@ -809,6 +864,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         };
         // 6-7. Keep the log after the snapshot if it matches there, else discard it.
         self.log.install_snapshot(meta.index, meta.term);
+        self.configs
+            .restored(meta.index, meta.members.clone(), &self.log);
+        self.membership_changed(out);
         // 8. Reset the state machine using the snapshot.
         for (tag, outcome) in self.applier.restore(state, meta.index) {
             out.reply(tag, outcome);
@@ -841,7 +899,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 .log
                 .term(applied)
                 .expect("the last applied entry is in the log"),
-            members: self.config.members.clone(),
+            members: self.configs.at(applied).clone(),
         };
         debug!(id = %self.config.id, index = %applied, "taking a snapshot");
         self.applied_bytes_at_snapshot = self.applier.applied_bytes();
@@ -862,6 +920,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let upto = LogIndex(meta.index.0.saturating_sub(keep));
         if upto >= self.log.storage().first_index() {
             self.log.compact(upto);
+            self.configs.compacted(upto);
         }
         info!(id = %self.config.id, index = %meta.index, first_index = %self.log.storage().first_index(), "snapshot saved; log compacted");
     }
@@ -870,10 +929,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let Duty::Leader { replication, .. } = &self.duty else {
             return;
         };
-        let voters = self.config.members.keys().copied();
-        // §5.4.2: only an entry of the current term commits by counting replicas.
+        let voters = self.configs.latest().voter_ids();
+        // §5.4.2: only an entry of the current term commits by counting replicas. A leader
+        // that is being removed does not count itself (thesis §4.2.2).
         if replication.advance_commit(&mut self.log, self.config.id, voters, self.term) {
             self.apply_committed(out);
+            self.membership_committed(out);
         }
     }
 
@@ -891,7 +952,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             self.broadcast(true, out);
         }
         let window = self.config.election_ticks;
-        let majority = self.config.majority();
+        let membership = self.configs.latest();
+        let majority = membership.majority();
         let Duty::Leader {
             ticks, last_heard, ..
         } = &mut self.duty
@@ -903,10 +965,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         // included) within an election timeout may have been deposed, and cannot commit
         // anyway; it steps down rather than keep accepting writes. Checked every tick over a
         // sliding window, so it happens within one election timeout of losing contact.
-        let heard = 1 + last_heard
-            .values()
-            .filter(|&&at| *ticks - at < window)
-            .count();
+        let heard = usize::from(membership.is_voter(self.config.id))
+            + last_heard
+                .iter()
+                .filter(|&(&id, &at)| membership.is_voter(id) && *ticks - at < window)
+                .count();
         if self.config.check_quorum && heard < majority {
             info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
             let term = self.term;
@@ -930,15 +993,21 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         }
         self.election_elapsed += 1;
         if self.election_elapsed >= self.election_timeout {
-            self.campaign(self.config.pre_vote, out);
+            if self.membership().is_voter(self.config.id) {
+                self.campaign(self.config.pre_vote, out);
+            } else {
+                // A learner, a node that has been removed, or one that has not joined yet:
+                // it never campaigns, and waits to hear from a leader.
+                self.reset_election_timer();
+            }
         }
     }
 
     fn step(&mut self, from: NodeId, message: Message, out: &mut Outbox<Message>) {
-        if !self.config.members.contains_key(&from) {
-            debug!(%from, "message from a non-member ignored");
-            return;
-        }
+        // Messages from nodes outside this node's configuration are handled too (thesis
+        // §4.1): a node being added hears from a leader it does not know yet, and a vote
+        // may come from a member this node has not learned of. A removed node cannot
+        // disrupt: pre-vote and the fresh-leader check keep its elections from going anywhere.
         match message {
             Message::AppendEntries(req) => self.on_append_entries(from, req, out),
             Message::AppendEntriesResponse(resp) => self.on_append_response(from, resp, out),
@@ -962,32 +1031,20 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
-            Op::Write { command, .. } => match self.duty {
-                Duty::Leader { .. } => {
-                    let index = self.log.append_new(self.term, Payload::Command(command));
-                    if let Some(displaced) = self.applier.wait(index, self.term, tag) {
-                        out.reply(displaced, Applier::replaced());
-                    }
-                    self.broadcast(false, out);
-                    self.advance_commit(out);
-                }
-                Duty::Follower => {
-                    let leader_addr = self.leader.and_then(|id| self.addr(id));
-                    out.reply(tag, Err(Failure::not_leader(leader_addr)));
-                }
-                Duty::PreCandidate { .. } | Duty::Candidate { .. } => {
-                    out.reply(
-                        tag,
-                        Err(Failure::unavailable(
-                            "an election is under way; retry shortly",
-                        )),
-                    );
-                }
-            },
-            Op::AddMember { .. } | Op::RemoveMember { .. } => out.reply(
-                tag,
-                Err(Failure::bad_request("membership changes arrive in stage 8")),
-            ),
+            Op::Write { command, .. } if self.is_leader() => {
+                self.propose(Some(tag), Payload::Command(command), out);
+                self.broadcast(false, out);
+                self.advance_commit(out);
+            }
+            Op::Write { .. } => out.reply(tag, Err(self.not_leader())),
+            Op::AddMember { .. } | Op::RemoveMember { .. } if !self.config.membership_changes => {
+                out.reply(
+                    tag,
+                    Err(Failure::bad_request("membership changes arrive in stage 8")),
+                );
+            }
+            Op::AddMember { id, addr } => self.change_membership(tag, Change::Add(id, addr), out),
+            Op::RemoveMember { id } => self.change_membership(tag, Change::Remove(id), out),
         }
     }
 }

@@ -104,7 +104,7 @@ impl Applier {
                 self.applied_bytes += entry.payload.approx_bytes() as u64;
                 let outcome = match entry.payload {
                     Payload::Command(command) => Ok(Reply::Write(self.state.apply(command))),
-                    Payload::Noop => Ok(Reply::Done),
+                    Payload::Noop | Payload::Config(_) => Ok(Reply::Done),
                 };
                 if let Some((term, tag)) = self.waiting.remove(&entry.index) {
                     let answer = if term == entry.term {

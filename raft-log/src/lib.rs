@@ -18,6 +18,7 @@
 //! | [`message`]   | `AppendEntries`, its response, the conflict hint                      |
 //! | [`log`]       | `RaftLog`: the follower side of §5.3, the commit rules                |
 //! | [`replication`] | `Replication`: the leader's per-follower progress (probe, pipeline) |
+//! | [`membership`] | `Membership`: members, addresses, voters and learners (fixed until stage 8) |
 //! | [`snapshot`]  | the snapshot seam: `SnapshotMeta`, the `Snapshots` store, InstallSnapshot (used from stage 7) |
 //! | [`apply`]     | `Applier`: committed entries applied in order, clients answered      |
 //! | [`node`]      | `RaftLogNode`: the pieces above with a fixed leader, as a `Node`      |
@@ -34,6 +35,7 @@
 
 pub mod apply;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod replication;

@@ -76,16 +76,30 @@ impl Replication {
         max_entries: usize,
         logs: FollowerLogs,
     ) -> Replication {
-        let start = Progress {
+        let mut replication = Replication {
+            progress: BTreeMap::new(),
+            max_entries,
+            logs,
+        };
+        for follower in followers {
+            replication.add_follower(follower, last_index);
+        }
+        replication
+    }
+
+    /// Starts replicating to `follower` (a member added since this leader was elected),
+    /// probing from just after `last_index`. A follower already known keeps its progress.
+    pub fn add_follower(&mut self, follower: NodeId, last_index: LogIndex) {
+        self.progress.entry(follower).or_insert(Progress {
             next_index: last_index.next(),
             match_index: LogIndex(0),
             mode: Mode::Probe { waiting: false },
-        };
-        Replication {
-            progress: followers.into_iter().map(|id| (id, start)).collect(),
-            max_entries,
-            logs,
-        }
+        });
+    }
+
+    /// Stops replicating to `follower` (no longer a member).
+    pub fn remove_follower(&mut self, follower: NodeId) {
+        self.progress.remove(&follower);
     }
 
     /// The followers.

@@ -6,13 +6,12 @@
 //! ([`NoSnapshots`]); stage 7's `compaction` crate stores them in checksummed files, or in
 //! memory for the simulator.
 
-use std::collections::BTreeMap;
 use std::io;
 
-use kv_server::protocol::NodeId;
 use kv_server::store::KvMap;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
 use crate::types::{LogIndex, Term};
 
 /// What a snapshot covers.
@@ -22,8 +21,8 @@ pub struct SnapshotMeta {
     pub index: LogIndex,
     /// The term of that entry (needed for the consistency check of the entry after it).
     pub term: Term,
-    /// The cluster's members at that index, with their addresses.
-    pub members: BTreeMap<NodeId, String>,
+    /// The cluster's configuration at that index: the latest one in the log up to it.
+    pub members: Membership,
 }
 
 /// Where a node keeps its snapshots: the newest durable one, one being saved, one being
@@ -175,6 +174,10 @@ mod base64_bytes {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use kv_server::protocol::NodeId;
+
     use super::*;
 
     #[test]
@@ -184,7 +187,10 @@ mod tests {
             meta: SnapshotMeta {
                 index: LogIndex(9),
                 term: Term(2),
-                members: BTreeMap::from([(NodeId(1), "127.0.0.1:7001".to_owned())]),
+                members: Membership::voters(&BTreeMap::from([(
+                    NodeId(1),
+                    "127.0.0.1:7001".to_owned(),
+                )])),
             },
             offset: 4096,
             data: (0..=255).collect(),

@@ -6,6 +6,8 @@ use std::fmt;
 use kv_server::protocol::Command;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
+
 /// A Raft term (§5.1): a logical clock that only grows. Term 0 precedes every real term.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -60,6 +62,9 @@ pub enum Payload {
     /// Nothing: what a new leader appends at the start of its term so that an entry of its
     /// own term commits, and with it every earlier entry (§5.4.2, §8). Used from stage 6.
     Noop,
+    /// A new cluster configuration (stage 8). It takes effect on every node as soon as the
+    /// node's log holds it, committed or not (thesis §4.1).
+    Config(Membership),
 }
 
 impl Payload {
@@ -76,6 +81,7 @@ impl Payload {
                 value,
             }) => FRAMING + key.len() + value.len() + expected.as_ref().map_or(0, String::len),
             Payload::Noop => FRAMING,
+            Payload::Config(membership) => FRAMING + membership.ids().count() * FRAMING,
         }
     }
 }

@@ -1,0 +1,161 @@
+//! [`Membership`]: who is in the cluster, where each member listens, and who votes.
+//!
+//! From stage 8 a configuration is a log entry ([`crate::types::Payload::Config`]) and part of
+//! every snapshot's metadata, so every node learns the members, and their addresses, from
+//! the log. Stages 3 to 7 use one fixed configuration given on the command line.
+
+use std::collections::BTreeMap;
+
+use kv_server::protocol::{Member, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// What the cluster knows of one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Where it listens, for clients and peers alike.
+    pub addr: String,
+    /// Whether it votes and counts toward majorities. A member that does not is a learner:
+    /// it receives the log (or a snapshot) until it has caught up, and is then promoted.
+    pub voter: bool,
+}
+
+/// A cluster configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    members: BTreeMap<NodeId, MemberInfo>,
+}
+
+impl Membership {
+    /// Every one of `voters` voting, at its address.
+    pub fn voters(voters: &BTreeMap<NodeId, String>) -> Membership {
+        Membership {
+            members: voters
+                .iter()
+                .map(|(&id, addr)| {
+                    let info = MemberInfo {
+                        addr: addr.clone(),
+                        voter: true,
+                    };
+                    (id, info)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `id` is a member, voting or not.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+
+    /// Whether `id` is a voting member.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.voter)
+    }
+
+    /// Where `id` listens.
+    pub fn addr(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|m| m.addr.as_str())
+    }
+
+    /// Every member's id.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// The voting members' ids.
+    pub fn voter_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.voter)
+            .map(|(&id, _)| id)
+    }
+
+    /// The learners' ids.
+    pub fn learner_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.voter)
+            .map(|(&id, _)| id)
+    }
+
+    /// How many voters make a majority.
+    pub fn majority(&self) -> usize {
+        self.voter_ids().count() / 2 + 1
+    }
+
+    /// Every member with its address.
+    pub fn addrs(&self) -> BTreeMap<NodeId, String> {
+        self.members
+            .iter()
+            .map(|(&id, m)| (id, m.addr.clone()))
+            .collect()
+    }
+
+    /// The members as the client contract lists them.
+    pub fn to_members(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(&id, m)| Member {
+                id,
+                addr: m.addr.clone(),
+                voter: m.voter,
+            })
+            .collect()
+    }
+
+    /// This configuration with `id` added as a learner at `addr`.
+    pub fn with_learner(&self, id: NodeId, addr: String) -> Membership {
+        let mut next = self.clone();
+        next.members.insert(id, MemberInfo { addr, voter: false });
+        next
+    }
+
+    /// This configuration with learner `id` made a voter.
+    pub fn with_promoted(&self, id: NodeId) -> Membership {
+        let mut next = self.clone();
+        if let Some(member) = next.members.get_mut(&id) {
+            member.voter = true;
+        }
+        next
+    }
+
+    /// This configuration without `id`.
+    pub fn without(&self, id: NodeId) -> Membership {
+        let mut next = self.clone();
+        next.members.remove(&id);
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Membership {
+        Membership::voters(
+            &(1..=3)
+                .map(|i| (NodeId(i), format!("127.0.0.1:700{i}")))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn learners_are_members_but_not_voters_and_do_not_change_the_majority() {
+        let config = three().with_learner(NodeId(4), "127.0.0.1:7004".into());
+        assert!(config.contains(NodeId(4)) && !config.is_voter(NodeId(4)));
+        assert_eq!(config.majority(), 2);
+        assert_eq!(config.learner_ids().collect::<Vec<_>>(), [NodeId(4)]);
+        let promoted = config.with_promoted(NodeId(4));
+        assert!(promoted.is_voter(NodeId(4)));
+        assert_eq!(promoted.majority(), 3);
+    }
+
+    #[test]
+    fn removing_changes_the_majority() {
+        let two = three().without(NodeId(3));
+        assert_eq!(two.voter_ids().collect::<Vec<_>>(), [NodeId(1), NodeId(2)]);
+        assert_eq!(two.majority(), 2);
+        assert_eq!(two.without(NodeId(2)).majority(), 1);
+        assert_eq!(Membership::default().majority(), 1);
+    }
+}
