@@ -887,6 +887,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let bytes = self.applier.applied_bytes() - self.applied_bytes_at_snapshot;
         let state_bytes = self.applier.state().bytes() as u64;
         if self.snapshots.saving()
+            || self.sending_snapshot()
             || applied <= since
             || (applied.0 - since.0 < policy.entries && bytes < policy.bytes)
             || bytes.saturating_mul(100) < state_bytes.saturating_mul(policy.state_percent)
@@ -905,6 +906,28 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.applied_bytes_at_snapshot = self.applier.applied_bytes();
         self.snapshots
             .start_save(meta, self.applier.state().clone());
+    }
+
+    /// Leader: whether a follower that answered within an election timeout is receiving a
+    /// snapshot. A new snapshot replaces the one being sent, and the transfer restarts with
+    /// it, so taking snapshots faster than one crosses the network would keep a follower
+    /// from ever catching up: the next snapshot waits until the transfer ends (or the
+    /// follower goes quiet), and the log grows by what is written meanwhile.
+    fn sending_snapshot(&self) -> bool {
+        let Duty::Leader {
+            ticks,
+            last_heard,
+            transfers,
+            ..
+        } = &self.duty
+        else {
+            return false;
+        };
+        transfers.keys().any(|follower| {
+            last_heard
+                .get(follower)
+                .is_some_and(|&at| ticks - at < self.config.election_ticks)
+        })
     }
 
     /// Compacts the log once a snapshot is durable, keeping `policy.keep` entries before it.

@@ -44,15 +44,17 @@ pub fn leaders<S: Storage, P: Snapshots>(sim: &Sim<RaftNode<S, P>>) -> Vec<(Node
         .collect()
 }
 
-/// The one leader of the highest term among running nodes, if every running node of a
-/// majority agrees it is the leader (it leads, or they follow it in its term).
+/// The one leader of the highest term among running nodes, if a majority of the voters in
+/// its configuration agree it is the leader (it leads, or they follow it in its term).
 pub fn stable_leader<S: Storage, P: Snapshots>(sim: &Sim<RaftNode<S, P>>) -> Option<NodeId> {
     let (leader, term) = leaders(sim).into_iter().max_by_key(|&(_, t)| t)?;
-    let followers = sim
-        .nodes()
+    let membership = sim.node(leader)?.membership();
+    let followers = membership
+        .voter_ids()
+        .filter_map(|id| sim.node(id))
         .filter(|n| n.term() == term && n.leader() == Some(leader))
         .count();
-    (followers > sim.ids().len() / 2).then_some(leader)
+    (followers >= membership.majority()).then_some(leader)
 }
 
 /// Election safety (§5.2, Figure 3): at most one leader per term, over the whole run,

@@ -125,18 +125,27 @@ impl<N: Node> Sim<N> {
             delivered: 0,
         };
         for id in ids {
-            let node = (sim.factory)(id, None);
-            sim.slots.insert(
-                id,
-                Slot {
-                    node: Some(node),
-                    remains: None,
-                    incarnation: 0,
-                },
-            );
-            sim.schedule_first_tick(id);
+            sim.add(id);
         }
         sim
+    }
+
+    /// Starts a new node `id`, built by `factory(id, None)` (a node that has never run). Does
+    /// nothing if `id` is already in the cluster.
+    pub fn add(&mut self, id: NodeId) {
+        if self.slots.contains_key(&id) {
+            return;
+        }
+        let node = (self.factory)(id, None);
+        self.slots.insert(
+            id,
+            Slot {
+                node: Some(node),
+                remains: None,
+                incarnation: 0,
+            },
+        );
+        self.schedule_first_tick(id);
     }
 
     /// The seed this run was built from.

@@ -1,0 +1,289 @@
+//! Membership changes in the simulator, under a continuous write load: growing, shrinking,
+//! replacing every node, removing the leader, changes across a partition, and a leader
+//! crashing at every point of a change. Figure 3's properties (at most one leader per term,
+//! across configurations) are checked after every event; every acknowledged write must be
+//! on every member at the end.
+
+mod common;
+
+use common::{ELECTION_MS, Load, add, admin, cluster, remove, voters};
+use kv_server::protocol::{ErrorCode, NodeId, Op, Reply};
+use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
+use replication_naive::sim::{NetConfig, for_each_seed};
+
+#[test]
+fn grow_1_3_5_and_shrink_5_3_1_under_writes() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 1);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        for id in 2..=5 {
+            add(&mut sim, &mut load, id);
+            if id == 3 || id == 5 {
+                assert_eq!(voters(&sim), (1..=id).collect::<Vec<_>>(), "seed {seed}");
+                load.assert_kept(&mut sim);
+            }
+        }
+        for id in (2..=5).rev() {
+            remove(&mut sim, &mut load, id);
+            sim.crash(NodeId(id));
+            if id == 4 || id == 2 {
+                assert_eq!(voters(&sim), (1..id).collect::<Vec<_>>(), "seed {seed}");
+                load.assert_kept(&mut sim);
+            }
+        }
+        assert!(
+            load.acked.len() > 100,
+            "too few writes: {}",
+            load.acked.len()
+        );
+        assert_log_matching(&sim);
+    });
+}
+
+#[test]
+fn every_original_node_replaced_one_by_one() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        for old in 1..=3 {
+            add(&mut sim, &mut load, old + 3);
+            remove(&mut sim, &mut load, old);
+            sim.crash(NodeId(old));
+        }
+        assert_eq!(voters(&sim), [4, 5, 6], "seed {seed}");
+        load.assert_kept(&mut sim);
+        assert_log_matching(&sim);
+    });
+}
+
+#[test]
+fn the_leader_removes_itself_and_steps_down() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let leader = stable_leader(&sim).expect("a leader");
+        remove(&mut sim, &mut load, leader.0);
+        let new_leader = stable_leader(&sim).expect("a leader");
+        assert_ne!(new_leader, leader, "seed {seed}");
+        // The old leader keeps running, knows it is out, and never campaigns.
+        let old = sim.node(leader).expect("still running");
+        assert!(!old.is_leader() && !old.membership().contains(leader));
+        let term = sim.node(new_leader).expect("runs").term();
+        load.run_for(&mut sim, 50 * ELECTION_MS);
+        assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");
+        assert_eq!(sim.node(new_leader).expect("runs").term(), term);
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let leader = stable_leader(&sim).expect("a leader");
+        let gone = NodeId(leader.0 % 3 + 1);
+        // Cut off, it never hears that it was removed: it still thinks it is a voter, and
+        // times out and campaigns (pre-vote) again and again.
+        sim.isolate(gone);
+        remove(&mut sim, &mut load, gone.0);
+        load.run_for(&mut sim, 20 * ELECTION_MS);
+        assert!(sim.node(gone).expect("runs").membership().is_voter(gone));
+        sim.heal();
+        let leader = stable_leader(&sim).expect("a leader");
+        let term = sim.node(leader).expect("runs").term();
+        load.run_for(&mut sim, 50 * ELECTION_MS);
+        assert_eq!(stable_leader(&sim), Some(leader), "seed {seed}");
+        assert_eq!(
+            sim.node(leader).expect("runs").term(),
+            term,
+            "the removed node forced a new term (seed {seed})"
+        );
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_node_is_added_while_a_partition_splits_the_cluster() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 5);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let leader = stable_leader(&sim).expect("a leader").0;
+        // The leader and one follower on one side; the other three, and the new node, on
+        // the other: the old leader steps down (check-quorum), the majority side elects a
+        // leader and adds node 6.
+        let buddy = leader % 5 + 1;
+        let rest: Vec<NodeId> = (1..=5)
+            .filter(|&i| i != leader && i != buddy)
+            .chain([6])
+            .map(NodeId)
+            .collect();
+        sim.partition(&[&[NodeId(leader), NodeId(buddy)], &rest]);
+        add(&mut sim, &mut load, 6);
+        assert!(voters(&sim).contains(&6), "seed {seed}");
+        sim.heal();
+        load.assert_kept(&mut sim);
+        assert_log_matching(&sim);
+    });
+}
+
+#[test]
+fn changes_survive_an_unreliable_network() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 3);
+        sim.set_net(NetConfig::unreliable());
+        let mut load = Load::default();
+        add(&mut sim, &mut load, 4);
+        add(&mut sim, &mut load, 5);
+        remove(&mut sim, &mut load, 1);
+        sim.set_net(NetConfig::reliable());
+        load.assert_kept(&mut sim);
+        assert_log_matching(&sim);
+    });
+}
+
+#[test]
+fn the_leader_crashes_at_every_point_of_a_change() {
+    // The add of node 4 takes its learner entry, replication (by snapshot: the log is
+    // compacted), the promotion and their commits: a few hundred simulated milliseconds.
+    // Crash the leader after each 5 ms of it, restart it later, and finish the change.
+    for delay in (0..400).step_by(5) {
+        let seed = delay;
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 20 * ELECTION_MS); // past the first snapshot
+        sim.add(NodeId(4));
+        let leader = stable_leader(&sim).expect("a leader");
+        let tag = sim.request(
+            leader,
+            Op::AddMember {
+                id: NodeId(4),
+                addr: common::addr(4),
+            },
+        );
+        load.run_for(&mut sim, delay);
+        sim.crash(leader);
+        load.run_for(&mut sim, 5 * ELECTION_MS);
+        sim.restart(leader);
+        if let Some(Err(f)) = sim.reply(tag) {
+            assert!(
+                matches!(f.code, ErrorCode::Timeout | ErrorCode::Unavailable),
+                "{f:?} (delay {delay})"
+            );
+        }
+        // Whatever state the change was left in, asking again completes it.
+        add(&mut sim, &mut load, 4);
+        assert_eq!(voters(&sim), [1, 2, 3, 4], "delay {delay}");
+        load.assert_kept(&mut sim);
+        assert_log_matching(&sim);
+        assert_same_state(&sim);
+    }
+}
+
+#[test]
+fn a_second_change_while_one_is_in_progress_is_refused_and_changes_nothing() {
+    let mut sim = cluster(1, 3);
+    let mut load = Load::default();
+    load.run_for(&mut sim, 10 * ELECTION_MS);
+    // Node 4 is never started: it stays a learner that cannot catch up.
+    let op = Op::AddMember {
+        id: NodeId(4),
+        addr: common::addr(4),
+    };
+    assert_eq!(admin(&mut sim, &mut load, op), Ok(Reply::Done));
+    let leader = stable_leader(&sim).expect("a leader");
+    let before = sim.node(leader).expect("runs").membership().clone();
+    let tag = sim.request(leader, Op::RemoveMember { id: NodeId(2) });
+    load.run_until(&mut sim, ELECTION_MS, |sim| sim.reply(tag).is_some());
+    match sim.reply(tag) {
+        Some(Err(f)) => {
+            assert_eq!(f.code, ErrorCode::Unavailable);
+            assert!(
+                f.message.contains("node 4 is still catching up"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.node(leader).expect("runs").membership(), &before);
+    // Giving up on the learner is allowed, and then the other change goes through.
+    remove(&mut sim, &mut load, 4);
+    remove(&mut sim, &mut load, 2);
+    assert_eq!(voters(&sim), [1, 3]);
+}
+
+#[test]
+fn bad_changes_are_refused_and_retries_are_harmless() {
+    let mut sim = cluster(2, 1);
+    let mut load = Load::default();
+    load.run_for(&mut sim, 10 * ELECTION_MS);
+    let remove_last = admin(&mut sim, &mut load, Op::RemoveMember { id: NodeId(1) });
+    assert!(
+        matches!(&remove_last, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("only voter")),
+        "{remove_last:?}"
+    );
+    add(&mut sim, &mut load, 2);
+    // The same add again is a no-op; the same id at another address is refused.
+    let again = Op::AddMember {
+        id: NodeId(2),
+        addr: common::addr(2),
+    };
+    assert_eq!(admin(&mut sim, &mut load, again), Ok(Reply::Done));
+    let moved = Op::AddMember {
+        id: NodeId(2),
+        addr: "127.0.0.1:9999".into(),
+    };
+    let moved = admin(&mut sim, &mut load, moved);
+    assert!(
+        matches!(&moved, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("already a member")),
+        "{moved:?}"
+    );
+    // Removing a node that is not a member is a no-op.
+    let absent = Op::RemoveMember { id: NodeId(9) };
+    assert_eq!(admin(&mut sim, &mut load, absent), Ok(Reply::Done));
+    assert_eq!(voters(&sim), [1, 2]);
+}
+
+#[test]
+fn an_uncommitted_change_cut_from_the_log_is_undone() {
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let old = stable_leader(&sim).expect("a leader");
+        // Cut off, the leader still takes the change (it has committed in its term) but can
+        // never commit it; it is in force on that node alone.
+        sim.isolate(old);
+        let op = Op::AddMember {
+            id: NodeId(4),
+            addr: common::addr(4),
+        };
+        let tag = sim.request(old, op);
+        sim.run_for(ELECTION_MS / 4);
+        assert!(
+            sim.node(old)
+                .expect("runs")
+                .membership()
+                .contains(NodeId(4))
+        );
+        // The others elect a leader and write on; back, the old leader's log is cut back.
+        load.run_for(&mut sim, 20 * ELECTION_MS);
+        sim.heal();
+        load.assert_kept(&mut sim);
+        assert_ne!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+        let leader = stable_leader(&sim).expect("a leader");
+        let expected = sim.node(leader).expect("runs").membership().clone();
+        assert!(!expected.contains(NodeId(4)), "seed {seed}");
+        assert_eq!(
+            sim.node(old).expect("runs").membership(),
+            &expected,
+            "the cut-back change is still in force on node {old} (seed {seed})"
+        );
+    });
+}
