@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kv_client::bench::{self, BenchConfig, Length, Workload};
 use kv_client::{ClusterClient, Error, RetryPolicy, status_table};
-use kv_server::protocol::{CasOutcome, Consistency};
+use kv_server::protocol::{CasOutcome, Consistency, NodeId};
 
 /// Talk to a limecached server or cluster.
 ///
@@ -66,6 +66,21 @@ enum Cmd {
     },
     /// Show every member: id, address, role, term, commit and applied index, lag.
     Status,
+    /// Add node ID, listening at ADDR, to the cluster: it catches up as a learner and is
+    /// promoted to voter automatically (start it with `--join` to have it ask by itself).
+    AddMember {
+        /// The new node's id (never one a removed node had).
+        id: NodeId,
+        /// Where it listens, host:port.
+        addr: String,
+    },
+    /// Remove node ID from the cluster (the leader included: it steps down).
+    RemoveMember {
+        /// The node's id.
+        id: NodeId,
+    },
+    /// List the members of the cluster's configuration, as the leader sees it.
+    Members,
     /// Run a load generator against the server (or the cluster's leader).
     Bench(BenchArgs),
 }
@@ -210,6 +225,27 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             Ok(status_table::render(&rows).into())
         }
         Cmd::Bench(args) => bench(cli.addr, args).await,
+        Cmd::AddMember { id, addr } => {
+            client.add_member(id, &addr).await?;
+            Ok(format!("node {id} added as a learner; it becomes a voter once caught up\n").into())
+        }
+        Cmd::RemoveMember { id } => {
+            client.remove_member(id).await?;
+            Ok(format!("node {id} removed\n").into())
+        }
+        Cmd::Members => {
+            let at = match client.find_leader().await {
+                Some(leader) => leader,
+                None => cli.addr.first().cloned().unwrap_or_default(),
+            };
+            let status = client.status_of(&at).await?;
+            let mut out = String::from("ID  ADDRESS          VOTER\n");
+            for m in status.members.unwrap_or_default() {
+                let voter = if m.voter { "yes" } else { "no (learner)" };
+                out.push_str(&format!("{:<3} {:<16} {voter}\n", m.id.0, m.addr));
+            }
+            Ok(out.into())
+        }
     }
 }
 

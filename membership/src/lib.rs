@@ -5,5 +5,7 @@
 //! history of them is `raft_election::configs::Configs`, and the changes themselves
 //! (learners, promotion, one change at a time, a removed leader stepping down) are in
 //! `raft_election::node`, switched on by `Config::membership_changes`. This crate holds the
-//! stage's binary and its tests.
+//! stage's binary, how a node finds its cluster ([`cli`]), and the tests.
 #![warn(missing_docs)]
+
+pub mod cli;

@@ -2,10 +2,12 @@
 //! that add to it: the flags of elections and durability, and running the node they
 //! describe.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use kv_server::process::{StartError, bind};
+use kv_server::protocol::NodeId;
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use replication_naive::config::NodeArgs;
@@ -38,8 +40,14 @@ pub struct ElectionArgs {
 }
 
 impl ElectionArgs {
-    /// The node configuration the flags describe, with times in `driver`'s ticks.
-    pub fn config(&self, node: &NodeArgs, driver: &DriverConfig) -> Result<Config, StartError> {
+    /// The configuration of node `id` with `members` that the flags describe, with times in
+    /// `driver`'s ticks.
+    pub fn config(
+        &self,
+        id: NodeId,
+        members: BTreeMap<NodeId, String>,
+        driver: &DriverConfig,
+    ) -> Result<Config, StartError> {
         let election_ticks = driver.ticks(self.election_timeout_ms);
         let heartbeat_ticks = driver.ticks(self.heartbeat_ms);
         if heartbeat_ticks >= election_ticks {
@@ -50,7 +58,7 @@ impl ElectionArgs {
                 driver.tick.as_millis()
             )));
         }
-        let mut config = Config::new(node.id, node.peers.clone(), rand::random());
+        let mut config = Config::new(id, members, rand::random());
         config.election_ticks = election_ticks;
         config.heartbeat_ticks = heartbeat_ticks;
         config.pre_vote = !self.no_pre_vote;
@@ -70,28 +78,50 @@ pub async fn run<P: Snapshots + Send + 'static>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     node.validate()?;
-    let driver_config = DriverConfig::default();
-    let mut config = election.config(node, &driver_config)?;
+    let driver = DriverConfig::default();
+    let mut config = election.config(node.id, node.peers.clone(), &driver)?;
     config.snapshots = policy;
-    let id = node.id;
-    let dir = &election.data_dir;
+    serve(
+        config,
+        &node.listen,
+        &election.data_dir,
+        open_snapshots,
+        driver,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the node `config` describes, listening at `listen`, with its durable state in
+/// `dir`, until `shutdown`: opens the data directory (its log, and its snapshots through
+/// `open_snapshots`), binds, recovers, serves.
+pub async fn serve<P: Snapshots + Send + 'static>(
+    config: Config,
+    listen: &str,
+    dir: &Path,
+    open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
+    driver: DriverConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let id = config.id;
     let storage = DurableStorage::open_dir(dir, id)
         .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
     let snapshots = open_snapshots(dir)?;
-    let listener = bind(&node.listen).await?;
+    let listener = bind(listen).await?;
     let (term, last_index) = (storage.hard_state().current_term, storage.last_index());
     let raft = RaftNode::with_snapshots(config, storage, snapshots)
         .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
     info!(
         %id,
-        addr = %node.listen,
+        addr = %listen,
         %term,
         %last_index,
         last_applied = %raft.last_applied(),
         data_dir = %dir.display(),
         "node listening"
     );
-    driver::run(raft, listener, node.peers.clone(), driver_config, shutdown).await?;
+    let peers = raft.membership().addrs();
+    driver::run(raft, listener, peers, driver, shutdown).await?;
     info!("node stopped");
     Ok(())
 }

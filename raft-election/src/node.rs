@@ -34,9 +34,11 @@ use membership::Change;
 pub struct Config {
     /// This node's id.
     pub id: NodeId,
-    /// The voting members, with their addresses, until the log says otherwise: the
-    /// configuration in force before the first configuration entry (stage 8). Empty for a
-    /// node that joins an existing cluster and learns the members from its leader.
+    /// The voting members, with their addresses. Fixed until stage 8; from then on
+    /// (`membership_changes`) the founding members of a new cluster, which a node starting
+    /// with an empty log writes as its first entry, and ignored once its log or snapshot
+    /// holds a configuration. Empty for a node that joins an existing cluster: it learns
+    /// the members from its leader.
     pub members: BTreeMap<NodeId, String>,
     /// Whether `add_member` and `remove_member` are served (stage 8 on); before, the members
     /// are fixed and such requests are refused.
@@ -220,7 +222,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let restored = snapshots.load_latest()?;
-        let configs = Configs::new(Membership::voters(&config.members));
+        let fixed = if config.membership_changes {
+            Membership::default()
+        } else {
+            Membership::voters(&config.members)
+        };
+        let configs = Configs::new(fixed);
         let mut node = RaftNode {
             config,
             log,
@@ -247,10 +254,29 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 .restored(meta.index, meta.members.clone(), &node.log);
             info!(id = %node.config.id, index = %meta.index, "restored from snapshot");
         }
+        if node.config.membership_changes
+            && node.log.last_index() == LogIndex(0)
+            && !node.config.members.is_empty()
+        {
+            node.bootstrap();
+        }
         let from = (node.configs.latest_index().next()).max(node.log.storage().first_index());
         let entries = node.log.entries(from, node.log.last_index(), usize::MAX);
         node.configs.appended(&entries);
         Ok(node)
+    }
+
+    /// A new cluster's first entry: its founding members, in term 1, the same entry on every
+    /// founding node (so Log Matching holds), and committed by the first leader's no-op.
+    /// The node starts in term 1 too: no leader of term 1 can exist, so this entry is the
+    /// only one of its term.
+    fn bootstrap(&mut self) {
+        let founders = Membership::voters(&self.config.members);
+        self.term = Term(1);
+        self.save_hard_state();
+        self.log.append_new(Term(1), Payload::Config(founders));
+        self.log.sync();
+        info!(id = %self.config.id, members = ?self.config.members.keys().collect::<Vec<_>>(), "new cluster bootstrapped");
     }
 
     /// Gives back the log's storage and the snapshots: what survives a crash.

@@ -74,10 +74,7 @@ impl FixedLeaderArgs {
 
 /// Parses a node id: a positive integer.
 pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
-    match s.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(NodeId(n)),
-        _ => Err(format!("{s:?} is not a node id (a positive integer)")),
-    }
+    s.parse()
 }
 
 /// Parses `1=host:port,2=host:port,...`.

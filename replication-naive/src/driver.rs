@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::node::{Node, Outbox, RequestTag};
-use crate::transport::{self, Transport, TransportConfig};
+use crate::transport::{self, AddressBook, Transport, TransportConfig};
 
 /// How the driver runs a node.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +98,16 @@ where
     N: Node + Send + 'static,
 {
     let stop_node = CancellationToken::new();
-    let transport = Transport::start(node.id(), &peers, config.transport, stop_node.clone());
+    // What this node tells peers it connects to: its address in the configuration, else
+    // the one it listens on.
+    let addr = match peers.get(&node.id()) {
+        Some(addr) => addr.clone(),
+        None => listener
+            .local_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string()),
+    };
+    let transport = Transport::start(node.id(), addr, &peers, config.transport, stop_node.clone());
+    let book = transport.address_book();
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
     let mut node_task = tokio::spawn(drive(
@@ -112,7 +121,14 @@ where
 
     let calls = Arc::new(Calls(calls_tx));
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
-        route(stream, calls.clone(), inbox_tx.clone(), config, stop)
+        route(
+            stream,
+            calls.clone(),
+            inbox_tx.clone(),
+            book.clone(),
+            config,
+            stop,
+        )
     });
     tokio::select! {
         () = serving => {
@@ -143,6 +159,7 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
     stream: TcpStream,
     calls: Arc<Calls>,
     inbox: mpsc::Sender<(NodeId, M)>,
+    book: AddressBook,
     config: DriverConfig,
     stop: CancellationToken,
 ) {
@@ -152,7 +169,7 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
     };
     match peer {
         Ok(true) => transport::log_inbound_end(
-            transport::receive(stream, inbox, config.transport, stop).await,
+            transport::receive(stream, inbox, &book, config.transport, stop).await,
         ),
         Ok(false) => serve_client(stream, calls, config.serve, stop).await,
         Err(error) => debug!(%error, "connection closed before its first byte"),
@@ -194,7 +211,7 @@ impl Handler for Calls {
 /// The node task.
 async fn drive<N: Node>(
     mut node: N,
-    transport: Transport<N::Message>,
+    mut transport: Transport<N::Message>,
     mut inbox: mpsc::Receiver<(NodeId, N::Message)>,
     mut calls: mpsc::Receiver<Call>,
     tick: Duration,
@@ -230,6 +247,9 @@ async fn drive<N: Node>(
             }
         }
         node.sync();
+        if let Some(peers) = out.peers.take() {
+            transport.set_peers(&peers);
+        }
         for (to, message) in out.messages.drain(..) {
             transport.send(to, message);
         }

@@ -6,6 +6,7 @@
 //! node therefore runs unchanged under the tokio [`crate::driver`] and inside the
 //! deterministic [`crate::sim`], where a seed fixes every delay, loss and crash.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use kv_server::protocol::{NodeId, Op, Outcome};
@@ -25,6 +26,9 @@ pub struct Outbox<M> {
     pub messages: Vec<(NodeId, M)>,
     /// Answers to client requests.
     pub replies: Vec<(RequestTag, Outcome)>,
+    /// The peers and their addresses, when they changed (stage 8: the members come from
+    /// the log). The runner connects to new peers and drops links to those gone.
+    pub peers: Option<BTreeMap<NodeId, String>>,
 }
 
 impl<M> Default for Outbox<M> {
@@ -32,6 +36,7 @@ impl<M> Default for Outbox<M> {
         Outbox {
             messages: Vec::new(),
             replies: Vec::new(),
+            peers: None,
         }
     }
 }
@@ -45,6 +50,11 @@ impl<M> Outbox<M> {
     /// Queues the answer to request `tag`.
     pub fn reply(&mut self, tag: RequestTag, outcome: Outcome) {
         self.replies.push((tag, outcome));
+    }
+
+    /// Tells the runner that the peers are now `peers` (this node included or not).
+    pub fn set_peers(&mut self, peers: BTreeMap<NodeId, String>) {
+        self.peers = Some(peers);
     }
 }
 

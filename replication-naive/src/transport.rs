@@ -13,7 +13,8 @@
 //! contract every node here is written against: the network may lose messages, and the
 //! protocol (Raft from stage 3 on) retransmits what matters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,8 +39,9 @@ pub const PEER_PREAMBLE: u8 = 0;
 /// from its queue until the peer reads.
 const WRITE_HIGH_WATER: usize = 1 << 20;
 
-/// Bumped when the peer message format changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped when the peer message format changes incompatibly (2: the hello carries the
+/// sender's address).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame of a peer connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +50,14 @@ pub struct Hello {
     pub version: u32,
     /// The sender's node id.
     pub from: NodeId,
+    /// Where the sender listens: how a node that does not know the sender yet (one that is
+    /// joining the cluster) can answer it.
+    pub addr: String,
 }
+
+/// Addresses learned from the hellos of inbound connections, shared by the receiving tasks
+/// and the [`Transport`].
+pub type AddressBook = Arc<Mutex<HashMap<NodeId, String>>>;
 
 /// Tuning of the transport.
 #[derive(Debug, Clone, Copy)]
@@ -80,51 +89,125 @@ impl Default for TransportConfig {
 /// The sending side: one queue and one task per peer.
 #[derive(Debug)]
 pub struct Transport<M> {
-    queues: HashMap<NodeId, mpsc::Sender<M>>,
-    links: TaskTracker,
+    me: NodeId,
+    addr: String,
+    config: TransportConfig,
+    stop: CancellationToken,
+    links: HashMap<NodeId, LinkHandle<M>>,
+    /// The peers of the last [`Transport::set_peers`].
+    configured: BTreeSet<NodeId>,
+    learned: AddressBook,
+    tasks: TaskTracker,
+}
+
+/// The transport's end of one link.
+#[derive(Debug)]
+struct LinkHandle<M> {
+    addr: String,
+    queue: mpsc::Sender<M>,
+    /// Ends the link's task.
+    stop: CancellationToken,
 }
 
 impl<M: Serialize + Send + 'static> Transport<M> {
-    /// Starts an outbound task for every peer in `peers` other than `me`. The tasks stop when
-    /// `stop` is cancelled or the transport is dropped.
+    /// A transport for node `me`, which listens at `addr`, with a link to every peer in
+    /// `peers` other than `me`. The links stop when `stop` is cancelled or the transport is
+    /// dropped.
     pub fn start(
         me: NodeId,
+        addr: String,
         peers: &BTreeMap<NodeId, String>,
         config: TransportConfig,
         stop: CancellationToken,
     ) -> Transport<M> {
-        let mut queues = HashMap::new();
-        let links = TaskTracker::new();
-        for (&id, addr) in peers.iter().filter(|(id, _)| **id != me) {
-            let (tx, rx) = mpsc::channel(config.queue);
-            queues.insert(id, tx);
-            let link = Link {
-                me,
-                to: id,
-                addr: addr.clone(),
-                config,
-            };
-            links.spawn(link.run(rx, stop.clone()));
+        let mut transport = Transport {
+            me,
+            addr,
+            config,
+            stop,
+            links: HashMap::new(),
+            configured: BTreeSet::new(),
+            learned: AddressBook::default(),
+            tasks: TaskTracker::new(),
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Where inbound connections record the addresses their hellos carry.
+    pub fn address_book(&self) -> AddressBook {
+        self.learned.clone()
+    }
+
+    /// Makes `peers` the set of peers: links start to new ones (and restart to ones whose
+    /// address changed); links to peers of the previous set that are not in this one stop.
+    pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
+        let peers: BTreeMap<NodeId, String> = peers
+            .iter()
+            .filter(|&(&id, _)| id != self.me)
+            .map(|(&id, addr)| (id, addr.clone()))
+            .collect();
+        for gone in self.configured.clone() {
+            if !peers.contains_key(&gone) {
+                if let Some(link) = self.links.remove(&gone) {
+                    link.stop.cancel();
+                }
+            }
         }
-        links.close();
-        Transport { queues, links }
+        for (id, addr) in &peers {
+            if self.links.get(id).is_none_or(|link| &link.addr != addr) {
+                self.open(*id, addr.clone());
+            }
+        }
+        self.configured = peers.into_keys().collect();
+    }
+
+    /// Starts the link to `to` at `addr`, replacing any other.
+    fn open(&mut self, to: NodeId, addr: String) {
+        let (queue, rx) = mpsc::channel(self.config.queue);
+        let stop = self.stop.child_token();
+        let link = Link {
+            me: self.me,
+            me_addr: self.addr.clone(),
+            to,
+            addr: addr.clone(),
+            config: self.config,
+        };
+        self.tasks.spawn(link.run(rx, stop.clone()));
+        let handle = LinkHandle { addr, queue, stop };
+        if let Some(old) = self.links.insert(to, handle) {
+            old.stop.cancel();
+        }
     }
 
     /// Completes once every link's task has ended (after `stop` is cancelled).
     pub async fn stopped(&self) {
-        self.links.wait().await;
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
-    /// Queues `message` for `to`; drops it (best effort) when the queue is full or `to` is
-    /// not a known peer.
-    pub fn send(&self, to: NodeId, message: M) {
-        match self.queues.get(&to) {
-            Some(queue) => {
-                if queue.try_send(message).is_err() {
-                    debug!(%to, "peer queue full; message dropped");
+    /// Queues `message` for `to`; drops it (best effort) when the queue is full or `to`'s
+    /// address is unknown (neither a configured peer nor one that has connected to us).
+    pub fn send(&mut self, to: NodeId, message: M) {
+        if !self.links.contains_key(&to) {
+            let learned = self
+                .learned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&to)
+                .cloned();
+            match learned {
+                Some(addr) => self.open(to, addr),
+                None => {
+                    debug!(%to, "message for an unknown peer dropped");
+                    return;
                 }
             }
-            None => debug!(%to, "message for an unknown peer dropped"),
+        }
+        if let Some(link) = self.links.get(&to) {
+            if link.queue.try_send(message).is_err() {
+                debug!(%to, "peer queue full; message dropped");
+            }
         }
     }
 }
@@ -139,6 +222,7 @@ struct Outbound {
 /// One outbound link to one peer.
 struct Link {
     me: NodeId,
+    me_addr: String,
     to: NodeId,
     addr: String,
     config: TransportConfig,
@@ -193,6 +277,7 @@ impl Link {
             let hello = Hello {
                 version: PROTOCOL_VERSION,
                 from: self.me,
+                addr: self.me_addr.clone(),
             };
             frames
                 .send(Bytes::from(serde_json::to_vec(&hello)?))
@@ -276,10 +361,11 @@ pub enum InboundError {
 
 /// Reads one inbound peer connection (preamble, hello, messages) and hands each message to
 /// `inbox` as `(sender, message)`, until the peer closes it, it breaks, `stop` is cancelled
-/// or the inbox is gone.
+/// or the inbox is gone. The sender's address, from its hello, goes into `book`.
 pub async fn receive<M: DeserializeOwned>(
     mut stream: TcpStream,
     inbox: mpsc::Sender<(NodeId, M)>,
+    book: &AddressBook,
     config: TransportConfig,
     stop: CancellationToken,
 ) -> Result<(), InboundError> {
@@ -305,7 +391,10 @@ pub async fn receive<M: DeserializeOwned>(
         )));
     }
     let from = hello.from;
-    debug!(%from, "peer connected");
+    debug!(%from, addr = %hello.addr, "peer connected");
+    book.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(from, hello.addr);
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),

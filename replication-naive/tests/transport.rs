@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::SinkExt;
 use kv_server::protocol::NodeId;
-use replication_naive::transport::{self, Hello, PEER_PREAMBLE, Transport, TransportConfig};
+use replication_naive::transport::{
+    self, AddressBook, Hello, PEER_PREAMBLE, Transport, TransportConfig,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -31,7 +33,8 @@ fn receiver(listener: TcpListener, stop: CancellationToken) -> mpsc::Receiver<(N
             let (tx, stop) = (tx.clone(), stop.clone());
             tokio::spawn(async move {
                 assert!(transport::is_peer(&stream).await.unwrap());
-                let _ = transport::receive(stream, tx, fast(), stop).await;
+                let book = AddressBook::default();
+                let _ = transport::receive(stream, tx, &book, fast(), stop).await;
             });
         }
     });
@@ -51,7 +54,8 @@ async fn messages_queued_while_a_peer_is_down_arrive_in_order_once_it_is_up() {
         (NodeId(1), "unused:1".to_owned()),
         (NodeId(2), addr.to_string()),
     ]);
-    let sender: Transport<u64> = Transport::start(NodeId(1), &peers, fast(), stop.clone());
+    let mut sender: Transport<u64> =
+        Transport::start(NodeId(1), "unused:1".into(), &peers, fast(), stop.clone());
     for n in 0..100 {
         sender.send(NodeId(2), n);
     }
@@ -64,17 +68,28 @@ async fn messages_queued_while_a_peer_is_down_arrive_in_order_once_it_is_up() {
     stop.cancel();
 }
 
-/// Opens a peer connection to `addr` as node 5, announcing protocol `version`.
+/// Opens a peer connection to `addr` as node 5 listening at `127.0.0.1:5`, announcing
+/// protocol `version`.
 async fn hello_from_5(
     addr: std::net::SocketAddr,
     version: u32,
+) -> FramedWrite<TcpStream, LengthDelimitedCodec> {
+    hello_from(addr, version, NodeId(5), "127.0.0.1:5".into()).await
+}
+
+async fn hello_from(
+    addr: std::net::SocketAddr,
+    version: u32,
+    from: NodeId,
+    from_addr: String,
 ) -> FramedWrite<TcpStream, LengthDelimitedCodec> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
     let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
     let hello = Hello {
         version,
-        from: NodeId(5),
+        from,
+        addr: from_addr,
     };
     frames
         .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
@@ -90,7 +105,8 @@ async fn a_peer_with_another_protocol_version_is_refused() {
     let handshake = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (tx, _rx) = mpsc::channel::<(NodeId, u64)>(1);
-        transport::receive(stream, tx, fast(), CancellationToken::new()).await
+        let book = AddressBook::default();
+        transport::receive(stream, tx, &book, fast(), CancellationToken::new()).await
     });
     let _connection = hello_from_5(addr, transport::PROTOCOL_VERSION + 1).await;
     let error = handshake.await.unwrap().unwrap_err();
@@ -104,7 +120,8 @@ async fn an_undecodable_message_closes_the_connection_with_an_error() {
     let receiving = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (tx, _rx) = mpsc::channel::<(NodeId, u64)>(1);
-        transport::receive(stream, tx, fast(), CancellationToken::new()).await
+        let book = AddressBook::default();
+        transport::receive(stream, tx, &book, fast(), CancellationToken::new()).await
     });
     let mut frames = hello_from_5(addr, transport::PROTOCOL_VERSION).await;
     frames
@@ -136,7 +153,8 @@ async fn a_peer_that_never_reads_cannot_hold_up_stopping() {
         (NodeId(1), "unused:1".to_owned()),
         (NodeId(2), addr.to_string()),
     ]);
-    let sender: Transport<Vec<u8>> = Transport::start(NodeId(1), &peers, fast(), stop.clone());
+    let mut sender: Transport<Vec<u8>> =
+        Transport::start(NodeId(1), "unused:1".into(), &peers, fast(), stop.clone());
     for _ in 0..64 {
         sender.send(NodeId(2), vec![7; 1 << 20]);
     }
@@ -146,4 +164,46 @@ async fn a_peer_that_never_reads_cannot_hold_up_stopping() {
     tokio::time::timeout(Duration::from_secs(10), sender.stopped())
         .await
         .expect("a link was stuck writing");
+}
+
+#[tokio::test]
+async fn a_peer_known_only_from_its_hello_can_be_answered() {
+    // Node 1 knows no peers (it is joining); node 7 connects to it and says where it
+    // listens. Node 1's transport can then send to node 7.
+    let node1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node1_addr = node1.local_addr().unwrap();
+    let node7 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node7_addr = node7.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let mut sender: Transport<u64> = Transport::start(
+        NodeId(1),
+        node1_addr.to_string(),
+        &BTreeMap::new(),
+        fast(),
+        stop.clone(),
+    );
+    sender.send(NodeId(7), 1); // unknown yet: dropped
+    let book = sender.address_book();
+    let (tx, mut from7) = mpsc::channel::<(NodeId, u64)>(8);
+    let inbound = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (stream, _) = node1.accept().await.unwrap();
+            transport::receive(stream, tx, &book, fast(), stop).await
+        }
+    });
+    let mut frames = hello_from(
+        node1_addr,
+        transport::PROTOCOL_VERSION,
+        NodeId(7),
+        node7_addr.to_string(),
+    )
+    .await;
+    frames.send(Bytes::from_static(b"42")).await.unwrap();
+    assert_eq!(from7.recv().await, Some((NodeId(7), 42)));
+    sender.send(NodeId(7), 2);
+    let mut inbox = receiver(node7, stop.clone());
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    stop.cancel();
+    let _ = inbound.await;
 }

@@ -15,6 +15,18 @@ impl fmt::Display for NodeId {
     }
 }
 
+impl std::str::FromStr for NodeId {
+    type Err = String;
+
+    /// A node id as command lines take it: a positive integer.
+    fn from_str(s: &str) -> Result<NodeId, String> {
+        match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(NodeId(n)),
+            _ => Err(format!("{s:?} is not a node id (a positive integer)")),
+        }
+    }
+}
+
 /// What part a node plays. Servers without roles (stage 0) are `standalone`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -121,8 +121,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// The configuration in force changed (appended, cut back, installed from a snapshot):
-    /// a leader starts or stops replicating to the members that came or went.
-    pub(super) fn membership_changed(&mut self, _out: &mut Outbox<Message>) {
+    /// the runner connects to the members as they now are, and a leader starts or stops
+    /// replicating to the members that came or went.
+    pub(super) fn membership_changed(&mut self, out: &mut Outbox<Message>) {
+        out.set_peers(self.membership().addrs());
         let me = self.config.id;
         let members: BTreeSet<NodeId> = self.membership().ids().filter(|&id| id != me).collect();
         let last_index = self.log.last_index();

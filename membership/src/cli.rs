@@ -1,0 +1,89 @@
+//! How a stage 8 node finds its cluster: `--peers`, `--bootstrap` or `--join`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use kv_client::{ClusterClient, RetryPolicy};
+use kv_server::process::StartError;
+use kv_server::protocol::NodeId;
+use raft_election::durable::LOG_FILE;
+use replication_naive::config::parse_peers;
+use tracing::{info, warn};
+
+/// The three ways to start a node of a new or existing cluster. All are ignored when the
+/// data directory already holds the node's state: it rejoins with its saved configuration.
+#[derive(Debug, Clone, clap::Args)]
+#[group(multiple = false)]
+pub struct Founding {
+    /// Start a new cluster of these voters, this node included (every founding node gets
+    /// the same list): `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`.
+    #[arg(long, value_parser = parse_peers)]
+    pub peers: Option<BTreeMap<NodeId, String>>,
+    /// Start a new cluster of this node alone; add others with `--join` or `add-member`.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Join an existing cluster through any of its members (host:port): the node asks to
+    /// be added, catches up as a learner, and is promoted to voter.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Option<String>,
+}
+
+impl Founding {
+    /// The founding voters for node `id` listening at `listen`: empty when it joins, or
+    /// when its data directory is not `fresh` (the flags are then ignored).
+    pub fn founders(
+        &self,
+        id: NodeId,
+        listen: &str,
+        fresh: bool,
+    ) -> Result<BTreeMap<NodeId, String>, StartError> {
+        if !fresh {
+            return Ok(BTreeMap::new());
+        }
+        match (&self.peers, self.bootstrap, &self.join) {
+            (Some(peers), _, _) => match peers.get(&id) {
+                Some(addr) if addr == listen => Ok(peers.clone()),
+                Some(addr) => Err(StartError::usage(format!(
+                    "--peers gives node {id} the address {addr}, but --listen is {listen}; they must be the same"
+                ))),
+                None => Err(StartError::usage(format!(
+                    "--peers does not list this node's --id {id}"
+                ))),
+            },
+            (None, true, _) => Ok(BTreeMap::from([(id, listen.to_owned())])),
+            (None, false, Some(_)) => Ok(BTreeMap::new()),
+            (None, false, None) => Err(StartError::usage(
+                "a new node needs --peers, --bootstrap or --join",
+            )),
+        }
+    }
+}
+
+/// Whether the data directory `dir` holds no log yet: a node that has never run there.
+pub fn is_fresh(dir: &Path) -> bool {
+    std::fs::metadata(dir.join(LOG_FILE)).map_or(true, |m| m.len() == 0)
+}
+
+/// Asks the cluster, through the member at `through`, to add node `id` at `addr`, until it
+/// says yes. The cluster then replicates its log (or a snapshot) to this node and promotes
+/// it to voter once it has caught up.
+pub async fn join(id: NodeId, addr: String, through: String) {
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    };
+    loop {
+        let mut client = ClusterClient::new(vec![through.clone()], policy);
+        match client.add_member(id, &addr).await {
+            Ok(()) => {
+                info!(%id, %through, "added to the cluster as a learner; catching up");
+                return;
+            }
+            Err(error) => {
+                warn!(%id, %through, %error, "cannot join yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
