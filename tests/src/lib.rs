@@ -76,6 +76,18 @@ impl ProcessCluster {
         ProcessCluster::launch(binary, n, extra_args, Some(dirs))
     }
 
+    /// Addresses and data directories for nodes `1..=n` of `binary`, none started: for
+    /// clusters that form by `--bootstrap` and `--join` ([`ProcessCluster::start_node_with`]).
+    pub fn unstarted(binary: &str, n: u64, extra_args: &[&str]) -> ProcessCluster {
+        let dirs = tempfile::tempdir().expect("a temporary directory");
+        ProcessCluster::launch(binary, 0, extra_args, Some(dirs)).with_addrs(n)
+    }
+
+    fn with_addrs(mut self, n: u64) -> ProcessCluster {
+        self.addrs = (1..=n).zip(free_addrs(n as usize)).collect();
+        self
+    }
+
     fn launch(
         binary: &str,
         n: u64,
@@ -107,20 +119,21 @@ impl ProcessCluster {
         Some(self.data_dirs.as_ref()?.path().join(format!("n{id}")))
     }
 
-    /// Starts node `id` (again) and returns once it logs that it is listening. Its log lines
-    /// are drained in the background so the process never blocks on a full pipe.
+    /// Starts node `id` (again) with `--peers` listing every node, and returns once it logs
+    /// that it is listening.
     pub fn start_node(&mut self, id: u64) {
         let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        self.start_node_with(id, &["--peers", &peers.join(",")]);
+    }
+
+    /// Starts node `id` (again) with `founding` (`--peers ...`, `--bootstrap`, `--join ...`)
+    /// and returns once it logs that it is listening. Its log lines are drained in the
+    /// background so the process never blocks on a full pipe.
+    pub fn start_node_with(&mut self, id: u64, founding: &[&str]) {
         let mut command = Command::new(&self.binary);
         let id_arg = id.to_string();
-        command.args([
-            "--id",
-            &id_arg,
-            "--listen",
-            &self.addrs[&id],
-            "--peers",
-            &peers.join(","),
-        ]);
+        command.args(["--id", &id_arg, "--listen", &self.addrs[&id]]);
+        command.args(founding);
         command.args(&self.extra_args);
         if let Some(dir) = self.data_dir(id) {
             command.arg("--data-dir").arg(dir);
