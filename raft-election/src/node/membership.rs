@@ -125,8 +125,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// replicating to the members that came or went.
     pub(super) fn membership_changed(&mut self, out: &mut Outbox<Message>) {
         out.set_peers(self.membership().addrs());
-        let me = self.config.id;
-        let members: BTreeSet<NodeId> = self.membership().ids().filter(|&id| id != me).collect();
+        let members: BTreeSet<NodeId> = self.peers().into_iter().collect();
         let last_index = self.log.last_index();
         let Duty::Leader {
             replication,
