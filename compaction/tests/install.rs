@@ -8,10 +8,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Cluster, ELECTION_MS, cluster, log_len, small_policy};
-use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use kv_server::protocol::{NodeId, Op, Reply, WriteOutcome};
 use raft_election::node::SnapshotPolicy;
 use raft_election::testkit::{
-    assert_log_matching, assert_same_state, check_raft_properties, put, stable_leader,
+    assert_log_matching, assert_same_state, check_raft_properties, stable_leader,
 };
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
@@ -30,7 +30,7 @@ fn write(sim: &mut Cluster, prefix: &str, count: usize) {
                 sim.seed()
             );
             let leader = stable_leader(sim).expect("a leader");
-            let tag = sim.request(leader, put(&key, &format!("value of {key}")));
+            let tag = sim.request(leader, Op::put(&key, &format!("value of {key}")));
             if sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some())
                 && sim.reply(tag) == Some(&Ok(Reply::Write(WriteOutcome::Put)))
             {
@@ -266,7 +266,7 @@ fn a_growing_state_is_snapshotted_in_proportion_to_the_writes() {
             assert!(sim.run_until(50 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
             stable_leader(&sim).expect("a leader")
         };
-        let tag = sim.request(leader, put(&format!("k{i:03}"), &value));
+        let tag = sim.request(leader, Op::put(&format!("k{i:03}"), &value));
         assert!(sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some()));
         for node in sim.nodes() {
             if let Some(meta) = node.snapshots().latest() {
@@ -302,7 +302,7 @@ fn a_multi_megabyte_snapshot_crosses_a_lossy_network_intact() {
         sim.crash(follower);
         for i in 0..48 {
             let leader = stable_leader(&sim).unwrap();
-            let tag = sim.request(leader, put(&format!("big{i}"), &big));
+            let tag = sim.request(leader, Op::put(&format!("big{i}"), &big));
             assert!(sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some()));
         }
         write(&mut sim, "pad", 40);

@@ -5,17 +5,7 @@ mod common;
 
 use common::Server;
 use kv_client::{Client, Connection, Error};
-use kv_server::protocol::{Command, Consistency, Op, Reply, Request, RequestId, WriteOutcome};
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
+use kv_server::protocol::{Consistency, Op, Reply, Request, RequestId, WriteOutcome};
 
 fn get(key: &str) -> Op {
     Op::Get {
@@ -31,7 +21,7 @@ async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
     for i in 0..100u64 {
         conn.send(&Request {
             id: Some(RequestId::from(i)),
-            op: put(&format!("k{i}"), "v"),
+            op: Op::put(&format!("k{i}"), "v"),
         })
         .unwrap();
         conn.send(&Request {
@@ -83,7 +73,7 @@ async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
             let client = client.clone();
             tokio::spawn(async move {
                 let key = format!("k{i}");
-                client.request(put(&key, &i.to_string())).await.unwrap();
+                client.request(Op::put(&key, &i.to_string())).await.unwrap();
                 client.request(get(&key)).await.unwrap()
             })
         })
@@ -115,7 +105,7 @@ async fn server_errors_are_answers_not_connection_failures() {
 async fn calls_fail_with_connection_lost_when_the_server_goes_away() {
     let server = Server::standalone().await;
     let client = Client::connect(&server.addr()).await.unwrap();
-    client.request(put("k", "v")).await.unwrap();
+    client.request(Op::put("k", "v")).await.unwrap();
     drop(server);
     // The server closes idle connections on shutdown; the next call must fail, not hang.
     let error = loop {
@@ -151,7 +141,7 @@ async fn pipelining_large_values_both_ways_does_not_deadlock() {
             let (client, big) = (client.clone(), big.clone());
             tokio::spawn(async move {
                 let op = if i % 2 == 0 {
-                    put(&format!("k{}", i % 8), &big)
+                    Op::put(&format!("k{}", i % 8), &big)
                 } else {
                     get(&format!("k{}", i % 8))
                 };

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use kv_server::protocol::{Command, NodeId, Op, Reply, WriteOutcome};
+use kv_server::protocol::{NodeId, Op, Reply, WriteOutcome};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
@@ -20,17 +20,6 @@ use crate::node::RaftNode;
 
 /// The base election timeout of the default [`crate::node::Config`] with 10 ms ticks.
 const SCHEDULE_ELECTION_MS: u64 = 200;
-
-/// A client's put of `key` = `value`, without a session.
-pub fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
 
 /// The running nodes that believe they lead, with their terms.
 pub fn leaders<S: Storage, P: Snapshots>(sim: &Sim<RaftNode<S, P>>) -> Vec<(NodeId, Term)> {
@@ -273,7 +262,7 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
             .flatten()
         {
             let key = format!("r{round}n{}", target.0);
-            writes.push((key.clone(), sim.request(target, put(&key, "v"))));
+            writes.push((key.clone(), sim.request(target, Op::put(&key, "v"))));
         }
         let pause = sim.rng().gen_range(0..2 * SCHEDULE_ELECTION_MS);
         sim.run_for(pause);
@@ -321,7 +310,7 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
             continue;
         }
         let leader = stable_leader(sim).unwrap();
-        let tag = sim.request(leader, put("final", "v"));
+        let tag = sim.request(leader, Op::put("final", "v"));
         if sim.run_until(20 * SCHEDULE_ELECTION_MS, |sim| {
             matches!(sim.reply(tag), Some(Ok(_)))
         }) {

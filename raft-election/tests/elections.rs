@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TICK_MS, check_election_safety, cluster, leaders, put, stable_leader};
+use common::{TICK_MS, check_election_safety, cluster, leaders, stable_leader};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Reply};
 use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
@@ -44,7 +44,7 @@ fn a_single_node_cluster_elects_itself() {
     let mut sim = cluster(1, 1);
     assert!(sim.run_until(10 * ELECTION_MS, |sim| stable_leader(sim)
         == Some(NodeId(1))));
-    let tag = sim.request(NodeId(1), put("k", "v"));
+    let tag = sim.request(NodeId(1), Op::put("k", "v"));
     assert!(sim.run_until(100, |sim| sim.reply(tag).is_some()));
 }
 
@@ -55,19 +55,19 @@ fn an_isolated_leader_is_replaced_and_rejoins_as_a_follower_losing_its_uncommitt
         check_election_safety(&mut sim);
         assert!(sim.run_until(10 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
         let old = stable_leader(&sim).unwrap();
-        let first = sim.request(old, put("committed", "1"));
+        let first = sim.request(old, Op::put("committed", "1"));
         assert!(sim.run_until(1_000, |sim| sim.reply(first).is_some()));
 
         sim.isolate(old);
         // Accepted by the old leader, but it cannot commit it: no majority.
-        let lost = sim.request(old, put("uncommitted", "x"));
+        let lost = sim.request(old, Op::put("uncommitted", "x"));
         assert!(
             sim.run_until(20 * ELECTION_MS, |sim| stable_leader(sim)
                 .is_some_and(|l| l != old)),
             "the majority never elected a new leader"
         );
         let new = stable_leader(&sim).unwrap();
-        let after = sim.request(new, put("after", "2"));
+        let after = sim.request(new, Op::put("after", "2"));
         assert!(sim.run_until(1_000, |sim| sim.reply(after).is_some()));
 
         sim.heal();
@@ -126,7 +126,7 @@ fn candidates_answer_unavailable_and_followers_name_the_leader() {
     assert!(sim.run_until(10 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
     let leader = stable_leader(&sim).unwrap();
     let follower = sim.ids().into_iter().find(|&id| id != leader).unwrap();
-    let tag = sim.request(follower, put("k", "v"));
+    let tag = sim.request(follower, Op::put("k", "v"));
     let failure = sim.reply(tag).unwrap().clone().unwrap_err();
     assert_eq!(failure.code, ErrorCode::NotLeader);
     assert_eq!(
@@ -139,7 +139,7 @@ fn candidates_answer_unavailable_and_followers_name_the_leader() {
     assert!(sim.run_until(10 * ELECTION_MS, |sim| {
         sim.node(follower).unwrap().leader().is_none()
     }));
-    let tag = sim.request(follower, put("k", "v"));
+    let tag = sim.request(follower, Op::put("k", "v"));
     let code = sim.reply(tag).unwrap().as_ref().unwrap_err().code;
     assert!(
         matches!(code, ErrorCode::Unavailable | ErrorCode::NotLeader),

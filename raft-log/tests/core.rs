@@ -4,7 +4,7 @@
 mod common;
 
 use common::{LEADER, entry, log_of, members};
-use kv_server::protocol::NodeId;
+use kv_server::protocol::{NodeId, Op};
 use raft_log::message::{AppendEntries, AppendEntriesResponse, Message, Rejection};
 use raft_log::node::{Config, RaftLogNode};
 use raft_log::storage::{HardState, MemStorage, Storage};
@@ -195,7 +195,7 @@ fn the_leader_does_not_commit_an_earlier_terms_entry_by_counting_replicas() {
     );
 
     let tag = replication_naive::node::RequestTag(1);
-    leader.request(tag, common::put("x", "1"), &mut out);
+    leader.request(tag, Op::put("x", "1"), &mut out);
     leader.step(FOLLOWER, ok(3), &mut out);
     assert_eq!(
         leader.commit_index(),
@@ -216,7 +216,7 @@ fn the_leader_answers_a_client_only_when_its_entry_is_applied() {
     let mut leader = RaftLogNode::new(Config::new(LEADER, members(3), LEADER), MemStorage::new());
     let mut out = Outbox::default();
     let tag = replication_naive::node::RequestTag(7);
-    leader.request(tag, common::put("k", "v"), &mut out);
+    leader.request(tag, Op::put("k", "v"), &mut out);
     assert!(
         out.replies.is_empty(),
         "not answered before a majority stores it"
@@ -238,7 +238,7 @@ fn a_follower_redirects_writes_and_serves_reads_locally() {
     let mut out = Outbox::default();
     node.request(
         replication_naive::node::RequestTag(1),
-        common::put("k", "v"),
+        Op::put("k", "v"),
         &mut out,
     );
     let failure = out.replies[0].1.clone().unwrap_err();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{LEADER, log_of, members, terms};
-use kv_server::protocol::NodeId;
+use kv_server::protocol::{NodeId, Op};
 use raft_log::message::{AppendEntriesResponse, Message};
 use raft_log::node::{Config, RaftLogNode};
 use raft_log::storage::{HardState, MemStorage, Storage};
@@ -56,11 +56,7 @@ fn node(id: NodeId, log: &[u64], current_term: u64) -> RaftLogNode<MemStorage> {
 /// how many AppendEntries it rejected on the way.
 fn exchange(leader: &mut RaftLogNode<MemStorage>, follower: &mut RaftLogNode<MemStorage>) -> usize {
     let mut out = Outbox::default();
-    leader.request(
-        RequestTag(1),
-        common::put("new", "entry of term 8"),
-        &mut out,
-    );
+    leader.request(RequestTag(1), Op::put("new", "entry of term 8"), &mut out);
     let mut rejections = 0;
     for _ in 0..100 {
         let to_follower: Vec<Message> = out.messages.drain(..).map(|(_, m)| m).collect();
@@ -128,7 +124,7 @@ fn figure_7_followers_converge_over_a_lossy_reordering_network() {
                 }
             });
             sim.set_net(NetConfig::unreliable());
-            let tag = sim.request(LEADER, common::put("new", "v"));
+            let tag = sim.request(LEADER, Op::put("new", "v"));
             assert!(
                 sim.run_until(30_000, |sim| sim.reply(tag).is_some()),
                 "case {name}: never committed"

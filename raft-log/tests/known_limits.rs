@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{LEADER, cluster, put};
-use kv_server::protocol::NodeId;
+use common::{LEADER, cluster};
+use kv_server::protocol::{NodeId, Op};
 use raft_log::types::LogIndex;
 
 /// The leader restarts with an empty in-memory log in the same fixed term 1. Its next write
@@ -16,14 +16,14 @@ use raft_log::types::LogIndex;
 #[test]
 fn restarting_the_fixed_leader_breaks_log_matching() {
     let mut sim = cluster(1, 3);
-    let first = sim.request(LEADER, put("k", "old"));
+    let first = sim.request(LEADER, Op::put("k", "old"));
     assert!(sim.run_until(1_000, |sim| sim.reply(first).is_some()));
     assert!(sim.run_until(1_000, |sim| {
         sim.nodes().all(|n| n.last_applied() == LogIndex(1))
     }));
 
     sim.restart(LEADER);
-    let second = sim.request(LEADER, put("k", "new"));
+    let second = sim.request(LEADER, Op::put("k", "new"));
     assert!(
         sim.run_until(1_000, |sim| sim.reply(second).is_some()),
         "the new write is acknowledged"

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{LEADER, assert_all_agree, check_invariants, cluster, put};
-use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use common::{LEADER, assert_all_agree, check_invariants, cluster};
+use kv_server::protocol::{NodeId, Op, Reply, WriteOutcome};
 use raft_log::types::LogIndex;
 use rand::Rng;
 use replication_naive::node::RequestTag;
@@ -25,7 +25,7 @@ fn basic_agreement() {
         let mut sim = cluster(seed, 3);
         check_invariants(&mut sim, false);
         for i in 1..=10u64 {
-            let tag = sim.request(LEADER, put(&format!("k{i}"), &i.to_string()));
+            let tag = sim.request(LEADER, Op::put(&format!("k{i}"), &i.to_string()));
             assert!(
                 sim.run_until(1_000, |sim| acknowledged(sim, tag)),
                 "write {i} not acknowledged"
@@ -45,18 +45,18 @@ fn follower_failure_and_return() {
     for_each_seed(SEEDS, |seed| {
         let mut sim = cluster(seed, 3);
         check_invariants(&mut sim, true);
-        let first = sim.request(LEADER, put("before", "1"));
+        let first = sim.request(LEADER, Op::put("before", "1"));
         assert!(sim.run_until(1_000, |sim| acknowledged(sim, first)));
         sim.crash(NodeId(3));
         for i in 0..5 {
-            let tag = sim.request(LEADER, put(&format!("during{i}"), "2"));
+            let tag = sim.request(LEADER, Op::put(&format!("during{i}"), "2"));
             assert!(
                 sim.run_until(1_000, |sim| acknowledged(sim, tag)),
                 "a majority is still up"
             );
         }
         sim.restart(NodeId(3));
-        let last = sim.request(LEADER, put("after", "3"));
+        let last = sim.request(LEADER, Op::put("after", "3"));
         assert!(sim.run_until(1_000, |sim| acknowledged(sim, last)));
         assert!(sim.run_until(2_000, |sim| {
             sim.nodes().all(|n| n.last_applied() == LogIndex(7))
@@ -76,10 +76,10 @@ fn fail_no_agree() {
     for_each_seed(SEEDS, |seed| {
         let mut sim = cluster(seed, 5);
         check_invariants(&mut sim, false);
-        let first = sim.request(LEADER, put("a", "1"));
+        let first = sim.request(LEADER, Op::put("a", "1"));
         assert!(sim.run_until(1_000, |sim| acknowledged(sim, first)));
         sim.partition(&[&[LEADER, NodeId(2)], &[NodeId(3), NodeId(4), NodeId(5)]]);
-        let blocked = sim.request(LEADER, put("b", "2"));
+        let blocked = sim.request(LEADER, Op::put("b", "2"));
         sim.run_for(3_000);
         assert_eq!(sim.reply(blocked), None, "answered without a majority");
         assert_eq!(sim.node(LEADER).unwrap().commit_index(), LogIndex(1));
@@ -104,7 +104,7 @@ fn many_concurrent_proposals() {
         let mut sim = cluster(seed, 3);
         check_invariants(&mut sim, false);
         let tags: Vec<RequestTag> = (0..50)
-            .map(|i| sim.request(LEADER, put(&format!("k{}", i % 7), &i.to_string())))
+            .map(|i| sim.request(LEADER, Op::put(&format!("k{}", i % 7), &i.to_string())))
             .collect();
         assert!(sim.run_until(5_000, |sim| tags.iter().all(|&t| acknowledged(sim, t))));
         assert!(sim.run_until(1_000, |sim| {
@@ -134,7 +134,7 @@ fn unreliable_network_with_partitions_loses_no_acknowledged_write() {
         for i in 0..60 {
             writes.push((
                 i,
-                sim.request(LEADER, put(&format!("k{i}"), &format!("v{i}"))),
+                sim.request(LEADER, Op::put(&format!("k{i}"), &format!("v{i}"))),
             ));
             let action = sim.rng().gen_range(0..10);
             if action == 0 {

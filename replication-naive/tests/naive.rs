@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{LEADER, cluster, put};
+use common::{LEADER, cluster};
 use kv_server::protocol::{Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, WriteOutcome};
 use replication_naive::sim::for_each_seed;
 
@@ -11,7 +11,7 @@ use replication_naive::sim::for_each_seed;
 fn a_write_acknowledged_by_a_majority_reaches_every_node_on_a_quiet_network() {
     for_each_seed(50, |seed| {
         let mut sim = cluster(seed);
-        let tag = sim.request(LEADER, put("k", "v"));
+        let tag = sim.request(LEADER, Op::put("k", "v"));
         assert!(sim.run_until(1000, |sim| sim.reply(tag).is_some()));
         assert_eq!(sim.reply(tag), Some(&Ok(Reply::Write(WriteOutcome::Put))));
         sim.run_for(100);
@@ -25,7 +25,7 @@ fn a_write_acknowledged_by_a_majority_reaches_every_node_on_a_quiet_network() {
 #[test]
 fn followers_redirect_writes_to_the_leaders_address() {
     let mut sim = cluster(1);
-    let tag = sim.request(NodeId(2), put("k", "v"));
+    let tag = sim.request(NodeId(2), Op::put("k", "v"));
     assert_eq!(
         sim.reply(tag),
         Some(&Err(Failure::not_leader(Some("127.0.0.1:7001".into()))))
@@ -40,7 +40,7 @@ fn followers_redirect_writes_to_the_leaders_address() {
 fn a_write_no_majority_acknowledges_times_out_with_an_unknown_outcome() {
     let mut sim = cluster(2);
     sim.isolate(LEADER);
-    let tag = sim.request(LEADER, put("k", "v"));
+    let tag = sim.request(LEADER, Op::put("k", "v"));
     assert!(sim.run_until(5_000, |sim| sim.reply(tag).is_some()));
     assert_eq!(
         sim.reply(tag).unwrap().as_ref().unwrap_err().code,

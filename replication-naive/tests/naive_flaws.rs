@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{LEADER, cluster, put};
-use kv_server::protocol::NodeId;
+use common::{LEADER, cluster};
+use kv_server::protocol::{NodeId, Op};
 use replication_naive::naive::NaiveNode;
 use replication_naive::sim::{NetConfig, Sim};
 
@@ -22,7 +22,7 @@ fn value(sim: &Sim<NaiveNode>, id: NodeId, key: &str) -> Option<String> {
 fn a_follower_that_misses_a_write_stays_divergent_forever() {
     let mut sim = cluster(1);
     sim.isolate(F2);
-    let tag = sim.request(LEADER, put("k", "v"));
+    let tag = sim.request(LEADER, Op::put("k", "v"));
     sim.run_until(1000, |sim| sim.reply(tag).is_some());
     assert!(
         sim.reply(tag).unwrap().is_ok(),
@@ -30,7 +30,7 @@ fn a_follower_that_misses_a_write_stays_divergent_forever() {
     );
 
     sim.heal();
-    sim.request(LEADER, put("other", "x"));
+    sim.request(LEADER, Op::put("other", "x"));
     sim.run_for(60_000);
     assert_eq!(value(&sim, LEADER, "k").as_deref(), Some("v"));
     assert_eq!(value(&sim, F1, "k").as_deref(), Some("v"));
@@ -54,7 +54,7 @@ fn a_follower_that_misses_a_write_stays_divergent_forever() {
 fn a_leader_crash_between_acknowledgements_leaves_the_followers_disagreeing() {
     let mut sim = cluster(2);
     sim.partition(&[&[LEADER, F1], &[F2]]);
-    let tag = sim.request(LEADER, put("k", "v"));
+    let tag = sim.request(LEADER, Op::put("k", "v"));
     assert!(sim.run_until(1000, |sim| value(sim, F1, "k").is_some()));
     sim.crash(LEADER);
     sim.heal();
@@ -77,8 +77,8 @@ fn reordered_writes_leave_a_follower_with_the_older_value() {
             drop: 0.0,
             duplicate: 0.0,
         });
-        sim.request(LEADER, put("k", "first"));
-        sim.request(LEADER, put("k", "second"));
+        sim.request(LEADER, Op::put("k", "first"));
+        sim.request(LEADER, Op::put("k", "second"));
         sim.run_for(10_000);
         let leader = value(&sim, LEADER, "k");
         [F1, F2].iter().any(|&f| value(&sim, f, "k") != leader)

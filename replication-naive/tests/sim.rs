@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{LEADER, cluster, put, stale_get as get};
-use kv_server::protocol::{NodeId, Reply, WriteOutcome};
+use common::{LEADER, cluster, stale_get as get};
+use kv_server::protocol::{NodeId, Op, Reply, WriteOutcome};
 use replication_naive::naive::NaiveNode;
 use replication_naive::sim::NetConfig;
 
@@ -13,7 +13,7 @@ fn run_digest(seed: u64) -> (u64, Vec<Vec<(String, String)>>) {
     let mut sim = cluster(seed);
     sim.set_net(NetConfig::unreliable());
     for i in 0..50 {
-        sim.request(LEADER, put(&format!("k{}", i % 5), &i.to_string()));
+        sim.request(LEADER, Op::put(&format!("k{}", i % 5), &i.to_string()));
         sim.run_for(3);
     }
     sim.run_for(1000);
@@ -44,13 +44,13 @@ fn a_partition_stops_messages_and_heal_restores_them() {
     sim.partition(&[&[NodeId(1), NodeId(2)], &[NodeId(3)]]);
     assert!(!sim.connected(NodeId(1), NodeId(3)) && !sim.connected(NodeId(3), NodeId(2)));
     assert!(sim.connected(NodeId(1), NodeId(2)));
-    let tag = sim.request(LEADER, put("a", "1"));
+    let tag = sim.request(LEADER, Op::put("a", "1"));
     sim.run_for(100);
     assert_eq!(sim.reply(tag), Some(&Ok(Reply::Write(WriteOutcome::Put))));
     assert_eq!(sim.node(NodeId(3)).unwrap().map().get("a"), None);
 
     sim.heal();
-    sim.request(LEADER, put("b", "2"));
+    sim.request(LEADER, Op::put("b", "2"));
     sim.run_for(100);
     assert_eq!(sim.node(NodeId(3)).unwrap().map().get("b"), Some("2"));
 }
@@ -58,7 +58,7 @@ fn a_partition_stops_messages_and_heal_restores_them() {
 #[test]
 fn a_crashed_node_answers_nothing_and_a_restarted_one_starts_afresh() {
     let mut sim = cluster(2);
-    sim.request(LEADER, put("a", "1"));
+    sim.request(LEADER, Op::put("a", "1"));
     sim.run_for(100);
     sim.crash(NodeId(2));
     assert!(!sim.is_up(NodeId(2)));
@@ -85,7 +85,7 @@ fn restarting_does_not_leave_the_old_incarnation_ticking() {
     for _ in 0..5 {
         sim.restart(LEADER);
     }
-    let tag = sim.request(LEADER, put("a", "1"));
+    let tag = sim.request(LEADER, Op::put("a", "1"));
     let answered = sim.run_until(900, |sim| sim.reply(tag).is_some());
     assert!(
         !answered,
@@ -102,7 +102,7 @@ fn every_step_check_sees_every_event() {
     let calls = Rc::new(Cell::new(0u64));
     let seen = calls.clone();
     sim.check_every_step(move |_| seen.set(seen.get() + 1));
-    sim.request(LEADER, put("a", "1"));
+    sim.request(LEADER, Op::put("a", "1"));
     sim.run_for(50);
     // 3 nodes × 5 ticks, 2 Replicate + 2 Ack deliveries, the request, and the first call.
     assert!(calls.get() >= 15 + 4 + 2, "check ran {} times", calls.get());

@@ -210,6 +210,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// A put of `key` = `value`, without a session.
+    pub fn put(key: &str, value: &str) -> Op {
+        Op::Write {
+            command: Command::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+            session: None,
+        }
+    }
+
     /// Which contract operation this is.
     pub fn kind(&self) -> OpKind {
         match self {

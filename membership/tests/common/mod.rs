@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use compaction::mem_store::MemSnapshots;
 use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome};
 use raft_election::node::{Config, RaftNode, SnapshotPolicy};
-use raft_election::testkit::{check_raft_properties, put, stable_leader};
+use raft_election::testkit::{check_raft_properties, stable_leader};
 use raft_log::storage::{MemStorage, Storage};
 use replication_naive::node::RequestTag;
 use replication_naive::sim::{Sim, members};
@@ -107,7 +107,7 @@ impl Load {
             if let Some(leader) = stable_leader(sim) {
                 let key = format!("w{:05}", self.next);
                 self.next += 1;
-                let tag = sim.request(leader, put(&key, &format!("value of {key}")));
+                let tag = sim.request(leader, Op::put(&key, &format!("value of {key}")));
                 self.in_flight.push((tag, key));
             }
         }
@@ -119,7 +119,11 @@ impl Load {
         let seed = sim.seed();
         // A write through the current leader first: once it is acknowledged, the leader has
         // committed an entry of its own term, and with it every entry committed before.
-        let barrier = admin(sim, self, put("barrier", &format!("after {}", self.next)));
+        let barrier = admin(
+            sim,
+            self,
+            Op::put("barrier", &format!("after {}", self.next)),
+        );
         assert_eq!(barrier, Ok(Reply::Write(WriteOutcome::Put)), "seed {seed}");
         let caught_up = self.run_until(sim, 100 * ELECTION_MS, |sim| {
             stable_leader(sim).is_some_and(|leader| {

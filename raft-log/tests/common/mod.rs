@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use kv_server::protocol::{Command, NodeId, Op};
+use kv_server::protocol::{Command, NodeId};
 use raft_log::node::{Config, RaftLogNode};
 use raft_log::storage::{MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
@@ -22,16 +22,6 @@ pub fn cluster(seed: u64, n: u64) -> Cluster {
     Sim::new(seed, members(n).into_keys(), 10, move |id, _| {
         RaftLogNode::new(Config::new(id, members(n), LEADER), MemStorage::new())
     })
-}
-
-pub fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
 }
 
 /// An entry that puts `k<index>` = `t<term>`.

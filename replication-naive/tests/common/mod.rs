@@ -1,7 +1,7 @@
 //! The cluster every naive-replication test starts from.
 #![allow(dead_code)] // each test file uses its own subset
 
-use kv_server::protocol::{Command, Consistency, NodeId, Op};
+use kv_server::protocol::{Consistency, NodeId, Op};
 use replication_naive::naive::NaiveNode;
 use replication_naive::sim::Sim;
 
@@ -14,16 +14,6 @@ pub fn cluster(seed: u64) -> Sim<NaiveNode> {
     Sim::new(seed, members(3).into_keys(), 10, |id, _| {
         NaiveNode::new(id, members(3), LEADER)
     })
-}
-
-pub fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
 }
 
 pub fn stale_get(key: &str) -> Op {
