@@ -7,7 +7,7 @@
 mod common;
 
 use common::{ELECTION_MS, Load, add, admin, cluster, remove, voters};
-use kv_server::protocol::{ErrorCode, NodeId, Op, Reply};
+use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use replication_naive::sim::{NetConfig, for_each_seed};
 
@@ -71,6 +71,7 @@ fn the_leader_removes_itself_and_steps_down() {
         // The old leader keeps running, knows it is out, and never campaigns.
         let old = sim.node(leader).expect("still running");
         assert!(!old.is_leader() && !old.membership().contains(leader));
+        assert_eq!(old.role(), Role::Follower, "not a learner: not a member at all");
         let term = sim.node(new_leader).expect("runs").term();
         load.run_for(&mut sim, 50 * ELECTION_MS);
         assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");

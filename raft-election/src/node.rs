@@ -307,7 +307,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// This node's role.
     pub fn role(&self) -> Role {
         match self.duty {
-            Duty::Follower if !self.membership().is_voter(self.config.id) => Role::Learner,
+            Duty::Follower
+                if self.membership().contains(self.config.id)
+                    && !self.membership().is_voter(self.config.id) =>
+            {
+                Role::Learner
+            }
             Duty::Follower => Role::Follower,
             Duty::PreCandidate { .. } | Duty::Candidate { .. } => Role::Candidate,
             Duty::Leader { .. } => Role::Leader,
