@@ -8,7 +8,6 @@ use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_server::process::{init_tracing, shutdown_signal};
 use membership::cli::{Founding, join};
 use raft_election::cli::{self, ElectionArgs};
-use replication_naive::config::parse_node_id;
 use replication_naive::driver::DriverConfig;
 
 /// One node of a Raft key/value cluster whose members change while it runs (stage 8 of the
@@ -18,7 +17,7 @@ use replication_naive::driver::DriverConfig;
 #[command(version)]
 struct Args {
     /// This node's id (a positive integer, unique in the cluster, never reused).
-    #[arg(long, value_parser = parse_node_id)]
+    #[arg(long)]
     id: kv_server::protocol::NodeId,
     /// The node's one address, host:port: clients and peers both connect here.
     #[arg(long)]

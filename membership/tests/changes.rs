@@ -71,7 +71,11 @@ fn the_leader_removes_itself_and_steps_down() {
         // The old leader keeps running, knows it is out, and never campaigns.
         let old = sim.node(leader).expect("still running");
         assert!(!old.is_leader() && !old.membership().contains(leader));
-        assert_eq!(old.role(), Role::Follower, "not a learner: not a member at all");
+        assert_eq!(
+            old.role(),
+            Role::Follower,
+            "not a learner: not a member at all"
+        );
         let term = sim.node(new_leader).expect("runs").term();
         load.run_for(&mut sim, 50 * ELECTION_MS);
         assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");

@@ -11,7 +11,7 @@ use kv_server::protocol::{NodeId, is_host_port};
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
     /// This node's id (a positive integer, unique in the cluster).
-    #[arg(long, value_parser = parse_node_id)]
+    #[arg(long)]
     pub id: NodeId,
     /// The node's one address, host:port: clients and peers both connect here.
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct FixedLeaderArgs {
     #[command(flatten)]
     pub node: NodeArgs,
     /// The leader's id (fixed: these stages have no elections).
-    #[arg(long, value_parser = parse_node_id)]
+    #[arg(long)]
     pub leader: NodeId,
 }
 
@@ -72,11 +72,6 @@ impl FixedLeaderArgs {
     }
 }
 
-/// Parses a node id: a positive integer.
-pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
-    s.parse()
-}
-
 /// Parses `1=host:port,2=host:port,...`.
 pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
@@ -84,7 +79,7 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
         let (id, addr) = item
             .split_once('=')
             .ok_or_else(|| format!("{item:?} is not id=host:port"))?;
-        let id = parse_node_id(id.trim())?;
+        let id: NodeId = id.trim().parse()?;
         let addr = addr.trim();
         if !is_host_port(addr) {
             return Err(format!("{addr:?} is not host:port"));
