@@ -197,6 +197,11 @@ impl ClusterClient {
         self.execute(Op::RemoveMember { id }).await.map(|_| ())
     }
 
+    /// Hands leadership to voter `id`; returns once it leads.
+    pub async fn transfer_leader(&mut self, id: NodeId) -> Result<(), Error> {
+        self.execute(Op::TransferLeader { id }).await.map(|_| ())
+    }
+
     /// Asks the members for the leader's address and remembers it. `None` when no member
     /// knows one right now.
     pub async fn find_leader(&mut self) -> Option<String> {

@@ -74,9 +74,16 @@ enum Cmd {
         /// Where it listens, host:port.
         addr: String,
     },
-    /// Remove node ID from the cluster (the leader included: it steps down).
+    /// Remove node ID from the cluster (the leader included: it hands leadership to the
+    /// most up-to-date voter).
     RemoveMember {
         /// The node's id.
+        id: NodeId,
+    },
+    /// Make voter ID the leader: the leader brings its log up to date, then has it take
+    /// over at once, without waiting for an election timeout.
+    TransferLeader {
+        /// The voter that should lead.
         id: NodeId,
     },
     /// List the members of the cluster's configuration, as the leader sees it.
@@ -232,6 +239,10 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         Cmd::RemoveMember { id } => {
             client.remove_member(id).await?;
             Ok(format!("node {id} removed\n").into())
+        }
+        Cmd::TransferLeader { id } => {
+            client.transfer_leader(id).await?;
+            Ok(format!("node {id} is the leader\n").into())
         }
         Cmd::Members => {
             let at = match client.find_leader().await {

@@ -35,9 +35,11 @@ impl Standalone {
             Op::Get { key, .. } => Ok(Reply::Value(self.store.get(&key))),
             Op::Write { command, .. } => Ok(Reply::Write(self.store.apply(command))),
             Op::Status => Ok(Reply::Status(Box::new(Status::standalone()))),
-            Op::AddMember { .. } | Op::RemoveMember { .. } => Err(Failure::bad_request(
-                "kv-server is a single server without members; membership arrives in stage 8",
-            )),
+            Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {
+                Err(Failure::bad_request(
+                    "kv-server is a single server without members or a leader; membership arrives in stage 8",
+                ))
+            }
         }
     }
 }

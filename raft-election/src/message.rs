@@ -1,6 +1,7 @@
 //! What nodes say to each other from this stage on: stage 3's AppendEntries, plus
-//! RequestVote (§5.2) and its pre-vote variant (thesis §9.6), and InstallSnapshot (§7), which
-//! only nodes that compact their logs send.
+//! RequestVote (§5.2) and its pre-vote variant (thesis §9.6), InstallSnapshot (§7), which
+//! only nodes that compact their logs send, and TimeoutNow (thesis §3.10), which only a
+//! leader handing over sends.
 
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::snapshot::{InstallSnapshot, InstallSnapshotResponse};
@@ -23,6 +24,9 @@ pub enum Message {
     InstallSnapshot(InstallSnapshot),
     /// Follower → leader: where the snapshot transfer stands.
     InstallSnapshotResponse(InstallSnapshotResponse),
+    /// Leader → the voter it hands leadership to, once that voter's log matches its own:
+    /// campaign now, as if your election timer had fired (thesis §3.10).
+    TimeoutNow(TimeoutNow),
 }
 
 /// Figure 2's RequestVote arguments, with the pre-vote flag.
@@ -37,6 +41,11 @@ pub struct RequestVote {
     pub last_log_term: Term,
     /// A pre-vote: "would you vote for me?" Changes no one's term or vote.
     pub pre_vote: bool,
+    /// The campaign of a voter the leader handed over to (TimeoutNow): voters set aside
+    /// the check that protects a live leader (thesis §4.2.3), since that leader asked to
+    /// be replaced. The election restriction (§5.4.1) still applies.
+    #[serde(default)]
+    pub transfer: bool,
 }
 
 /// The answer to a RequestVote.
@@ -48,4 +57,11 @@ pub struct RequestVoteResponse {
     pub granted: bool,
     /// Whether this answers a pre-vote.
     pub pre_vote: bool,
+}
+
+/// The leader's "campaign now" (thesis §3.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNow {
+    /// The leader's term: a voter that has moved past it ignores the message.
+    pub term: Term,
 }

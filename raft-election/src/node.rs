@@ -26,8 +26,10 @@ use crate::configs::Configs;
 use crate::message::{Message, RequestVote, RequestVoteResponse};
 
 mod membership;
+mod transfer;
 
 use membership::Change;
+use transfer::Handoff;
 
 /// How a node is set up. Times are in ticks (the driver's tick is 10 ms by default).
 #[derive(Debug, Clone)]
@@ -139,6 +141,17 @@ enum Duty {
     },
 }
 
+/// How a node campaigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Campaign {
+    /// A pre-vote round, which changes no one's term (thesis §9.6).
+    PreVote,
+    /// A real election (§5.2).
+    Election,
+    /// A real election the leader asked for with TimeoutNow (thesis §3.10).
+    Transfer,
+}
+
 /// A snapshot on its way to a follower: the chunk at `offset` is the one in flight.
 #[derive(Debug, Clone, Copy)]
 struct Outgoing {
@@ -184,6 +197,8 @@ pub struct RaftNode<S, P = NoSnapshots> {
     /// This round's randomized timeout, in `[election_ticks, 2 × election_ticks)`.
     election_timeout: u64,
     heartbeat_elapsed: u64,
+    /// The leadership transfer under way, if any.
+    handoff: Option<Handoff>,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -244,6 +259,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             election_elapsed: 0,
             election_timeout: 0,
             heartbeat_elapsed: 0,
+            handoff: None,
         };
         node.reset_election_timer();
         if let Some((meta, state)) = restored {
@@ -431,11 +447,18 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
     }
 
-    /// Starts an election: a pre-vote round first when enabled, then a real one (§5.2).
-    fn campaign(&mut self, pre_vote: bool, out: &mut Outbox<Message>) {
+    /// Steps down to follower in the current term, knowing no leader.
+    fn step_down(&mut self) {
+        let term = self.term;
+        self.become_follower(term, None);
+    }
+
+    /// Starts an election: a pre-vote round (when enabled), then a real one (§5.2).
+    fn campaign(&mut self, campaign: Campaign, out: &mut Outbox<Message>) {
         self.reset_election_timer();
         self.leader = None;
         let votes = BTreeSet::from([self.config.id]);
+        let pre_vote = campaign == Campaign::PreVote;
         let term = if pre_vote {
             self.duty = Duty::PreCandidate { votes };
             debug!(id = %self.config.id, term = %self.term, "pre-candidate");
@@ -453,6 +476,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote,
+            transfer: campaign == Campaign::Transfer,
         };
         for peer in self.peers() {
             out.send(peer, Message::RequestVote(request));
@@ -474,7 +498,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             _ => false,
         };
         if won && pre_vote {
-            self.campaign(false, out);
+            self.campaign(Campaign::Election, out);
         } else if won {
             self.become_leader(out);
         }
@@ -499,6 +523,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         info!(id = %self.config.id, term = %self.term, "leader");
+        self.leader_elected(self.config.id, self.term, out);
         // §8: an entry of the new term, so that it, and every entry before it, can commit.
         self.log.append_new(self.term, Payload::Noop);
         self.broadcast(false, out);
@@ -522,9 +547,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             out.send(from, Message::RequestVoteResponse(refuse(self.term)));
             return;
         }
-        if self.leader_is_fresh() && self.leader != Some(from) {
+        if self.leader_is_fresh() && self.leader != Some(from) && !req.transfer {
             // Ignored, term included: a node that was cut off, or restarted, must not depose
-            // a leader that a majority still hears from.
+            // a leader that a majority still hears from (unless that leader asked for it).
             debug!(%from, term = %req.term, "vote refused: the current leader is alive");
             out.send(from, Message::RequestVoteResponse(refuse(self.term)));
             return;
@@ -599,9 +624,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// `leader` spoke in `term` (not older than ours): a leader of this term or a later one
     /// exists, so follow it (a candidate of the same term steps down, §5.2), and hear it as
     /// the heartbeat that keeps this node from campaigning.
-    fn follow(&mut self, leader: NodeId, term: Term) {
+    fn follow(&mut self, leader: NodeId, term: Term, out: &mut Outbox<Message>) {
         if term > self.term || !matches!(self.duty, Duty::Follower) || self.leader != Some(leader) {
             self.become_follower(term, Some(leader));
+            self.leader_elected(leader, term, out);
         }
         self.reset_election_timer();
     }
@@ -613,7 +639,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             }
             return;
         }
-        self.follow(from, req.term);
+        self.follow(from, req.term, out);
         let configs: Vec<_> = req
             .entries
             .iter()
@@ -668,6 +694,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.start_transfer(from, out);
         self.advance_commit(out);
         self.promote_caught_up(out);
+        self.send_timeout_now(out);
     }
 
     fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
@@ -832,7 +859,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             out.send(from, answer(self.term, Transfer::Next(0)));
             return;
         }
-        self.follow(from, req.term);
+        self.follow(from, req.term, out);
         let result = self.receive_chunk(req, out);
         out.send(from, answer(self.term, result));
     }
@@ -1026,8 +1053,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 .count();
         if self.config.check_quorum && heard < majority {
             info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
-            let term = self.term;
-            self.become_follower(term, None);
+            self.step_down();
         }
     }
 }
@@ -1041,6 +1067,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
 
     fn tick(&mut self, out: &mut Outbox<Message>) {
         self.finish_snapshot();
+        self.tick_handoff(out);
         if self.is_leader() {
             self.tick_leader(out);
             return;
@@ -1048,7 +1075,12 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.election_timeout {
             if self.membership().is_voter(self.config.id) {
-                self.campaign(self.config.pre_vote, out);
+                let campaign = if self.config.pre_vote {
+                    Campaign::PreVote
+                } else {
+                    Campaign::Election
+                };
+                self.campaign(campaign, out);
             } else {
                 // A learner, a node that has been removed, or one that has not joined yet:
                 // it never campaigns, and waits to hear from a leader.
@@ -1069,6 +1101,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Message::RequestVoteResponse(resp) => self.on_vote_response(from, resp, out),
             Message::InstallSnapshot(req) => self.on_install_snapshot(from, req, out),
             Message::InstallSnapshotResponse(resp) => self.on_snapshot_response(from, resp, out),
+            Message::TimeoutNow(msg) => self.on_timeout_now(from, msg, out),
         }
     }
 
@@ -1085,6 +1118,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
+            Op::Write { .. } if let Some(busy) = self.handing_off() => out.reply(tag, Err(busy)),
             Op::Write { command, .. } if self.is_leader() => {
                 self.propose(Some(tag), Payload::Command(command), out);
                 self.broadcast(false, out);
@@ -1099,6 +1133,11 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             }
             Op::AddMember { id, addr } => self.change_membership(tag, Change::Add(id, addr), out),
             Op::RemoveMember { id } => self.change_membership(tag, Change::Remove(id), out),
+            Op::TransferLeader { id } => self.transfer_leader(tag, id, out),
         }
+    }
+
+    fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {
+        self.hand_off_before_stopping(tag, out);
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::members;
 use kv_server::protocol::{NodeId, Role};
-use raft_election::message::{Message, RequestVote, RequestVoteResponse};
+use raft_election::message::{Message, RequestVote, RequestVoteResponse, TimeoutNow};
 use raft_election::node::{Config, RaftNode};
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::storage::{HardState, MemStorage, Storage};
@@ -52,6 +52,7 @@ fn vote_request(term: u64, last: (u64, u64), pre_vote: bool) -> Message {
         last_log_index: LogIndex(last.0),
         last_log_term: Term(last.1),
         pre_vote,
+        transfer: false,
     })
 }
 
@@ -215,4 +216,61 @@ fn a_node_that_hears_from_its_leader_refuses_to_help_depose_it() {
         vec![(NodeId(3), vote(1, false, false))]
     );
     assert_eq!(n.term(), Term(1));
+}
+
+fn heartbeat(term: u64) -> Message {
+    Message::AppendEntries(AppendEntries {
+        term: Term(term),
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: vec![],
+        leader_commit: LogIndex(0),
+    })
+}
+
+#[test]
+fn the_leader_s_timeout_now_starts_a_real_election_that_voters_help_despite_their_leader() {
+    // Thesis §3.10: TimeoutNow has the effect of the election timer firing, with no
+    // pre-vote round (the leader vouches for the target), and the vote request says so.
+    let mut target = node(2, &[], 0, true);
+    answer(&mut target, 1, heartbeat(1));
+    let timeout_now = Message::TimeoutNow(TimeoutNow { term: Term(1) });
+    assert_eq!(
+        answer(&mut target, 3, timeout_now.clone()),
+        vec![],
+        "only the leader it follows can hand over"
+    );
+    let sent = answer(&mut target, 1, timeout_now);
+    let Message::RequestVote(request) = sent[0].1 else {
+        panic!("no campaign: {sent:?}");
+    };
+    assert_eq!(
+        (request.term, request.pre_vote, request.transfer),
+        (Term(2), false, true)
+    );
+    assert_eq!(target.role(), Role::Candidate);
+    // A voter that still hears from leader 1 grants it (§4.2.3's check is set aside)...
+    let mut voter = node(3, &[], 0, false);
+    answer(&mut voter, 1, heartbeat(1));
+    assert_eq!(
+        answer(&mut voter, 2, Message::RequestVote(request)),
+        vec![(NodeId(2), vote(2, true, false))]
+    );
+    // ... but not the election restriction (§5.4.1).
+    let mut ahead = node(3, &[1], 1, false);
+    answer(&mut ahead, 1, heartbeat(1));
+    assert_eq!(
+        answer(&mut ahead, 2, Message::RequestVote(request)),
+        vec![(NodeId(2), vote(2, false, false))]
+    );
+}
+
+#[test]
+fn a_timeout_now_of_an_earlier_term_is_ignored() {
+    let mut n = node(2, &[], 0, false);
+    answer(&mut n, 1, heartbeat(1));
+    answer(&mut n, 3, heartbeat(2));
+    let stale = Message::TimeoutNow(TimeoutNow { term: Term(1) });
+    assert_eq!(answer(&mut n, 1, stale), vec![]);
+    assert_eq!((n.term(), n.role()), (Term(2), Role::Follower));
 }

@@ -293,10 +293,13 @@ impl<S: Storage> Node for RaftLogNode<S> {
                 out.reply(tag, Err(Failure::not_leader(self.leader_addr())))
             }
             Op::Write { command, .. } => self.propose(tag, Payload::Command(command), out),
-            Op::AddMember { .. } | Op::RemoveMember { .. } => out.reply(
-                tag,
-                Err(Failure::bad_request("membership changes arrive in stage 8")),
-            ),
+            Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => out
+                .reply(
+                    tag,
+                    Err(Failure::bad_request(
+                        "membership changes and leadership transfer arrive in stage 8",
+                    )),
+                ),
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::node::{Node, Outbox, RequestTag};
 use crate::transport::{self, AddressBook, Transport, TransportConfig};
@@ -61,7 +61,15 @@ impl DriverConfig {
     }
 }
 
-type Call = (Op, oneshot::Sender<Outcome>);
+/// What the node task is asked to do for the rest of the process.
+enum Input {
+    /// A client's request.
+    Client(Op),
+    /// The process is stopping: [`Node::hand_off`].
+    HandOff,
+}
+
+type Call = (Input, oneshot::Sender<Outcome>);
 
 /// Clients waiting for the node's answer, by the tag their request was given.
 type Waiting = HashMap<RequestTag, oneshot::Sender<Outcome>>;
@@ -119,6 +127,18 @@ where
         stop_node.clone(),
     ));
 
+    // Clients are served until the node has handed off whatever it must (a leader, its
+    // leadership); only then are connections drained and the node stopped.
+    let hand_off = calls_tx.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let (tx, rx) = oneshot::channel();
+        if hand_off.send((Input::HandOff, tx)).await.is_ok() {
+            if let Ok(Err(failure)) = rx.await {
+                warn!(why = %failure.message, "stopping without handing off");
+            }
+        }
+    };
     let calls = Arc::new(Calls(calls_tx));
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
         route(
@@ -184,7 +204,7 @@ impl Handler for Calls {
         let is_write = matches!(op, Op::Write { .. });
         let (tx, rx) = oneshot::channel();
         // Sent now, not in the future, so requests reach the node in the order they were read.
-        let queued = self.0.try_send((op, tx));
+        let queued = self.0.try_send((Input::Client(op), tx));
         async move {
             match queued {
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -222,11 +242,14 @@ async fn drive<N: Node>(
     let mut waiting = Waiting::new();
     let mut next_tag = 0;
     let mut out = Outbox::default();
-    let mut call = |node: &mut N, (op, reply): Call, waiting: &mut Waiting, out: &mut _| {
+    let mut call = |node: &mut N, (input, reply): Call, waiting: &mut Waiting, out: &mut _| {
         next_tag += 1;
         let tag = RequestTag(next_tag);
         waiting.insert(tag, reply);
-        node.request(tag, op, out);
+        match input {
+            Input::Client(op) => node.request(tag, op, out),
+            Input::HandOff => node.hand_off(tag, out),
+        }
     };
     loop {
         tokio::select! {

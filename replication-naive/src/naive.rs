@@ -222,10 +222,13 @@ impl Node for NaiveNode {
                 );
                 self.finish_acknowledged(write, out);
             }
-            Op::AddMember { .. } | Op::RemoveMember { .. } => out.reply(
-                tag,
-                Err(Failure::bad_request("membership changes arrive in stage 8")),
-            ),
+            Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => out
+                .reply(
+                    tag,
+                    Err(Failure::bad_request(
+                        "membership changes and leadership transfer arrive in stage 8",
+                    )),
+                ),
         }
     }
 }

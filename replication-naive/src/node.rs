@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use kv_server::protocol::{NodeId, Op, Outcome};
+use kv_server::protocol::{NodeId, Op, Outcome, Reply};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -74,6 +74,15 @@ pub trait Node {
 
     /// A client asks for `op`; the answer goes into `out.replies` under `tag`, now or later.
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Self::Message>);
+
+    /// The runner is about to stop cleanly. A node that leads hands leadership to another
+    /// member first, so the cluster need not wait out an election timeout (thesis §3.10),
+    /// and answers `tag` once that is done or given up; the runner waits for the answer,
+    /// still running the node and serving clients, before it stops. A node with nothing
+    /// to hand off answers at once.
+    fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<Self::Message>) {
+        out.reply(tag, Ok(Reply::Done));
+    }
 
     /// Makes durable whatever the outputs produced since the last call depend on. The
     /// runner calls it before it sends any of them, once for a whole batch of inputs: with

@@ -221,11 +221,25 @@ impl<N: Node> Sim<N> {
     /// Sends a client request to node `id`; its answer, if any, appears under the returned
     /// tag in [`Sim::reply`]. A crashed node never answers.
     pub fn request(&mut self, id: NodeId, op: Op) -> RequestTag {
+        self.call(id, |node, tag, out| node.request(tag, op, out))
+    }
+
+    /// Tells node `id` it is about to stop cleanly ([`Node::hand_off`]); the answer appears
+    /// under the returned tag. The node keeps running: stopping it is [`Sim::crash`].
+    pub fn hand_off(&mut self, id: NodeId) -> RequestTag {
+        self.call(id, |node, tag, out| node.hand_off(tag, out))
+    }
+
+    fn call(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut N, RequestTag, &mut Outbox<N::Message>),
+    ) -> RequestTag {
         self.next_tag += 1;
         let tag = RequestTag(self.next_tag);
         let mut out = Outbox::default();
         if let Some(node) = self.slots.get_mut(&id).and_then(|slot| slot.node.as_mut()) {
-            node.request(tag, op, &mut out);
+            input(node, tag, &mut out);
             node.sync();
             self.dispatch(id, out);
             self.run_check();

@@ -187,6 +187,22 @@ impl ProcessCluster {
         ClusterClient::new(vec![self.addrs[&id].clone()], RetryPolicy::default())
     }
 
+    /// Stops node `id` cleanly (SIGTERM) and waits for it to exit; whether it exited with
+    /// success.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let Some(mut child) = self.children.remove(&id) else {
+            return false;
+        };
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !signalled {
+            let _ = child.kill();
+        }
+        child.wait().is_ok_and(|s| s.success()) && signalled
+    }
+
     /// `kill -9` node `id` and waits for it to be gone.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children.remove(&id) {

@@ -64,3 +64,57 @@ async fn bootstrap_and_join_then_the_first_node_dies_and_the_rest_serve_on() {
     .await;
     assert_eq!(voters(&cluster, follower).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_and_a_stopping_leader_hands_it_over() {
+    let mut cluster = ProcessCluster::start_durable("membership", 3, &[]);
+    let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
+    client.put("k", "v").await.unwrap();
+    let first = cluster.leader().await.expect("a leader");
+    let target = first % 3 + 1;
+
+    let target_id = target.to_string();
+    let output = std::process::Command::new(tests::binary("kv-client"))
+        .args([
+            "--addr",
+            &cluster.all_addrs().join(","),
+            "transfer-leader",
+            &target_id,
+        ])
+        .output()
+        .expect("kv-client runs");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("node {target} is the leader\n")
+    );
+    assert_eq!(cluster.leader().await, Some(target));
+
+    // SIGTERM the leader: it hands over before exiting, so a leader is there at once,
+    // with no election timeout to wait out, and it is not the stopped node.
+    let term = cluster
+        .status(target)
+        .await
+        .and_then(|s| s.term)
+        .expect("a term");
+    assert!(cluster.terminate(target), "a clean exit");
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != target).collect();
+    let mut new_leader = None;
+    for &id in &rest {
+        let status = cluster.status(id).await.expect("answers");
+        if status.role == Role::Leader {
+            new_leader = Some((id, status.term));
+        }
+    }
+    let (new_leader, new_term) = new_leader.expect("a leader as soon as the old one exited");
+    assert_eq!(
+        new_term,
+        Some(term + 1),
+        "one election, begun by the handover"
+    );
+    client.put("k", "after").await.unwrap();
+    assert_eq!(
+        cluster.stale_get(new_leader, "k").await.as_deref(),
+        Some("after")
+    );
+}

@@ -96,6 +96,8 @@ pub enum OpKind {
     AddMember,
     /// `remove_member`
     RemoveMember,
+    /// `transfer_leader`: limecached's extension to the contract (docs/EXTENSIONS.md).
+    TransferLeader,
 }
 
 impl OpKind {
@@ -109,6 +111,7 @@ impl OpKind {
             OpKind::Status => "status",
             OpKind::AddMember => "add_member",
             OpKind::RemoveMember => "remove_member",
+            OpKind::TransferLeader => "transfer_leader",
         }
     }
 }
@@ -207,6 +210,12 @@ pub enum Op {
         /// The node to remove (the request's `id` field, per the contract).
         id: NodeId,
     },
+    /// Hand leadership to a voter (thesis §3.10); an extension to the contract, naming the
+    /// node in `id` as the membership requests do.
+    TransferLeader {
+        /// The voter that should lead.
+        id: NodeId,
+    },
 }
 
 impl Op {
@@ -229,6 +238,7 @@ impl Op {
             Op::Status => OpKind::Status,
             Op::AddMember { .. } => OpKind::AddMember,
             Op::RemoveMember { .. } => OpKind::RemoveMember,
+            Op::TransferLeader { .. } => OpKind::TransferLeader,
         }
     }
 }
@@ -395,6 +405,9 @@ impl WireRequest {
             OpKind::RemoveMember => Ok(Op::RemoveMember {
                 id: node_id(self.id)?,
             }),
+            OpKind::TransferLeader => Ok(Op::TransferLeader {
+                id: node_id(self.id)?,
+            }),
         }
     }
 }
@@ -422,12 +435,15 @@ fn check_size(name: &str, s: &str, max: usize) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Membership requests name the node in `id` (the contract's choice), so it must be a node id.
+/// Membership and transfer requests name the node in `id` (the contract's choice), so it must
+/// be a node id.
 fn node_id(id: Option<RequestId>) -> Result<NodeId, Failure> {
     id.and_then(|id| id.as_u64())
         .filter(|&n| n > 0)
         .map(NodeId)
-        .ok_or_else(|| Failure::bad_request("membership requests need `id`: a node id above 0"))
+        .ok_or_else(|| {
+            Failure::bad_request("membership and transfer requests need `id`: a node id above 0")
+        })
 }
 
 fn check_host_port(addr: &str) -> Result<(), Failure> {
@@ -447,11 +463,14 @@ pub fn is_host_port(addr: &str) -> bool {
 }
 
 impl Request {
-    /// The `id` this request carries on the wire, which its response echoes. Membership
-    /// requests carry the node's id there (the contract's choice), whatever `self.id` says.
+    /// The `id` this request carries on the wire, which its response echoes. Membership and
+    /// transfer requests carry the node's id there (the contract's choice), whatever
+    /// `self.id` says.
     pub fn wire_id(&self) -> Option<RequestId> {
         match &self.op {
-            Op::AddMember { id, .. } | Op::RemoveMember { id } => Some(RequestId::from(id.0)),
+            Op::AddMember { id, .. } | Op::RemoveMember { id } | Op::TransferLeader { id } => {
+                Some(RequestId::from(id.0))
+            }
             _ => self.id.clone(),
         }
     }
@@ -494,7 +513,7 @@ impl Serialize for Request {
                     map.serialize_entry("seq", seq)?;
                 }
             }
-            Op::Status | Op::RemoveMember { .. } => {}
+            Op::Status | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {}
             Op::AddMember { addr, .. } => map.serialize_entry("addr", addr)?,
         }
         map.end()

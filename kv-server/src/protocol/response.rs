@@ -237,7 +237,7 @@ impl WireResponse {
                 },
             )),
             OpKind::Status => Reply::Status(self.status.ok_or(missing("no `status`"))?),
-            OpKind::AddMember | OpKind::RemoveMember => Reply::Done,
+            OpKind::AddMember | OpKind::RemoveMember | OpKind::TransferLeader => Reply::Done,
         };
         Ok(Ok(reply))
     }

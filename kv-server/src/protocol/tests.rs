@@ -91,6 +91,10 @@ fn parses_every_operation() {
             json!({"op":"remove_member","id":4}),
             Op::RemoveMember { id: NodeId(4) },
         ),
+        (
+            json!({"op":"transfer_leader","id":2}),
+            Op::TransferLeader { id: NodeId(2) },
+        ),
     ];
     for (line, op) in cases {
         assert_eq!(parse(line.clone()).unwrap().op, op, "{line}");
@@ -141,6 +145,10 @@ fn membership_ids_must_be_positive_integers_and_addrs_host_port() {
         ErrorCode::BadRequest
     );
     assert_eq!(code(json!({"op":"remove_member"})), ErrorCode::BadRequest);
+    assert_eq!(
+        code(json!({"op":"transfer_leader","id":"2"})),
+        ErrorCode::BadRequest
+    );
     assert_eq!(
         code(json!({"op":"add_member","id":2,"addr":":7000"})),
         ErrorCode::BadRequest
@@ -213,6 +221,10 @@ fn requests_round_trip_through_their_wire_form() {
             id: Some(RequestId::from(9)),
             op: Op::RemoveMember { id: NodeId(9) },
         },
+        Request {
+            id: Some(RequestId::from(2)),
+            op: Op::TransferLeader { id: NodeId(2) },
+        },
     ];
     for request in requests {
         let line = serde_json::to_vec(&request).unwrap();
@@ -284,6 +296,7 @@ fn responses_read_back_into_the_same_outcome() {
             Ok(Reply::Status(Box::new(Status::standalone()))),
         ),
         (OpKind::AddMember, Ok(Reply::Done)),
+        (OpKind::TransferLeader, Ok(Reply::Done)),
         (
             OpKind::Put,
             Err(Failure::not_leader(Some("127.0.0.1:7001".into()))),

@@ -207,7 +207,8 @@ pub fn remove(sim: &mut Cluster, load: &mut Load, id: u64) {
     wait_for_voters(sim, load, |m| !m.contains(NodeId(id)));
 }
 
-/// Waits until a stable leader's committed configuration satisfies `ok`.
+/// Waits until a stable leader that is a voter (not one handing over after its own
+/// removal) has a configuration that satisfies `ok`, with no learner pending.
 pub fn wait_for_voters(
     sim: &mut Cluster,
     load: &mut Load,
@@ -216,8 +217,10 @@ pub fn wait_for_voters(
     let seed = sim.seed();
     let done = load.run_until(sim, 200 * ELECTION_MS, |sim| {
         stable_leader(sim)
-            .and_then(|leader| sim.node(leader))
-            .is_some_and(|l| ok(l.membership()) && l.membership().learner_ids().next().is_none())
+            .and_then(|leader| Some((leader, sim.node(leader)?.membership())))
+            .is_some_and(|(leader, m)| {
+                m.is_voter(leader) && ok(m) && m.learner_ids().next().is_none()
+            })
     });
     if !done {
         dump(sim);

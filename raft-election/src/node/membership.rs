@@ -91,6 +91,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
 
     /// Whether any new configuration may be appended now.
     fn ready_for_config(&self) -> Result<(), String> {
+        if let Some(busy) = self.handing_off() {
+            return Err(busy.message);
+        }
         let pending = self.configs.latest_index();
         if pending > self.commit_index() {
             return Err(format!(
@@ -161,9 +164,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         if !self.membership().is_voter(self.config.id) {
-            info!(id = %self.config.id, term = %self.term, "removed from the cluster; stepping down");
-            let term = self.term;
-            self.become_follower(term, None);
+            info!(id = %self.config.id, term = %self.term, "removed from the cluster; handing over");
+            self.hand_off_when_removed(out);
             return;
         }
         self.promote_caught_up(out);

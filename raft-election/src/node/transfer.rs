@@ -1,0 +1,228 @@
+//! Leadership transfer (thesis §3.10): a leader hands over to a chosen voter, asked by a
+//! client (`transfer_leader`), by a clean shutdown ([`Node::hand_off`]), or by its own
+//! removal. The steps are the thesis's:
+//!
+//! 1. the leader stops taking writes and configuration changes;
+//! 2. it brings the target's log up to its own through the usual replication;
+//! 3. it sends the target TimeoutNow, and the target campaigns at once (no pre-vote, and
+//!    voters set aside the live-leader check for it, §4.2.3);
+//! 4. the target's vote request, in a higher term, makes the old leader step down.
+//!
+//! If no new leader has taken over within an election timeout, the leader gives up and
+//! takes writes again (a target that crashed must not leave the cluster without a leader).
+//!
+//! [`Node::hand_off`]: replication_naive::node::Node::hand_off
+
+use kv_server::protocol::{Failure, NodeId, Reply};
+use raft_log::snapshot::Snapshots;
+use raft_log::storage::Storage;
+use raft_log::types::Term;
+use replication_naive::node::{Outbox, RequestTag};
+use tracing::info;
+
+use super::{Campaign, Duty, RaftNode};
+use crate::message::{Message, TimeoutNow};
+
+/// A leadership transfer under way.
+#[derive(Debug)]
+pub(super) struct Handoff {
+    /// The voter that should lead next.
+    target: NodeId,
+    /// The term it started in; a leader of a later term ends it.
+    term: Term,
+    /// Ticks since it started.
+    elapsed: u64,
+    /// Whether TimeoutNow has gone to the target.
+    sent: bool,
+    /// Who waits for the outcome: a client, a stopping runner, or no one (a removed leader).
+    tag: Option<RequestTag>,
+}
+
+impl<S: Storage, P: Snapshots> RaftNode<S, P> {
+    /// A client asks that `target` lead. Answered once it does, or with `unavailable` when
+    /// the transfer fails.
+    pub(super) fn transfer_leader(
+        &mut self,
+        tag: RequestTag,
+        target: NodeId,
+        out: &mut Outbox<Message>,
+    ) {
+        if target == self.config.id && self.is_leader() {
+            out.reply(tag, Ok(Reply::Done));
+        } else if !self.is_leader() {
+            out.reply(tag, Err(self.not_leader()));
+        } else if !self.membership().is_voter(target) {
+            let why = format!("node {target} is not a voter; only a voter can lead");
+            out.reply(tag, Err(Failure::bad_request(why)));
+        } else if let Some(busy) = self.handing_off() {
+            out.reply(tag, Err(busy));
+        } else {
+            self.start_handoff(target, Some(tag), out);
+        }
+    }
+
+    /// The runner is stopping: a leader hands over to its most up-to-date voter first.
+    pub(super) fn hand_off_before_stopping(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {
+        if !self.is_leader() {
+            out.reply(tag, Ok(Reply::Done));
+        } else if let Some(busy) = self.handing_off() {
+            out.reply(tag, Err(busy));
+        } else if let Some(target) = self.most_up_to_date_voter() {
+            self.start_handoff(target, Some(tag), out);
+        } else {
+            // The only voter: there is no one to hand over to.
+            out.reply(tag, Ok(Reply::Done));
+        }
+    }
+
+    /// Leader: why writes and configuration changes are refused, if a transfer is under way.
+    pub(super) fn handing_off(&self) -> Option<Failure> {
+        let handoff = self.handoff.as_ref().filter(|_| self.is_leader())?;
+        Some(Failure::unavailable(format!(
+            "leadership is moving to node {}; retry shortly",
+            handoff.target
+        )))
+    }
+
+    /// Leader, once a configuration that removes it has committed: hands over to the most
+    /// up-to-date remaining voter, so the cluster does not wait out an election timeout
+    /// (thesis §4.2.2 and §3.10), and steps down.
+    pub(super) fn hand_off_when_removed(&mut self, out: &mut Outbox<Message>) {
+        if self.handoff.is_some() {
+            return;
+        }
+        match self.most_up_to_date_voter() {
+            Some(target) => self.start_handoff(target, None, out),
+            None => self.step_down(),
+        }
+    }
+
+    fn start_handoff(
+        &mut self,
+        target: NodeId,
+        tag: Option<RequestTag>,
+        out: &mut Outbox<Message>,
+    ) {
+        info!(id = %self.config.id, term = %self.term, %target, "handing leadership over");
+        self.handoff = Some(Handoff {
+            target,
+            term: self.term,
+            elapsed: 0,
+            sent: false,
+            tag,
+        });
+        self.send_timeout_now(out);
+    }
+
+    /// The voter (other than this node) whose log matches the leader's furthest, the
+    /// lowest id among equals.
+    fn most_up_to_date_voter(&self) -> Option<NodeId> {
+        let Duty::Leader { replication, .. } = &self.duty else {
+            return None;
+        };
+        self.membership()
+            .voter_ids()
+            .filter(|&id| id != self.config.id)
+            .max_by_key(|&id| {
+                let matched = replication.progress(id).map_or(0, |p| p.match_index.0);
+                (matched, std::cmp::Reverse(id))
+            })
+    }
+
+    /// Leader: sends TimeoutNow once the target's log matches its own. The target can then
+    /// win: every voter's log is at most as up to date as the leader's (§5.4.1).
+    pub(super) fn send_timeout_now(&mut self, out: &mut Outbox<Message>) {
+        let Duty::Leader { replication, .. } = &self.duty else {
+            return;
+        };
+        let last_index = self.log.last_index();
+        let Some(handoff) = self.handoff.as_mut().filter(|h| !h.sent) else {
+            return;
+        };
+        let caught_up = replication
+            .progress(handoff.target)
+            .is_some_and(|p| p.match_index == last_index);
+        if !caught_up {
+            return; // replication brings it up to date; its answer calls this again
+        }
+        handoff.sent = true;
+        let term = self.term;
+        out.send(handoff.target, Message::TimeoutNow(TimeoutNow { term }));
+        if !self.membership().is_voter(self.config.id) {
+            // A removed leader has nothing to go back to.
+            self.step_down();
+        }
+    }
+
+    /// Voter: the leader hands over to this node. It campaigns at once (thesis §3.10).
+    pub(super) fn on_timeout_now(
+        &mut self,
+        from: NodeId,
+        msg: TimeoutNow,
+        out: &mut Outbox<Message>,
+    ) {
+        if msg.term != self.term || self.leader != Some(from) {
+            return; // from an earlier term, or from no leader this node follows
+        }
+        if self.membership().is_voter(self.config.id) {
+            info!(id = %self.config.id, term = %self.term, leader = %from, "asked to take over; campaigning");
+            self.campaign(Campaign::Transfer, out);
+        }
+    }
+
+    /// Every tick: a leader whose target has not taken over within an election timeout
+    /// gives up and takes writes again; a node that stepped down for the transfer but has
+    /// not heard of a new leader within two answers its waiter anyway.
+    pub(super) fn tick_handoff(&mut self, out: &mut Outbox<Message>) {
+        let election_ticks = self.config.election_ticks;
+        let leading = self.is_leader();
+        let Some(handoff) = &mut self.handoff else {
+            return;
+        };
+        handoff.elapsed += 1;
+        let why = if leading && handoff.elapsed >= election_ticks {
+            format!(
+                "node {} did not take over within an election timeout; node {} still leads",
+                handoff.target, self.config.id
+            )
+        } else if !leading && handoff.elapsed >= 2 * election_ticks {
+            format!(
+                "this node stepped down for node {}, but no new leader has been heard of yet",
+                handoff.target
+            )
+        } else {
+            return;
+        };
+        info!(id = %self.config.id, %why, "leadership transfer given up");
+        self.end_handoff(Err(Failure::unavailable(why)), out);
+        if leading && !self.membership().is_voter(self.config.id) {
+            self.step_down();
+        }
+    }
+
+    /// This node learned that `leader` leads in `term`: a transfer started in an earlier
+    /// term is over, whoever won.
+    pub(super) fn leader_elected(&mut self, leader: NodeId, term: Term, out: &mut Outbox<Message>) {
+        let Some(handoff) = &self.handoff else {
+            return;
+        };
+        if term <= handoff.term {
+            return;
+        }
+        let outcome = if leader == handoff.target {
+            Ok(Reply::Done)
+        } else {
+            Err(Failure::unavailable(format!(
+                "node {leader} was elected instead of node {}; retry",
+                handoff.target
+            )))
+        };
+        self.end_handoff(outcome, out);
+    }
+
+    fn end_handoff(&mut self, outcome: Result<Reply, Failure>, out: &mut Outbox<Message>) {
+        if let Some(Handoff { tag: Some(tag), .. }) = self.handoff.take() {
+            out.reply(tag, outcome);
+        }
+    }
+}
