@@ -38,8 +38,9 @@ pub async fn collect(client: &mut ClusterClient, addrs: &[String]) -> Vec<Row> {
     rows
 }
 
-/// The rows as an aligned table, and a line naming the leader. Lag is how far a node's
-/// applied index trails the highest commit index any node reported.
+/// The rows as an aligned table, a line naming the leader, and why each unreachable node
+/// was (kept out of the table, whose ROLE column would widen to the longest error). Lag is
+/// how far a node's applied index trails the highest commit index any node reported.
 pub fn render(rows: &[Row]) -> String {
     let top_commit = rows
         .iter()
@@ -64,10 +65,10 @@ pub fn render(rows: &[Row]) -> String {
                         .map(|(top, applied)| top.saturating_sub(applied)),
                 ),
             ],
-            Err(error) => [
+            Err(_) => [
                 dash(),
                 row.addr.clone(),
-                format!("unreachable ({error})"),
+                "unreachable".to_owned(),
                 dash(),
                 dash(),
                 dash(),
@@ -104,6 +105,11 @@ pub fn render(rows: &[Row]) -> String {
         .all(|r| r.status.as_ref().is_ok_and(|s| s.term.is_some()))
     {
         let _ = writeln!(out, "no leader known");
+    }
+    for row in rows {
+        if let Err(error) = &row.status {
+            let _ = writeln!(out, "{}: {error}", row.addr);
+        }
     }
     out
 }
@@ -144,11 +150,12 @@ mod tests {
             },
         ];
         let expected = "\
-ID  ADDRESS         ROLE                              TERM  COMMIT  APPLIED  LAG
-1   127.0.0.1:7001  leader                            3     10      10       0
-2   127.0.0.1:7002  follower                          3     9       7        3
--   127.0.0.1:7003  unreachable (connection refused)  -     -       -        -
+ID  ADDRESS         ROLE         TERM  COMMIT  APPLIED  LAG
+1   127.0.0.1:7001  leader       3     10      10       0
+2   127.0.0.1:7002  follower     3     9       7        3
+-   127.0.0.1:7003  unreachable  -     -       -        -
 leader: 1 at 127.0.0.1:7001
+127.0.0.1:7003: connection refused
 ";
         assert_eq!(render(&rows), expected);
     }

@@ -1118,12 +1118,14 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
-            Op::Write { .. } if let Some(busy) = self.handing_off() => out.reply(tag, Err(busy)),
-            Op::Write { command, .. } if self.is_leader() => {
-                self.propose(Some(tag), Payload::Command(command), out);
-                self.broadcast(false, out);
-                self.advance_commit(out);
-            }
+            Op::Write { command, .. } if self.is_leader() => match self.handing_off() {
+                Some(busy) => out.reply(tag, Err(busy)),
+                None => {
+                    self.propose(Some(tag), Payload::Command(command), out);
+                    self.broadcast(false, out);
+                    self.advance_commit(out);
+                }
+            },
             Op::Write { .. } => out.reply(tag, Err(self.not_leader())),
             Op::AddMember { .. } | Op::RemoveMember { .. } if !self.config.membership_changes => {
                 out.reply(
