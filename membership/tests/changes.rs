@@ -9,6 +9,7 @@ mod common;
 use common::{ELECTION_MS, Load, add, admin, cluster, remove, voters};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
+use raft_log::snapshot::Snapshots;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 #[test]
@@ -290,5 +291,40 @@ fn an_uncommitted_change_cut_from_the_log_is_undone() {
             &expected,
             "the cut-back change is still in force on node {old} (seed {seed})"
         );
+    });
+}
+
+#[test]
+fn a_receiver_that_pauses_mid_snapshot_keeps_its_transfer() {
+    for_each_seed(20, |seed| {
+        let mut sim = cluster(seed, 3);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let leader = stable_leader(&sim).expect("a leader");
+        let latest = |sim: &common::Cluster| {
+            let snapshots = sim.node(leader).expect("runs").snapshots();
+            snapshots.latest().map(|meta| meta.index)
+        };
+        sim.add(NodeId(4));
+        let op = Op::AddMember {
+            id: NodeId(4),
+            addr: common::addr(4),
+        };
+        sim.request(leader, op);
+        load.run_for(&mut sim, ELECTION_MS / 10);
+        assert_eq!(
+            sim.node(NodeId(4)).expect("runs").last_applied().0,
+            0,
+            "the snapshot is still on its way (seed {seed})"
+        );
+        // Silent for longer than an election timeout, with writes that would otherwise
+        // trigger several snapshots: the leader keeps the one it is sending.
+        let sending = latest(&sim);
+        sim.isolate(NodeId(4));
+        load.run_for(&mut sim, 3 * ELECTION_MS);
+        assert_eq!(latest(&sim), sending, "seed {seed}");
+        sim.heal();
+        common::wait_for_voters(&mut sim, &mut load, |m| m.is_voter(NodeId(4)));
+        load.assert_kept(&mut sim);
     });
 }

@@ -141,6 +141,10 @@ enum Duty {
     },
 }
 
+/// Election timeouts of silence after which a leader stops deferring its snapshots for a
+/// follower that is receiving one ([`RaftNode::sending_snapshot`]).
+const SNAPSHOT_TRANSFER_PATIENCE: u64 = 10;
+
 /// How a node campaigns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Campaign {
@@ -766,6 +770,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         };
         if meta.index != transfer.index {
             // Replaced by a newer snapshot: start over with that one.
+            info!(id = %self.config.id, %follower, index = %meta.index, "snapshot replaced; sending the new one from the start");
             transfer.index = meta.index;
             transfer.offset = 0;
         }
@@ -966,11 +971,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             .start_save(meta, self.applier.state().clone());
     }
 
-    /// Leader: whether a follower that answered within an election timeout is receiving a
-    /// snapshot. A new snapshot replaces the one being sent, and the transfer restarts with
-    /// it, so taking snapshots faster than one crosses the network would keep a follower
-    /// from ever catching up: the next snapshot waits until the transfer ends (or the
-    /// follower goes quiet), and the log grows by what is written meanwhile.
+    /// Leader: whether a follower that answered recently is receiving a snapshot. A new
+    /// snapshot replaces the one being sent, and the transfer restarts with it, so taking
+    /// snapshots faster than one crosses the network would keep a follower from ever
+    /// catching up: the next snapshot waits until the transfer ends, and the log grows by
+    /// what is written meanwhile. Only a follower silent for
+    /// [`SNAPSHOT_TRANSFER_PATIENCE`] election timeouts is given up on, so that a dead one
+    /// cannot hold compaction back forever: a live receiver can pause for longer than one
+    /// timeout (a 124 MB transfer under load showed pauses past 200 ms, and restarted).
     fn sending_snapshot(&self) -> bool {
         let Duty::Leader {
             ticks,
@@ -982,9 +990,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return false;
         };
         transfers.keys().any(|follower| {
-            last_heard
-                .get(follower)
-                .is_some_and(|&at| ticks - at < self.config.election_ticks)
+            last_heard.get(follower).is_some_and(|&at| {
+                ticks - at < SNAPSHOT_TRANSFER_PATIENCE * self.config.election_ticks
+            })
         })
     }
 

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kv_server::process::StartError;
 use kv_server::protocol::{Failure, NodeId, Op, Outcome};
@@ -77,6 +77,10 @@ type Waiting = HashMap<RequestTag, oneshot::Sender<Outcome>>;
 /// Most inputs the node task takes before it syncs and sends: bounds the latency one batch
 /// adds to the first input in it.
 const MAX_BATCH: usize = 512;
+
+/// A batch (its inputs and its sync) slower than this is logged: it holds up every message,
+/// heartbeats included.
+const SLOW_BATCH: Duration = Duration::from_millis(50);
 
 /// The node's task ended on its own: it panicked, typically because its storage could not
 /// make a change durable. The process should exit rather than go on answering clients.
@@ -252,11 +256,21 @@ async fn drive<N: Node>(
         }
     };
     loop {
+        let started;
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ticks.tick() => node.tick(&mut out),
-            Some((from, message)) = inbox.recv() => node.step(from, message, &mut out),
-            Some(c) = calls.recv() => call(&mut node, c, &mut waiting, &mut out),
+            _ = ticks.tick() => {
+                started = Instant::now();
+                node.tick(&mut out);
+            }
+            Some((from, message)) = inbox.recv() => {
+                started = Instant::now();
+                node.step(from, message, &mut out);
+            }
+            Some(c) = calls.recv() => {
+                started = Instant::now();
+                call(&mut node, c, &mut waiting, &mut out);
+            }
         }
         // Group commit: take whatever else has already arrived, then make it all durable
         // with one sync before anything leaves.
@@ -269,7 +283,18 @@ async fn drive<N: Node>(
                 break;
             }
         }
+        let syncing = Instant::now();
         node.sync();
+        let (working, syncing) = (syncing - started, syncing.elapsed());
+        if working + syncing > SLOW_BATCH {
+            // etcd warns the same way ("slow fdatasync", "apply took too long"): nothing
+            // leaves the node meanwhile, heartbeats included, so this can cost an election.
+            warn!(
+                work_ms = working.as_millis() as u64,
+                sync_ms = syncing.as_millis() as u64,
+                "slow batch: the node task was held up"
+            );
+        }
         if let Some(peers) = out.peers.take() {
             transport.set_peers(&peers);
         }
