@@ -12,7 +12,7 @@ use raft_log::snapshot::{SnapshotMeta, Snapshots};
 use raft_log::types::LogIndex;
 use tracing::{info, warn};
 
-use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotWriter, latest};
+use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotWriter, latest, snapshot_index};
 use crate::state::{read_map, write_map};
 
 /// Snapshots kept as files in one directory: the newest intact one is kept open (a leader
@@ -44,9 +44,13 @@ impl FileSnapshots {
                 fs::remove_file(&path).map_err(io)?;
             }
         }
+        let latest = latest(dir)?;
+        for old in older_than(dir, latest.as_ref().map(|f| f.meta().index)).map_err(io)? {
+            fs::remove_file(&old).map_err(io)?;
+        }
         Ok(FileSnapshots {
             dir: dir.to_path_buf(),
-            latest: latest(dir)?,
+            latest,
             saving: None,
             receiving: None,
         })
@@ -71,11 +75,35 @@ impl FileSnapshots {
         };
         self.latest = keep;
         if let Some(old) = drop {
-            if let Err(error) = fs::remove_file(old.path()) {
-                warn!(path = %old.path().display(), %error, "cannot delete an old snapshot");
-            }
+            // Deleted by another thread, the file closed there too: freeing a large file's
+            // blocks held the node task for up to 75 ms on a busy disk (BENCHMARKS.md, stage
+            // 8). A crash before it happens leaves the file for `open` to delete.
+            thread::spawn(move || remove(old));
         }
     }
+}
+
+/// Deletes a snapshot that a newer one has replaced.
+fn remove(old: SnapshotFile) {
+    if let Err(error) = fs::remove_file(old.path()) {
+        warn!(path = %old.path().display(), %error, "cannot delete an old snapshot");
+    }
+}
+
+/// The finished snapshots in `dir` with an index below `newest`: left by a crash before
+/// their deletion.
+fn older_than(dir: &Path, newest: Option<LogIndex>) -> io::Result<Vec<PathBuf>> {
+    let Some(newest) = newest else {
+        return Ok(Vec::new());
+    };
+    let mut older = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if snapshot_index(&path).is_some_and(|index| index < newest.0) {
+            older.push(path);
+        }
+    }
+    Ok(older)
 }
 
 /// Writes `state` as snapshot `meta` in `dir`.

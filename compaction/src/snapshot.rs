@@ -299,6 +299,18 @@ impl SnapshotFile {
     }
 }
 
+/// The index of the finished snapshot at `path`, if that is one (`snapshot-<index>-<term>.snap`).
+pub fn snapshot_index(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("snapshot-")?
+        .strip_suffix(".snap")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The snapshot with the highest index in `dir`, if any. Unfinished (`.tmp`) files are
 /// ignored; a finished one that fails verification is an error, not skipped: loading an
 /// older one instead would silently lose what the damaged one held.
@@ -306,15 +318,7 @@ pub fn latest(dir: &Path) -> Result<Option<SnapshotFile>, SnapshotError> {
     let mut newest: Option<(u64, PathBuf)> = None;
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let path = entry.map_err(io_error(dir))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(index) = name
-            .strip_prefix("snapshot-")
-            .and_then(|rest| rest.strip_suffix(".snap"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|index| index.parse::<u64>().ok())
-        else {
+        let Some(index) = snapshot_index(&path) else {
             continue;
         };
         if newest.as_ref().is_none_or(|(best, _)| index > *best) {

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use compaction::file_store::FileSnapshots;
 use compaction::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotWriter, latest};
 use compaction::state::{read_map, write_map};
 use kv_server::protocol::{Command, NodeId};
 use kv_server::store::KvMap;
 use raft_log::membership::Membership;
+use raft_log::snapshot::Snapshots;
 use raft_log::types::{LogIndex, Term};
 
 fn meta(index: u64) -> SnapshotMeta {
@@ -132,6 +134,20 @@ fn the_newest_finished_snapshot_is_found_and_unfinished_ones_are_ignored() {
     drop(unfinished);
     let newest = latest(dir.path()).unwrap().unwrap();
     assert_eq!(newest.meta().index, LogIndex(30));
+    // Opening the store keeps only the newest: older ones are what a crash left before
+    // their deletion, and the unfinished one is removed too.
+    let store = FileSnapshots::open(dir.path()).unwrap();
+    assert_eq!(store.latest().map(|m| m.index), Some(LogIndex(30)));
+    let mut left: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].starts_with("snapshot-00000000000000000030"),
+        "{left:?}"
+    );
 }
 
 #[test]
