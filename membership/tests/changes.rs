@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ELECTION_MS, Load, add, admin, cluster, remove, voters};
+use common::{ELECTION_MS, Load, add, admin, cluster, remove, settled, voters};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
@@ -15,9 +15,7 @@ use replication_naive::sim::{NetConfig, for_each_seed};
 #[test]
 fn grow_1_3_5_and_shrink_5_3_1_under_writes() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 1);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 1);
         for id in 2..=5 {
             add(&mut sim, &mut load, id);
             if id == 3 || id == 5 {
@@ -45,9 +43,7 @@ fn grow_1_3_5_and_shrink_5_3_1_under_writes() {
 #[test]
 fn every_original_node_replaced_one_by_one() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         for old in 1..=3 {
             add(&mut sim, &mut load, old + 3);
             remove(&mut sim, &mut load, old);
@@ -62,9 +58,7 @@ fn every_original_node_replaced_one_by_one() {
 #[test]
 fn the_leader_removes_itself_and_steps_down() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         remove(&mut sim, &mut load, leader.0);
         let new_leader = stable_leader(&sim).expect("a leader");
@@ -88,9 +82,7 @@ fn the_leader_removes_itself_and_steps_down() {
 #[test]
 fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let gone = NodeId(leader.0 % 3 + 1);
         // Cut off, it never hears that it was removed: it still thinks it is a voter, and
@@ -116,9 +108,7 @@ fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
 #[test]
 fn a_node_is_added_while_a_partition_splits_the_cluster() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 5);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 5);
         let leader = stable_leader(&sim).expect("a leader").0;
         // The leader and one follower on one side; the other three, and the new node, on
         // the other: the old leader steps down (check-quorum), the majority side elects a
@@ -193,9 +183,7 @@ fn the_leader_crashes_at_every_point_of_a_change() {
 
 #[test]
 fn a_second_change_while_one_is_in_progress_is_refused_and_changes_nothing() {
-    let mut sim = cluster(1, 3);
-    let mut load = Load::default();
-    load.run_for(&mut sim, 10 * ELECTION_MS);
+    let (mut sim, mut load) = settled(1, 3);
     // Node 4 is never started: it stays a learner that cannot catch up.
     let op = Op::AddMember {
         id: NodeId(4),
@@ -226,9 +214,7 @@ fn a_second_change_while_one_is_in_progress_is_refused_and_changes_nothing() {
 
 #[test]
 fn bad_changes_are_refused_and_retries_are_harmless() {
-    let mut sim = cluster(2, 1);
-    let mut load = Load::default();
-    load.run_for(&mut sim, 10 * ELECTION_MS);
+    let (mut sim, mut load) = settled(2, 1);
     let remove_last = admin(&mut sim, &mut load, Op::RemoveMember { id: NodeId(1) });
     assert!(
         matches!(&remove_last, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("only voter")),
@@ -259,9 +245,7 @@ fn bad_changes_are_refused_and_retries_are_harmless() {
 #[test]
 fn an_uncommitted_change_cut_from_the_log_is_undone() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let old = stable_leader(&sim).expect("a leader");
         // Cut off, the leader still takes the change (it has committed in its term) but can
         // never commit it; it is in force on that node alone.
@@ -297,9 +281,7 @@ fn an_uncommitted_change_cut_from_the_log_is_undone() {
 #[test]
 fn a_receiver_that_pauses_mid_snapshot_keeps_its_transfer() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let latest = |sim: &common::Cluster| {
             let snapshots = sim.node(leader).expect("runs").snapshots();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ELECTION_MS, Load, TICK_MS, add, admin, cluster, remove};
+use common::{ELECTION_MS, Load, TICK_MS, add, admin, remove, settled};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, stable_leader};
 use raft_log::storage::Storage;
@@ -37,9 +37,7 @@ fn a_follower(sim: &common::Cluster) -> NodeId {
 #[test]
 fn the_named_voter_takes_over_without_an_election_timeout() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let old = stable_leader(&sim).expect("a leader");
         let term = sim.node(old).expect("runs").term();
         let target = a_follower(&sim);
@@ -64,9 +62,7 @@ fn the_named_voter_takes_over_without_an_election_timeout() {
 #[test]
 fn a_lagging_target_is_brought_up_to_date_before_it_campaigns() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let target = a_follower(&sim);
         // Cut off while a few writes commit without it: fewer than the entries a snapshot
@@ -101,9 +97,7 @@ fn a_lagging_target_is_brought_up_to_date_before_it_campaigns() {
 #[test]
 fn writes_are_refused_while_leadership_moves() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, _) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let target = a_follower(&sim);
         let moving = sim.request(leader, Op::TransferLeader { id: target });
@@ -129,9 +123,7 @@ fn writes_are_refused_while_leadership_moves() {
 #[test]
 fn a_transfer_to_a_dead_voter_is_given_up_and_the_leader_serves_again() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let term = sim.node(leader).expect("runs").term();
         let target = a_follower(&sim);
@@ -159,9 +151,7 @@ fn a_transfer_to_a_dead_voter_is_given_up_and_the_leader_serves_again() {
 
 #[test]
 fn a_transfer_to_a_learner_a_stranger_or_the_leader_itself() {
-    let mut sim = cluster(7, 3);
-    let mut load = Load::default();
-    load.run_for(&mut sim, 10 * ELECTION_MS);
+    let (mut sim, mut load) = settled(7, 3);
     let leader = stable_leader(&sim).expect("a leader");
     let (outcome, _) = transfer(&mut sim, &mut load, NodeId(9));
     let failure = outcome.expect_err("a stranger is refused");
@@ -199,9 +189,7 @@ fn a_transfer_to_a_learner_a_stranger_or_the_leader_itself() {
 #[test]
 fn a_removed_leader_hands_over_without_an_election_timeout() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let tag = sim.request(leader, Op::RemoveMember { id: leader });
         load.run_until(&mut sim, 10 * ELECTION_MS, |sim| sim.reply(tag).is_some());
@@ -226,9 +214,7 @@ fn a_removed_leader_hands_over_without_an_election_timeout() {
 #[test]
 fn a_clean_shutdown_hands_leadership_over_first() {
     for_each_seed(20, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
         let follower = a_follower(&sim);
         // A follower has nothing to hand over.
@@ -257,9 +243,7 @@ fn a_clean_shutdown_hands_leadership_over_first() {
 #[test]
 fn transfers_under_loss_crashes_and_changes_keep_every_write() {
     for_each_seed(10, |seed| {
-        let mut sim = cluster(seed, 3);
-        let mut load = Load::default();
-        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let (mut sim, mut load) = settled(seed, 3);
         add(&mut sim, &mut load, 4);
         add(&mut sim, &mut load, 5);
         sim.set_net(NetConfig::unreliable());

@@ -58,6 +58,15 @@ pub fn cluster(seed: u64, initial: u64) -> Cluster {
     sim
 }
 
+/// A [`cluster`] of `initial` voters that has run for ten election timeouts with writes
+/// flowing: it has a leader, and a log long enough to have been snapshotted.
+pub fn settled(seed: u64, initial: u64) -> (Cluster, Load) {
+    let mut sim = cluster(seed, initial);
+    let mut load = Load::default();
+    load.run_for(&mut sim, 10 * ELECTION_MS);
+    (sim, load)
+}
+
 /// Writes kept flowing while a test changes the cluster: a few puts in flight at a time,
 /// each to the current leader, and every acknowledged one remembered.
 #[derive(Default)]
