@@ -297,7 +297,7 @@ impl<S: Storage> Node for RaftLogNode<S> {
                 .reply(
                     tag,
                     Err(Failure::bad_request(
-                        "membership changes and leadership transfer arrive in stage 8",
+                        "membership changes arrive in stage 8, leadership transfer with elections in stage 6",
                     )),
                 ),
         }

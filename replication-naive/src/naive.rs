@@ -226,7 +226,7 @@ impl Node for NaiveNode {
                 .reply(
                     tag,
                     Err(Failure::bad_request(
-                        "membership changes and leadership transfer arrive in stage 8",
+                        "membership changes arrive in stage 8, leadership transfer with elections in stage 6",
                     )),
                 ),
         }
