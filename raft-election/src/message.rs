@@ -1,7 +1,8 @@
 //! What nodes say to each other from this stage on: stage 3's AppendEntries, plus
 //! RequestVote (§5.2) and its pre-vote variant (thesis §9.6), InstallSnapshot (§7), which
 //! only nodes that compact their logs send, and TimeoutNow (thesis §3.10), which only a
-//! leader handing over sends.
+//! leader handing over sends, and the ReadProbe/ReadAck round that confirms a leader
+//! before it serves a linearizable read (thesis §6.4).
 
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::snapshot::{InstallSnapshot, InstallSnapshotResponse};
@@ -27,6 +28,11 @@ pub enum Message {
     /// Leader → the voter it hands leadership to, once that voter's log matches its own:
     /// campaign now, as if your election timer had fired (thesis §3.10).
     TimeoutNow(TimeoutNow),
+    /// Leader → voters: confirm that I still lead, so that reads can be served without
+    /// writing them to the log (ReadIndex, thesis §6.4).
+    ReadProbe(ReadProbe),
+    /// Voter → leader: the answer to a ReadProbe.
+    ReadAck(ReadAck),
 }
 
 /// Figure 2's RequestVote arguments, with the pre-vote flag.
@@ -64,4 +70,24 @@ pub struct RequestVoteResponse {
 pub struct TimeoutNow {
     /// The leader's term: a voter that has moved past it ignores the message.
     pub term: Term,
+}
+
+/// Leader → voters: "am I still your leader?", one round of ReadIndex (thesis §6.4). A
+/// voter still in `term` acknowledges it, and hears it as a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadProbe {
+    /// The leader's term.
+    pub term: Term,
+    /// Which round this is; the acknowledgement echoes it.
+    pub round: u64,
+}
+
+/// The answer to a [`ReadProbe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadAck {
+    /// The voter's current term: the probe's when it still follows that leader, a later one
+    /// when it has moved on (and the leader learns it is deposed).
+    pub term: Term,
+    /// The round acknowledged.
+    pub round: u64,
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use kv_server::protocol::{Failure, NodeId, Op, Reply, Role, Status};
+use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use raft_log::apply::Applier;
 use raft_log::log::RaftLog;
@@ -26,9 +26,11 @@ use crate::configs::Configs;
 use crate::message::{Message, RequestVote, RequestVoteResponse};
 
 mod membership;
+mod reads;
 mod transfer;
 
 use membership::Change;
+use reads::Reads;
 use transfer::Handoff;
 
 /// How a node is set up. Times are in ticks (the driver's tick is 10 ms by default).
@@ -203,6 +205,8 @@ pub struct RaftNode<S, P = NoSnapshots> {
     heartbeat_elapsed: u64,
     /// The leadership transfer under way, if any.
     handoff: Option<Handoff>,
+    /// Linearizable reads being confirmed (leader only).
+    reads: Reads,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -264,6 +268,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             election_timeout: 0,
             heartbeat_elapsed: 0,
             handoff: None,
+            reads: Reads::default(),
         };
         node.reset_election_timer();
         if let Some((meta, state)) = restored {
@@ -1024,6 +1029,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if replication.advance_commit(&mut self.log, self.config.id, voters, self.term) {
             self.apply_committed(out);
             self.membership_committed(out);
+            self.start_read_round(out);
         }
     }
 
@@ -1031,6 +1037,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         for (tag, outcome) in self.applier.apply_committed(&self.log) {
             out.reply(tag, outcome);
         }
+        self.serve_confirmed_reads(out);
         self.maybe_snapshot();
     }
 
@@ -1039,6 +1046,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast(true, out);
+            self.probe_for_reads(out);
         }
         let window = self.config.election_ticks;
         let membership = self.configs.latest();
@@ -1064,22 +1072,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             self.step_down();
         }
     }
-}
 
-impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
-    type Message = Message;
-
-    fn id(&self) -> NodeId {
-        self.config.id
-    }
-
-    fn tick(&mut self, out: &mut Outbox<Message>) {
-        self.finish_snapshot();
-        self.tick_handoff(out);
-        if self.is_leader() {
-            self.tick_leader(out);
-            return;
-        }
+    /// A follower or candidate: campaigns once its election timer runs out.
+    fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.election_timeout {
             if self.membership().is_voter(self.config.id) {
@@ -1096,6 +1091,25 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             }
         }
     }
+}
+
+impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
+    type Message = Message;
+
+    fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    fn tick(&mut self, out: &mut Outbox<Message>) {
+        self.finish_snapshot();
+        self.tick_handoff(out);
+        if self.is_leader() {
+            self.tick_leader(out);
+        } else {
+            self.tick_election_timer(out);
+        }
+        self.settle_reads(out);
+    }
 
     fn step(&mut self, from: NodeId, message: Message, out: &mut Outbox<Message>) {
         // Messages from nodes outside this node's configuration are handled too (thesis
@@ -1110,7 +1124,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Message::InstallSnapshot(req) => self.on_install_snapshot(from, req, out),
             Message::InstallSnapshotResponse(resp) => self.on_snapshot_response(from, resp, out),
             Message::TimeoutNow(msg) => self.on_timeout_now(from, msg, out),
+            Message::ReadProbe(probe) => self.on_read_probe(from, probe, out),
+            Message::ReadAck(ack) => self.on_read_ack(from, ack, out),
         }
+        self.settle_reads(out);
     }
 
     fn sync(&mut self) {
@@ -1119,9 +1136,15 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
 
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
         match op {
-            // A local read, possibly stale. Linearizable reads (ReadIndex) come with the
-            // limecached node.
-            Op::Get { key, .. } => out.reply(
+            Op::Get {
+                key,
+                consistency: Consistency::Linearizable,
+            } => self.read(tag, key, out),
+            // A local read, possibly stale: any node serves it from its own state.
+            Op::Get {
+                key,
+                consistency: Consistency::Stale,
+            } => out.reply(
                 tag,
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
@@ -1145,6 +1168,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Op::RemoveMember { id } => self.change_membership(tag, Change::Remove(id), out),
             Op::TransferLeader { id } => self.transfer_leader(tag, id, out),
         }
+        self.settle_reads(out);
     }
 
     fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {

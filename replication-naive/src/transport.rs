@@ -40,8 +40,9 @@ pub const PEER_PREAMBLE: u8 = 0;
 const WRITE_HIGH_WATER: usize = 1 << 20;
 
 /// Bumped when the peer message format changes incompatibly (2: the hello carries the
-/// sender's address; 3: leadership transfer's TimeoutNow).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// sender's address; 3: leadership transfer's TimeoutNow; 4: ReadIndex's ReadProbe and
+/// ReadAck).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame of a peer connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
