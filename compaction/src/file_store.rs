@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use kv_server::store::KvMap;
+use raft_log::apply::Machine;
 use raft_log::snapshot::{SnapshotMeta, Snapshots};
 use raft_log::types::LogIndex;
 use tracing::{info, warn};
 
 use crate::snapshot::{SnapshotError, SnapshotFile, SnapshotWriter, latest, snapshot_index};
-use crate::state::{read_map, write_map};
+use crate::state::{read_state, write_state};
 
 /// Snapshots kept as files in one directory: the newest intact one is kept open (a leader
 /// reads its chunks from it); older ones are deleted once a newer one is durable.
@@ -107,13 +107,13 @@ fn older_than(dir: &Path, newest: Option<LogIndex>) -> io::Result<Vec<PathBuf>> 
 }
 
 /// Writes `state` as snapshot `meta` in `dir`.
-fn save(dir: &Path, meta: &SnapshotMeta, state: &KvMap) -> Result<SnapshotFile, SnapshotError> {
+fn save(dir: &Path, meta: &SnapshotMeta, state: &Machine) -> Result<SnapshotFile, SnapshotError> {
     let mut writer = SnapshotWriter::create(dir, meta)?;
     // Buffered in front of the writer, so its checksum runs over large slices: fed the
     // map's fields one by one (4 to 100 bytes), the CRC's per-call cost made it 7% of a
     // loaded node's CPU.
     let mut buffered = BufWriter::with_capacity(1 << 16, &mut writer);
-    write_map(state, &mut buffered)
+    write_state(state, &mut buffered)
         .and_then(|()| buffered.flush())
         .map_err(|source| SnapshotError::Io {
             path: dir.to_path_buf(),
@@ -128,16 +128,16 @@ impl Snapshots for FileSnapshots {
         self.latest.as_ref().map(SnapshotFile::meta)
     }
 
-    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>> {
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, Machine)>> {
         let Some(file) = &mut self.latest else {
             return Ok(None);
         };
         let meta = file.meta().clone();
-        let state = read_map(&mut file.data()?)?;
+        let state = read_state(&mut file.data()?)?;
         Ok(Some((meta, state)))
     }
 
-    fn start_save(&mut self, meta: SnapshotMeta, state: KvMap) {
+    fn start_save(&mut self, meta: SnapshotMeta, state: Machine) {
         let (done, result) = mpsc::sync_channel(1);
         let dir = self.dir.clone();
         thread::spawn(move || {
@@ -196,13 +196,13 @@ impl Snapshots for FileSnapshots {
         }
     }
 
-    fn finish_receive(&mut self) -> io::Result<KvMap> {
+    fn finish_receive(&mut self) -> io::Result<Machine> {
         let writer = self
             .receiving
             .take()
             .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
         let mut file = writer.finish()?;
-        let decoded = read_map(&mut file.data()?);
+        let decoded = read_state(&mut file.data()?);
         let state = match decoded {
             Ok(state) => state,
             Err(error) => {

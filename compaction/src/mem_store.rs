@@ -4,13 +4,13 @@
 use std::io;
 use std::sync::Arc;
 
-use kv_server::store::KvMap;
+use raft_log::apply::Machine;
 use raft_log::snapshot::{SnapshotMeta, Snapshots};
 use raft_log::types::LogIndex;
 
-use crate::state::{read_map, write_map};
+use crate::state::{read_state, write_state};
 
-/// A snapshot's metadata and its data (as [`write_map`] encodes it, so chunks are the same
+/// A snapshot's metadata and its data (as [`write_state`] encodes it, so chunks are the same
 /// bytes a file would hold).
 type Saved = (SnapshotMeta, Arc<Vec<u8>>);
 
@@ -54,9 +54,9 @@ impl MemSnapshots {
     }
 }
 
-fn encode(state: &KvMap) -> Arc<Vec<u8>> {
+fn encode(state: &Machine) -> Arc<Vec<u8>> {
     let mut data = Vec::new();
-    write_map(state, &mut data).expect("writing to memory cannot fail");
+    write_state(state, &mut data).expect("writing to memory cannot fail");
     Arc::new(data)
 }
 
@@ -65,14 +65,14 @@ impl Snapshots for MemSnapshots {
         self.latest.as_ref().map(|(meta, _)| meta)
     }
 
-    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>> {
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, Machine)>> {
         self.latest
             .as_ref()
-            .map(|(meta, data)| Ok((meta.clone(), read_map(&mut data.as_slice())?)))
+            .map(|(meta, data)| Ok((meta.clone(), read_state(&mut data.as_slice())?)))
             .transpose()
     }
 
-    fn start_save(&mut self, meta: SnapshotMeta, state: KvMap) {
+    fn start_save(&mut self, meta: SnapshotMeta, state: Machine) {
         self.pending = Some((meta, encode(&state)));
     }
 
@@ -119,12 +119,12 @@ impl Snapshots for MemSnapshots {
         }
     }
 
-    fn finish_receive(&mut self) -> io::Result<KvMap> {
+    fn finish_receive(&mut self) -> io::Result<Machine> {
         let (meta, data) = self
             .receiving
             .take()
             .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
-        let state = read_map(&mut data.as_slice())
+        let state = read_state(&mut data.as_slice())
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
         self.adopt((meta, Arc::new(data)));
         Ok(state)

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 pub use raft_log::snapshot::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"LIMESNAP";
-/// 2: the members in the metadata carry a voter flag (stage 8).
-const VERSION: u32 = 2;
+/// 2: the members in the metadata carry a voter flag (stage 8); 3: the data starts with the
+/// session table (limecached).
+const VERSION: u32 = 3;
 const TRAILER: u64 = 12;
 
 /// Why a snapshot could not be read or written.

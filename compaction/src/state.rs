@@ -1,11 +1,45 @@
-//! The key/value map as a snapshot's data section: one record per key, in key order,
-//! `key_len: u32 LE | key | value_len: u32 LE | value`, streamed in and out so that neither
-//! side needs a second copy of the map in memory.
+//! The replicated state as a snapshot's data section: first the session table, as
+//! `len: u32 LE | JSON list of [client, last write]`, oldest first; then the key/value map,
+//! one record per key, in key order, `key_len: u32 LE | key | value_len: u32 LE | value`,
+//! streamed in and out so that neither side needs a second copy of the map in memory.
 
 use std::io::{self, Read, Write};
 
-use kv_server::protocol::Command;
+use kv_server::protocol::{Command, Session};
 use kv_server::store::KvMap;
+use raft_log::apply::Machine;
+use raft_log::sessions::{LastWrite, Sessions};
+
+/// Writes `state`, sessions then map, to `out`.
+pub fn write_state(state: &Machine, out: &mut impl Write) -> io::Result<()> {
+    let sessions: Vec<(&str, &LastWrite)> = state.sessions.iter().collect();
+    let json = serde_json::to_vec(&sessions).map_err(io::Error::other)?;
+    let len = u32::try_from(json.len()).map_err(|_| io::Error::other("sessions over 4 GiB"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&json)?;
+    write_map(&state.map, out)
+}
+
+/// Reads a state written by [`write_state`]. Fails, rather than return part of a state, on
+/// data cut short or not what `write_state` writes.
+pub fn read_state(input: &mut impl Read) -> io::Result<Machine> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let mut json = vec![0; u32::from_le_bytes(len) as usize];
+    input.read_exact(&mut json)?;
+    let list: Vec<(String, LastWrite)> =
+        serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut sessions = Sessions::default();
+    for (client, last) in list {
+        let session = Session {
+            client,
+            seq: last.seq,
+        };
+        sessions.record(session, last.outcome, last.index);
+    }
+    let map = read_map(input)?;
+    Ok(Machine { map, sessions })
+}
 
 /// Writes every key and value of `map` to `out`.
 pub fn write_map(map: &KvMap, out: &mut impl Write) -> io::Result<()> {

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use compaction::file_store::FileSnapshots;
 use compaction::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotWriter, latest};
-use compaction::state::{read_map, write_map};
-use kv_server::protocol::{Command, NodeId};
+use compaction::state::{read_map, read_state, write_map, write_state};
+use kv_server::protocol::{Command, NodeId, Session, WriteOutcome};
 use kv_server::store::KvMap;
+use raft_log::apply::Machine;
 use raft_log::membership::Membership;
 use raft_log::snapshot::Snapshots;
 use raft_log::types::{LogIndex, Term};
@@ -26,21 +27,27 @@ fn meta(index: u64) -> SnapshotMeta {
     }
 }
 
-fn map(keys: usize) -> KvMap {
-    let mut map = KvMap::default();
+/// `keys` keys, and a session for every tenth of them.
+fn map(keys: usize) -> Machine {
+    let mut state = Machine::default();
     for i in 0..keys {
-        map.apply(Command::Put {
-            key: format!("key-{i}"),
-            value: format!("value {i} é ✓ {}", "x".repeat(i % 50)),
+        let key = format!("key-{i}");
+        let value = format!("value {i} é ✓ {}", "x".repeat(i % 50));
+        let session = (i % 10 == 0).then(|| Session {
+            client: format!("client-{i}"),
+            seq: i as u64,
         });
+        state
+            .apply(Command::Put { key, value }, session, LogIndex(i as u64 + 1))
+            .unwrap();
     }
-    map
+    state
 }
 
-fn write(dir: &Path, index: u64, state: &KvMap) -> std::path::PathBuf {
+fn write(dir: &Path, index: u64, state: &Machine) -> std::path::PathBuf {
     let mut writer = SnapshotWriter::create(dir, &meta(index)).unwrap();
     let mut data = Vec::new();
-    write_map(state, &mut data).unwrap();
+    write_state(state, &mut data).unwrap();
     for chunk in data.chunks(1000) {
         writer.write_data(chunk).unwrap();
     }
@@ -48,13 +55,28 @@ fn write(dir: &Path, index: u64, state: &KvMap) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_map_round_trips_through_a_snapshot() {
+fn a_state_round_trips_through_a_snapshot_sessions_included() {
     let dir = tempfile::tempdir().unwrap();
     let state = map(5_000);
+    assert_eq!(state.sessions.len(), 500);
     let path = write(dir.path(), 42, &state);
     let mut file = SnapshotFile::open(&path).unwrap();
     assert_eq!(file.meta(), &meta(42));
-    let restored = read_map(&mut file.data().unwrap()).unwrap();
+    let mut restored = read_state(&mut file.data().unwrap()).unwrap();
+    assert_eq!(restored, state);
+    // A retry after a restore still gets the first outcome, and changes nothing.
+    let retry = Session {
+        client: "client-4990".into(),
+        seq: 4990,
+    };
+    let delete = Command::Delete {
+        key: "key-0".into(),
+    };
+    let outcome = restored.apply(delete, Some(retry), LogIndex(9_999));
+    assert_eq!(
+        outcome,
+        Ok(kv_server::protocol::Reply::Write(WriteOutcome::Put))
+    );
     assert_eq!(restored, state);
 }
 
@@ -62,7 +84,7 @@ fn a_map_round_trips_through_a_snapshot() {
 fn the_writer_hands_back_the_file_it_wrote_as_opening_it_would() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = SnapshotWriter::create(dir.path(), &meta(9)).unwrap();
-    write_map(&map(300), &mut writer).unwrap();
+    write_state(&map(300), &mut writer).unwrap();
     let mut written = writer.finish().unwrap();
     let mut opened = SnapshotFile::open(written.path()).unwrap();
     assert_eq!(written.meta(), opened.meta());
@@ -72,7 +94,7 @@ fn the_writer_hands_back_the_file_it_wrote_as_opening_it_would() {
         written.read_data(0, all).unwrap(),
         opened.read_data(0, all).unwrap()
     );
-    assert_eq!(read_map(&mut written.data().unwrap()).unwrap(), map(300));
+    assert_eq!(read_state(&mut written.data().unwrap()).unwrap(), map(300));
 }
 
 #[test]

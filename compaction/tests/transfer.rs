@@ -4,11 +4,12 @@
 //! not installed.
 
 use compaction::mem_store::MemSnapshots;
-use compaction::state::write_map;
+use compaction::state::write_state;
 use kv_server::protocol::{Command, NodeId};
 use kv_server::store::KvMap;
 use raft_election::message::Message;
 use raft_election::node::{Config, RaftNode};
+use raft_log::apply::Machine;
 use raft_log::membership::Membership;
 use raft_log::snapshot::{InstallSnapshot, SnapshotMeta, Snapshots, Transfer};
 use raft_log::storage::{MemStorage, Storage};
@@ -35,16 +36,17 @@ fn meta() -> SnapshotMeta {
 }
 
 fn state() -> (KvMap, Vec<u8>) {
-    let mut map = KvMap::default();
+    let mut state = Machine::default();
     for i in 0..40 {
-        map.apply(Command::Put {
+        let put = Command::Put {
             key: format!("key{i}"),
             value: format!("value{i}"),
-        });
+        };
+        state.apply(put, None, LogIndex(i + 1)).unwrap();
     }
     let mut data = Vec::new();
-    write_map(&map, &mut data).unwrap();
-    (map, data)
+    write_state(&state, &mut data).unwrap();
+    (state.map, data)
 }
 
 /// Sends the chunk `data[offset..offset + len]` in `term`; returns the follower's answer.

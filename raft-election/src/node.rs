@@ -973,7 +973,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         debug!(id = %self.config.id, index = %applied, "taking a snapshot");
         self.applied_bytes_at_snapshot = self.applier.applied_bytes();
         self.snapshots
-            .start_save(meta, self.applier.state().clone());
+            .start_save(meta, self.applier.machine().clone());
     }
 
     /// Leader: whether a follower that answered recently is receiving a snapshot. A new
@@ -1149,10 +1149,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
-            Op::Write { command, .. } if self.is_leader() => match self.handing_off() {
+            Op::Write { command, session } if self.is_leader() => match self.handing_off() {
                 Some(busy) => out.reply(tag, Err(busy)),
                 None => {
-                    self.propose(Some(tag), Payload::Command(command), out);
+                    self.propose(Some(tag), Payload::write(command, session), out);
                     self.broadcast(false, out);
                     self.advance_commit(out);
                 }

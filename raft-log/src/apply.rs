@@ -1,20 +1,57 @@
-//! [`Applier`]: applies committed entries to the key/value map, once each, in index order,
-//! and answers the clients waiting for them.
+//! [`Applier`]: applies committed entries to the state [`Machine`], once each, in index
+//! order, and answers the clients waiting for them.
 
 use std::collections::BTreeMap;
 
-use kv_server::protocol::{Failure, Outcome, Reply};
+use kv_server::protocol::{Command, Failure, Outcome, Reply, Session};
 use kv_server::store::KvMap;
 use replication_naive::node::RequestTag;
 
 use crate::log::RaftLog;
+use crate::sessions::{Check, Sessions};
 use crate::storage::Storage;
 use crate::types::{LogIndex, Payload, Term};
+
+/// The replicated state: what applying the log builds, and what a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// The key/value map.
+    pub map: KvMap,
+    /// Each client's last write, for exactly-once retries.
+    pub sessions: Sessions,
+}
+
+impl Machine {
+    /// Applies a client's write at `index`; with a session, at most once.
+    pub fn apply(
+        &mut self,
+        command: Command,
+        session: Option<Session>,
+        index: LogIndex,
+    ) -> Outcome {
+        let Some(session) = session else {
+            return Ok(Reply::Write(self.map.apply(command)));
+        };
+        match self.sessions.check(&session) {
+            Check::New => {
+                let outcome = self.map.apply(command);
+                self.sessions.record(session, outcome.clone(), index);
+                Ok(Reply::Write(outcome))
+            }
+            Check::Duplicate(outcome) => Ok(Reply::Write(outcome)),
+            Check::Stale(latest) => Err(Failure::bad_request(format!(
+                "seq {} of client {:?} is older than its latest write ({latest}), whose \
+                 outcome alone is kept; nothing was changed",
+                session.seq, session.client
+            ))),
+        }
+    }
+}
 
 /// The state machine and the clients waiting on it.
 #[derive(Debug, Default)]
 pub struct Applier {
-    state: KvMap,
+    state: Machine,
     last_applied: LogIndex,
     /// Roughly how many bytes of entries have been applied (see [`Payload::approx_bytes`]).
     applied_bytes: u64,
@@ -30,6 +67,11 @@ impl Applier {
 
     /// The key/value map, as of [`Applier::last_applied`].
     pub fn state(&self) -> &KvMap {
+        &self.state.map
+    }
+
+    /// The whole replicated state (map and sessions), as of [`Applier::last_applied`].
+    pub fn machine(&self) -> &Machine {
         &self.state
     }
 
@@ -65,7 +107,7 @@ impl Applier {
     /// Returns the clients that waited on entries the snapshot covers, with their answer:
     /// whether their entry or another leader's made it into the snapshot cannot be told, so
     /// the outcome is unknown to them.
-    pub fn restore(&mut self, state: KvMap, index: LogIndex) -> Vec<(RequestTag, Outcome)> {
+    pub fn restore(&mut self, state: Machine, index: LogIndex) -> Vec<(RequestTag, Outcome)> {
         self.state = state;
         self.last_applied = index;
         let later = self.waiting.split_off(&index.next());
@@ -103,7 +145,10 @@ impl Applier {
                 self.last_applied = entry.index;
                 self.applied_bytes += entry.payload.approx_bytes() as u64;
                 let outcome = match entry.payload {
-                    Payload::Command(command) => Ok(Reply::Write(self.state.apply(command))),
+                    Payload::Command(command) => self.state.apply(command, None, entry.index),
+                    Payload::SessionCommand { session, command } => {
+                        self.state.apply(command, Some(session), entry.index)
+                    }
                     Payload::Noop | Payload::Config(_) => Ok(Reply::Done),
                 };
                 if let Some((term, tag)) = self.waiting.remove(&entry.index) {

@@ -20,7 +20,8 @@
 //! | [`replication`] | `Replication`: the leader's per-follower progress (probe, pipeline) |
 //! | [`membership`] | `Membership`: members, addresses, voters and learners (fixed until stage 8) |
 //! | [`snapshot`]  | the snapshot seam: `SnapshotMeta`, the `Snapshots` store, InstallSnapshot (used from stage 7) |
-//! | [`apply`]     | `Applier`: committed entries applied in order, clients answered      |
+//! | [`apply`]     | `Applier`: committed entries applied in order, clients answered; `Machine`, the state they build |
+//! | [`sessions`]  | `Sessions`: each client's last write, for exactly-once retries (used by limecached) |
 //! | [`node`]      | `RaftLogNode`: the pieces above with a fixed leader, as a `Node`      |
 //!
 //! `log`, `replication` and `apply` are written to be reused: the election stage composes
@@ -39,6 +40,7 @@ pub mod membership;
 pub mod message;
 pub mod node;
 pub mod replication;
+pub mod sessions;
 pub mod snapshot;
 pub mod storage;
 pub mod types;

@@ -292,7 +292,9 @@ impl<S: Storage> Node for RaftLogNode<S> {
             Op::Write { .. } if !self.is_leader() => {
                 out.reply(tag, Err(Failure::not_leader(self.leader_addr())))
             }
-            Op::Write { command, .. } => self.propose(tag, Payload::Command(command), out),
+            Op::Write { command, session } => {
+                self.propose(tag, Payload::write(command, session), out)
+            }
             Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => out
                 .reply(
                     tag,

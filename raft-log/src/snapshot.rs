@@ -8,7 +8,7 @@
 
 use std::io;
 
-use kv_server::store::KvMap;
+use crate::apply::Machine;
 use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
@@ -34,12 +34,12 @@ pub trait Snapshots {
     fn latest(&self) -> Option<&SnapshotMeta>;
 
     /// Reads the newest durable snapshot's state: done once, when a node starts.
-    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>>;
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, Machine)>>;
 
     /// Starts making `state` durable as snapshot `meta`, in the background if the
     /// implementation can: the node goes on serving meanwhile, and learns of the end through
     /// [`Snapshots::poll_saved`]. Called only while no save is under way.
-    fn start_save(&mut self, meta: SnapshotMeta, state: KvMap);
+    fn start_save(&mut self, meta: SnapshotMeta, state: Machine);
 
     /// Whether a save has started and not yet been reported by [`Snapshots::poll_saved`].
     fn saving(&self) -> bool;
@@ -66,7 +66,7 @@ pub trait Snapshots {
     /// Finishes the snapshot being received: verified, made durable, the newest from now on;
     /// returns its state. [`io::ErrorKind::InvalidData`] if it does not verify (nothing is
     /// kept then).
-    fn finish_receive(&mut self) -> io::Result<KvMap>;
+    fn finish_receive(&mut self) -> io::Result<Machine>;
 }
 
 /// No snapshots: the log is never compacted (stage 6). A node configured to take
@@ -79,11 +79,11 @@ impl Snapshots for NoSnapshots {
         None
     }
 
-    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, KvMap)>> {
+    fn load_latest(&mut self) -> io::Result<Option<(SnapshotMeta, Machine)>> {
         Ok(None)
     }
 
-    fn start_save(&mut self, _: SnapshotMeta, _: KvMap) {
+    fn start_save(&mut self, _: SnapshotMeta, _: Machine) {
         panic!("snapshots are switched on, but the node has nowhere to keep them");
     }
 
@@ -107,7 +107,7 @@ impl Snapshots for NoSnapshots {
         Err(io::Error::other("this node keeps no snapshots"))
     }
 
-    fn finish_receive(&mut self) -> io::Result<KvMap> {
+    fn finish_receive(&mut self) -> io::Result<Machine> {
         Err(io::Error::other("this node keeps no snapshots"))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use kv_server::protocol::Command;
+use kv_server::protocol::{Command, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
@@ -59,6 +59,14 @@ impl fmt::Display for LogIndex {
 pub enum Payload {
     /// A client's write, applied to the key/value map when committed.
     Command(Command),
+    /// A client's write that must be applied at most once: a retry of the same
+    /// (client, seq) gets the first outcome ([`crate::sessions`]).
+    SessionCommand {
+        /// Who wrote it, and which of its writes this is.
+        session: Session,
+        /// What to change.
+        command: Command,
+    },
     /// Nothing: what a new leader appends at the start of its term so that an entry of its
     /// own term commits, and with it every earlier entry (§5.4.2, §8). Used from stage 6.
     Noop,
@@ -72,16 +80,30 @@ impl Payload {
     /// for framing), for bounding batches.
     pub fn approx_bytes(&self) -> usize {
         const FRAMING: usize = 64;
-        match self {
-            Payload::Command(Command::Put { key, value }) => FRAMING + key.len() + value.len(),
-            Payload::Command(Command::Delete { key }) => FRAMING + key.len(),
-            Payload::Command(Command::Cas {
+        let command_bytes = |command: &Command| match command {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
                 key,
                 expected,
                 value,
-            }) => FRAMING + key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+            } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+        };
+        match self {
+            Payload::Command(command) => FRAMING + command_bytes(command),
+            Payload::SessionCommand { session, command } => {
+                FRAMING + session.client.len() + command_bytes(command)
+            }
             Payload::Noop => FRAMING,
             Payload::Config(membership) => FRAMING + membership.ids().count() * FRAMING,
+        }
+    }
+
+    /// The payload of a client's write: with its session when it has one.
+    pub fn write(command: Command, session: Option<Session>) -> Payload {
+        match session {
+            Some(session) => Payload::SessionCommand { session, command },
+            None => Payload::Command(command),
         }
     }
 }
