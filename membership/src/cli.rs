@@ -1,15 +1,66 @@
-//! How a stage 8 node finds its cluster: `--peers`, `--bootstrap` or `--join`.
+//! The command line of a node whose cluster can change (this stage's binary and
+//! limecached's): how it finds its cluster (`--peers`, `--bootstrap` or `--join`), and
+//! running it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
+use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
 use kv_server::protocol::NodeId;
+use raft_election::cli::{self, ElectionArgs};
 use raft_election::durable::LOG_FILE;
 use replication_naive::config::parse_peers;
+use replication_naive::driver::DriverConfig;
 use tracing::{info, warn};
+
+/// Every flag of a node: who it is, where it listens, how it finds its cluster, its
+/// timing, its data directory and its snapshots.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemberArgs {
+    /// This node's id (a positive integer, unique in the cluster, never reused).
+    #[arg(long)]
+    pub id: NodeId,
+    /// The node's one address, host:port: clients and peers both connect here.
+    #[arg(long)]
+    pub listen: String,
+    /// How a new node finds its cluster.
+    #[command(flatten)]
+    pub founding: Founding,
+    /// Timing and the data directory.
+    #[command(flatten)]
+    pub election: ElectionArgs,
+    /// When to snapshot.
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+}
+
+impl MemberArgs {
+    /// Runs the node the flags describe until `shutdown`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let fresh = is_fresh(&self.election.data_dir);
+        let founders = self.founding.founders(self.id, &self.listen, fresh)?;
+        let driver = DriverConfig::default();
+        let mut config = self.election.config(self.id, founders, &driver)?;
+        config.snapshots = Some(self.snapshots.policy());
+        config.membership_changes = true;
+        if let (true, Some(through)) = (fresh, &self.founding.join) {
+            tokio::spawn(join(self.id, self.listen.clone(), through.clone()));
+        }
+        cli::serve(
+            config,
+            &self.listen,
+            &self.election.data_dir,
+            open_snapshots,
+            driver,
+            shutdown,
+        )
+        .await
+    }
+}
 
 /// The three ways to start a node of a new or existing cluster. All are ignored when the
 /// data directory already holds the node's state: it rejoins with its saved configuration.

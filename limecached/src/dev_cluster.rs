@@ -1,0 +1,195 @@
+//! `limecached dev-cluster`: a cluster on this machine with one command. It starts the
+//! nodes as separate processes of this same binary, each with the contract's command line
+//! and its own data directory and log file, tells the user how to reach them and how to
+//! kill one, reports nodes that exit, and stops them all (cleanly, with SIGTERM) when it is
+//! stopped itself.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use kv_server::process::StartError;
+use tokio::process::{Child, Command};
+
+/// How long nodes get to stop after SIGTERM (a leader hands over first) before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The flags of `dev-cluster`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevCluster {
+    /// Directory for the nodes' data directories (n1, n2, ...) and logs (n1.log, ...);
+    /// created if missing. Run again with the same directory, the cluster comes back with
+    /// its data.
+    #[arg(long, default_value = "limecached-dev")]
+    pub dir: PathBuf,
+    /// Node i listens on 127.0.0.1:(base-port + i).
+    #[arg(long, default_value_t = 7000, value_parser = clap::value_parser!(u16).range(1..65000))]
+    pub base_port: u16,
+    /// How many nodes (an odd number tolerates as many failures as one more would).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub nodes: u16,
+}
+
+/// One node process.
+struct Node {
+    id: u16,
+    child: Child,
+    /// The command line that started it, to restart it by hand.
+    command: String,
+    exited: Option<ExitStatus>,
+}
+
+impl DevCluster {
+    fn addr(&self, id: u16) -> String {
+        format!("127.0.0.1:{}", self.base_port + id)
+    }
+
+    /// The contract's command line for node `id`.
+    fn args(&self, id: u16) -> Vec<String> {
+        let peers: Vec<String> = (1..=self.nodes)
+            .map(|i| format!("{i}={}", self.addr(i)))
+            .collect();
+        vec![
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            self.addr(id),
+            "--peers".into(),
+            peers.join(","),
+            "--data-dir".into(),
+            self.dir.join(format!("n{id}")).display().to_string(),
+        ]
+    }
+
+    /// Starts the nodes, waits for `shutdown`, stops them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| StartError::failure(format!("cannot find this program's path: {e}")))?;
+        fs::create_dir_all(&self.dir).map_err(|e| {
+            StartError::failure(format!("cannot create {}: {e}", self.dir.display()))
+        })?;
+        let mut nodes = Vec::new();
+        for id in 1..=self.nodes {
+            match self.start(&exe, id) {
+                Ok(node) => nodes.push(node),
+                Err(error) => {
+                    stop_all(&mut nodes).await;
+                    return Err(error);
+                }
+            }
+        }
+        print!("{}", self.banner(&exe, &nodes));
+        tokio::pin!(shutdown);
+        let mut watch = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = watch.tick() => report_exits(&mut nodes),
+            }
+        }
+        println!("stopping the nodes...");
+        stop_all(&mut nodes).await;
+        println!("stopped; the data is kept in {}", self.dir.display());
+        Ok(())
+    }
+
+    fn start(&self, exe: &Path, id: u16) -> Result<Node, StartError> {
+        let log_path = self.dir.join(format!("n{id}.log"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| StartError::failure(format!("cannot open {}: {e}", log_path.display())))?;
+        let args = self.args(id);
+        let child = Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Ctrl-C in the terminal reaches every process of the group; the nodes are
+            // stopped by this process instead, one SIGTERM each, so nothing is left behind.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| StartError::failure(format!("cannot start node {id}: {e}")))?;
+        let command = format!("{} {}", exe.display(), args.join(" "));
+        Ok(Node {
+            id,
+            child,
+            command,
+            exited: None,
+        })
+    }
+
+    fn banner(&self, exe: &Path, nodes: &[Node]) -> String {
+        let all: Vec<String> = (1..=self.nodes).map(|i| self.addr(i)).collect();
+        let client = exe.with_file_name("kv-client");
+        let mut text = String::new();
+        let _ = writeln!(text, "limecached dev cluster: {} nodes", nodes.len());
+        for node in nodes {
+            let _ = writeln!(
+                text,
+                "  node {}  {}  pid {}  log {}",
+                node.id,
+                self.addr(node.id),
+                node.child
+                    .id()
+                    .map_or_else(|| "?".into(), |p| p.to_string()),
+                self.dir.join(format!("n{}.log", node.id)).display()
+            );
+        }
+        let addrs = all.join(",");
+        let _ = writeln!(
+            text,
+            "\ntry it (kv-client: cargo build --release -p kv-client):"
+        );
+        let _ = writeln!(
+            text,
+            "  {} --addr {addrs} put greeting hello",
+            client.display()
+        );
+        let _ = writeln!(text, "  {} --addr {addrs} get greeting", client.display());
+        let _ = writeln!(text, "  {} --addr {addrs} status", client.display());
+        let _ = writeln!(
+            text,
+            "kill a node to watch the others elect a new leader: kill -9 <pid>; Ctrl-C stops them all"
+        );
+        text
+    }
+}
+
+/// Tells the user about nodes that have exited since the last look, and how to restart them.
+fn report_exits(nodes: &mut [Node]) {
+    for node in nodes.iter_mut().filter(|n| n.exited.is_none()) {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            node.exited = Some(status);
+            println!(
+                "node {} exited ({status}); restart it in another terminal with:\n  {}",
+                node.id, node.command
+            );
+        }
+    }
+}
+
+/// SIGTERM to every running node, then SIGKILL to those still running after [`STOP_GRACE`].
+async fn stop_all(nodes: &mut [Node]) {
+    for node in nodes.iter().filter(|n| n.exited.is_none()) {
+        if let Some(pid) = node.child.id() {
+            // No signal crate for one call: `kill` is on every Unix.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(STOP_GRACE, node.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = node.child.kill().await;
+        }
+    }
+}

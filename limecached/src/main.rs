@@ -1,0 +1,63 @@
+//! `limecached --id N --listen host:port (--peers ... | --bootstrap | --join addr) --data-dir D`
+//! runs one node; `limecached dev-cluster` runs three on this machine.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kv_server::process::{init_tracing, shutdown_signal};
+use limecached::dev_cluster::DevCluster;
+use membership::cli::MemberArgs;
+
+/// limecached: an in-memory key/value store replicated with Raft. Linearizable reads and
+/// writes, durable across kill -9, exactly-once retries, membership changes.
+///
+/// Start every member of a new cluster with the same --peers (or one with --bootstrap and
+/// the others with --join); restarted with the same --data-dir, a node recovers and those
+/// flags are ignored.
+///
+/// `limecached dev-cluster` starts three nodes on this machine to try it out (see
+/// `limecached dev-cluster --help`).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct NodeCli {
+    #[command(flatten)]
+    node: MemberArgs,
+}
+
+/// Start a local cluster (three nodes by default, separate processes of this program with
+/// their own data directories and logs), print how to use it, and stop every node on Ctrl-C
+/// or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(
+    name = "limecached dev-cluster",
+    bin_name = "limecached dev-cluster",
+    version
+)]
+struct DevClusterCli {
+    #[command(flatten)]
+    dev: DevCluster,
+}
+
+/// The subcommand that runs a local cluster instead of one node.
+const DEV_CLUSTER: &str = "dev-cluster";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // One program, two command lines: a node's flags, or the subcommand. Two parsers keep
+    // the node's flags required (a clap subcommand would make them optional for both).
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let result = if args.get(1).is_some_and(|a| a == DEV_CLUSTER) {
+        args.remove(1);
+        let cli = DevClusterCli::parse_from(args);
+        init_tracing();
+        cli.dev.run(shutdown_signal()).await
+    } else {
+        let cli = NodeCli::parse_from(args);
+        init_tracing();
+        cli.node.run(shutdown_signal()).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.report("limecached"),
+    }
+}
