@@ -416,7 +416,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let index = self.log.append_new(self.term, payload);
         if let Some(tag) = tag {
             if let Some(displaced) = self.applier.wait(index, self.term, tag) {
-                out.reply(displaced, Applier::replaced());
+                out.reply(displaced, Applier::displaced());
             }
         }
         index

@@ -87,16 +87,26 @@ impl Applier {
     }
 
     /// Answers `tag` when the entry proposed at `index` in `term` is applied. Returns the
-    /// client that waited on an earlier term's entry at the same index, if any: that entry
-    /// was replaced (the log was cut back and grew again), so it never committed; the
-    /// caller answers that client now.
+    /// client that waited on an earlier term's entry at the same index, if any: this node's
+    /// copy of that entry was replaced (its log was cut back and grew again), so it can no
+    /// longer tell whether the entry commits (another node may still hold it, and be
+    /// elected with it); the caller answers that client now, with [`Applier::displaced`].
     pub fn wait(&mut self, index: LogIndex, term: Term, tag: RequestTag) -> Option<RequestTag> {
         self.waiting
             .insert(index, (term, tag))
             .map(|(_, displaced)| displaced)
     }
 
-    /// The answer for a client whose entry was replaced by another leader's.
+    /// The answer for a client that [`Applier::wait`] displaced: its write's outcome is
+    /// unknown.
+    pub fn displaced() -> Outcome {
+        Err(Failure::timeout(
+            "this node lost track of the write when its log was overwritten; it may or may not take effect",
+        ))
+    }
+
+    /// The answer for a client whose entry was replaced by another leader's at the index
+    /// that committed: it never happened, and never will.
     pub fn replaced() -> Outcome {
         Err(Failure::unavailable(
             "leadership changed before the write was committed; it did not happen",

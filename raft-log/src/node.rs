@@ -165,7 +165,7 @@ impl<S: Storage> RaftLogNode<S> {
     fn propose(&mut self, tag: RequestTag, payload: Payload, out: &mut Outbox<Message>) {
         let index = self.log.append_new(self.term, payload);
         if let Some(displaced) = self.applier.wait(index, self.term, tag) {
-            out.reply(displaced, Applier::replaced());
+            out.reply(displaced, Applier::displaced());
         }
         self.broadcast(false, out);
         // A cluster of one commits on its own.

@@ -1,6 +1,8 @@
 //! Helpers for the cross-crate and multi-process tests.
 #![warn(missing_docs)]
 
+pub mod linearizability;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

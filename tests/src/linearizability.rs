@@ -1,0 +1,362 @@
+//! A linearizability checker for key/value histories.
+//!
+//! A history is what clients saw: each operation with the time it was sent, the time its
+//! answer came back, and the answer. It is linearizable if every operation can be given a
+//! single instant between its call and its return such that, taken in that order, the
+//! answers are those of one sequential key/value map (Herlihy & Wing). An operation whose
+//! outcome is unknown (a `timeout`, a lost connection) may take effect at any instant after
+//! its call, or never. Operations that failed with a definite "nothing happened"
+//! (`not_leader`, `unavailable`, ...) are left out of the history by the caller.
+//!
+//! Keys are independent objects and linearizability is local (Herlihy & Wing, Theorem 1), so
+//! each key's sub-history is checked on its own. Each check is the Wing & Gong search with
+//! Lowe's memoization: depth first over "which pending operation takes effect next", where
+//! an operation may go next only if no pending operation returned before it was called, and
+//! a (set of operations done, value) pair already explored is not explored again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// What an operation asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Read the key.
+    Get,
+    /// Set the key.
+    Put(String),
+    /// Remove the key.
+    Delete,
+    /// Set the key to `new` if it holds `expected` (`None`: if absent).
+    Cas {
+        /// The value expected.
+        expected: Option<String>,
+        /// The value to set.
+        new: String,
+    },
+}
+
+/// What came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A get's value.
+    Value(Option<String>),
+    /// A put succeeded.
+    Done,
+    /// A delete succeeded; whether the key existed.
+    Existed(bool),
+    /// A cas succeeded: whether it swapped.
+    Swapped(bool),
+    /// No answer that says whether it happened.
+    Unknown,
+}
+
+/// One operation of a history. Times are in any monotonic unit (nanoseconds since the test
+/// started, say), the same for every client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Which client issued it (for reports).
+    pub client: usize,
+    /// The key.
+    pub key: String,
+    /// What it asked.
+    pub call: Call,
+    /// What came back.
+    pub answer: Answer,
+    /// When it was sent.
+    pub start: u64,
+    /// When its answer came back; ignored when the answer is [`Answer::Unknown`].
+    pub end: u64,
+}
+
+/// Why a history is not linearizable: the key whose operations admit no order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The key.
+    pub key: String,
+    /// Its operations, by start time.
+    pub operations: Vec<Operation>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "no linearization of key {:?}:", self.key)?;
+        for op in &self.operations {
+            let end = match op.answer {
+                Answer::Unknown => "?".to_owned(),
+                _ => op.end.to_string(),
+            };
+            writeln!(
+                f,
+                "  client {} [{}, {end}] {:?} -> {:?}",
+                op.client, op.start, op.call, op.answer
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `history`; on failure, names a key whose operations cannot be ordered.
+pub fn check(history: &[Operation]) -> Result<(), Violation> {
+    let mut by_key: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
+    for op in history {
+        // A read whose answer is unknown changed nothing and showed nothing.
+        if op.answer == Answer::Unknown && op.call == Call::Get {
+            continue;
+        }
+        by_key.entry(&op.key).or_default().push(op.clone());
+    }
+    for (key, mut ops) in by_key {
+        ops.sort_by_key(|op| op.start);
+        if !Search::new(&ops).run() {
+            return Err(Violation {
+                key: key.to_owned(),
+                operations: ops,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The value after `op` takes effect on `value`, if its answer fits.
+fn step(value: &Option<String>, op: &Operation) -> Option<Option<String>> {
+    let unknown = op.answer == Answer::Unknown;
+    match (&op.call, &op.answer) {
+        (Call::Get, Answer::Value(seen)) => (seen == value).then(|| value.clone()),
+        (Call::Put(new), Answer::Done | Answer::Unknown) => Some(Some(new.clone())),
+        (Call::Delete, Answer::Existed(existed)) => (*existed == value.is_some()).then_some(None),
+        (Call::Delete, Answer::Unknown) => Some(None),
+        (Call::Cas { expected, new }, answer) => {
+            let swaps = expected == value;
+            match answer {
+                Answer::Swapped(true) if swaps => Some(Some(new.clone())),
+                Answer::Swapped(false) if !swaps => Some(value.clone()),
+                _ if unknown && swaps => Some(Some(new.clone())),
+                _ if unknown => Some(value.clone()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The search over one key's operations.
+struct Search<'a> {
+    ops: &'a [Operation],
+    /// Explored (operations done, value) pairs.
+    seen: HashSet<(Vec<u64>, Option<String>)>,
+    /// How many operations have a known outcome: they must all be placed.
+    required: usize,
+}
+
+impl<'a> Search<'a> {
+    fn new(ops: &'a [Operation]) -> Search<'a> {
+        let required = ops.iter().filter(|o| o.answer != Answer::Unknown).count();
+        Search {
+            ops,
+            seen: HashSet::new(),
+            required,
+        }
+    }
+
+    fn run(&mut self) -> bool {
+        let words = self.ops.len().div_ceil(64);
+        // Depth first with an explicit stack: histories can be longer than a safe
+        // recursion depth.
+        let mut stack = vec![(vec![0u64; words], None::<String>, 0usize)];
+        while let Some((done, value, placed)) = stack.pop() {
+            if placed == self.required {
+                return true;
+            }
+            let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+            // An operation can take effect next only if it was called before every pending
+            // operation with a known outcome returned.
+            let horizon = (0..self.ops.len())
+                .filter(|&i| !is_done(i) && self.ops[i].answer != Answer::Unknown)
+                .map(|i| self.ops[i].end)
+                .min()
+                .unwrap_or(u64::MAX);
+            for i in (0..self.ops.len()).filter(|&i| !is_done(i)) {
+                let op = &self.ops[i];
+                if op.start > horizon {
+                    // Sorted by start: no later one can go next either.
+                    break;
+                }
+                let Some(next) = step(&value, op) else {
+                    continue;
+                };
+                let mut now_done = done.clone();
+                now_done[i / 64] |= 1 << (i % 64);
+                if self.seen.insert((now_done.clone(), next.clone())) {
+                    let placed = placed + usize::from(op.answer != Answer::Unknown);
+                    stack.push((now_done, next, placed));
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, call: Call, answer: Answer, start: u64, end: u64) -> Operation {
+        Operation {
+            client,
+            key: "k".into(),
+            call,
+            answer,
+            start,
+            end,
+        }
+    }
+
+    fn put(v: &str) -> Call {
+        Call::Put(v.into())
+    }
+
+    fn value(v: Option<&str>) -> Answer {
+        Answer::Value(v.map(str::to_owned))
+    }
+
+    fn cas(expected: Option<&str>, new: &str) -> Call {
+        Call::Cas {
+            expected: expected.map(str::to_owned),
+            new: new.into(),
+        }
+    }
+
+    #[test]
+    fn a_sequential_history_that_behaves_like_a_map_is_linearizable() {
+        let history = [
+            op(0, Call::Get, value(None), 0, 1),
+            op(0, put("a"), Answer::Done, 2, 3),
+            op(1, Call::Get, value(Some("a")), 4, 5),
+            op(1, cas(Some("a"), "b"), Answer::Swapped(true), 6, 7),
+            op(0, cas(Some("a"), "c"), Answer::Swapped(false), 8, 9),
+            op(0, Call::Delete, Answer::Existed(true), 10, 11),
+            op(1, Call::Delete, Answer::Existed(false), 12, 13),
+        ];
+        assert_eq!(check(&history), Ok(()));
+    }
+
+    #[test]
+    fn a_read_after_an_acknowledged_write_that_misses_it_is_not() {
+        let history = [
+            op(0, put("a"), Answer::Done, 0, 10),
+            op(1, Call::Get, value(None), 11, 12),
+        ];
+        let violation = check(&history).expect_err("a stale read");
+        assert_eq!(violation.key, "k");
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_write_may_see_either_value() {
+        for seen in [None, Some("a")] {
+            let history = [
+                op(0, put("a"), Answer::Done, 0, 10),
+                op(1, Call::Get, value(seen), 5, 6),
+            ];
+            assert_eq!(check(&history), Ok(()), "saw {seen:?}");
+        }
+    }
+
+    #[test]
+    fn reads_may_not_go_back_in_time() {
+        // Both writes are concurrent with both reads, but once one read saw "b" after "a",
+        // a later read cannot see "a" again.
+        let history = [
+            op(0, put("a"), Answer::Done, 0, 100),
+            op(1, put("b"), Answer::Done, 0, 100),
+            op(2, Call::Get, value(Some("a")), 10, 20),
+            op(2, Call::Get, value(Some("b")), 30, 40),
+            op(2, Call::Get, value(Some("a")), 50, 60),
+        ];
+        assert!(check(&history).is_err());
+    }
+
+    #[test]
+    fn a_write_with_an_unknown_outcome_may_happen_late_or_never() {
+        let late = [
+            op(0, put("a"), Answer::Unknown, 0, 0),
+            op(1, Call::Get, value(None), 10, 20),
+            op(1, Call::Get, value(Some("a")), 1_000, 1_001),
+        ];
+        assert_eq!(check(&late), Ok(()));
+        let never = [
+            op(0, put("a"), Answer::Unknown, 0, 0),
+            op(1, Call::Get, value(None), 1_000, 1_001),
+        ];
+        assert_eq!(check(&never), Ok(()));
+        // But not before it was sent.
+        let early = [
+            op(1, Call::Get, value(Some("a")), 0, 10),
+            op(0, put("a"), Answer::Unknown, 20, 0),
+        ];
+        assert!(check(&early).is_err());
+    }
+
+    #[test]
+    fn two_swaps_from_the_same_value_cannot_both_succeed() {
+        let history = [
+            op(0, put("0"), Answer::Done, 0, 1),
+            op(1, cas(Some("0"), "1"), Answer::Swapped(true), 2, 10),
+            op(2, cas(Some("0"), "2"), Answer::Swapped(true), 2, 10),
+        ];
+        assert!(check(&history).is_err());
+        // A retried write applied twice shows up the same way: the second copy of a swap
+        // that succeeded cannot also succeed.
+    }
+
+    #[test]
+    fn a_delete_must_report_whether_the_key_existed() {
+        let history = [
+            op(0, put("a"), Answer::Done, 0, 1),
+            op(1, Call::Delete, Answer::Existed(false), 2, 3),
+        ];
+        assert!(check(&history).is_err());
+    }
+
+    #[test]
+    fn keys_are_checked_independently_and_the_bad_one_is_named() {
+        let mut other = op(0, put("x"), Answer::Done, 0, 1);
+        other.key = "other".into();
+        let history = [
+            other,
+            op(1, put("a"), Answer::Done, 0, 1),
+            op(1, Call::Get, value(Some("b")), 2, 3),
+        ];
+        assert_eq!(check(&history).map_err(|v| v.key), Err("k".to_owned()));
+    }
+
+    #[test]
+    fn a_long_history_of_overlapping_clients_is_linearizable() {
+        // 8 clients incrementing a counter with cas, 2,000 operations, each overlapping the
+        // next three: the memoized search must get through it (and did, in milliseconds).
+        let mut history = vec![op(0, put("0"), Answer::Done, 0, 5)];
+        let mut current = 0u64;
+        for i in 1..2_000u64 {
+            let client = (i % 8) as usize;
+            let (start, end) = (i * 10, i * 10 + 35);
+            if i % 3 == 0 {
+                let seen = current.to_string();
+                history.push(op(client, Call::Get, value(Some(&seen)), start, end));
+            } else {
+                let call = cas(Some(&current.to_string()), &(current + 1).to_string());
+                history.push(op(client, call, Answer::Swapped(true), start, end));
+                current += 1;
+            }
+        }
+        assert_eq!(check(&history), Ok(()));
+        // One read of a value from before the previous increment returned breaks it.
+        let last = history.len() - 1;
+        history.push(op(
+            9,
+            Call::Get,
+            value(Some("1")),
+            history[last].end + 1,
+            history[last].end + 2,
+        ));
+        assert!(check(&history).is_err());
+    }
+}
