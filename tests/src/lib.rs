@@ -205,6 +205,26 @@ impl ProcessCluster {
         child.wait().is_ok_and(|s| s.success()) && signalled
     }
 
+    /// Pauses node `id` (SIGSTOP): it keeps its sockets and state but does nothing, as a
+    /// process stuck in a long GC pause or swapped out would. Whether it was running.
+    pub fn pause(&self, id: u64) -> bool {
+        self.signal(id, "-STOP")
+    }
+
+    /// Resumes node `id` after [`ProcessCluster::pause`] (SIGCONT).
+    pub fn resume(&self, id: u64) -> bool {
+        self.signal(id, "-CONT")
+    }
+
+    fn signal(&self, id: u64, signal: &str) -> bool {
+        self.children.get(&id).is_some_and(|child| {
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
     /// `kill -9` node `id` and waits for it to be gone.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children.remove(&id) {

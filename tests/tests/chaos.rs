@@ -1,0 +1,225 @@
+//! limecached under faults, with real processes: concurrent clients (kv-client's
+//! `ClusterClient`) run gets, puts, deletes and cas on a few keys while a nemesis kills
+//! nodes with SIGKILL and restarts them from their data directories, or pauses them with
+//! SIGSTOP and resumes them. Every operation is recorded with its call and return times;
+//! the history must be linearizable ([`tests::linearizability`]), which also means no
+//! acknowledged write is lost: the final reads, after every fault is healed, must fit it.
+//!
+//! Each run takes `LIMECACHED_CHAOS_SECS` seconds of faults (default 15; set it higher to
+//! soak locally). The nemesis's choices come from a seed, printed at the start and on
+//! failure (`LIMECACHED_SEED` replays the same choices; the processes' timing still varies).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_client::{ClusterClient, Error, RetryPolicy};
+use kv_server::protocol::{CasOutcome, Consistency, ErrorCode};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tests::linearizability::{Answer, Call, Operation, check};
+use tests::{ProcessCluster, eventually};
+
+const KEYS: [&str; 3] = ["x", "y", "z"];
+const CLIENTS: usize = 4;
+
+fn seconds() -> u64 {
+    std::env::var("LIMECACHED_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15)
+}
+
+fn seed() -> u64 {
+    std::env::var("LIMECACHED_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+type History = Arc<Mutex<Vec<Operation>>>;
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    }
+}
+
+/// How a write's failure enters the history: unknown outcomes stay (the write may have
+/// happened), definite failures (nothing happened) are left out.
+fn failed_write(error: &Error) -> Option<Answer> {
+    (error.outcome_unknown() || error.code() == Some(ErrorCode::Timeout)).then_some(Answer::Unknown)
+}
+
+/// One client: random operations on random keys until `stop`, each recorded.
+async fn client(
+    id: usize,
+    addrs: Vec<String>,
+    history: History,
+    start: Instant,
+    stop: Instant,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ id as u64);
+    let mut kv = ClusterClient::new(addrs, policy());
+    let mut last_seen: Option<String> = None;
+    let mut n = 0;
+    while Instant::now() < stop {
+        n += 1;
+        let key = KEYS[rng.gen_range(0..KEYS.len())];
+        let roll = rng.gen_range(0..100);
+        let called = start.elapsed().as_nanos() as u64;
+        let (call, answer) = if roll < 40 {
+            let answer = match kv.get(key, Consistency::Linearizable).await {
+                Ok(value) => {
+                    last_seen.clone_from(&value);
+                    Some(Answer::Value(value))
+                }
+                Err(_) => None,
+            };
+            (Call::Get, answer)
+        } else if roll < 70 {
+            let value = format!("c{id}-{n}");
+            let answer = match kv.put(key, &value).await {
+                Ok(()) => Some(Answer::Done),
+                Err(error) => failed_write(&error),
+            };
+            (Call::Put(value), answer)
+        } else if roll < 85 {
+            let new = format!("c{id}-{n}");
+            let expected = last_seen.clone();
+            let answer = match kv.cas(key, expected.as_deref(), &new).await {
+                Ok(CasOutcome::Swapped) => Some(Answer::Swapped(true)),
+                Ok(CasOutcome::Mismatch { .. }) => Some(Answer::Swapped(false)),
+                Err(error) => failed_write(&error),
+            };
+            (Call::Cas { expected, new }, answer)
+        } else {
+            let answer = match kv.delete(key).await {
+                Ok(existed) => Some(Answer::Existed(existed)),
+                Err(error) => failed_write(&error),
+            };
+            (Call::Delete, answer)
+        };
+        if let Some(answer) = answer {
+            let returned = start.elapsed().as_nanos() as u64;
+            history
+                .lock()
+                .expect("no client panics holding it")
+                .push(Operation {
+                    client: id,
+                    key: key.to_owned(),
+                    call,
+                    answer,
+                    start: called,
+                    end: returned,
+                });
+        }
+    }
+}
+
+/// Faults, one node at a time, until `stop`: kill -9 and restart, or pause and resume.
+/// Returns what it did.
+async fn nemesis(cluster: &mut ProcessCluster, rng: &mut StdRng, stop: Instant) -> Vec<String> {
+    let mut done = Vec::new();
+    while Instant::now() < stop {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1_000))).await;
+        let victim = rng.gen_range(1..=3u64);
+        let leader = cluster.leader().await;
+        // Half the time, strike the leader: that is where faults cost the most.
+        let victim = if rng.gen_bool(0.5) {
+            leader.unwrap_or(victim)
+        } else {
+            victim
+        };
+        let outage = Duration::from_millis(rng.gen_range(200..1_500));
+        if rng.gen_bool(0.5) {
+            cluster.kill(victim);
+            tokio::time::sleep(outage).await;
+            cluster.start_node(victim);
+            done.push(format!("kill -9 {victim} for {outage:?}"));
+        } else {
+            cluster.pause(victim);
+            tokio::time::sleep(outage).await;
+            cluster.resume(victim);
+            done.push(format!("pause {victim} for {outage:?}"));
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_under_kills_and_pauses_is_linearizable() {
+    let seed = seed();
+    eprintln!("chaos seed {seed} (LIMECACHED_SEED={seed} replays the nemesis)");
+    // Small snapshots, so that nodes also restart from snapshots and catch up by them.
+    let mut cluster =
+        ProcessCluster::start_durable("limecached", 3, &["--snapshot-threshold", "300"]);
+    let addrs = cluster.all_addrs();
+    eventually("a leader", Duration::from_secs(10), || async {
+        cluster.leader().await.is_some()
+    })
+    .await;
+
+    let history: History = Arc::default();
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(seconds());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client(
+                id,
+                addrs.clone(),
+                history.clone(),
+                start,
+                stop,
+                seed,
+            ))
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let faults = nemesis(&mut cluster, &mut rng, stop).await;
+    for client in clients {
+        client.await.expect("a client panicked");
+    }
+
+    // Healed: every node runs. A final read of every key must fit the history too, so a
+    // write acknowledged and then lost would show here.
+    let mut reader = ClusterClient::new(addrs, RetryPolicy::default());
+    for key in KEYS {
+        let called = start.elapsed().as_nanos() as u64;
+        let value = reader
+            .get(key, Consistency::Linearizable)
+            .await
+            .expect("healed cluster reads");
+        history.lock().expect("clients are done").push(Operation {
+            client: CLIENTS,
+            key: key.to_owned(),
+            call: Call::Get,
+            answer: Answer::Value(value),
+            start: called,
+            end: start.elapsed().as_nanos() as u64,
+        });
+    }
+
+    let history = history.lock().expect("clients are done").clone();
+    let known = history
+        .iter()
+        .filter(|o| o.answer != Answer::Unknown)
+        .count();
+    eprintln!(
+        "{} operations ({known} with known outcome); faults: {faults:?}",
+        history.len()
+    );
+    assert!(
+        faults.len() >= 3,
+        "seed {seed}: too few faults to mean anything"
+    );
+    assert!(
+        known >= 200,
+        "seed {seed}: only {known} operations completed"
+    );
+    if let Err(violation) = check(&history) {
+        panic!("seed {seed}: not linearizable after {faults:?}\n{violation}");
+    }
+}
