@@ -1,36 +1,65 @@
-//! The README's quick start, run as a newcomer would: start kv-server, talk to it with
-//! kv-client, stop it with Ctrl-C (SIGINT).
+//! The README's quick start, run as a newcomer would: `limecached dev-cluster`, then
+//! kv-client against the addresses it prints, then Ctrl-C (SIGINT), which must stop every
+//! node it started.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
+
+/// A base port whose next three ports are free right now.
+fn free_base_port() -> u16 {
+    (20_000..60_000u16)
+        .step_by(97)
+        .find(|base| (1..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("three free ports in a row")
+}
 
 #[test]
 fn quick_start_from_the_readme_works() {
-    let mut server = Command::new(tests::binary("kv-server"))
-        .args(["--listen", "127.0.0.1:0"])
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port().to_string();
+    let mut cluster = Command::new(tests::binary("limecached"))
+        .arg("dev-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--base-port", &base])
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(server.stderr.take().unwrap());
-    let addr = stderr
-        .lines()
-        .map(Result::unwrap)
-        .find_map(|line| {
-            Some(
-                line.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .to_owned(),
-            )
+    let mut banner = Vec::new();
+    let mut lines = BufReader::new(cluster.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let last = line.contains("Ctrl-C stops them all");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    // "  node 1  127.0.0.1:7001  pid 24143  log ..."
+    let nodes: Vec<(String, String)> = banner
+        .iter()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            (words.first() == Some(&"node")).then(|| (words[2].to_owned(), words[4].to_owned()))
         })
-        .expect("kv-server logs the address it listens on");
+        .collect();
+    assert_eq!(nodes.len(), 3, "the banner lists three nodes: {banner:#?}");
+    let addrs: Vec<&str> = nodes.iter().map(|(addr, _)| addr.as_str()).collect();
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains(&format!("--addr {}", addrs.join(",")))),
+        "the banner shows how to reach them: {banner:#?}"
+    );
 
     let client = |args: &[&str]| {
         let out = Command::new(tests::binary("kv-client"))
             .arg("--addr")
-            .arg(&addr)
+            .arg(addrs.join(","))
             .args(args)
             .output()
             .unwrap();
@@ -48,15 +77,21 @@ fn quick_start_from_the_readme_works() {
         "swapped\n"
     );
     assert_eq!(client(&["delete", "greeting"]), "deleted\n");
-    assert!(client(&["status"]).contains("standalone"));
+    let status = client(&["status"]);
+    assert_eq!(status.matches(" leader ").count(), 1, "{status}");
+    assert_eq!(status.matches(" follower ").count(), 2, "{status}");
 
     let interrupted = Command::new("kill")
-        .args(["-INT", &server.id().to_string()])
+        .args(["-INT", &cluster.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
     assert!(
-        server.wait().unwrap().success(),
-        "kv-server should exit 0 on Ctrl-C"
+        cluster.wait().unwrap().success(),
+        "dev-cluster should exit 0 on Ctrl-C"
     );
+    for (_, pid) in nodes {
+        let alive = Command::new("kill").args(["-0", &pid]).status().unwrap();
+        assert!(!alive.success(), "node process {pid} outlived dev-cluster");
+    }
 }
