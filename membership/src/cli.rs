@@ -27,6 +27,11 @@ pub struct MemberArgs {
     /// The node's one address, host:port: clients and peers both connect here.
     #[arg(long)]
     pub listen: String,
+    /// The address the cluster knows this node by, when it differs from --listen (a node
+    /// behind a proxy or NAT): what --peers lists for it, what --join registers, and what
+    /// clients are redirected to. Defaults to --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// How a new node finds its cluster.
     #[command(flatten)]
     pub founding: Founding,
@@ -42,13 +47,14 @@ impl MemberArgs {
     /// Runs the node the flags describe until `shutdown`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let fresh = is_fresh(&self.election.data_dir);
-        let founders = self.founding.founders(self.id, &self.listen, fresh)?;
+        let advertised = self.advertise.as_deref().unwrap_or(&self.listen);
+        let founders = self.founding.founders(self.id, advertised, fresh)?;
         let driver = DriverConfig::default();
         let mut config = self.election.config(self.id, founders, &driver)?;
         config.snapshots = Some(self.snapshots.policy());
         config.membership_changes = true;
         if let (true, Some(through)) = (fresh, &self.founding.join) {
-            tokio::spawn(join(self.id, self.listen.clone(), through.clone()));
+            tokio::spawn(join(self.id, advertised.to_owned(), through.clone()));
         }
         cli::serve(
             config,
@@ -81,12 +87,13 @@ pub struct Founding {
 }
 
 impl Founding {
-    /// The founding voters for node `id` listening at `listen`: empty when it joins, or
-    /// when its data directory is not `fresh` (the flags are then ignored).
+    /// The founding voters for node `id`, known to the cluster as `addr` (its --listen, or
+    /// its --advertise): empty when it joins, or when its data directory is not `fresh`
+    /// (the flags are then ignored).
     pub fn founders(
         &self,
         id: NodeId,
-        listen: &str,
+        addr: &str,
         fresh: bool,
     ) -> Result<BTreeMap<NodeId, String>, StartError> {
         if !fresh {
@@ -94,15 +101,15 @@ impl Founding {
         }
         match (&self.peers, self.bootstrap, &self.join) {
             (Some(peers), _, _) => match peers.get(&id) {
-                Some(addr) if addr == listen => Ok(peers.clone()),
-                Some(addr) => Err(StartError::usage(format!(
-                    "--peers gives node {id} the address {addr}, but --listen is {listen}; they must be the same"
+                Some(listed) if listed == addr => Ok(peers.clone()),
+                Some(listed) => Err(StartError::usage(format!(
+                    "--peers gives node {id} the address {listed}, but it listens at (or advertises) {addr}; they must be the same"
                 ))),
                 None => Err(StartError::usage(format!(
                     "--peers does not list this node's --id {id}"
                 ))),
             },
-            (None, true, _) => Ok(BTreeMap::from([(id, listen.to_owned())])),
+            (None, true, _) => Ok(BTreeMap::from([(id, addr.to_owned())])),
             (None, false, Some(_)) => Ok(BTreeMap::new()),
             (None, false, None) => Err(StartError::usage(
                 "a new node needs --peers, --bootstrap or --join",

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod linearizability;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -60,6 +61,8 @@ pub struct ProcessCluster {
     /// Node id → address.
     pub addrs: BTreeMap<u64, String>,
     extra_args: Vec<String>,
+    /// Node id → the address it advertises (its proxy's), for clusters behind proxies.
+    advertised: BTreeMap<u64, String>,
     /// When set, node `i` gets `--data-dir <this>/n<i>`; removed with the cluster.
     data_dirs: Option<tempfile::TempDir>,
     children: BTreeMap<u64, Child>,
@@ -101,9 +104,31 @@ impl ProcessCluster {
             binary: self::binary(binary),
             addrs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            advertised: BTreeMap::new(),
             data_dirs,
             children: BTreeMap::new(),
         };
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// Like [`ProcessCluster::start_durable`], with every node behind a proxy of `network`
+    /// that it advertises (`--advertise`): peers reach each other only through the proxies,
+    /// so the test can cut links between nodes; clients reach the nodes directly.
+    pub async fn start_behind_proxies(
+        binary: &str,
+        n: u64,
+        extra_args: &[&str],
+        network: &proxy::Network,
+    ) -> ProcessCluster {
+        let dirs = tempfile::tempdir().expect("a temporary directory");
+        let mut cluster = ProcessCluster::launch(binary, 0, extra_args, Some(dirs)).with_addrs(n);
+        for (&id, addr) in &cluster.addrs {
+            let proxy = network.proxy(id, addr.clone()).await;
+            cluster.advertised.insert(id, proxy);
+        }
         for id in 1..=n {
             cluster.start_node(id);
         }
@@ -124,8 +149,18 @@ impl ProcessCluster {
     /// Starts node `id` (again) with `--peers` listing every node, and returns once it logs
     /// that it is listening.
     pub fn start_node(&mut self, id: u64) {
-        let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
-        self.start_node_with(id, &["--peers", &peers.join(",")]);
+        let known_as = |i: &u64| self.advertised.get(i).unwrap_or(&self.addrs[i]).clone();
+        let peers: Vec<String> = self
+            .addrs
+            .keys()
+            .map(|i| format!("{i}={}", known_as(i)))
+            .collect();
+        let mut founding = vec!["--peers".to_owned(), peers.join(",")];
+        if let Some(proxy) = self.advertised.get(&id) {
+            founding.extend(["--advertise".to_owned(), proxy.clone()]);
+        }
+        let founding: Vec<&str> = founding.iter().map(String::as_str).collect();
+        self.start_node_with(id, &founding);
     }
 
     /// Starts node `id` (again) with `founding` (`--peers ...`, `--bootstrap`, `--join ...`)
