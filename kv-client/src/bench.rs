@@ -173,6 +173,7 @@ async fn preload(target: &str, config: &BenchConfig) -> Result<(), Error> {
                 command,
                 session: None,
             },
+            forwarded: false,
         })?;
         if conn.outstanding() >= 256 || key + 1 == config.keys {
             while conn.outstanding() > 0 {
@@ -254,6 +255,7 @@ async fn worker(
             conn.send(&Request {
                 id: Some(RequestId::from(next_id)),
                 op,
+                forwarded: false,
             })?;
             sent_at.push_back(Instant::now());
         }

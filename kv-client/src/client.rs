@@ -42,6 +42,7 @@ impl Client {
         let request = Request {
             id: Some(RequestId::from(0)),
             op,
+            forwarded: false,
         };
         let closed = || Error::ConnectionLost("the connection's task has ended".into());
         self.calls.send((request, tx)).await.map_err(|_| closed())?;

@@ -22,11 +22,13 @@ async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
         conn.send(&Request {
             id: Some(RequestId::from(i)),
             op: Op::put(&format!("k{i}"), "v"),
+            forwarded: false,
         })
         .unwrap();
         conn.send(&Request {
             id: Some(RequestId::string(&format!("g{i}"))),
             op: get(&format!("k{i}")),
+            forwarded: false,
         })
         .unwrap();
     }
@@ -52,12 +54,14 @@ async fn a_connection_refuses_recv_and_call_out_of_turn() {
     conn.send(&Request {
         id: None,
         op: get("k"),
+        forwarded: false,
     })
     .unwrap();
     assert!(matches!(
         conn.call(&Request {
             id: None,
-            op: get("k")
+            op: get("k"),
+            forwarded: false,
         })
         .await,
         Err(Error::Protocol(_))

@@ -35,6 +35,16 @@ pub trait Handler: Send + Sync + 'static {
     /// future; the serve loop polls the futures of one connection concurrently, so either way
     /// pipelined requests overlap.
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<Self>;
+
+    /// Like [`Handler::handle`], for a request another node forwarded on its client's behalf
+    /// (`"forwarded":true`): a handler that forwards requests must answer this one itself,
+    /// so that no request goes round in circles.
+    fn handle_forwarded(
+        &self,
+        op: Op,
+    ) -> impl Future<Output = Outcome> + Send + 'static + use<Self> {
+        self.handle(op)
+    }
 }
 
 /// How the serve loop treats connections.
@@ -221,11 +231,14 @@ fn respond<H: Handler>(
     request: Result<Request, (Option<RequestId>, Failure)>,
 ) -> impl Future<Output = Response> + Send + 'static + use<H> {
     match request {
-        Ok(Request { id, op }) => Either::Left(
-            handler
-                .handle(op)
-                .map(move |outcome| Response { id, outcome }),
-        ),
+        Ok(Request { id, op, forwarded }) => {
+            let outcome = if forwarded {
+                Either::Left(handler.handle_forwarded(op))
+            } else {
+                Either::Right(handler.handle(op))
+            };
+            Either::Left(outcome.map(move |outcome| Response { id, outcome }))
+        }
         Err((id, failure)) => Either::Right(future::ready(Response {
             id,
             outcome: Err(failure),

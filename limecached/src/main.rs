@@ -7,6 +7,7 @@ use clap::Parser;
 use kv_server::process::{init_tracing, shutdown_signal};
 use limecached::dev_cluster::DevCluster;
 use membership::cli::MemberArgs;
+use replication_naive::driver::DriverConfig;
 
 /// limecached: an in-memory key/value store replicated with Raft. Linearizable reads and
 /// writes, durable across kill -9, exactly-once retries, membership changes.
@@ -54,7 +55,13 @@ async fn main() -> ExitCode {
     } else {
         let cli = NodeCli::parse_from(args);
         init_tracing();
-        cli.node.run(shutdown_signal()).await
+        // A follower sends a client's request to the leader itself: any member serves any
+        // client.
+        let driver = DriverConfig {
+            forward_to_leader: true,
+            ..DriverConfig::default()
+        };
+        cli.node.run(driver, shutdown_signal()).await
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

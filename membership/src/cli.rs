@@ -44,12 +44,15 @@ pub struct MemberArgs {
 }
 
 impl MemberArgs {
-    /// Runs the node the flags describe until `shutdown`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    /// Runs the node the flags describe, on `driver`, until `shutdown`.
+    pub async fn run(
+        self,
+        driver: DriverConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
         let fresh = is_fresh(&self.election.data_dir);
         let advertised = self.advertise.as_deref().unwrap_or(&self.listen);
         let founders = self.founding.founders(self.id, advertised, fresh)?;
-        let driver = DriverConfig::default();
         let mut config = self.election.config(self.id, founders, &driver)?;
         config.snapshots = Some(self.snapshots.policy());
         config.membership_changes = true;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kv_server::process::{init_tracing, shutdown_signal};
 use membership::cli::MemberArgs;
+use replication_naive::driver::DriverConfig;
 
 /// One node of a Raft key/value cluster whose members change while it runs (stage 8 of the
 /// limecached tutorial): start one node with --bootstrap and add others with --join, or
@@ -21,7 +22,11 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
-    match args.node.run(shutdown_signal()).await {
+    match args
+        .node
+        .run(DriverConfig::default(), shutdown_signal())
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => error.report("membership"),
     }

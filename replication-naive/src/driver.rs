@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_server::process::StartError;
-use kv_server::protocol::{Failure, NodeId, Op, Outcome};
+use kv_server::protocol::{ErrorCode, Failure, NodeId, Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, accept_loop, serve_client};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +26,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::forward::Forwarder;
 use crate::node::{Node, Outbox, RequestTag};
 use crate::transport::{self, AddressBook, Transport, TransportConfig};
 
@@ -40,6 +41,10 @@ pub struct DriverConfig {
     pub transport: TransportConfig,
     /// Client requests waiting for the node task; past this, clients get `unavailable`.
     pub call_queue: usize,
+    /// A request the node refuses with `not_leader`, naming the leader, is sent to the
+    /// leader and its answer relayed ([`crate::forward`]); off, the client gets the refusal
+    /// and retries there itself.
+    pub forward_to_leader: bool,
 }
 
 impl Default for DriverConfig {
@@ -49,6 +54,7 @@ impl Default for DriverConfig {
             serve: ServeConfig::default(),
             transport: TransportConfig::default(),
             call_queue: 8192,
+            forward_to_leader: false,
         }
     }
 }
@@ -143,7 +149,10 @@ where
             }
         }
     };
-    let calls = Arc::new(Calls(calls_tx));
+    let calls = Arc::new(Calls {
+        node: calls_tx,
+        forwarder: config.forward_to_leader.then(Arc::default),
+    });
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
         route(
             stream,
@@ -201,14 +210,42 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
 }
 
 /// The client side's way into the node task.
-struct Calls(mpsc::Sender<Call>);
+struct Calls {
+    node: mpsc::Sender<Call>,
+    /// Set when requests for the leader are forwarded to it.
+    forwarder: Option<Arc<Forwarder>>,
+}
 
 impl Handler for Calls {
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        let forward = self.forwarder.clone().map(|f| (f, op.clone()));
+        let asked = self.ask_node(op);
+        async move {
+            let outcome = asked.await;
+            match (outcome, forward) {
+                (Err(failure), Some((forwarder, op))) if failure.code == ErrorCode::NotLeader => {
+                    match failure.leader {
+                        Some(leader) => forwarder.forward(leader, op).await,
+                        None => Err(failure),
+                    }
+                }
+                (outcome, _) => outcome,
+            }
+        }
+    }
+
+    fn handle_forwarded(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        self.ask_node(op)
+    }
+}
+
+impl Calls {
+    /// Hands `op` to the node task; the future is its answer.
+    fn ask_node(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
         let is_write = matches!(op, Op::Write { .. });
         let (tx, rx) = oneshot::channel();
         // Sent now, not in the future, so requests reach the node in the order they were read.
-        let queued = self.0.try_send((Input::Client(op), tx));
+        let queued = self.node.try_send((Input::Client(op), tx));
         async move {
             match queued {
                 Err(mpsc::error::TrySendError::Full(_)) => {

@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod forward;
 pub mod naive;
 pub mod node;
 pub mod sim;

@@ -1,12 +1,13 @@
-//! The `limecached` binary with real processes: the whole cluster killed with SIGKILL while
-//! it writes and snapshots (every 100 entries), three times over, and restarted from its
-//! data directories each time, keeps every acknowledged write.
+//! The `limecached` binary with real processes: a follower serves clients by forwarding
+//! to the leader; the whole cluster killed with SIGKILL while it writes and snapshots (every
+//! 100 entries), three times over, and restarted from its data directories each time, keeps
+//! every acknowledged write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_client::{ClusterClient, RetryPolicy};
-use kv_server::protocol::Consistency;
+use kv_client::{ClusterClient, Connection, RetryPolicy};
+use kv_server::protocol::{Consistency, ErrorCode, Op, Outcome, Reply, Request, WriteOutcome};
 use tests::{ProcessCluster, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,5 +69,54 @@ async fn the_whole_cluster_killed_mid_snapshot_restarts_with_every_acknowledged_
             .await
             .expect("the cluster serves");
         assert_eq!(read.as_ref(), Some(value), "acknowledged write {key} lost");
+    }
+}
+
+/// A request as a client sends it to one node, on its own connection: no redirects
+/// followed, no retries.
+async fn ask(addr: &str, op: Op, forwarded: bool) -> Outcome {
+    let mut connection = Connection::connect(addr).await.expect("the node listens");
+    let request = Request {
+        id: None,
+        op,
+        forwarded,
+    };
+    connection.call(&request).await.expect("the node answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forwards_twice() {
+    let cluster = ProcessCluster::start_durable("limecached", 3, &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(leader) = cluster.leader().await {
+            break leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let addr = &cluster.addrs[&follower];
+
+    assert_eq!(
+        ask(addr, Op::put("k", "v"), false).await,
+        Ok(Reply::Write(WriteOutcome::Put))
+    );
+    let get = Op::Get {
+        key: "k".into(),
+        consistency: Consistency::Linearizable,
+    };
+    assert_eq!(
+        ask(addr, get.clone(), false).await,
+        Ok(Reply::Value(Some("v".into()))),
+        "a linearizable read through a follower"
+    );
+    // Sent as if another node had forwarded it: the follower answers it itself.
+    match ask(addr, get, true).await {
+        Err(failure) => {
+            assert_eq!(failure.code, ErrorCode::NotLeader);
+            assert_eq!(failure.leader.as_ref(), Some(&cluster.addrs[&leader]));
+        }
+        other => panic!("a forwarded request was forwarded again: {other:?}"),
     }
 }

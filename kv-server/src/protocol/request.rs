@@ -274,6 +274,9 @@ pub struct Request {
     pub id: Option<RequestId>,
     /// What to do.
     pub op: Op,
+    /// Sent by a follower on a client's behalf (`"forwarded":true`, an extension to the
+    /// contract): the receiver answers it itself and never forwards it again.
+    pub forwarded: bool,
 }
 
 /// The flat shape of every request line; [`Request::parse`] checks which fields an op needs.
@@ -290,6 +293,7 @@ struct WireRequest {
     seq: Option<u64>,
     consistency: Option<Consistency>,
     addr: Option<String>,
+    forwarded: Option<bool>,
 }
 
 /// Tells a field that is `null` (`Some(None)`) from one that is missing (`None`).
@@ -326,8 +330,9 @@ impl Request {
             }
         };
         let id = wire.id.clone();
+        let forwarded = wire.forwarded.unwrap_or(false);
         match wire.into_op(limits) {
-            Ok(op) => Ok(Request { id, op }),
+            Ok(op) => Ok(Request { id, op, forwarded }),
             Err(failure) => Err((id, failure)),
         }
     }
@@ -515,6 +520,9 @@ impl Serialize for Request {
             }
             Op::Status | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {}
             Op::AddMember { addr, .. } => map.serialize_entry("addr", addr)?,
+        }
+        if self.forwarded {
+            map.serialize_entry("forwarded", &true)?;
         }
         map.end()
     }

@@ -195,6 +195,7 @@ fn requests_round_trip_through_their_wire_form() {
                 key: "k".into(),
                 consistency: Consistency::Stale,
             },
+            forwarded: false,
         },
         Request {
             id: Some(RequestId::string("x")),
@@ -209,6 +210,7 @@ fn requests_round_trip_through_their_wire_form() {
                     seq: 2,
                 }),
             },
+            forwarded: false,
         },
         Request {
             id: None,
@@ -216,19 +218,27 @@ fn requests_round_trip_through_their_wire_form() {
                 command: Command::Delete { key: "k".into() },
                 session: None,
             },
+            forwarded: true,
         },
         Request {
             id: Some(RequestId::from(9)),
             op: Op::RemoveMember { id: NodeId(9) },
+            forwarded: false,
         },
         Request {
             id: Some(RequestId::from(2)),
             op: Op::TransferLeader { id: NodeId(2) },
+            forwarded: false,
         },
     ];
     for request in requests {
         let line = serde_json::to_vec(&request).unwrap();
         assert_eq!(Request::parse(&line, &Limits::default()).unwrap(), request);
+        assert_eq!(
+            String::from_utf8_lossy(&line).contains(r#""forwarded":true"#),
+            request.forwarded,
+            "the marker is written only when set"
+        );
     }
 }
 
