@@ -120,3 +120,71 @@ async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forward
         other => panic!("a forwarded request was forwarded again: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_is_replaced_by_a_new_member_that_catches_up_by_snapshot_and_votes() {
+    let mut cluster = ProcessCluster::unstarted("limecached", 4, &["--snapshot-threshold", "100"]);
+    let founders: Vec<String> = (1..=3)
+        .map(|id| format!("{id}={}", cluster.addrs[&id]))
+        .collect();
+    for id in 1..=3 {
+        cluster.start_node_with(id, &["--peers", &founders.join(",")]);
+    }
+    let founding: Vec<String> = (1..=3).map(|id| cluster.addrs[&id].clone()).collect();
+    let mut client = ClusterClient::new(founding, RetryPolicy::default());
+    for i in 0..500 {
+        client
+            .put(&format!("k{i}"), "before")
+            .await
+            .expect("a healthy cluster");
+    }
+
+    // Node 3's disk is lost: it is removed, and a new node (ids are never reused) joins in
+    // its place with an empty data directory.
+    cluster.kill(3);
+    let wiped = cluster.data_dir(3).expect("durable");
+    std::fs::remove_dir_all(&wiped).expect("wipe node 3");
+    client
+        .remove_member(kv_server::protocol::NodeId(3))
+        .await
+        .expect("remove node 3");
+    let seed = cluster.addrs[&1].clone();
+    cluster.start_node_with(4, &["--join", &seed]);
+    eventually(
+        "node 4 a voter with every key",
+        Duration::from_secs(30),
+        || async {
+            let voter = cluster
+                .status(1)
+                .await
+                .and_then(|s| s.members)
+                .is_some_and(|m| {
+                    m.iter()
+                        .any(|m| m.id == kv_server::protocol::NodeId(4) && m.voter)
+                        && !m.iter().any(|m| m.id == kv_server::protocol::NodeId(3))
+                });
+            voter && cluster.stale_get(4, "k499").await.as_deref() == Some("before")
+        },
+    )
+    .await;
+
+    let snapshots = std::fs::read_dir(cluster.data_dir(4).expect("durable"))
+        .expect("node 4's data directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        .count();
+    assert!(snapshots > 0, "node 4 caught up without a snapshot");
+
+    // Node 4 now counts: with node 1 gone too, 2 and 4 are a majority of {1, 2, 4}.
+    cluster.kill(1);
+    let rest = vec![cluster.addrs[&2].clone(), cluster.addrs[&4].clone()];
+    let mut client = ClusterClient::new(rest, RetryPolicy::default());
+    client.put("after", "yes").await.expect("2 and 4 commit");
+    assert_eq!(
+        client
+            .get("k0", Consistency::Linearizable)
+            .await
+            .expect("a read"),
+        Some("before".into())
+    );
+}
