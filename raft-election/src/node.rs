@@ -456,6 +456,16 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
     }
 
+    /// §5.1 for answers: one that carries a later term means this node is out of date. It
+    /// adopts the term and steps down; the caller drops the answer.
+    fn answered_from_later_term(&mut self, term: Term) -> bool {
+        let later = term > self.term;
+        if later {
+            self.become_follower(term, None);
+        }
+        later
+    }
+
     /// Steps down to follower in the current term, knowing no leader.
     fn step_down(&mut self) {
         let term = self.term;
@@ -676,8 +686,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         resp: AppendEntriesResponse,
         out: &mut Outbox<Message>,
     ) {
-        if resp.term > self.term {
-            self.become_follower(resp.term, None);
+        if self.answered_from_later_term(resp.term) {
             return;
         }
         let Duty::Leader {
@@ -806,8 +815,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         resp: InstallSnapshotResponse,
         out: &mut Outbox<Message>,
     ) {
-        if resp.term > self.term {
-            self.become_follower(resp.term, None);
+        if self.answered_from_later_term(resp.term) {
             return;
         }
         let Duty::Leader {

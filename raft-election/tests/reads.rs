@@ -178,17 +178,13 @@ fn answer(sim: &mut Cluster, tag: RequestTag, ms: u64) -> Option<Outcome> {
     sim.reply(tag).cloned()
 }
 
-fn put(key: &str, value: &str) -> Op {
-    Op::put(key, value)
-}
-
 /// The deposed leader's read: never answered from its old state, whether it steps down by
 /// itself (check-quorum) or only learns of the new term when the partition heals.
 fn isolated_leader_read(seed: u64, check_quorum: bool) {
     let mut sim = cluster_with(seed, 3, move |c| c.check_quorum = check_quorum);
     sim.run_until(5_000, |s| stable_leader(s).is_some());
     let old = stable_leader(&sim).expect("a leader");
-    let tag = sim.request(old, put("k", "old"));
+    let tag = sim.request(old, Op::put("k", "old"));
     assert_eq!(
         answer(&mut sim, tag, 2_000),
         Some(Ok(Reply::Write(kv_server::protocol::WriteOutcome::Put))),
@@ -210,7 +206,7 @@ fn isolated_leader_read(seed: u64, check_quorum: bool) {
         }
         assert!(sim.now() < 60_000, "seed {seed}: no new leader");
     };
-    let tag = sim.request(new, put("k", "new"));
+    let tag = sim.request(new, Op::put("k", "new"));
     assert!(
         matches!(answer(&mut sim, tag, 5_000), Some(Ok(_))),
         "seed {seed}"
@@ -285,7 +281,7 @@ fn reads_see_every_write_acknowledged_before_them_through_leader_changes() {
                 Some(Some(Err(_))) | None => {
                     writer_at = leader.unwrap_or(writer_at);
                     written += 1;
-                    write = Some(sim.request(writer_at, put("k", &value(written))));
+                    write = Some(sim.request(writer_at, Op::put("k", &value(written))));
                 }
             }
             match reading.map(|(tag, floor)| (sim.reply(tag).cloned(), floor)) {

@@ -51,7 +51,7 @@ impl Machine {
 /// The state machine and the clients waiting on it.
 #[derive(Debug, Default)]
 pub struct Applier {
-    state: Machine,
+    machine: Machine,
     last_applied: LogIndex,
     /// Roughly how many bytes of entries have been applied (see [`Payload::approx_bytes`]).
     applied_bytes: u64,
@@ -67,12 +67,12 @@ impl Applier {
 
     /// The key/value map, as of [`Applier::last_applied`].
     pub fn state(&self) -> &KvMap {
-        &self.state.map
+        &self.machine.map
     }
 
     /// The whole replicated state (map and sessions), as of [`Applier::last_applied`].
     pub fn machine(&self) -> &Machine {
-        &self.state
+        &self.machine
     }
 
     /// The highest index applied.
@@ -118,7 +118,7 @@ impl Applier {
     /// whether their entry or another leader's made it into the snapshot cannot be told, so
     /// the outcome is unknown to them.
     pub fn restore(&mut self, state: Machine, index: LogIndex) -> Vec<(RequestTag, Outcome)> {
-        self.state = state;
+        self.machine = state;
         self.last_applied = index;
         let later = self.waiting.split_off(&index.next());
         std::mem::replace(&mut self.waiting, later)
@@ -155,9 +155,9 @@ impl Applier {
                 self.last_applied = entry.index;
                 self.applied_bytes += entry.payload.approx_bytes() as u64;
                 let outcome = match entry.payload {
-                    Payload::Command(command) => self.state.apply(command, None, entry.index),
+                    Payload::Command(command) => self.machine.apply(command, None, entry.index),
                     Payload::SessionCommand { session, command } => {
-                        self.state.apply(command, Some(session), entry.index)
+                        self.machine.apply(command, Some(session), entry.index)
                     }
                     Payload::Noop | Payload::Config(_) => Ok(Reply::Done),
                 };

@@ -123,8 +123,7 @@ impl ProcessCluster {
         extra_args: &[&str],
         network: &proxy::Network,
     ) -> ProcessCluster {
-        let dirs = tempfile::tempdir().expect("a temporary directory");
-        let mut cluster = ProcessCluster::launch(binary, 0, extra_args, Some(dirs)).with_addrs(n);
+        let mut cluster = ProcessCluster::unstarted(binary, n, extra_args);
         for (&id, addr) in &cluster.addrs {
             let proxy = network.proxy(id, addr.clone()).await;
             cluster.advertised.insert(id, proxy);

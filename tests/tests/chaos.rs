@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kv_client::{ClusterClient, Error, RetryPolicy};
-use kv_server::protocol::{CasOutcome, Consistency, ErrorCode};
+use kv_server::protocol::{CasOutcome, Consistency};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::linearizability::{Answer, Call, Operation, check};
@@ -52,7 +52,7 @@ fn policy() -> RetryPolicy {
 /// How a write's failure enters the history: unknown outcomes stay (the write may have
 /// happened), definite failures (nothing happened) are left out.
 fn failed_write(error: &Error) -> Option<Answer> {
-    (error.outcome_unknown() || error.code() == Some(ErrorCode::Timeout)).then_some(Answer::Unknown)
+    error.outcome_unknown().then_some(Answer::Unknown)
 }
 
 /// One client: random operations on random keys until `stop`, each recorded.

@@ -156,8 +156,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
 
     /// The leader: a voter answered a probe.
     pub(super) fn on_read_ack(&mut self, from: NodeId, ack: ReadAck, out: &mut Outbox<Message>) {
-        if ack.term > self.term {
-            self.become_follower(ack.term, None);
+        if self.answered_from_later_term(ack.term) {
             return;
         }
         let current = ack.term == self.term && self.is_leader();
