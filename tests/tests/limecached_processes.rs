@@ -87,14 +87,13 @@ async fn ask(addr: &str, op: Op, forwarded: bool) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forwards_twice() {
     let cluster = ProcessCluster::start_durable("limecached", 3, &[]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let leader = loop {
-        if let Some(leader) = cluster.leader().await {
-            break leader;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // A write through the cluster client returns once a leader has been elected.
+    let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
+    client
+        .put("ready", "yes")
+        .await
+        .expect("a leader is elected");
+    let leader = cluster.leader().await.expect("a leader");
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     let addr = &cluster.addrs[&follower];
 
