@@ -7,8 +7,8 @@
 //! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
 //! ```
 //!
-//! Every change is appended to the file at once, and made durable by `sync`: one fsync for
-//! every change since the last (group commit). The node's runner syncs before anything that
+//! Every change is encoded into a buffer at once, and made durable by `sync`: one write and
+//! one fsync for every change since the last (group commit). The node's runner syncs before anything that
 //! depends on a change leaves the node, so nothing is acknowledged (a vote granted, an entry
 //! accepted) before it is on disk. Opening replays the records into
 //! memory; reads are served from memory. A crash can leave the last record torn (cut short,
@@ -30,6 +30,8 @@ use raft_log::types::{Entry, LogIndex, Term};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use replication_naive::node::SyncJob;
+
 use crate::medium::{FileMedium, Medium, sync_dir};
 
 /// The file holding the log, inside the data directory.
@@ -41,6 +43,9 @@ const HEADER: usize = 12;
 
 /// No record is larger: a longer length is damage.
 const MAX_RECORD: usize = 1 << 30;
+
+/// The buffer of unwritten records keeps its allocation between batches up to this size.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// One change, as written to disk. Generic over how the entries are held: written from a
 /// borrowed slice (no copy of values on the write path), read back into a `Vec`.
@@ -91,8 +96,12 @@ pub enum OpenError {
 pub struct DurableStorage<M: Medium = FileMedium> {
     memory: MemStorage,
     medium: M,
-    /// Records have been appended since the last sync.
-    unsynced: bool,
+    /// Records encoded since the last sync, not yet written: a batch costs one `write`.
+    pending: Vec<u8>,
+    /// The last index known to be on disk ([`Storage::durable_index`]).
+    durable: LogIndex,
+    /// The last index the sync under way covers, if one is.
+    syncing: Option<LogIndex>,
 }
 
 impl DurableStorage<FileMedium> {
@@ -181,47 +190,50 @@ impl<M: Medium> DurableStorage<M> {
                 }
             }
         }
+        // What was read may still be only in the page cache (the process, not the machine,
+        // stopped): it counts as durable once synced.
+        medium.sync_job()().map_err(io)?;
+        medium.synced();
         Ok(DurableStorage {
+            durable: memory.last_index(),
             memory,
             medium,
-            unsynced: false,
+            pending: Vec::new(),
+            syncing: None,
         })
     }
 
-    /// Gives back the medium (tests crash it).
-    pub fn into_medium(self) -> M {
+    /// Gives back the medium (tests crash it), with the records not yet synced written to it
+    /// but not synced: what the disk holds if the process stops between the two.
+    pub fn into_medium(mut self) -> M {
+        if let Err(error) = self.medium.append(&self.pending) {
+            panic!("cannot write the log ({error})");
+        }
         self.medium
     }
 
-    /// Appends `record`; [`Storage::sync`] makes it durable. A write that fails leaves the
-    /// disk in an unknown state: the node must stop rather than acknowledge anything, so
-    /// this panics (and the binary stops).
+    /// Queues `record`; [`Storage::sync`] writes and syncs it.
     fn write(&mut self, record: &Record<&[Entry]>) {
-        let bytes = encode(record);
-        if let Err(error) = self.medium.append(&bytes) {
-            panic!(
-                "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
-            );
-        }
-        self.unsynced = true;
+        encode_into(&mut self.pending, record);
     }
 }
 
-/// One record as written to disk.
-fn encode(record: &Record<&[Entry]>) -> Vec<u8> {
-    let payload = serde_json::to_vec(record).expect("records serialize");
+/// One record as written to disk, appended to `bytes`.
+fn encode_into(bytes: &mut Vec<u8>, record: &Record<&[Entry]>) {
+    let start = bytes.len();
+    bytes.extend_from_slice(&[0; HEADER]);
+    serde_json::to_writer(&mut *bytes, record).expect("records serialize");
+    let payload = &bytes[start + HEADER..];
     assert!(
         payload.len() <= MAX_RECORD,
         "a record of {} bytes is too large",
         payload.len()
     );
     let len = (payload.len() as u32).to_le_bytes();
-    let mut bytes = Vec::with_capacity(HEADER + payload.len());
-    bytes.extend_from_slice(&len);
-    bytes.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
-    bytes
+    let payload_crc = crc32fast::hash(payload).to_le_bytes();
+    bytes[start..start + 4].copy_from_slice(&len);
+    bytes[start + 4..start + 8].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    bytes[start + 8..start + HEADER].copy_from_slice(&payload_crc);
 }
 
 /// What is at the start of the remaining bytes.
@@ -318,6 +330,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
     fn truncate_after(&mut self, index: LogIndex) {
         self.write(&Record::<&[Entry]>::TruncateAfter(index));
         self.memory.truncate_after(index);
+        // Entries written at these indexes from now on are new: no sync so far covers them.
+        self.durable = self.durable.min(index);
+        self.syncing = self.syncing.map(|upto| upto.min(index));
     }
 
     fn compact(&mut self, index: LogIndex, term: Term) {
@@ -327,21 +342,21 @@ impl<M: Medium> Storage for DurableStorage<M> {
         self.memory.compact(index, term);
         // The file is rewritten with only what is still needed: where the log starts, the
         // hard state, the entries after the snapshot.
-        let mut bytes = encode(&Record::<&[Entry]>::Compacted(index, term));
-        bytes.extend(encode(&Record::<&[Entry]>::HardState(
-            self.memory.hard_state(),
-        )));
+        let mut bytes = Vec::new();
+        encode_into(&mut bytes, &Record::Compacted(index, term));
+        encode_into(&mut bytes, &Record::HardState(self.memory.hard_state()));
         let rest = self
             .memory
             .entries(index.next(), self.memory.last_index(), usize::MAX);
         if !rest.is_empty() {
-            bytes.extend(encode(&Record::Entries(rest.as_slice())));
+            encode_into(&mut bytes, &Record::Entries(rest.as_slice()));
         }
         if let Err(error) = self.medium.replace(&bytes) {
             panic!("cannot rewrite the log after compaction ({error}); stopping");
         }
         // The rewritten file holds every change so far, durably.
-        self.unsynced = false;
+        self.pending.clear();
+        self.durable = self.memory.last_index();
     }
 
     fn hard_state(&self) -> HardState {
@@ -355,17 +370,41 @@ impl<M: Medium> Storage for DurableStorage<M> {
         }
     }
 
-    /// One fsync for every record appended since the last (group commit). A failed fsync
-    /// may have lost any of them (and on Linux the error is reported once): stop.
-    fn sync(&mut self) {
-        if !self.unsynced {
-            return;
+    /// One write, here, and one fsync, in the work returned, for every record since the
+    /// last (group commit).
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        if self.pending.is_empty() {
+            return None;
         }
-        if let Err(error) = self.medium.sync() {
+        if let Err(error) = self.medium.append(&self.pending) {
+            panic!(
+                "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
+            );
+        }
+        self.pending.clear();
+        if self.pending.capacity() > MAX_KEPT_BUFFER {
+            self.pending = Vec::new();
+        }
+        self.syncing = Some(self.memory.last_index());
+        Some(self.medium.sync_job())
+    }
+
+    /// A write or fsync that fails leaves the disk in an unknown state (and on Linux a
+    /// failed fsync is reported once): the node must stop rather than acknowledge anything,
+    /// so this panics (and the binary stops).
+    fn finish_sync(&mut self, result: std::io::Result<()>) {
+        if let Err(error) = result {
             panic!(
                 "cannot sync the log ({error}); stopping rather than acknowledging what may not be on disk"
             );
         }
-        self.unsynced = false;
+        self.medium.synced();
+        if let Some(upto) = self.syncing.take() {
+            self.durable = self.durable.max(upto);
+        }
+    }
+
+    fn durable_index(&self) -> LogIndex {
+        self.durable
     }
 }

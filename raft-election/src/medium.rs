@@ -5,14 +5,19 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use replication_naive::node::SyncJob;
+
 /// An append-only byte store with an explicit sync.
 pub trait Medium {
     /// Everything written so far (on open: what survived).
     fn read_all(&mut self) -> std::io::Result<Vec<u8>>;
     /// Appends `bytes` (not yet durable).
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-    /// Makes everything appended so far durable (fsync).
-    fn sync(&mut self) -> std::io::Result<()>;
+    /// The work that makes everything appended so far durable (an fsync), to run on any
+    /// thread; [`Medium::synced`] is called once it has succeeded.
+    fn sync_job(&mut self) -> SyncJob;
+    /// The work from the last [`Medium::sync_job`] succeeded.
+    fn synced(&mut self) {}
     /// Cuts the store to `len` bytes, durably (used to drop a torn tail).
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 
@@ -56,8 +61,13 @@ impl Medium for FileMedium {
         self.file.write_all(bytes)
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
+    /// An fsync through a second handle on the same file, so it runs while the node goes
+    /// on appending.
+    fn sync_job(&mut self) -> SyncJob {
+        match self.file.try_clone() {
+            Ok(file) => Box::new(move || file.sync_data()),
+            Err(error) => Box::new(move || Err(error)),
+        }
     }
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
@@ -100,6 +110,8 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub struct SimDisk {
     bytes: Vec<u8>,
     synced: usize,
+    /// How much the sync under way covers: synced once it has finished.
+    syncing: usize,
 }
 
 impl SimDisk {
@@ -120,6 +132,7 @@ impl SimDisk {
         SimDisk {
             bytes: self.bytes[..keep].to_vec(),
             synced: keep.min(self.synced),
+            syncing: 0,
         }
     }
 
@@ -128,6 +141,7 @@ impl SimDisk {
         SimDisk {
             bytes: self.bytes[..self.synced].to_vec(),
             synced: self.synced,
+            syncing: 0,
         }
     }
 
@@ -156,20 +170,27 @@ impl Medium for SimDisk {
         Ok(())
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.synced = self.bytes.len();
-        Ok(())
+    /// A crash before [`Medium::synced`] loses what this sync covers.
+    fn sync_job(&mut self) -> SyncJob {
+        self.syncing = self.bytes.len();
+        Box::new(|| Ok(()))
+    }
+
+    fn synced(&mut self) {
+        self.synced = self.synced.max(self.syncing);
     }
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.bytes.truncate(len as usize);
         self.synced = self.bytes.len();
+        self.syncing = self.syncing.min(self.bytes.len());
         Ok(())
     }
 
     fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.bytes = bytes.to_vec();
         self.synced = self.bytes.len();
+        self.syncing = 0;
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use raft_log::storage::{HardState, Storage};
 use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replication_naive::node::{Node, Outbox, RequestTag};
+use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
 use tracing::{debug, info, warn};
 
 use crate::configs::Configs;
@@ -1138,8 +1138,29 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         self.settle_reads(out);
     }
 
-    fn sync(&mut self) {
-        self.log.sync();
+    /// A leader sends the entries proposed since the last batch: one AppendEntries per
+    /// follower carries them all.
+    fn flush(&mut self, out: &mut Outbox<Message>) {
+        self.broadcast(false, out);
+    }
+
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        self.log.start_sync()
+    }
+
+    /// A leader's own copy of its entries now counts toward a majority.
+    fn synced(&mut self, result: std::io::Result<()>, out: &mut Outbox<Message>) {
+        self.log.finish_sync(result);
+        self.advance_commit(out);
+        self.settle_reads(out);
+    }
+
+    /// What a leader sends to replicate and to confirm its leadership asserts nothing about
+    /// its own unsynced changes, so it goes out while the leader writes its log (thesis
+    /// §10.2.1); its term and vote were made durable before it could lead. Everything a
+    /// follower or candidate says (acknowledgements, votes, vote requests) waits.
+    fn sends_before_sync(message: &Message) -> bool {
+        matches!(message, Message::AppendEntries(_) | Message::ReadProbe(_))
     }
 
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
@@ -1160,8 +1181,8 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Op::Write { command, session } if self.is_leader() => match self.handing_off() {
                 Some(busy) => out.reply(tag, Err(busy)),
                 None => {
+                    // Sent with the rest of the batch's writes, by `flush`.
                     self.propose(Some(tag), Payload::write(command, session), out);
-                    self.broadcast(false, out);
                     self.advance_commit(out);
                 }
             },

@@ -165,6 +165,7 @@ fn a_data_directory_survives_reopening_and_refuses_another_node() {
             voted_for: Some(NodeId(3)),
         });
         s.append(vec![entry(1, 4), entry(2, 4)]);
+        s.sync();
     }
     let s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
     assert_eq!(
@@ -249,6 +250,7 @@ fn a_compacted_data_directory_reopens_where_it_left_off() {
         s.append((1..=20).map(|i| entry(i, 1)).collect());
         s.compact(LogIndex(15), Term(1));
         s.append(vec![entry(21, 2)]);
+        s.sync();
     }
     let s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
     assert_eq!(

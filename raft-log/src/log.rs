@@ -2,6 +2,8 @@
 //! (§5.3): the follower's side of AppendEntries, the leader's reading of a rejection, and the
 //! commit rule (§5.4.2). Every Raft stage keeps its log in one of these.
 
+use replication_naive::node::SyncJob;
+
 use crate::message::{AppendEntries, AppendEntriesResponse, Rejection};
 use crate::storage::{HardState, Storage};
 use crate::types::{Entry, LogIndex, Payload, Term};
@@ -45,6 +47,16 @@ impl<S: Storage> RaftLog<S> {
     /// Makes every change since the last call durable (see [`Storage::sync`]).
     pub fn sync(&mut self) {
         self.storage.sync();
+    }
+
+    /// Starts making every change so far durable (see [`Storage::start_sync`]).
+    pub fn start_sync(&mut self) -> Option<SyncJob> {
+        self.storage.start_sync()
+    }
+
+    /// The sync started last has finished (see [`Storage::finish_sync`]).
+    pub fn finish_sync(&mut self, result: std::io::Result<()>) {
+        self.storage.finish_sync(result);
     }
 
     /// The index of the last entry (0 when empty).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
-use replication_naive::node::{Node, Outbox, RequestTag};
+use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
 use tracing::{debug, warn};
 
 use crate::apply::Applier;
@@ -276,8 +276,19 @@ impl<S: Storage> Node for RaftLogNode<S> {
         }
     }
 
-    fn sync(&mut self) {
-        self.log.sync();
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        self.log.start_sync()
+    }
+
+    /// The leader's own copy now counts toward a majority.
+    fn synced(&mut self, result: std::io::Result<()>, out: &mut Outbox<Message>) {
+        self.log.finish_sync(result);
+        self.advance_commit(out);
+    }
+
+    /// The leader's AppendEntries go out while it writes its own log (thesis §10.2.1).
+    fn sends_before_sync(message: &Message) -> bool {
+        matches!(message, Message::AppendEntries(_))
     }
 
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {

@@ -272,7 +272,9 @@ impl Replication {
     }
 
     /// Leader `me` of `term`: commits the highest index a majority of `voters` stores, if it
-    /// is from `term` (§5.4.2). Returns whether the commit index moved.
+    /// is from `term` (§5.4.2). Returns whether the commit index moved. The leader's own copy
+    /// counts once it is durable: it sends entries before its own fsync (thesis §10.2.1), so
+    /// its log may hold entries a crash would take back.
     pub fn advance_commit<S: Storage>(
         &self,
         log: &mut RaftLog<S>,
@@ -280,7 +282,7 @@ impl Replication {
         voters: impl IntoIterator<Item = NodeId>,
         term: Term,
     ) -> bool {
-        let stored = self.quorum_match(me, log.last_index(), voters);
+        let stored = self.quorum_match(me, log.storage().durable_index(), voters);
         log.commit_if_current_term(stored, term)
     }
 

@@ -6,6 +6,7 @@
 //! that is no longer held is unknown (`None`), except for the last compacted one.
 
 use kv_server::protocol::NodeId;
+use replication_naive::node::SyncJob;
 
 use crate::types::{Entry, LogIndex, Term};
 
@@ -57,11 +58,33 @@ pub trait Storage {
     /// Saves the hard state.
     fn save_hard_state(&mut self, state: HardState);
 
-    /// Makes every change since the last call durable. A change may be lost in a crash
-    /// until this returns; nothing that depends on it (a vote granted, an entry
-    /// acknowledged, a message sent) may leave the node before. Calling it once for many
-    /// changes is group commit: one fsync for all of them.
-    fn sync(&mut self);
+    /// Starts making every change so far durable, without waiting: returns the work (a
+    /// write and an fsync) for the caller to run, on any thread, and hand its result to
+    /// [`Storage::finish_sync`]; `None` when nothing is waiting to be made durable. Until
+    /// then a change may be lost in a crash, and nothing that depends on it (a vote
+    /// granted, an entry acknowledged) may leave the node. Calling it once for many changes
+    /// is group commit: one fsync for all of them. One sync at a time: the next starts
+    /// after the last has finished.
+    fn start_sync(&mut self) -> Option<SyncJob>;
+
+    /// The work from the last [`Storage::start_sync`] has finished with `result`: the
+    /// changes it covers are durable. A failed write or fsync may have lost any of them, and
+    /// the node must stop rather than acknowledge anything: implementations panic.
+    fn finish_sync(&mut self, result: std::io::Result<()>);
+
+    /// The last index whose entry, and every one before it, is durable. A leader counts its
+    /// own copy of an entry toward a majority only up to here (thesis §10.2.1: it writes
+    /// its log in parallel with sending the entries to followers).
+    fn durable_index(&self) -> LogIndex;
+
+    /// Makes every change so far durable before returning: [`Storage::start_sync`], the
+    /// work, [`Storage::finish_sync`].
+    fn sync(&mut self) {
+        if let Some(job) = self.start_sync() {
+            let result = job();
+            self.finish_sync(result);
+        }
+    }
 }
 
 /// A log in memory: everything is lost when the node stops.
@@ -171,7 +194,17 @@ impl Storage for MemStorage {
         self.hard_state = state;
     }
 
-    fn sync(&mut self) {}
+    /// Nothing to make durable: the log is in memory only.
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        None
+    }
+
+    fn finish_sync(&mut self, _result: std::io::Result<()>) {}
+
+    /// Everything counts at once: nothing is ever durable, so nothing is waited for.
+    fn durable_index(&self) -> LogIndex {
+        self.last_index()
+    }
 }
 
 #[cfg(test)]

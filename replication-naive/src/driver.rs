@@ -1,8 +1,10 @@
 //! The node driver: runs any [`Node`] for real, on tokio.
 //!
 //! One task owns the node, so the node needs no locks: it `select!`s over a tick interval,
-//! the peer inbox and client calls, and after each input sends what the node's [`Outbox`]
-//! holds (messages through the [`Transport`], replies to the waiting clients).
+//! the peer inbox, client calls and the end of the node's sync, and after each batch of
+//! inputs sends what the node's [`Outbox`] holds: replies to the waiting clients at once,
+//! messages through the [`Transport`] once the [`SyncGate`] lets them go. The sync itself
+//! (an fsync) runs on a blocking thread while the node goes on.
 //!
 //! ```text
 //!   clients ─┐                            ┌─▶ Transport ─▶ peers
@@ -28,6 +30,7 @@ use tracing::{debug, warn};
 
 use crate::forward::Forwarder;
 use crate::node::{Node, Outbox, RequestTag};
+use crate::sync_gate::SyncGate;
 use crate::transport::{self, AddressBook, Transport, TransportConfig};
 
 /// How the driver runs a node.
@@ -80,12 +83,12 @@ type Call = (Input, oneshot::Sender<Outcome>);
 /// Clients waiting for the node's answer, by the tag their request was given.
 type Waiting = HashMap<RequestTag, oneshot::Sender<Outcome>>;
 
-/// Most inputs the node task takes before it syncs and sends: bounds the latency one batch
-/// adds to the first input in it.
+/// Most inputs the node task takes before it sends and starts a sync: bounds the latency one
+/// batch adds to the first input in it.
 const MAX_BATCH: usize = 512;
 
-/// A batch (its inputs and its sync) slower than this is logged: it holds up every message,
-/// heartbeats included.
+/// A batch of inputs, or an fsync, slower than this is logged: the first holds up every
+/// message, heartbeats included; the second, every acknowledgement and vote.
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 
 /// The node's task ended on its own: it panicked, typically because its storage could not
@@ -292,6 +295,8 @@ async fn drive<N: Node>(
             Input::HandOff => node.hand_off(tag, out),
         }
     };
+    let mut gate = SyncGate::default();
+    let mut syncing = None;
     loop {
         let started;
         tokio::select! {
@@ -308,9 +313,14 @@ async fn drive<N: Node>(
                 started = Instant::now();
                 call(&mut node, c, &mut waiting, &mut out);
             }
+            result = finished(&mut syncing), if syncing.is_some() => {
+                started = Instant::now();
+                syncing = None;
+                node.synced(result, &mut out);
+                gate.finished(|to, message| transport.send(to, message));
+            }
         }
-        // Group commit: take whatever else has already arrived, then make it all durable
-        // with one sync before anything leaves.
+        // Group commit: take whatever else has already arrived; one sync covers it all.
         for _ in 0..MAX_BATCH {
             if let Ok((from, message)) = inbox.try_recv() {
                 node.step(from, message, &mut out);
@@ -320,32 +330,56 @@ async fn drive<N: Node>(
                 break;
             }
         }
-        let syncing = Instant::now();
-        node.sync();
-        let (working, syncing) = (syncing - started, syncing.elapsed());
-        if working + syncing > SLOW_BATCH {
-            // etcd warns the same way ("slow fdatasync", "apply took too long"): nothing
-            // leaves the node meanwhile, heartbeats included, so this can cost an election.
+        node.flush(&mut out);
+        let working = started.elapsed();
+        if working > SLOW_BATCH {
+            // etcd warns the same way ("apply took too long"): nothing leaves the node
+            // meanwhile, heartbeats included, so this can cost an election.
             warn!(
                 work_ms = working.as_millis() as u64,
-                sync_ms = syncing.as_millis() as u64,
                 "slow batch: the node task was held up"
             );
         }
         if let Some(peers) = out.peers.take() {
             transport.set_peers(&peers);
         }
-        for (to, message) in out.messages.drain(..) {
-            transport.send(to, message);
-        }
         for (tag, outcome) in out.replies.drain(..) {
             if let Some(reply) = waiting.remove(&tag) {
                 let _ = reply.send(outcome);
             }
         }
+        let job = gate.after_batch(&mut node, out.messages.drain(..), |to, message| {
+            transport.send(to, message)
+        });
+        if let Some(job) = job {
+            syncing = Some(tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                (job(), started.elapsed())
+            }));
+        }
     }
     // The links end with `stop`; wait for them so nothing outlives the run.
     transport.stopped().await;
+}
+
+/// A sync running on a blocking thread: its result and how long it took.
+type Syncing = tokio::task::JoinHandle<(std::io::Result<()>, Duration)>;
+
+/// Waits for the sync under way (only polled while one runs).
+async fn finished(syncing: &mut Option<Syncing>) -> std::io::Result<()> {
+    let Some(running) = syncing.as_mut() else {
+        return std::future::pending().await;
+    };
+    match running.await {
+        Ok((result, took)) => {
+            if took > SLOW_BATCH {
+                // etcd's "slow fdatasync": acknowledgements and votes wait meanwhile.
+                warn!(sync_ms = took.as_millis() as u64, "slow fsync");
+            }
+            result
+        }
+        Err(error) => Err(std::io::Error::other(format!("the sync failed: {error}"))),
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! | module       | what it holds                                                     |
 //! |--------------|-------------------------------------------------------------------|
 //! | [`node`]     | the `Node` trait, `Outbox`, `RequestTag`                          |
+//! | [`sync_gate`]| `SyncGate`: which messages wait for the node's fsync              |
 //! | [`transport`]| `Transport` (send side), `receive` (inbound), the peer handshake  |
 //! | [`driver`]   | `run(node, listener, peers, config, shutdown)`                    |
 //! | [`sim`]      | `Sim`, `NetConfig`, `for_each_seed`                               |
@@ -32,4 +33,5 @@ pub mod forward;
 pub mod naive;
 pub mod node;
 pub mod sim;
+pub mod sync_gate;
 pub mod transport;

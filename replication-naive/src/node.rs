@@ -84,9 +84,38 @@ pub trait Node {
         out.reply(tag, Ok(Reply::Done));
     }
 
-    /// Makes durable whatever the outputs produced since the last call depend on. The
-    /// runner calls it before it sends any of them, once for a whole batch of inputs: with
-    /// a disk, that is one fsync for every write in the batch (group commit). Nodes that
-    /// keep nothing durable need not do anything.
-    fn sync(&mut self) {}
+    /// The runner has taken every input waiting for now: the node sends what is worth
+    /// sending once per batch of inputs rather than once per input (a leader, the entries
+    /// proposed in the batch, in one AppendEntries per follower). The runner calls it before
+    /// [`Node::start_sync`].
+    fn flush(&mut self, _out: &mut Outbox<Self::Message>) {}
+
+    /// Starts making durable what the outputs produced so far depend on, and returns the
+    /// work (a write and an fsync) for the runner to run off the node's task; `None` when
+    /// nothing is waiting to be made durable. The runner calls it once for a whole batch of
+    /// inputs, so one fsync covers every write in the batch (group commit), and at most one
+    /// runs at a time. Until [`Node::synced`], the runner holds back every message that may
+    /// depend on the changes, except those [`Node::sends_before_sync`] lets go
+    /// ([`crate::sync_gate`]).
+    /// Replies are never held: a node answers a client only with what is already safe (a
+    /// committed write). Nodes that keep nothing durable need not do anything.
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        None
+    }
+
+    /// The work from [`Node::start_sync`] has finished with `result`: the node may count
+    /// what it made durable (a leader, its own copy of the entries, toward a majority).
+    fn synced(&mut self, _result: std::io::Result<()>, _out: &mut Outbox<Self::Message>) {}
+
+    /// Whether `message` may leave before the node's changes so far are durable, because it
+    /// asserts nothing about them. A Raft leader's AppendEntries may: the leader writes its
+    /// log in parallel with replicating it (thesis §10.2.1). A vote or an acknowledgement
+    /// may not.
+    fn sends_before_sync(_message: &Self::Message) -> bool {
+        false
+    }
 }
+
+/// The work that makes a node's changes durable: run on any thread, its result handed back
+/// to [`Node::synced`].
+pub type SyncJob = Box<dyn FnOnce() -> std::io::Result<()> + Send>;

@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::node::{Node, Outbox, RequestTag};
+use crate::sync_gate::SyncGate;
 
 /// How the simulated network behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,16 +67,31 @@ enum Event<M> {
         to: NodeId,
         message: M,
     },
+    /// The sync a node started has finished.
+    Synced {
+        node: NodeId,
+        incarnation: u64,
+        result: std::io::Result<()>,
+    },
 }
 
-struct Slot<N> {
+/// The longest a node's sync takes, in simulated ms: long enough that a node takes more
+/// inputs while one runs, as it does with a real fsync.
+const MAX_SYNC_MS: u64 = 3;
+
+struct Slot<N, M> {
     /// The running node; `None` while crashed.
     node: Option<N>,
     /// A crashed node, kept (not running) so that a restart can hand it to the factory,
     /// which takes from it what that kind of node keeps durably.
     remains: Option<N>,
-    /// Bumped on every restart, so the ticks of an earlier life are ignored.
+    /// Bumped on every restart, so the ticks and syncs of an earlier life are ignored.
     incarnation: u64,
+    /// The messages waiting for the node's sync.
+    gate: SyncGate<M>,
+    /// How long the node's syncs take, if set ([`Sim::set_sync_ms`]); else 0 to
+    /// [`MAX_SYNC_MS`] at random.
+    sync_ms: Option<u64>,
 }
 
 type Factory<N> = Box<dyn FnMut(NodeId, Option<N>) -> N>;
@@ -89,7 +105,7 @@ pub struct Sim<N: Node> {
     tick_ms: u64,
     next_event: u64,
     events: BTreeMap<(u64, u64), Event<N::Message>>,
-    slots: BTreeMap<NodeId, Slot<N>>,
+    slots: BTreeMap<NodeId, Slot<N, N::Message>>,
     factory: Factory<N>,
     net: NetConfig,
     cut: HashSet<(NodeId, NodeId)>,
@@ -143,6 +159,8 @@ impl<N: Node> Sim<N> {
                 node: Some(node),
                 remains: None,
                 incarnation: 0,
+                gate: SyncGate::default(),
+                sync_ms: None,
             },
         );
         self.schedule_first_tick(id);
@@ -240,8 +258,7 @@ impl<N: Node> Sim<N> {
         let mut out = Outbox::default();
         if let Some(node) = self.slots.get_mut(&id).and_then(|slot| slot.node.as_mut()) {
             input(node, tag, &mut out);
-            node.sync();
-            self.dispatch(id, out);
+            self.end_batch(id, out);
             self.run_check();
         }
         tag
@@ -252,13 +269,15 @@ impl<N: Node> Sim<N> {
         self.replies.get(&tag)
     }
 
-    /// Crashes node `id`: it stops, and messages to it are lost. What it keeps durably is
-    /// handed to the factory when it restarts; the rest is gone.
+    /// Crashes node `id`: it stops, and messages to it are lost, as are those it held for a
+    /// sync that had not finished. What it keeps durably is handed to the factory when it
+    /// restarts; the rest is gone.
     pub fn crash(&mut self, id: NodeId) {
         if let Some(slot) = self.slots.get_mut(&id) {
             if let Some(node) = slot.node.take() {
                 slot.remains = Some(node);
             }
+            slot.gate = SyncGate::default();
         }
     }
 
@@ -270,6 +289,7 @@ impl<N: Node> Sim<N> {
         };
         let old = slot.node.take().or_else(|| slot.remains.take());
         slot.incarnation += 1;
+        slot.gate = SyncGate::default();
         slot.node = Some((self.factory)(id, old));
         self.schedule_first_tick(id);
         self.run_check();
@@ -280,6 +300,14 @@ impl<N: Node> Sim<N> {
     /// incarnation.
     pub fn incarnation(&self, id: NodeId) -> u64 {
         self.slots.get(&id).map_or(0, |slot| slot.incarnation)
+    }
+
+    /// Makes node `id`'s syncs take `ms` from now on (across restarts): a slow disk, for
+    /// tests of what must wait for it.
+    pub fn set_sync_ms(&mut self, id: NodeId, ms: u64) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.sync_ms = Some(ms);
+        }
     }
 
     /// Whether node `id` is running.
@@ -363,7 +391,6 @@ impl<N: Node> Sim<N> {
                     return true;
                 };
                 node.tick(&mut out);
-                node.sync();
                 self.schedule(
                     at + self.tick_ms,
                     Event::Tick {
@@ -382,13 +409,67 @@ impl<N: Node> Sim<N> {
                 };
                 self.delivered += 1;
                 node.step(from, message, &mut out);
-                node.sync();
                 to
             }
+            Event::Synced {
+                node: id,
+                incarnation,
+                result,
+            } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return true;
+                };
+                let Some(node) = slot.node.as_mut() else {
+                    return true;
+                };
+                if slot.incarnation != incarnation {
+                    return true;
+                }
+                node.synced(result, &mut out);
+                let mut covered = Outbox::default();
+                slot.gate.finished(|to, message| covered.send(to, message));
+                self.dispatch(id, covered);
+                id
+            }
         };
-        self.dispatch(source, out);
+        self.end_batch(source, out);
         self.run_check();
         true
+    }
+
+    /// Ends a batch of inputs to node `id` as the driver does: the node flushes, the
+    /// messages that may leave go on the network, the others wait in the node's
+    /// [`SyncGate`], and a sync starts if none is running. It finishes (an
+    /// [`Event::Synced`]) up to [`MAX_SYNC_MS`] later.
+    fn end_batch(&mut self, id: NodeId, mut out: Outbox<N::Message>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        node.flush(&mut out);
+        let mut sent = Vec::new();
+        let job = slot
+            .gate
+            .after_batch(node, out.messages.drain(..), |to, message| {
+                sent.push((to, message))
+            });
+        out.messages = sent;
+        let (incarnation, sync_ms) = (slot.incarnation, slot.sync_ms);
+        if let Some(job) = job {
+            let result = job();
+            let at = self.now + sync_ms.unwrap_or_else(|| self.rng.gen_range(0..=MAX_SYNC_MS));
+            self.schedule(
+                at,
+                Event::Synced {
+                    node: id,
+                    incarnation,
+                    result,
+                },
+            );
+        }
+        self.dispatch(id, out);
     }
 
     /// Puts a node's outbox on the network and records its replies.

@@ -1,11 +1,16 @@
 //! Clusters of election-stage nodes in the simulator, and the checks every test runs.
 #![allow(dead_code)] // each test file uses its own subset
 
+use raft_election::durable::DurableStorage;
+use raft_election::medium::SimDisk;
 use raft_election::node::{Config, RaftNode};
 use raft_log::storage::MemStorage;
 use replication_naive::sim::Sim;
 
 pub type Cluster = Sim<RaftNode<MemStorage>>;
+
+/// Nodes whose log is on a simulated disk.
+pub type DurableCluster = Sim<RaftNode<DurableStorage<SimDisk>>>;
 
 /// Simulated milliseconds per tick, as the driver's default.
 pub const TICK_MS: u64 = 10;
@@ -36,14 +41,9 @@ pub fn cluster_with(seed: u64, n: u64, tweak: impl Fn(&mut Config) + 'static) ->
 }
 
 /// `n` nodes whose storage is [`raft_election::durable::DurableStorage`] on simulated disks:
-/// every restart replays the node's log from the bytes its disk kept.
-pub fn durable_cluster(
-    seed: u64,
-    n: u64,
-    tweak: impl Fn(&mut Config) + 'static,
-) -> Sim<RaftNode<raft_election::durable::DurableStorage<raft_election::medium::SimDisk>>> {
-    use raft_election::durable::DurableStorage;
-    use raft_election::medium::SimDisk;
+/// every restart is a power loss, and replays the node's log from the bytes its disk had
+/// synced. Whatever a node had not synced, a sync under way included, is gone.
+pub fn durable_cluster(seed: u64, n: u64, tweak: impl Fn(&mut Config) + 'static) -> DurableCluster {
     Sim::new(
         seed,
         members(n).into_keys(),
@@ -52,7 +52,7 @@ pub fn durable_cluster(
             let mut config = Config::new(id, members(n), seed);
             tweak(&mut config);
             let disk = old
-                .map(|node| node.into_storage().into_medium())
+                .map(|node| node.into_storage().into_medium().crash())
                 .unwrap_or_default();
             RaftNode::new(
                 config,

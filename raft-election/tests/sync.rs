@@ -1,0 +1,114 @@
+//! What may leave a node before its fsync, and what must wait (thesis §10.2.1), on simulated
+//! disks that lose everything not yet synced: a follower acknowledges an entry only once it
+//! is on its disk, and a leader, which sends its entries while writing them, counts its own
+//! copy toward a majority only once it is on its disk. Each test slows some disks down, so
+//! that an acknowledgement given too early would be seen, and then cuts the power.
+
+mod common;
+
+use common::*;
+use kv_server::protocol::{Command, Consistency, NodeId, Op, Outcome, Reply, WriteOutcome};
+use raft_election::testkit::stable_leader;
+use replication_naive::sim::for_each_seed;
+
+/// Longer than the rest of a write's round trip: whatever waits for these disks is late.
+const SLOW_SYNC_MS: u64 = 40;
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Write {
+        command: Command::Put {
+            key: key.into(),
+            value: value.into(),
+        },
+        session: None,
+    }
+}
+
+fn get(key: &str) -> Op {
+    Op::Get {
+        key: key.into(),
+        consistency: Consistency::Linearizable,
+    }
+}
+
+/// Writes `key` through the leader and runs until it answers.
+fn acknowledged_put(sim: &mut DurableCluster, leader: NodeId, key: &str) {
+    let tag = sim.request(leader, put(key, "v"));
+    assert!(sim.run_until(2_000, |sim| sim.reply(tag).is_some()));
+    assert_eq!(
+        sim.reply(tag),
+        Some(&Ok(Reply::Write(WriteOutcome::Put))),
+        "seed {}",
+        sim.seed()
+    );
+}
+
+/// Reads `key` through whichever node leads once one does.
+fn read_back(sim: &mut DurableCluster, key: &str) -> Outcome {
+    assert!(sim.run_until(5_000, |sim| stable_leader(sim).is_some()));
+    let leader = stable_leader(sim).expect("a leader");
+    let tag = sim.request(leader, get(key));
+    assert!(sim.run_until(2_000, |sim| sim.reply(tag).is_some()));
+    sim.reply(tag).cloned().expect("answered")
+}
+
+fn leader_of(sim: &mut DurableCluster) -> NodeId {
+    assert!(sim.run_until(5_000, |sim| stable_leader(sim).is_some()));
+    stable_leader(sim).expect("a leader")
+}
+
+#[test]
+fn followers_acknowledge_an_entry_only_once_it_is_on_their_disks() {
+    for_each_seed(20, |seed| {
+        let mut sim = durable_cluster(seed, 5, |_| {});
+        let leader = leader_of(&mut sim);
+        let others: Vec<NodeId> = sim.ids().into_iter().filter(|&id| id != leader).collect();
+        let (slow, rest) = others.split_at(2);
+        // Only the leader and two slow followers hear of the write: it commits only once
+        // both followers have it on disk.
+        for &id in slow {
+            sim.set_sync_ms(id, SLOW_SYNC_MS);
+        }
+        sim.partition(&[&[leader, slow[0], slow[1]], rest]);
+        acknowledged_put(&mut sim, leader, "k");
+        // The power fails on both followers the moment the write is acknowledged, and the
+        // leader is gone for good: the other four must still have the write.
+        for &id in slow {
+            sim.crash(id);
+            sim.restart(id);
+        }
+        sim.crash(leader);
+        sim.heal();
+        assert_eq!(
+            read_back(&mut sim, "k"),
+            Ok(Reply::Value(Some("v".into()))),
+            "an acknowledged write was lost (seed {seed})"
+        );
+    });
+}
+
+#[test]
+fn a_leader_counts_its_own_copy_only_once_it_is_on_its_disk() {
+    for_each_seed(20, |seed| {
+        let mut sim = durable_cluster(seed, 3, |_| {});
+        let leader = leader_of(&mut sim);
+        let others: Vec<NodeId> = sim.ids().into_iter().filter(|&id| id != leader).collect();
+        let (heard, unheard) = (others[0], others[1]);
+        // The leader's disk is slow and one follower hears of the write: it commits only
+        // once the leader has it on disk too.
+        sim.set_sync_ms(leader, SLOW_SYNC_MS);
+        sim.isolate(unheard);
+        acknowledged_put(&mut sim, leader, "k");
+        // The power fails on the leader the moment the write is acknowledged, and the only
+        // follower that has it is cut off: the leader and the other must still have it.
+        sim.crash(leader);
+        sim.restart(leader);
+        sim.heal();
+        sim.isolate(heard);
+        assert_eq!(
+            read_back(&mut sim, "k"),
+            Ok(Reply::Value(Some("v".into()))),
+            "an acknowledged write was lost (seed {seed})"
+        );
+    });
+}

@@ -1,0 +1,180 @@
+//! [`SyncGate`]: which of a node's messages may leave before its changes are durable, and
+//! which wait for the sync that covers them.
+//!
+//! A node's sync ([`Node::start_sync`]) runs off the node's task while the node goes on
+//! taking inputs, one sync at a time. A message produced after a change may depend on it (an
+//! acknowledgement of an entry, a vote), so it waits until a sync started after the change
+//! has finished; messages the node lets go early ([`Node::sends_before_sync`]) leave at
+//! once. The driver and the simulator both run their nodes through a gate, so the tests see
+//! the same ordering the binaries have.
+//!
+//! ```text
+//!   batch 1: changes, messages A ─▶ sync 1 starts (A waits for it)
+//!   batch 2: changes, messages B ─▶ sync 1 still running: B waits for sync 2
+//!   sync 1 finishes ─▶ A leaves, sync 2 starts (covering batch 2's changes)
+//!   sync 2 finishes ─▶ B leaves; nothing changed since, so no sync 3
+//! ```
+
+use kv_server::protocol::NodeId;
+
+use crate::node::{Node, SyncJob};
+
+/// The messages of one node that wait for its syncs.
+#[derive(Debug)]
+pub struct SyncGate<M> {
+    /// A sync is running.
+    running: bool,
+    /// Messages that wait for the running sync.
+    covered: Vec<(NodeId, M)>,
+    /// Messages that wait for the next sync, since the running one may not cover what they
+    /// depend on.
+    held: Vec<(NodeId, M)>,
+}
+
+impl<M> Default for SyncGate<M> {
+    fn default() -> Self {
+        SyncGate {
+            running: false,
+            covered: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+}
+
+impl<M> SyncGate<M> {
+    /// Whether a sync is running.
+    pub fn running(&self) -> bool {
+        self.running
+    }
+
+    /// After a batch of inputs to `node`: gives `send` the `messages` that may leave now,
+    /// and holds the others. If no sync is running, starts one and returns its work, to be
+    /// run off the node's task and reported to [`SyncGate::finished`] and [`Node::synced`];
+    /// if the node has nothing to make durable, everything held leaves at once.
+    pub fn after_batch<N: Node<Message = M>>(
+        &mut self,
+        node: &mut N,
+        messages: impl IntoIterator<Item = (NodeId, M)>,
+        mut send: impl FnMut(NodeId, M),
+    ) -> Option<SyncJob> {
+        for (to, message) in messages {
+            if N::sends_before_sync(&message) {
+                send(to, message);
+            } else {
+                self.held.push((to, message));
+            }
+        }
+        if self.running {
+            return None;
+        }
+        match node.start_sync() {
+            Some(job) => {
+                self.running = true;
+                self.covered.append(&mut self.held);
+                Some(job)
+            }
+            None => {
+                for (to, message) in self.held.drain(..) {
+                    send(to, message);
+                }
+                None
+            }
+        }
+    }
+
+    /// The running sync has finished: gives `send` the messages it covered. The caller then
+    /// ends the batch with [`SyncGate::after_batch`], which starts the next sync if one is
+    /// needed.
+    pub fn finished(&mut self, mut send: impl FnMut(NodeId, M)) {
+        self.running = false;
+        for (to, message) in self.covered.drain(..) {
+            send(to, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_server::protocol::{Op, Reply};
+
+    use super::*;
+    use crate::node::{Outbox, RequestTag};
+
+    /// A node whose every input is one change, and whose messages are numbered: even ones
+    /// may leave before a sync, odd ones may not.
+    #[derive(Default)]
+    struct Counter {
+        unsynced: bool,
+    }
+
+    impl Node for Counter {
+        type Message = u32;
+
+        fn id(&self) -> NodeId {
+            NodeId(1)
+        }
+
+        fn tick(&mut self, _out: &mut Outbox<u32>) {}
+
+        fn step(&mut self, _from: NodeId, _message: u32, _out: &mut Outbox<u32>) {}
+
+        fn request(&mut self, tag: RequestTag, _op: Op, out: &mut Outbox<u32>) {
+            out.reply(tag, Ok(Reply::Done));
+        }
+
+        fn start_sync(&mut self) -> Option<SyncJob> {
+            std::mem::take(&mut self.unsynced).then(|| Box::new(|| Ok(())) as SyncJob)
+        }
+
+        fn sends_before_sync(message: &u32) -> bool {
+            message.is_multiple_of(2)
+        }
+    }
+
+    fn batch(
+        gate: &mut SyncGate<u32>,
+        node: &mut Counter,
+        changed: bool,
+        messages: &[u32],
+    ) -> (Vec<u32>, bool) {
+        node.unsynced |= changed;
+        let mut sent = Vec::new();
+        let job = gate.after_batch(node, messages.iter().map(|&m| (NodeId(2), m)), |_, m| {
+            sent.push(m)
+        });
+        (sent, job.is_some())
+    }
+
+    fn finish(gate: &mut SyncGate<u32>) -> Vec<u32> {
+        let mut sent = Vec::new();
+        gate.finished(|_, m| sent.push(m));
+        sent
+    }
+
+    #[test]
+    fn a_message_waits_for_a_sync_started_after_it() {
+        let (mut gate, mut node) = (SyncGate::default(), Counter::default());
+        // Batch 1 changes something: its odd message waits, its even one leaves.
+        assert_eq!(batch(&mut gate, &mut node, true, &[1, 2]), (vec![2], true));
+        // Batch 2, while sync 1 runs: its message depends on a change sync 1 may miss.
+        assert_eq!(batch(&mut gate, &mut node, true, &[3]), (vec![], false));
+        assert_eq!(finish(&mut gate), vec![1], "sync 1 covers only batch 1");
+        // The batch that follows the finish starts sync 2, covering message 3.
+        assert_eq!(batch(&mut gate, &mut node, false, &[]), (vec![], true));
+        assert_eq!(finish(&mut gate), vec![3]);
+    }
+
+    #[test]
+    fn with_nothing_to_sync_held_messages_leave_at_once() {
+        let (mut gate, mut node) = (SyncGate::default(), Counter::default());
+        assert_eq!(batch(&mut gate, &mut node, true, &[1]), (vec![], true));
+        // No change in batch 2, but message 5 may depend on batch 1's: it waits too.
+        assert_eq!(batch(&mut gate, &mut node, false, &[5]), (vec![], false));
+        assert_eq!(finish(&mut gate), vec![1]);
+        assert_eq!(
+            batch(&mut gate, &mut node, false, &[7]),
+            (vec![5, 7], false)
+        );
+        assert!(!gate.running());
+    }
+}
