@@ -1144,6 +1144,14 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         self.broadcast(false, out);
     }
 
+    /// A follower's leader: what `not_leader` would name.
+    fn leader_elsewhere(&self) -> Option<String> {
+        match self.duty {
+            Duty::Follower => self.leader.and_then(|id| self.addr(id)),
+            _ => None,
+        }
+    }
+
     fn start_sync(&mut self) -> Option<SyncJob> {
         self.log.start_sync()
     }

@@ -19,16 +19,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
 use kv_server::process::StartError;
 use kv_server::protocol::{ErrorCode, Failure, NodeId, Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, accept_loop, serve_client};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::forward::Forwarder;
+use crate::forward::{self, Forwarder};
 use crate::node::{Node, Outbox, RequestTag};
 use crate::sync_gate::SyncGate;
 use crate::transport::{self, AddressBook, Transport, TransportConfig};
@@ -131,11 +132,13 @@ where
     let book = transport.address_book();
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
+    let (leader_tx, leader) = watch::channel(None);
     let mut node_task = tokio::spawn(drive(
         node,
         transport,
         inbox,
         calls,
+        config.forward_to_leader.then_some(leader_tx),
         config.tick,
         stop_node.clone(),
     ));
@@ -155,6 +158,7 @@ where
     let calls = Arc::new(Calls {
         node: calls_tx,
         forwarder: config.forward_to_leader.then(Arc::default),
+        leader,
     });
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
         route(
@@ -217,13 +221,25 @@ struct Calls {
     node: mpsc::Sender<Call>,
     /// Set when requests for the leader are forwarded to it.
     forwarder: Option<Arc<Forwarder>>,
+    /// The leader's address while the node follows it ([`Node::leader_elsewhere`]), as the
+    /// node task last published it (only when forwarding).
+    leader: watch::Receiver<Option<String>>,
 }
 
 impl Handler for Calls {
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        // A follower that knows its leader sends it what only a leader serves straight away,
+        // without a round through the node task to be told `not_leader`.
+        let known_leader = self.forwarder.as_ref().and_then(|forwarder| {
+            let leader = self.leader.borrow().clone()?;
+            forward::needs_leader(&op).then(|| (forwarder.clone(), leader))
+        });
+        if let Some((forwarder, leader)) = known_leader {
+            return Either::Left(forwarder.forward(leader, op));
+        }
         let forward = self.forwarder.clone().map(|f| (f, op.clone()));
         let asked = self.ask_node(op);
-        async move {
+        Either::Right(async move {
             let outcome = asked.await;
             match (outcome, forward) {
                 (Err(failure), Some((forwarder, op))) if failure.code == ErrorCode::NotLeader => {
@@ -234,7 +250,7 @@ impl Handler for Calls {
                 }
                 (outcome, _) => outcome,
             }
-        }
+        })
     }
 
     fn handle_forwarded(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
@@ -278,6 +294,7 @@ async fn drive<N: Node>(
     mut transport: Transport<N::Message>,
     mut inbox: mpsc::Receiver<(NodeId, N::Message)>,
     mut calls: mpsc::Receiver<Call>,
+    leader: Option<watch::Sender<Option<String>>>,
     tick: Duration,
     stop: CancellationToken,
 ) {
@@ -342,6 +359,14 @@ async fn drive<N: Node>(
         }
         if let Some(peers) = out.peers.take() {
             transport.set_peers(&peers);
+        }
+        if let Some(leader) = &leader {
+            leader.send_if_modified(|published| {
+                let now = node.leader_elsewhere();
+                let changed = *published != now;
+                *published = now;
+                changed
+            });
         }
         for (tag, outcome) in out.replies.drain(..) {
             if let Some(reply) = waiting.remove(&tag) {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kv_client::{Connection, Error};
-use kv_server::protocol::{Failure, Op, Outcome, Request};
+use kv_server::protocol::{Consistency, Failure, Op, Outcome, Request};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -25,6 +25,19 @@ const QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Forwarded = (Op, oneshot::Sender<Outcome>);
+
+/// Whether only the leader can serve `op`: writes, linearizable reads and configuration
+/// changes. Status and stale reads are every node's own to answer.
+pub fn needs_leader(op: &Op) -> bool {
+    match op {
+        Op::Get { consistency, .. } => *consistency == Consistency::Linearizable,
+        Op::Status => false,
+        Op::Write { .. }
+        | Op::AddMember { .. }
+        | Op::RemoveMember { .. }
+        | Op::TransferLeader { .. } => true,
+    }
+}
 
 /// The links to the leaders a node has forwarded to.
 #[derive(Debug, Default)]
@@ -128,5 +141,29 @@ async fn next_answer(connection: &mut Option<Connection>) -> Result<Outcome, Err
 fn fail_all(waiting: &mut VecDeque<(bool, oneshot::Sender<Outcome>)>, leader: &str) {
     for (is_write, reply) in waiting.drain(..) {
         let _ = reply.send(Err(lost(is_write, leader)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_server::protocol::{Command, NodeId};
+
+    use super::*;
+
+    #[test]
+    fn only_what_a_leader_serves_is_forwarded() {
+        let get = |consistency| Op::Get {
+            key: "k".into(),
+            consistency,
+        };
+        let write = Op::Write {
+            command: Command::Delete { key: "k".into() },
+            session: None,
+        };
+        assert!(needs_leader(&write));
+        assert!(needs_leader(&get(Consistency::Linearizable)));
+        assert!(needs_leader(&Op::TransferLeader { id: NodeId(2) }));
+        assert!(!needs_leader(&get(Consistency::Stale)));
+        assert!(!needs_leader(&Op::Status));
     }
 }

@@ -84,6 +84,13 @@ pub trait Node {
         out.reply(tag, Ok(Reply::Done));
     }
 
+    /// The address of the leader, when this node follows another it knows: requests only a
+    /// leader serves may be sent there without asking this node first (the driver's
+    /// forwarding, [`crate::forward`]). `None` when this node leads, or knows no leader.
+    fn leader_elsewhere(&self) -> Option<String> {
+        None
+    }
+
     /// The runner has taken every input waiting for now: the node sends what is worth
     /// sending once per batch of inputs rather than once per input (a leader, the entries
     /// proposed in the batch, in one AppendEntries per follower). The runner calls it before

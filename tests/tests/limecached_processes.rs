@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_client::{ClusterClient, Connection, RetryPolicy};
-use kv_server::protocol::{Consistency, ErrorCode, Op, Outcome, Reply, Request, WriteOutcome};
+use kv_server::protocol::{
+    Consistency, ErrorCode, NodeId, Op, Outcome, Reply, Request, WriteOutcome,
+};
 use tests::{ProcessCluster, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +112,11 @@ async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forward
         Ok(Reply::Value(Some("v".into()))),
         "a linearizable read through a follower"
     );
+    // What every node answers itself is not forwarded.
+    match ask(addr, Op::Status, false).await {
+        Ok(Reply::Status(status)) => assert_eq!(status.id, Some(NodeId(follower))),
+        other => panic!("status through a follower: {other:?}"),
+    }
     // Sent as if another node had forwarded it: the follower answers it itself.
     match ask(addr, get, true).await {
         Err(failure) => {
