@@ -18,8 +18,10 @@
 //! the records after it would forget votes and acknowledged entries. The length has its own
 //! checksum so that a damaged length cannot pass for a torn tail.
 //!
-//! One file for everything is what lets one fsync cover a batch of changes. The file grows until the log is compacted
-//! (stage 7); then it is rewritten, atomically, with only what is still needed.
+//! One file for everything is what lets one fsync cover a batch of changes. The file grows
+//! until the log is compacted (stage 7); then it is rewritten, atomically, with only what is
+//! still needed. The new content is encoded on the node's task, but written, synced and
+//! renamed into place by the next sync's work, off it: until that ends, the old file stands.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -98,6 +100,10 @@ pub struct DurableStorage<M: Medium = FileMedium> {
     medium: M,
     /// Records encoded since the last sync, not yet written: a batch costs one `write`.
     pending: Vec<u8>,
+    /// After a compaction, the file's new content (what is still needed), written in place
+    /// of the old by the next sync: the slow part of a compaction (writing and syncing the
+    /// entries kept) runs off the node's task.
+    rewrite: Option<Vec<u8>>,
     /// The last index known to be on disk ([`Storage::durable_index`]).
     durable: LogIndex,
     /// The last index the sync under way covers, if one is.
@@ -193,12 +199,13 @@ impl<M: Medium> DurableStorage<M> {
         // What was read may still be only in the page cache (the process, not the machine,
         // stopped): it counts as durable once synced.
         medium.sync_job()().map_err(io)?;
-        medium.synced();
+        medium.synced().map_err(io)?;
         Ok(DurableStorage {
             durable: memory.last_index(),
             memory,
             medium,
             pending: Vec::new(),
+            rewrite: None,
             syncing: None,
         })
     }
@@ -206,6 +213,12 @@ impl<M: Medium> DurableStorage<M> {
     /// Gives back the medium (tests crash it), with the records not yet synced written to it
     /// but not synced: what the disk holds if the process stops between the two.
     pub fn into_medium(mut self) -> M {
+        if let Some(bytes) = self.rewrite.take() {
+            let result = self.medium.replace_job(bytes)();
+            if let Err(error) = result.and_then(|()| self.medium.synced()) {
+                panic!("cannot rewrite the log ({error})");
+            }
+        }
         if let Err(error) = self.medium.append(&self.pending) {
             panic!("cannot write the log ({error})");
         }
@@ -340,8 +353,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
             return;
         }
         self.memory.compact(index, term);
-        // The file is rewritten with only what is still needed: where the log starts, the
-        // hard state, the entries after the snapshot.
+        // The file is to be rewritten with only what is still needed: where the log starts,
+        // the hard state, the entries after the snapshot. Encoded here; written, synced and
+        // renamed into place by the next sync.
         let mut bytes = Vec::new();
         encode_into(&mut bytes, &Record::Compacted(index, term));
         encode_into(&mut bytes, &Record::HardState(self.memory.hard_state()));
@@ -351,12 +365,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if !rest.is_empty() {
             encode_into(&mut bytes, &Record::Entries(rest.as_slice()));
         }
-        if let Err(error) = self.medium.replace(&bytes) {
-            panic!("cannot rewrite the log after compaction ({error}); stopping");
-        }
-        // The rewritten file holds every change so far, durably.
+        // The new content holds every change so far.
+        self.rewrite = Some(bytes);
         self.pending.clear();
-        self.durable = self.memory.last_index();
     }
 
     fn hard_state(&self) -> HardState {
@@ -373,6 +384,11 @@ impl<M: Medium> Storage for DurableStorage<M> {
     /// One write, here, and one fsync, in the work returned, for every record since the
     /// last (group commit).
     fn start_sync(&mut self) -> Option<SyncJob> {
+        if let Some(mut bytes) = self.rewrite.take() {
+            bytes.append(&mut self.pending);
+            self.syncing = Some(self.memory.last_index());
+            return Some(self.medium.replace_job(bytes));
+        }
         if self.pending.is_empty() {
             return None;
         }
@@ -398,7 +414,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
                 "cannot sync the log ({error}); stopping rather than acknowledging what may not be on disk"
             );
         }
-        self.medium.synced();
+        if let Err(error) = self.medium.synced() {
+            panic!("cannot reopen the log after rewriting it ({error}); stopping");
+        }
         if let Some(upto) = self.syncing.take() {
             self.durable = self.durable.max(upto);
         }

@@ -16,14 +16,17 @@ pub trait Medium {
     /// The work that makes everything appended so far durable (an fsync), to run on any
     /// thread; [`Medium::synced`] is called once it has succeeded.
     fn sync_job(&mut self) -> SyncJob;
-    /// The work from the last [`Medium::sync_job`] succeeded.
-    fn synced(&mut self) {}
+    /// The work from the last [`Medium::sync_job`] or [`Medium::replace_job`] succeeded.
+    fn synced(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Cuts the store to `len` bytes, durably (used to drop a torn tail).
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 
-    /// Replaces the whole content with `bytes`, atomically and durably: after a crash the
-    /// store holds either the old content or the new, never a mix (used after compaction).
-    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// The work that replaces the whole content with `bytes`, atomically and durably, to
+    /// run on any thread (used after compaction): after a crash the store holds either the
+    /// old content or the new, never a mix. Nothing is appended until [`Medium::synced`].
+    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob;
 }
 
 /// A real file.
@@ -31,6 +34,8 @@ pub trait Medium {
 pub struct FileMedium {
     file: File,
     path: std::path::PathBuf,
+    /// A replacement is under way: once it is done, `file` must be reopened.
+    replacing: bool,
 }
 
 impl FileMedium {
@@ -45,6 +50,7 @@ impl FileMedium {
         Ok(FileMedium {
             file,
             path: path.to_path_buf(),
+            replacing: false,
         })
     }
 }
@@ -75,18 +81,27 @@ impl Medium for FileMedium {
         self.file.sync_all()
     }
 
-    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        // Written aside and renamed over the old file: rename is atomic.
-        let tmp = self.path.with_extension("tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        sync_parent(&self.path)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+    /// Written aside and renamed over the old file (rename is atomic), the directory synced.
+    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob {
+        self.replacing = true;
+        let path = self.path.clone();
+        Box::new(move || {
+            let tmp = path.with_extension("tmp");
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_parent(&path)
+        })
+    }
+
+    fn synced(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.replacing) {
+            self.file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&self.path)?;
+        }
         Ok(())
     }
 }
@@ -112,6 +127,8 @@ pub struct SimDisk {
     synced: usize,
     /// How much the sync under way covers: synced once it has finished.
     syncing: usize,
+    /// The content of the replacement under way: in place once it has finished.
+    replacement: Option<Vec<u8>>,
 }
 
 impl SimDisk {
@@ -133,6 +150,7 @@ impl SimDisk {
             bytes: self.bytes[..keep].to_vec(),
             synced: keep.min(self.synced),
             syncing: 0,
+            replacement: None,
         }
     }
 
@@ -142,6 +160,7 @@ impl SimDisk {
             bytes: self.bytes[..self.synced].to_vec(),
             synced: self.synced,
             syncing: 0,
+            replacement: None,
         }
     }
 
@@ -176,8 +195,15 @@ impl Medium for SimDisk {
         Box::new(|| Ok(()))
     }
 
-    fn synced(&mut self) {
-        self.synced = self.synced.max(self.syncing);
+    fn synced(&mut self) -> std::io::Result<()> {
+        match self.replacement.take() {
+            Some(bytes) => {
+                self.bytes = bytes;
+                self.synced = self.bytes.len();
+            }
+            None => self.synced = self.synced.max(self.syncing),
+        }
+        Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
@@ -187,10 +213,9 @@ impl Medium for SimDisk {
         Ok(())
     }
 
-    fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.bytes = bytes.to_vec();
-        self.synced = self.bytes.len();
-        self.syncing = 0;
-        Ok(())
+    /// A crash before [`Medium::synced`] keeps the old content.
+    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob {
+        self.replacement = Some(bytes);
+        Box::new(|| Ok(()))
     }
 }

@@ -264,3 +264,51 @@ fn a_compacted_data_directory_reopens_where_it_left_off() {
         "no leftover from the rewrite"
     );
 }
+
+#[test]
+fn the_rewrite_after_compaction_runs_in_the_sync_and_a_crash_before_it_ends_keeps_the_old_file() {
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.append((1..=10).map(|i| entry(i, 1)).collect());
+    s.sync();
+    s.compact(LogIndex(8), Term(1));
+    s.append(vec![entry(11, 1)]);
+    assert_eq!(
+        s.durable_index(),
+        LogIndex(10),
+        "entry 11 is not on disk yet"
+    );
+    let job = s.start_sync().expect("the rewrite is pending");
+    job().unwrap();
+    // The power fails before the sync is reported done: the old file, whole.
+    let old = DurableStorage::open(s.into_medium().crash()).unwrap();
+    assert_eq!(
+        (old.first_index(), old.last_index()),
+        (LogIndex(1), LogIndex(10))
+    );
+
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.append((1..=10).map(|i| entry(i, 1)).collect());
+    s.sync();
+    let full = DurableStorage::open(SimDisk::new()).map(|mut t| {
+        t.append((1..=10).map(|i| entry(i, 1)).collect());
+        t.into_medium().written()
+    });
+    s.compact(LogIndex(8), Term(1));
+    s.append(vec![entry(11, 1)]);
+    s.sync();
+    assert_eq!(s.durable_index(), LogIndex(11));
+    let expected = state(&s);
+    let disk = s.into_medium();
+    let written = disk.written();
+    let new = DurableStorage::open(disk.crash()).unwrap();
+    assert_eq!(
+        (new.first_index(), new.last_index()),
+        (LogIndex(9), LogIndex(11)),
+        "the new file holds what follows the snapshot and what came after the compaction"
+    );
+    assert_eq!(state(&new), expected);
+    assert!(
+        written < full.unwrap() / 2,
+        "the old entries are gone: {written} bytes"
+    );
+}
