@@ -1,0 +1,116 @@
+//! The driver's syncs on real sockets: a node's answer that waits for its sync comes once the
+//! sync has finished, and a failed sync stops the node loudly instead of answering.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kv_server::protocol::{NodeId, Op, Reply};
+use replication_naive::driver::{self, DriverConfig};
+use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A node whose every request is a change it answers only once a sync has covered it, on a
+/// disk whose syncs fail when `broken`.
+struct Disk {
+    broken: bool,
+    /// Requests changed since the last sync started.
+    unsynced: Vec<RequestTag>,
+    /// Requests the sync under way covers.
+    syncing: Vec<RequestTag>,
+}
+
+impl Node for Disk {
+    type Message = u8;
+
+    fn id(&self) -> NodeId {
+        NodeId(1)
+    }
+
+    fn tick(&mut self, _out: &mut Outbox<u8>) {}
+
+    fn step(&mut self, _from: NodeId, _message: u8, _out: &mut Outbox<u8>) {}
+
+    fn request(&mut self, tag: RequestTag, _op: Op, _out: &mut Outbox<u8>) {
+        self.unsynced.push(tag);
+    }
+
+    fn start_sync(&mut self) -> Option<SyncJob> {
+        if self.unsynced.is_empty() {
+            return None;
+        }
+        self.syncing = std::mem::take(&mut self.unsynced);
+        let broken = self.broken;
+        Some(Box::new(move || {
+            if broken {
+                Err(std::io::Error::other("injected: no space left on device"))
+            } else {
+                Ok(())
+            }
+        }))
+    }
+
+    fn synced(&mut self, result: std::io::Result<()>, out: &mut Outbox<u8>) {
+        if let Err(error) = result {
+            panic!("cannot sync ({error}); stopping");
+        }
+        for tag in self.syncing.drain(..) {
+            out.reply(tag, Ok(Reply::Done));
+        }
+    }
+}
+
+/// Runs a [`Disk`] node, sends it one request, and returns its answer line (if any) and
+/// how the driver ended.
+async fn one_request(broken: bool) -> (String, Result<(), driver::NodeFailed>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let node = Disk {
+        broken,
+        unsynced: Vec::new(),
+        syncing: Vec::new(),
+    };
+    let peers = BTreeMap::from([(NodeId(1), addr.clone())]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(driver::run(
+        node,
+        listener,
+        peers,
+        DriverConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"{\"id\":1,\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let mut reader = BufReader::new(stream);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut answer))
+        .await
+        .expect("the node answers or hangs up")
+        .unwrap();
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the driver ends")
+        .unwrap();
+    (answer, ended)
+}
+
+#[tokio::test]
+async fn an_answer_that_waits_for_a_sync_comes_once_it_has_finished() {
+    let (answer, ended) = one_request(false).await;
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    assert!(ended.is_ok());
+}
+
+#[tokio::test]
+async fn a_failed_sync_stops_the_node_and_answers_nothing_as_done() {
+    let (answer, ended) = one_request(true).await;
+    assert!(!answer.contains("\"ok\":true"), "{answer}");
+    let failure = ended.expect_err("the node stops").to_string();
+    assert!(failure.contains("no space left"), "{failure}");
+}
