@@ -109,7 +109,7 @@ impl KvMap {
 }
 
 /// Two maps are equal when they hold the same keys with the same values. Written out
-/// because a [`Pair`] compares by key alone (it is ordered by key), so the set's own
+/// because a `Pair` compares by key alone (it is ordered by key), so the set's own
 /// equality would miss a different value.
 impl PartialEq for KvMap {
     fn eq(&self, other: &Self) -> bool {
