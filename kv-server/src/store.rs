@@ -4,15 +4,19 @@
 //! a Raft node owns its state machine from one task. [`Store`] wraps it for kv-server, where
 //! every connection task reads and writes it directly.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use imbl::OrdMap;
+use imbl::OrdSet;
+use triomphe::ThinArc;
 
 use crate::protocol::{CasOutcome, Command, WriteOutcome};
 
 /// A map of strings and the contract's operations on it.
 ///
-/// A persistent B-tree ([`imbl::OrdMap`]) of shared strings, not a `HashMap`, for two reasons
+/// A persistent B-tree ([`imbl::OrdSet`]) of key/value pairs, not a `HashMap`, for two reasons
 /// that matter from stage 7 on, where the map holds millions of keys:
 /// - `clone` is O(1): the tree's nodes are shared and copied only when one side writes to
 ///   them. A snapshot is taken by cloning the map and writing the clone out on another
@@ -21,9 +25,15 @@ use crate::protocol::{CasOutcome, Command, WriteOutcome};
 /// - it grows a node at a time: a `HashMap` rehashes every key at once when it doubles.
 ///
 /// It also iterates in key order, so the same state always serializes to the same bytes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+///
+/// Each key and its value share one allocation, behind a one-pointer handle (a private
+/// `Pair`). That is what keeps a node's memory under twice the bytes of its keys and values
+/// (issue 7): with a shared string for each (`OrdMap<Arc<str>, Arc<str>>`), an 11-byte key
+/// and a 100-byte value cost 253 bytes of malloc'd memory, and 171 as one pair
+/// (`examples/map_memory.rs`; the whole node's breakdown is in BENCHMARKS.md).
+#[derive(Default, Clone)]
 pub struct KvMap {
-    entries: OrdMap<Arc<str>, Arc<str>>,
+    entries: OrdSet<Pair>,
     /// The bytes of every key and value: the size of the state, for snapshot policies.
     bytes: usize,
 }
@@ -31,20 +41,20 @@ pub struct KvMap {
 impl KvMap {
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.get(key).map(AsRef::as_ref)
+        self.entries.get(key.as_bytes()).map(Pair::value)
     }
 
     /// Applies a write and says what it did.
     pub fn apply(&mut self, command: Command) -> WriteOutcome {
         match command {
             Command::Put { key, value } => {
-                self.insert(key, value);
+                self.insert(&key, &value);
                 WriteOutcome::Put
             }
             Command::Delete { key } => {
-                let old = self.entries.remove(key.as_str());
+                let old = self.entries.remove(key.as_bytes());
                 if let Some(old) = &old {
-                    self.bytes -= key.len() + old.len();
+                    self.bytes -= old.len();
                 }
                 WriteOutcome::Delete {
                     existed: old.is_some(),
@@ -57,7 +67,7 @@ impl KvMap {
             } => {
                 let current = self.get(&key);
                 if current == expected.as_deref() {
-                    self.insert(key, value);
+                    self.insert(&key, &value);
                     WriteOutcome::Cas(CasOutcome::Swapped)
                 } else {
                     WriteOutcome::Cas(CasOutcome::Mismatch {
@@ -68,10 +78,12 @@ impl KvMap {
         }
     }
 
-    fn insert(&mut self, key: String, value: String) {
-        self.bytes += key.len() + value.len();
-        if let Some(old) = self.entries.insert(key.as_str().into(), value.into()) {
-            self.bytes -= key.len() + old.len();
+    fn insert(&mut self, key: &str, value: &str) {
+        let pair = Pair::new(key, value);
+        self.bytes += pair.len();
+        // `insert` replaces an equal element, so the new value is the one kept.
+        if let Some(old) = self.entries.insert(pair) {
+            self.bytes -= old.len();
         }
     }
 
@@ -92,7 +104,105 @@ impl KvMap {
 
     /// Every key and value, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+        self.entries.iter().map(|pair| (pair.key(), pair.value()))
+    }
+}
+
+/// Two maps are equal when they hold the same keys with the same values. Written out
+/// because a `Pair` compares by key alone (it is ordered by key), so the set's own
+/// equality would miss a different value.
+impl PartialEq for KvMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for KvMap {}
+
+impl fmt::Debug for KvMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A key and its value in one reference-counted allocation, ordered by key.
+///
+/// The allocation is triomphe's [`ThinArc`]: a count, the key's length (the header), the
+/// slice's length, then the key's bytes followed by the value's. The handle is one pointer,
+/// so a B-tree leaf spends 8 bytes per entry, not the 32 of two `Arc<str>` (each a pointer
+/// and a length); and one allocation has one malloc header and one rounding, not two. A
+/// `ThinArc` has no weak count, which a map never needs. Cloning a pair, as the B-tree does
+/// when it copies a node shared with a snapshot, only counts a reference.
+///
+/// Equality and order are the key's alone, as the set needs: a `Pair` is found by its key
+/// ([`Borrow<[u8]>`](Borrow)), and bytes order as `str` does (UTF-8 keeps code point
+/// order), so a lookup by `key.as_bytes()` finds what `str` order would.
+#[derive(Clone)]
+struct Pair(ThinArc<usize, u8>);
+
+impl Pair {
+    fn new(key: &str, value: &str) -> Pair {
+        let bytes = [key.as_bytes(), value.as_bytes()].concat();
+        Pair(ThinArc::from_header_and_slice(key.len(), &bytes))
+    }
+
+    /// The key's bytes and the value's.
+    fn split(&self) -> (&[u8], &[u8]) {
+        self.0.slice.split_at(self.0.header.header)
+    }
+
+    fn key(&self) -> &str {
+        text(self.split().0)
+    }
+
+    fn value(&self) -> &str {
+        text(self.split().1)
+    }
+
+    /// The bytes of the key and the value.
+    fn len(&self) -> usize {
+        self.0.slice.len()
+    }
+}
+
+/// The bytes of a key or a value as the string they were copied from. Checking them again
+/// (rather than trusting them with `unsafe`) costs a pass over bytes already in cache.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("a Pair holds two strings' bytes, split where they meet")
+}
+
+impl Borrow<[u8]> for Pair {
+    fn borrow(&self) -> &[u8] {
+        self.split().0
+    }
+}
+
+impl PartialEq for Pair {
+    fn eq(&self, other: &Self) -> bool {
+        self.split().0 == other.split().0
+    }
+}
+
+impl Eq for Pair {}
+
+impl PartialOrd for Pair {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pair {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.split().0.cmp(other.split().0)
+    }
+}
+
+impl fmt::Debug for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pair")
+            .field(&self.key())
+            .field(&self.value())
+            .finish()
     }
 }
 
@@ -253,6 +363,77 @@ mod tests {
                 current: Some(String::new())
             })
         );
+    }
+
+    #[test]
+    fn keys_and_values_that_make_the_same_bytes_stay_apart() {
+        // A pair keeps the key and the value in one buffer: "a"+"bc" and "ab"+"c" are the
+        // same three bytes, told apart only by where the key ends.
+        let mut map = KvMap::default();
+        map.apply(put("a", "bc"));
+        map.apply(put("ab", "c"));
+        map.apply(put("", "abc"));
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get("a"), Some("bc"));
+        assert_eq!(map.get("ab"), Some("c"));
+        assert_eq!(map.get(""), Some("abc"));
+        assert_eq!(map.get("abc"), None);
+        assert_eq!(map.bytes(), 9);
+    }
+
+    #[test]
+    fn iteration_is_in_the_order_of_the_keys_as_strings() {
+        // Snapshots are written in this order, so it must be `str`'s order, also for keys
+        // outside ASCII and keys that are prefixes of others.
+        let keys = ["z", "é", "a", "ab", "a\0", "", "\u{10000}", "Z", "\u{ff}"];
+        let mut map = KvMap::default();
+        for (i, key) in keys.iter().enumerate() {
+            map.apply(put(key, &i.to_string()));
+        }
+        let mut sorted: Vec<&str> = keys.to_vec();
+        sorted.sort_unstable();
+        let iterated: Vec<&str> = map.iter().map(|(k, _)| k).collect();
+        assert_eq!(iterated, sorted);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(map.get(key), Some(i.to_string().as_str()));
+        }
+    }
+
+    #[test]
+    fn maps_with_the_same_keys_and_other_values_are_not_equal() {
+        // Pairs compare by key alone (that is how the set orders them); the map's equality
+        // must still see the values.
+        let mut one = KvMap::default();
+        one.apply(put("k", "1"));
+        let mut other = KvMap::default();
+        other.apply(put("k", "2"));
+        assert_ne!(one, other);
+        other.apply(put("k", "1"));
+        assert_eq!(one, other);
+        other.apply(put("j", "1"));
+        assert_ne!(one, other);
+    }
+
+    #[test]
+    fn a_clone_keeps_its_state_while_the_original_changes() {
+        // What a snapshot relies on: it writes out a clone while the node goes on writing.
+        let mut map = KvMap::default();
+        for i in 0..1000 {
+            map.apply(put(&format!("k{i:04}"), "old"));
+        }
+        let snapshot = map.clone();
+        map.apply(put("k0500", "new"));
+        map.apply(Command::Delete {
+            key: "k0001".into(),
+        });
+        map.apply(put("k1000", "added"));
+        assert_eq!(snapshot.get("k0500"), Some("old"));
+        assert_eq!(snapshot.get("k0001"), Some("old"));
+        assert_eq!(snapshot.get("k1000"), None);
+        assert_eq!((snapshot.len(), snapshot.bytes()), (1000, 8000));
+        assert_eq!(map.get("k0500"), Some("new"));
+        assert_eq!(map.len(), 1000);
+        assert!(snapshot.iter().all(|(_, v)| v == "old"));
     }
 
     #[test]
