@@ -108,14 +108,15 @@ pub async fn serve<P: Snapshots + Send + 'static>(
         .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
     let snapshots = open_snapshots(dir)?;
     let listener = bind(listen).await?;
-    let (term, last_index) = (storage.hard_state().current_term, storage.last_index());
     let raft = RaftNode::with_snapshots(config, storage, snapshots)
         .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
+    // Read from the node, not the storage: a new cluster's bootstrap has written its first
+    // term and entry by now.
     info!(
         %id,
         addr = %listen,
-        %term,
-        %last_index,
+        term = %raft.term(),
+        last_index = %raft.log().last_index(),
         last_applied = %raft.last_applied(),
         data_dir = %dir.display(),
         "node listening"
