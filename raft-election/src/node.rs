@@ -1145,9 +1145,9 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     }
 
     /// A follower's leader: what `not_leader` would name.
-    fn leader_elsewhere(&self) -> Option<String> {
+    fn leader_elsewhere(&self) -> Option<&str> {
         match self.duty {
-            Duty::Follower => self.leader.and_then(|id| self.addr(id)),
+            Duty::Follower => self.leader.and_then(|id| self.membership().addr(id)),
             _ => None,
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use kv_server::process::StartError;
-use kv_server::protocol::{ErrorCode, Failure, NodeId, Op, Outcome};
+use kv_server::protocol::{Failure, NodeId, Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, accept_loop, serve_client};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,9 +45,9 @@ pub struct DriverConfig {
     pub transport: TransportConfig,
     /// Client requests waiting for the node task; past this, clients get `unavailable`.
     pub call_queue: usize,
-    /// A request the node refuses with `not_leader`, naming the leader, is sent to the
-    /// leader and its answer relayed ([`crate::forward`]); off, the client gets the refusal
-    /// and retries there itself.
+    /// On a follower that knows its leader, a request only a leader serves is sent to the
+    /// leader and its answer relayed ([`crate::forward`]); off, or with no leader known,
+    /// the node answers `not_leader` and the client retries where it names.
     pub forward_to_leader: bool,
 }
 
@@ -227,30 +227,19 @@ struct Calls {
 }
 
 impl Handler for Calls {
+    /// A follower that knows its leader sends it what only a leader serves straight away,
+    /// without a round through the node task. Everything else goes to the node, which
+    /// answers `not_leader` for such a request in the moment before a new leader is
+    /// published.
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        // A follower that knows its leader sends it what only a leader serves straight away,
-        // without a round through the node task to be told `not_leader`.
         let known_leader = self.forwarder.as_ref().and_then(|forwarder| {
             let leader = self.leader.borrow().clone()?;
             forward::needs_leader(&op).then(|| (forwarder.clone(), leader))
         });
-        if let Some((forwarder, leader)) = known_leader {
-            return Either::Left(forwarder.forward(leader, op));
+        match known_leader {
+            Some((forwarder, leader)) => Either::Left(forwarder.forward(leader, op)),
+            None => Either::Right(self.ask_node(op)),
         }
-        let forward = self.forwarder.clone().map(|f| (f, op.clone()));
-        let asked = self.ask_node(op);
-        Either::Right(async move {
-            let outcome = asked.await;
-            match (outcome, forward) {
-                (Err(failure), Some((forwarder, op))) if failure.code == ErrorCode::NotLeader => {
-                    match failure.leader {
-                        Some(leader) => forwarder.forward(leader, op).await,
-                        None => Err(failure),
-                    }
-                }
-                (outcome, _) => outcome,
-            }
-        })
     }
 
     fn handle_forwarded(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
@@ -363,8 +352,10 @@ async fn drive<N: Node>(
         if let Some(leader) = &leader {
             leader.send_if_modified(|published| {
                 let now = node.leader_elsewhere();
-                let changed = *published != now;
-                *published = now;
+                let changed = published.as_deref() != now;
+                if changed {
+                    *published = now.map(str::to_owned);
+                }
                 changed
             });
         }

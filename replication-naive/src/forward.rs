@@ -1,5 +1,6 @@
 //! Forwarding a client's request to the leader (used from the limecached stage on): a node
-//! that is not the leader, and knows who is, sends the request there itself and relays the
+//! that is not the leader, and knows who is ([`crate::node::Node::leader_elsewhere`], which
+//! the driver publishes after every batch), sends the request there itself and relays the
 //! answer, so a client given any member is served without a redirect.
 //!
 //! Each leader address gets one pipelined connection (kv-client's [`Connection`]), shared by

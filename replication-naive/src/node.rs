@@ -87,7 +87,7 @@ pub trait Node {
     /// The address of the leader, when this node follows another it knows: requests only a
     /// leader serves may be sent there without asking this node first (the driver's
     /// forwarding, [`crate::forward`]). `None` when this node leads, or knows no leader.
-    fn leader_elsewhere(&self) -> Option<String> {
+    fn leader_elsewhere(&self) -> Option<&str> {
         None
     }
 
