@@ -45,13 +45,13 @@ fn acknowledged_put(sim: &mut DurableCluster, leader: NodeId, key: &str) {
 
 /// Reads `key` through whichever node leads once one does.
 fn read_back(sim: &mut DurableCluster, key: &str) -> Outcome {
-    assert!(sim.run_until(5_000, |sim| stable_leader(sim).is_some()));
-    let leader = stable_leader(sim).expect("a leader");
+    let leader = leader_of(sim);
     let tag = sim.request(leader, get(key));
     assert!(sim.run_until(2_000, |sim| sim.reply(tag).is_some()));
     sim.reply(tag).cloned().expect("answered")
 }
 
+/// Runs until a node leads, and names it.
 fn leader_of(sim: &mut DurableCluster) -> NodeId {
     assert!(sim.run_until(5_000, |sim| stable_leader(sim).is_some()));
     stable_leader(sim).expect("a leader")
