@@ -2,8 +2,11 @@
 //! RequestVote (§5.2) and its pre-vote variant (thesis §9.6), InstallSnapshot (§7), which
 //! only nodes that compact their logs send, and TimeoutNow (thesis §3.10), which only a
 //! leader handing over sends, and the ReadProbe/ReadAck round that confirms a leader
-//! before it serves a linearizable read (thesis §6.4).
+//! before it serves a linearizable read (thesis §6.4). A follower that serves clients
+//! itself ([`crate::node::Config::followers_relay`]) proposes their writes with Propose and
+//! asks for a read index with ReadIndex.
 
+use kv_server::protocol::{Command, Session};
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::snapshot::{InstallSnapshot, InstallSnapshotResponse};
 use raft_log::types::{LogIndex, Term};
@@ -33,6 +36,15 @@ pub enum Message {
     ReadProbe(ReadProbe),
     /// Voter → leader: the answer to a ReadProbe.
     ReadAck(ReadAck),
+    /// Follower → leader: append these clients' writes (thesis §6.2, a follower relaying
+    /// requests to the leader).
+    Propose(Propose),
+    /// Leader → follower: where the proposed writes went.
+    Proposed(Proposed),
+    /// Follower → leader: confirm a read index for these clients' reads (thesis §6.4).
+    ReadIndex(ReadIndex),
+    /// Leader → follower: the confirmed read index.
+    ReadIndexed(ReadIndexed),
 }
 
 /// Figure 2's RequestVote arguments, with the pre-vote flag.
@@ -90,4 +102,60 @@ pub struct ReadAck {
     pub term: Term,
     /// The round acknowledged.
     pub round: u64,
+}
+
+/// Follower → leader: writes its clients sent it, to be appended in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Propose {
+    /// The follower's term.
+    pub term: Term,
+    /// Names the batch; the answer echoes it.
+    pub batch: BatchId,
+    /// The writes, each with the client's session if it has one.
+    pub writes: Vec<(Command, Option<Session>)>,
+}
+
+/// Leader → follower: the answer to a [`Propose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    /// The leader's term: the term of the entries it appended.
+    pub term: Term,
+    /// The batch answered.
+    pub batch: BatchId,
+    /// The index of the batch's first write (the others follow it, in order); `None` when
+    /// the receiver appended nothing (it does not lead, or is handing leadership over).
+    pub first: Option<LogIndex>,
+}
+
+/// Follower → leader: "what may my clients read from?" (thesis §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// The follower's term.
+    pub term: Term,
+    /// Names the batch of reads; the answer echoes it.
+    pub batch: BatchId,
+}
+
+/// Leader → follower: the answer to a [`ReadIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexed {
+    /// The leader's term.
+    pub term: Term,
+    /// The batch answered.
+    pub batch: BatchId,
+    /// The leader's commit index when the reads reached it, confirmed by a round of
+    /// ReadProbes: the follower serves the reads once it has applied up to it. `None` when
+    /// the receiver could not confirm one (it does not lead, or was deposed).
+    pub index: Option<LogIndex>,
+}
+
+/// Names a follower's batch of relayed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BatchId {
+    /// Drawn when the follower started, so that an answer meant for an earlier run of it
+    /// (delayed in the network, or in the leader's queue) is never taken for one of this
+    /// run's, and the leader can tell a new run's batches from a repeat of the old one's.
+    pub run: u64,
+    /// Counts the run's batches from 1.
+    pub number: u64,
 }

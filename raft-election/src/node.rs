@@ -27,10 +27,12 @@ use crate::message::{Message, RequestVote, RequestVoteResponse};
 
 mod membership;
 mod reads;
+mod relay;
 mod transfer;
 
 use membership::Change;
 use reads::Reads;
+use relay::{Relay, Write};
 use transfer::Handoff;
 
 /// How a node is set up. Times are in ticks (the driver's tick is 10 ms by default).
@@ -59,10 +61,16 @@ pub struct Config {
     /// A leader that has not heard from a majority within an election timeout steps down
     /// (thesis §6.2).
     pub check_quorum: bool,
-    /// Seeds the randomized election timeouts: the only randomness in the core.
+    /// Seeds the randomized election timeouts and the number that tells this run's relayed
+    /// batches from an earlier run's: the only randomness in the core. A node restarted
+    /// with `followers_relay` needs a new seed (the command lines draw one per start).
     pub seed: u64,
     /// When to snapshot the state machine and compact the log (stage 7); `None` never does.
     pub snapshots: Option<SnapshotPolicy>,
+    /// A follower that knows its leader takes writes and linearizable reads itself, and
+    /// relays them to the leader over the peer link (limecached; [`relay`]). Off, it
+    /// answers them with `not_leader`.
+    pub followers_relay: bool,
 }
 
 /// When a node snapshots its state and compacts its log, and how it sends snapshots (§7).
@@ -117,6 +125,7 @@ impl Config {
             seed,
             snapshots: None,
             membership_changes: false,
+            followers_relay: false,
         }
     }
 }
@@ -140,6 +149,8 @@ enum Duty {
         last_heard: BTreeMap<NodeId, u64>,
         /// Snapshots being sent, by follower.
         transfers: BTreeMap<NodeId, Outgoing>,
+        /// For each follower's run, the last batch of relayed writes appended this term.
+        relayed: BTreeMap<(NodeId, u64), u64>,
     },
 }
 
@@ -205,8 +216,10 @@ pub struct RaftNode<S, P = NoSnapshots> {
     heartbeat_elapsed: u64,
     /// The leadership transfer under way, if any.
     handoff: Option<Handoff>,
-    /// Linearizable reads being confirmed (leader only).
+    /// Linearizable reads being confirmed (leader) and waiting to be applied.
     reads: Reads,
+    /// Writes and reads relayed to the leader (follower).
+    relay: Relay,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -244,6 +257,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         } = log.hard_state();
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let run = config.seed.rotate_left(32) ^ config.id.0.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         let restored = snapshots.load_latest()?;
         let fixed = if config.membership_changes {
             Membership::default()
@@ -269,6 +283,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             heartbeat_elapsed: 0,
             handoff: None,
             reads: Reads::default(),
+            relay: Relay::new(run),
         };
         node.reset_election_timer();
         if let Some((meta, state)) = restored {
@@ -422,6 +437,33 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         index
     }
 
+    /// A client's write: a leader proposes it (sent with the rest of the batch's writes, by
+    /// `flush`), a follower that relays takes it to the leader, any other node says who
+    /// can serve it.
+    fn write(&mut self, write: Write, out: &mut Outbox<Message>) {
+        if self.is_leader() {
+            match self.handing_off() {
+                Some(busy) => out.reply(write.tag, Err(busy)),
+                None => {
+                    let payload = Payload::write(write.command, write.session);
+                    self.propose(Some(write.tag), payload, out);
+                    self.advance_commit(out);
+                }
+            }
+        } else if self.relays() {
+            self.relay.write(write);
+        } else {
+            out.reply(write.tag, Err(self.not_leader()));
+        }
+    }
+
+    /// Called after every input: answers the reads and relayed requests that can no longer
+    /// be served where they wait.
+    fn settle(&mut self, out: &mut Outbox<Message>) {
+        self.settle_reads(out);
+        self.settle_relay(out);
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         let base = self.config.election_ticks;
@@ -537,6 +579,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             ticks: 0,
             last_heard,
             transfers: BTreeMap::new(),
+            relayed: BTreeMap::new(),
         };
         self.leader = Some(self.config.id);
         self.election_elapsed = 0;
@@ -823,6 +866,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             ticks,
             last_heard,
             transfers,
+            ..
         } = &mut self.duty
         else {
             return;
@@ -947,6 +991,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         for (tag, outcome) in self.applier.restore(state, meta.index) {
             out.reply(tag, outcome);
         }
+        self.serve_confirmed_reads(out);
         self.applied_bytes_at_snapshot = self.applier.applied_bytes();
         info!(id = %self.config.id, index = %meta.index, "installed a snapshot from the leader");
         Transfer::Installed
@@ -1111,12 +1156,13 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     fn tick(&mut self, out: &mut Outbox<Message>) {
         self.finish_snapshot();
         self.tick_handoff(out);
+        self.tick_relay(out);
         if self.is_leader() {
             self.tick_leader(out);
         } else {
             self.tick_election_timer(out);
         }
-        self.settle_reads(out);
+        self.settle(out);
     }
 
     fn step(&mut self, from: NodeId, message: Message, out: &mut Outbox<Message>) {
@@ -1134,13 +1180,18 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Message::TimeoutNow(msg) => self.on_timeout_now(from, msg, out),
             Message::ReadProbe(probe) => self.on_read_probe(from, probe, out),
             Message::ReadAck(ack) => self.on_read_ack(from, ack, out),
+            Message::Propose(propose) => self.on_propose(from, propose, out),
+            Message::Proposed(answer) => self.on_proposed(from, answer, out),
+            Message::ReadIndex(ask) => self.on_read_index(from, ask, out),
+            Message::ReadIndexed(answer) => self.on_read_indexed(from, answer, out),
         }
-        self.settle_reads(out);
+        self.settle(out);
     }
 
-    /// A leader sends the entries proposed since the last batch: one AppendEntries per
-    /// follower carries them all.
+    /// A follower relays the writes and reads taken since the last batch; a leader sends
+    /// the entries proposed since then: one AppendEntries per follower carries them all.
     fn flush(&mut self, out: &mut Outbox<Message>) {
+        self.flush_relay(out);
         self.broadcast(false, out);
     }
 
@@ -1152,6 +1203,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         }
     }
 
+    fn relays(&self) -> bool {
+        self.config.followers_relay
+    }
+
     fn start_sync(&mut self) -> Option<SyncJob> {
         self.log.start_sync()
     }
@@ -1160,15 +1215,25 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     fn synced(&mut self, result: std::io::Result<()>, out: &mut Outbox<Message>) {
         self.log.finish_sync(result);
         self.advance_commit(out);
-        self.settle_reads(out);
+        self.settle(out);
     }
 
     /// What a leader sends to replicate and to confirm its leadership asserts nothing about
     /// its own unsynced changes, so it goes out while the leader writes its log (thesis
-    /// §10.2.1); its term and vote were made durable before it could lead. Everything a
-    /// follower or candidate says (acknowledgements, votes, vote requests) waits.
+    /// §10.2.1); its term and vote were made durable before it could lead. Nor do the
+    /// messages that relay clients' requests and their answers: no client is answered
+    /// until what it asked is committed. Everything else a follower or candidate says
+    /// (acknowledgements, votes, vote requests) waits.
     fn sends_before_sync(message: &Message) -> bool {
-        matches!(message, Message::AppendEntries(_) | Message::ReadProbe(_))
+        matches!(
+            message,
+            Message::AppendEntries(_)
+                | Message::ReadProbe(_)
+                | Message::Propose(_)
+                | Message::Proposed(_)
+                | Message::ReadIndex(_)
+                | Message::ReadIndexed(_)
+        )
     }
 
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
@@ -1186,15 +1251,14 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
-            Op::Write { command, session } if self.is_leader() => match self.handing_off() {
-                Some(busy) => out.reply(tag, Err(busy)),
-                None => {
-                    // Sent with the rest of the batch's writes, by `flush`.
-                    self.propose(Some(tag), Payload::write(command, session), out);
-                    self.advance_commit(out);
-                }
-            },
-            Op::Write { .. } => out.reply(tag, Err(self.not_leader())),
+            Op::Write { command, session } => self.write(
+                Write {
+                    tag,
+                    command,
+                    session,
+                },
+                out,
+            ),
             Op::AddMember { .. } | Op::RemoveMember { .. } if !self.config.membership_changes => {
                 out.reply(
                     tag,
@@ -1205,7 +1269,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Op::RemoveMember { id } => self.change_membership(tag, Change::Remove(id), out),
             Op::TransferLeader { id } => self.transfer_leader(tag, id, out),
         }
-        self.settle_reads(out);
+        self.settle(out);
     }
 
     fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {

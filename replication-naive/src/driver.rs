@@ -133,6 +133,7 @@ where
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
     let (leader_tx, leader) = watch::channel(None);
+    let relays = node.relays();
     let mut node_task = tokio::spawn(drive(
         node,
         transport,
@@ -157,6 +158,7 @@ where
     };
     let calls = Arc::new(Calls {
         node: calls_tx,
+        relays,
         forwarder: config.forward_to_leader.then(Arc::default),
         leader,
     });
@@ -219,6 +221,8 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
 /// The client side's way into the node task.
 struct Calls {
     node: mpsc::Sender<Call>,
+    /// Whether the node relays writes and reads to the leader itself ([`Node::relays`]).
+    relays: bool,
     /// Set when requests for the leader are forwarded to it.
     forwarder: Option<Arc<Forwarder>>,
     /// The leader's address while the node follows it ([`Node::leader_elsewhere`]), as the
@@ -232,10 +236,11 @@ impl Handler for Calls {
     /// answers `not_leader` for such a request in the moment before a new leader is
     /// published.
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        let known_leader = self.forwarder.as_ref().and_then(|forwarder| {
-            let leader = self.leader.borrow().clone()?;
-            forward::needs_leader(&op).then(|| (forwarder.clone(), leader))
-        });
+        let known_leader = self
+            .forwarder
+            .as_ref()
+            .filter(|_| forward::needs_leader(&op, self.relays))
+            .and_then(|forwarder| Some((forwarder.clone(), self.leader.borrow().clone()?)));
         match known_leader {
             Some((forwarder, leader)) => Either::Left(forwarder.forward(leader, op)),
             None => Either::Right(self.ask_node(op)),

@@ -27,16 +27,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Forwarded = (Op, oneshot::Sender<Outcome>);
 
-/// Whether only the leader can serve `op`: writes, linearizable reads and configuration
-/// changes. Status and stale reads are every node's own to answer.
-pub fn needs_leader(op: &Op) -> bool {
+/// Whether a follower must forward `op` to the leader: what only a leader serves (writes,
+/// linearizable reads, configuration changes), except what a node that `relays` sends the
+/// leader itself (writes and linearizable reads, [`crate::node::Node::relays`]). Status and
+/// stale reads are every node's own to answer.
+pub fn needs_leader(op: &Op, relays: bool) -> bool {
     match op {
-        Op::Get { consistency, .. } => *consistency == Consistency::Linearizable,
+        Op::Get { consistency, .. } => *consistency == Consistency::Linearizable && !relays,
+        Op::Write { .. } => !relays,
         Op::Status => false,
-        Op::Write { .. }
-        | Op::AddMember { .. }
-        | Op::RemoveMember { .. }
-        | Op::TransferLeader { .. } => true,
+        Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => true,
     }
 }
 
@@ -161,10 +161,19 @@ mod tests {
             command: Command::Delete { key: "k".into() },
             session: None,
         };
-        assert!(needs_leader(&write));
-        assert!(needs_leader(&get(Consistency::Linearizable)));
-        assert!(needs_leader(&Op::TransferLeader { id: NodeId(2) }));
-        assert!(!needs_leader(&get(Consistency::Stale)));
-        assert!(!needs_leader(&Op::Status));
+        let linearizable = get(Consistency::Linearizable);
+        assert!(needs_leader(&write, false));
+        assert!(needs_leader(&linearizable, false));
+        assert!(
+            !needs_leader(&write, true),
+            "a node that relays proposes it itself"
+        );
+        assert!(!needs_leader(&linearizable, true));
+        for relays in [false, true] {
+            assert!(needs_leader(&Op::TransferLeader { id: NodeId(2) }, relays));
+            assert!(needs_leader(&Op::RemoveMember { id: NodeId(2) }, relays));
+            assert!(!needs_leader(&get(Consistency::Stale), relays));
+            assert!(!needs_leader(&Op::Status, relays));
+        }
     }
 }

@@ -41,8 +41,8 @@ const WRITE_HIGH_WATER: usize = 1 << 20;
 
 /// Bumped when the peer message format changes incompatibly (2: the hello carries the
 /// sender's address; 3: leadership transfer's TimeoutNow; 4: ReadIndex's ReadProbe and
-/// ReadAck).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// ReadAck; 5: a follower's Propose and ReadIndex, and their answers).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first frame of a peer connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

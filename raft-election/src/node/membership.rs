@@ -135,6 +135,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             ticks,
             last_heard,
             transfers,
+            ..
         } = &mut self.duty
         else {
             return;

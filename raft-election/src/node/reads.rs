@@ -16,6 +16,12 @@
 //! meanwhile joins the next, so a thousand concurrent reads cost two rounds, not a thousand.
 //! A round whose probes or acknowledgements were lost is probed again with each heartbeat.
 //!
+//! A follower that serves clients itself (`Config::followers_relay`) asks the leader for a
+//! read index with a [`ReadIndex`]: the leader adds it to its next round and answers with
+//! the round's index once confirmed, and the follower serves the reads once it has applied
+//! up to it (thesis §6.4). A confirmed read index stays valid whatever happens next: the
+//! entries up to it are committed, so any node that applies them serves the read correctly.
+//!
 //! No leader lease is used: a lease trades a clock-drift assumption for the round trip, and
 //! a round trip on a LAN is cheap next to the risk of a paused or drifting leader serving a
 //! stale read.
@@ -29,13 +35,20 @@ use raft_log::types::{LogIndex, Term};
 use replication_naive::node::{Outbox, RequestTag};
 
 use super::RaftNode;
-use crate::message::{Message, ReadAck, ReadProbe};
+use crate::message::{BatchId, Message, ReadAck, ReadIndex, ReadIndexed, ReadProbe};
 
 /// A client's read of one key.
 #[derive(Debug)]
-struct Read {
-    tag: RequestTag,
-    key: String,
+pub(super) struct Read {
+    pub(super) tag: RequestTag,
+    pub(super) key: String,
+}
+
+/// Who waits for a round: a client of the leader's, or a follower's batch of reads.
+#[derive(Debug)]
+enum Reader {
+    Client(Read),
+    Follower { id: NodeId, batch: BatchId },
 }
 
 /// A confirmation round in flight.
@@ -46,53 +59,116 @@ struct Round {
     index: LogIndex,
     /// Who has acknowledged it in the leader's term (the leader counts itself).
     acks: BTreeSet<NodeId>,
-    reads: Vec<Read>,
+    readers: Vec<Reader>,
 }
 
-/// The reads a leader is serving, all of one term.
+/// The reads a node is serving: those a leader is confirming, all of one term, and those
+/// confirmed (by it, or by the leader a follower asked), waiting to be applied.
 #[derive(Debug, Default)]
 pub(super) struct Reads {
-    /// The term these reads were taken in; they are only ever served in it.
+    /// The term the reads being confirmed were taken in; they are only confirmed in it.
     term: Term,
     /// The number of the last round started.
     rounds: u64,
     in_flight: Option<Round>,
     /// Reads waiting for the next round.
-    queued: Vec<Read>,
+    queued: Vec<Reader>,
     /// Confirmed reads, by read index, waiting until it is applied.
     confirmed: BTreeMap<LogIndex, Vec<Read>>,
 }
 
 impl Reads {
-    fn is_empty(&self) -> bool {
-        self.in_flight.is_none() && self.queued.is_empty() && self.confirmed.is_empty()
+    fn confirming(&self) -> bool {
+        self.in_flight.is_some() || !self.queued.is_empty()
     }
 
-    fn drain(&mut self) -> impl Iterator<Item = Read> + use<> {
-        let in_flight = self.in_flight.take().map(|r| r.reads).unwrap_or_default();
+    /// Readers still to be confirmed: in flight first, then queued.
+    fn drain_unconfirmed(&mut self) -> impl Iterator<Item = Reader> + use<> {
+        let in_flight = self.in_flight.take().map(|r| r.readers).unwrap_or_default();
         let queued = std::mem::take(&mut self.queued);
-        let confirmed = std::mem::take(&mut self.confirmed).into_values().flatten();
-        in_flight.into_iter().chain(queued).chain(confirmed)
+        in_flight.into_iter().chain(queued)
     }
 }
 
 impl<S: Storage, P: Snapshots> RaftNode<S, P> {
-    /// A client's linearizable read of `key`. A node that is not the leader cannot serve it
-    /// (a follower's state may be behind), and says who can.
+    /// A client's linearizable read of `key`. A follower cannot serve it from its state
+    /// alone (it may be behind): it asks the leader for a read index when it relays, and
+    /// otherwise says who can serve it.
     pub(super) fn read(&mut self, tag: RequestTag, key: String, out: &mut Outbox<Message>) {
-        if !self.is_leader() {
+        if self.is_leader() {
+            self.queue_read(Reader::Client(Read { tag, key }), out);
+        } else if self.relays() {
+            self.relay.read(Read { tag, key });
+        } else {
             out.reply(tag, Err(self.not_leader()));
-            return;
         }
+    }
+
+    /// The leader: a follower asks for a read index for a batch of its clients' reads.
+    pub(super) fn on_read_index(
+        &mut self,
+        from: NodeId,
+        req: ReadIndex,
+        out: &mut Outbox<Message>,
+    ) {
+        // §5.1: a request from a later term means this node is out of date.
+        if req.term > self.term {
+            self.become_follower(req.term, None);
+        }
+        let reader = Reader::Follower {
+            id: from,
+            batch: req.batch,
+        };
+        if self.is_leader() {
+            self.queue_read(reader, out);
+        } else {
+            self.refuse_reader(reader, out);
+        }
+    }
+
+    /// The leader: `reader` joins the next round.
+    fn queue_read(&mut self, reader: Reader, out: &mut Outbox<Message>) {
         if self.reads.term != self.term {
-            debug_assert!(self.reads.is_empty(), "reads of an old term are settled");
-            self.reads = Reads {
-                term: self.term,
-                ..Reads::default()
-            };
+            debug_assert!(!self.reads.confirming(), "reads of an old term are settled");
+            self.reads.term = self.term;
+            self.reads.rounds = 0;
         }
-        self.reads.queued.push(Read { tag, key });
+        self.reads.queued.push(reader);
         self.start_read_round(out);
+    }
+
+    /// Tells `reader` that no read index can be confirmed here.
+    fn refuse_reader(&self, reader: Reader, out: &mut Outbox<Message>) {
+        match reader {
+            Reader::Client(read) => {
+                let failure = match self.not_leader() {
+                    failure if self.leader.is_some() => failure,
+                    _ => Failure::unavailable(
+                        "leadership changed before the read was confirmed; retry",
+                    ),
+                };
+                out.reply(read.tag, Err(failure));
+            }
+            Reader::Follower { id, batch } => {
+                let answer = ReadIndexed {
+                    term: self.term,
+                    batch,
+                    index: None,
+                };
+                out.send(id, Message::ReadIndexed(answer));
+            }
+        }
+    }
+
+    /// Reads whose read index `index` is confirmed: served once it is applied.
+    pub(super) fn confirmed_reads(
+        &mut self,
+        index: LogIndex,
+        reads: Vec<Read>,
+        out: &mut Outbox<Message>,
+    ) {
+        self.reads.confirmed.entry(index).or_default().extend(reads);
+        self.serve_confirmed_reads(out);
     }
 
     /// Starts a round for the queued reads, unless one is in flight or the leader has not
@@ -112,7 +188,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             number: self.reads.rounds,
             index: self.commit_index(),
             acks: BTreeSet::from([self.config.id]),
-            reads: std::mem::take(&mut self.reads.queued),
+            readers: std::mem::take(&mut self.reads.queued),
         });
         self.probe_for_reads(out);
         // A leader that is the only voter needs no one else's word.
@@ -181,13 +257,23 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         if let Some(round) = self.reads.in_flight.take() {
-            self.reads
-                .confirmed
-                .entry(round.index)
-                .or_default()
-                .extend(round.reads);
+            let mut reads = Vec::new();
+            for reader in round.readers {
+                match reader {
+                    Reader::Client(read) => reads.push(read),
+                    // The follower serves them once it has applied up to the index.
+                    Reader::Follower { id, batch } => {
+                        let answer = ReadIndexed {
+                            term: self.term,
+                            batch,
+                            index: Some(round.index),
+                        };
+                        out.send(id, Message::ReadIndexed(answer));
+                    }
+                }
+            }
+            self.confirmed_reads(round.index, reads, out);
         }
-        self.serve_confirmed_reads(out);
         self.start_read_round(out);
     }
 
@@ -202,18 +288,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// Called after every input: reads taken as leader of a term this node no longer leads
-    /// can never be served; their clients are told to go elsewhere (nothing happened, so
-    /// they may simply retry).
+    /// can never be confirmed; their clients are told to go elsewhere (nothing happened, so
+    /// they may simply retry). Confirmed reads stay: they are served once applied.
     pub(super) fn settle_reads(&mut self, out: &mut Outbox<Message>) {
-        if self.reads.is_empty() || (self.is_leader() && self.reads.term == self.term) {
+        if !self.reads.confirming() || (self.is_leader() && self.reads.term == self.term) {
             return;
         }
-        let failure = match self.not_leader() {
-            failure if self.leader.is_some() => failure,
-            _ => Failure::unavailable("leadership changed before the read was confirmed; retry"),
-        };
-        for read in self.reads.drain() {
-            out.reply(read.tag, Err(failure.clone()));
+        for reader in self.reads.drain_unconfirmed() {
+            self.refuse_reader(reader, out);
         }
     }
 }
