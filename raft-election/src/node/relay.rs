@@ -16,7 +16,7 @@
 //!
 //! A batch not answered when the follower's leader or term changes, or within an election
 //! timeout, is given up on: its writes may or may not take effect (`timeout`), its reads
-//! changed nothing (`unavailable`). A leader appends each batch at most once: it refuses a
+//! changed nothing (`unavailable`). A leader appends each batch at most once: it ignores a
 //! batch of a follower's run that is not later than the last it appended this term, so a
 //! duplicated or delayed Propose never applies a write twice.
 
@@ -189,33 +189,35 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.relay.sent.insert(batch.number, sent);
     }
 
-    /// The leader: a follower's clients' writes. Appended in this term unless this node
-    /// does not lead it, is handing leadership over, or has appended this batch (or a
-    /// later one of the same run) before.
+    /// The leader: a follower's clients' writes, appended in this term unless this node
+    /// does not lead it or is handing leadership over. A batch of a follower's run that is
+    /// not later than the last one appended this term is not answered at all: it is either
+    /// a repeat, and the first copy's answer stands (answering "appended nothing" could
+    /// overtake it and tell the clients a falsehood), or was overtaken by a later batch,
+    /// and the follower gives it up as unknown.
     pub(super) fn on_propose(&mut self, from: NodeId, propose: Propose, out: &mut Outbox<Message>) {
         // §5.1: a request from a later term means this node is out of date.
         if propose.term > self.term {
             self.become_follower(propose.term, None);
         }
         let Propose { batch, writes, .. } = propose;
-        let taking = self.handing_off().is_none()
-            && match &mut self.duty {
-                Duty::Leader { relayed, .. } => {
-                    let last = relayed.entry((from, batch.run)).or_default();
-                    let fresh = batch.number > *last;
-                    *last = (*last).max(batch.number);
-                    fresh
+        let busy = self.handing_off().is_some();
+        let first = match &mut self.duty {
+            Duty::Leader { relayed, .. } if !busy => {
+                let last = relayed.entry((from, batch.run)).or_default();
+                if batch.number <= *last {
+                    return;
                 }
-                _ => false,
-            };
-        let first = taking.then(|| {
-            let first = self.log.last_index().next();
-            for (command, session) in writes {
-                self.propose(None, Payload::write(command, session), out);
+                *last = batch.number;
+                let first = self.log.last_index().next();
+                for (command, session) in writes {
+                    self.propose(None, Payload::write(command, session), out);
+                }
+                self.advance_commit(out);
+                Some(first)
             }
-            self.advance_commit(out);
-            first
-        });
+            _ => None,
+        };
         let answer = Proposed {
             term: self.term,
             batch,

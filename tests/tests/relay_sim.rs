@@ -1,0 +1,217 @@
+//! Followers that relay writes and reads to the leader (`Config::followers_relay`, as in
+//! limecached), in the simulator: clients send every operation to a random node over a
+//! lossy, duplicating, reordering network while nodes lose power and restart and are cut
+//! off. The history the clients saw must be linearizable, with every answer but `timeout`
+//! taken at its word: a failure other than `timeout` must mean nothing happened.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use kv_server::protocol::{
+    CasOutcome, Command, Consistency, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome,
+};
+use raft_election::durable::DurableStorage;
+use raft_election::medium::SimDisk;
+use raft_election::node::{Config, RaftNode};
+use raft_election::testkit::{check_raft_properties, stable_leader};
+use rand::Rng;
+use replication_naive::node::RequestTag;
+use replication_naive::sim::{NetConfig, Sim, for_each_seed, members};
+use tests::linearizability::{Answer, Call, Operation, check};
+
+type Cluster = Sim<RaftNode<DurableStorage<SimDisk>>>;
+
+const NODES: u64 = 3;
+const CLIENTS: usize = 5;
+const KEYS: [&str; 2] = ["a", "b"];
+
+/// Three relaying nodes on simulated disks; a restart is a power loss, and a restarted node
+/// gets a new seed, as a restarted process draws one.
+fn cluster(seed: u64) -> Cluster {
+    let runs = Rc::new(Cell::new(0u64));
+    Sim::new(seed, members(NODES).into_keys(), 10, move |id, old| {
+        runs.set(runs.get() + 1);
+        let mut config = Config::new(id, members(NODES), seed ^ (runs.get() << 32));
+        config.followers_relay = true;
+        let disk = old
+            .map(|node: RaftNode<DurableStorage<SimDisk>>| {
+                node.into_storage().into_medium().crash()
+            })
+            .unwrap_or_default();
+        let storage = DurableStorage::open(disk).expect("a simulated disk replays");
+        RaftNode::new(config, storage)
+    })
+}
+
+/// A client's operation waiting for its answer.
+struct Pending {
+    tag: RequestTag,
+    key: String,
+    call: Call,
+    start: u64,
+    /// The simulated ms it was sent at.
+    sent_ms: u64,
+    /// Whether it went to a node that was not the leader.
+    relayed: bool,
+}
+
+/// How long a client waits for an answer before it gives up (the outcome unknown): a node
+/// that lost power never answers.
+const PATIENCE_MS: u64 = 2_000;
+
+fn random_op(rng: &mut impl Rng, client: usize, n: u64) -> (String, Call, Op) {
+    let key = KEYS[rng.gen_range(0..KEYS.len())].to_owned();
+    let value = format!("c{client}n{n}");
+    let (call, command) = match rng.gen_range(0..8) {
+        0..=2 => {
+            let op = Op::Get {
+                key: key.clone(),
+                consistency: Consistency::Linearizable,
+            };
+            return (key, Call::Get, op);
+        }
+        3..=4 => (
+            Call::Put(value.clone()),
+            Command::Put {
+                key: key.clone(),
+                value,
+            },
+        ),
+        5 => (Call::Delete, Command::Delete { key: key.clone() }),
+        _ => {
+            // Swap from a value some client may have written, or from absent.
+            let expected = match rng.gen_range(0..3) {
+                0 => None,
+                _ => Some(format!(
+                    "c{}n{}",
+                    rng.gen_range(0..CLIENTS),
+                    rng.gen_range(0..n.max(1))
+                )),
+            };
+            let call = Call::Cas {
+                expected: expected.clone(),
+                new: value.clone(),
+            };
+            let command = Command::Cas {
+                key: key.clone(),
+                expected,
+                value,
+            };
+            (call, command)
+        }
+    };
+    let op = Op::Write {
+        command,
+        session: None,
+    };
+    (key, call, op)
+}
+
+/// What the checker makes of an answer; `None` for a definite "nothing happened".
+fn answer(outcome: &Outcome) -> Option<Answer> {
+    match outcome {
+        Ok(Reply::Value(value)) => Some(Answer::Value(value.clone())),
+        Ok(Reply::Write(WriteOutcome::Put)) => Some(Answer::Done),
+        Ok(Reply::Write(WriteOutcome::Delete { existed })) => Some(Answer::Existed(*existed)),
+        Ok(Reply::Write(WriteOutcome::Cas(cas))) => {
+            Some(Answer::Swapped(*cas == CasOutcome::Swapped))
+        }
+        Ok(other) => panic!("unexpected reply {other:?}"),
+        Err(failure) if failure.code == ErrorCode::Timeout => Some(Answer::Unknown),
+        Err(_) => None,
+    }
+}
+
+fn run(seed: u64) {
+    let mut sim = cluster(seed);
+    check_raft_properties(&mut sim);
+    sim.set_net(NetConfig::unreliable());
+    let mut history = Vec::new();
+    let mut pending: Vec<Option<Pending>> = (0..CLIENTS).map(|_| None).collect();
+    let mut clock = 0u64;
+    let mut issued = 0u64;
+    let mut relayed_ok = 0u64;
+    for ms in 0..8_000u64 {
+        sim.run_for(1);
+        if ms % 1_000 == 500 {
+            let id = NodeId(sim.rng().gen_range(1..=NODES));
+            match sim.rng().gen_range(0..3) {
+                0 => sim.restart(id),
+                1 => sim.isolate(id),
+                _ => {
+                    if let Some(leader) = stable_leader(&sim) {
+                        sim.restart(leader);
+                    }
+                }
+            }
+        } else if ms % 1_000 == 900 {
+            sim.heal();
+        }
+        for (client, slot) in pending.iter_mut().enumerate() {
+            if let Some(op) = slot.as_ref() {
+                let answer = match sim.reply(op.tag) {
+                    Some(outcome) => answer(outcome),
+                    None if ms - op.sent_ms > PATIENCE_MS => Some(Answer::Unknown),
+                    None => continue,
+                };
+                clock += 1;
+                if let Some(answer) = answer {
+                    if op.relayed && answer != Answer::Unknown {
+                        relayed_ok += 1;
+                    }
+                    history.push(Operation {
+                        client,
+                        key: op.key.clone(),
+                        call: op.call.clone(),
+                        answer,
+                        start: op.start,
+                        end: clock,
+                    });
+                }
+                *slot = None;
+            }
+            if slot.is_none() && ms % 3 == 0 {
+                issued += 1;
+                let (key, call, op) = random_op(sim.rng(), client, issued);
+                let target = NodeId(sim.rng().gen_range(1..=NODES));
+                let relayed = stable_leader(&sim) != Some(target);
+                clock += 1;
+                let start = clock;
+                let tag = sim.request(target, op);
+                *slot = Some(Pending {
+                    tag,
+                    key,
+                    call,
+                    start,
+                    sent_ms: ms,
+                    relayed,
+                });
+            }
+        }
+    }
+    // Never answered (lost with a crashed node, or still waiting): may or may not happen.
+    for (client, op) in pending.into_iter().enumerate() {
+        if let Some(op) = op {
+            history.push(Operation {
+                client,
+                key: op.key,
+                call: op.call,
+                answer: Answer::Unknown,
+                start: op.start,
+                end: u64::MAX,
+            });
+        }
+    }
+    if let Err(violation) = check(&history) {
+        panic!("seed {seed}: {violation}");
+    }
+    assert!(
+        relayed_ok > 50,
+        "seed {seed}: only {relayed_ok} operations were served through a follower"
+    );
+}
+
+#[test]
+fn relayed_operations_through_any_node_are_linearizable_through_crashes_and_partitions() {
+    for_each_seed(12, run);
+}
