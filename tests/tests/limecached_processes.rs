@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kv_client::{ClusterClient, Connection, RetryPolicy};
 use kv_server::protocol::{
-    Consistency, ErrorCode, NodeId, Op, Outcome, Reply, Request, WriteOutcome,
+    Consistency, ErrorCode, NodeId, Op, Outcome, Reply, Request, Role, WriteOutcome,
 };
 use tests::{ProcessCluster, eventually};
 
@@ -87,7 +87,8 @@ async fn ask(addr: &str, op: Op, forwarded: bool) -> Outcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forwards_twice() {
+async fn a_follower_serves_clients_by_relaying_and_forwarding_to_the_leader_but_never_forwards_twice()
+ {
     let cluster = ProcessCluster::start_durable("limecached", 3, &[]);
     // A write through the cluster client returns once a leader has been elected.
     let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
@@ -99,6 +100,7 @@ async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forward
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     let addr = &cluster.addrs[&follower];
 
+    // Writes and linearizable reads: relayed over the peer link.
     assert_eq!(
         ask(addr, Op::put("k", "v"), false).await,
         Ok(Reply::Write(WriteOutcome::Put))
@@ -108,7 +110,7 @@ async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forward
         consistency: Consistency::Linearizable,
     };
     assert_eq!(
-        ask(addr, get.clone(), false).await,
+        ask(addr, get, false).await,
         Ok(Reply::Value(Some("v".into()))),
         "a linearizable read through a follower"
     );
@@ -117,13 +119,22 @@ async fn a_follower_serves_clients_by_forwarding_to_the_leader_but_never_forward
         Ok(Reply::Status(status)) => assert_eq!(status.id, Some(NodeId(follower))),
         other => panic!("status through a follower: {other:?}"),
     }
-    // Sent as if another node had forwarded it: the follower answers it itself.
-    match ask(addr, get, true).await {
+    // A transfer, sent as if another node had forwarded it: the follower answers it itself.
+    let transfer = Op::TransferLeader {
+        id: NodeId(follower),
+    };
+    match ask(addr, transfer.clone(), true).await {
         Err(failure) => {
             assert_eq!(failure.code, ErrorCode::NotLeader);
             assert_eq!(failure.leader.as_ref(), Some(&cluster.addrs[&leader]));
         }
         other => panic!("a forwarded request was forwarded again: {other:?}"),
+    }
+    // Unmarked, it is forwarded to the leader, which hands over to the follower.
+    assert_eq!(ask(addr, transfer, false).await, Ok(Reply::Done));
+    match ask(addr, Op::Status, false).await {
+        Ok(Reply::Status(status)) => assert_eq!(status.role, Role::Leader),
+        other => panic!("status of the new leader: {other:?}"),
     }
 }
 
