@@ -324,6 +324,12 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
         assert!(request(&mut node, tag, get("k")).replies.is_empty());
     }
     let ask = read_index(&flush(&mut node));
+    // Reads taken while a read index is asked for wait for the next one.
+    request(&mut node, 4, get("k"));
+    assert!(
+        flush(&mut node).messages.is_empty(),
+        "one ReadIndex at a time"
+    );
     let confirmed = Message::ReadIndexed(ReadIndexed {
         term: Term(2),
         batch: ask.batch,
@@ -333,6 +339,8 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
         step(&mut node, 1, confirmed).replies.is_empty(),
         "entry 1 is not applied yet"
     );
+    let next = read_index(&flush(&mut node));
+    assert_ne!(next.batch, ask.batch);
     let out = step(&mut node, 1, append(1, Vec::new(), 1));
     assert_eq!(tags(&out), [1, 2, 3]);
     assert!(
@@ -340,8 +348,14 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
             .iter()
             .all(|(_, o)| *o == Ok(Reply::Value(Some("v".into()))))
     );
+    let confirmed = Message::ReadIndexed(ReadIndexed {
+        term: Term(2),
+        batch: next.batch,
+        index: Some(LogIndex(1)),
+    });
+    assert_eq!(tags(&step(&mut node, 1, confirmed)), [4]);
     // A read index the leader could not confirm: the reads changed nothing; retry.
-    request(&mut node, 4, get("k"));
+    request(&mut node, 5, get("k"));
     let ask = read_index(&flush(&mut node));
     let refused = Message::ReadIndexed(ReadIndexed {
         term: Term(2),

@@ -11,8 +11,9 @@
 //!   ([`raft_log::apply::Applier::wait`]), and answers with the outcome its state machine
 //!   computed, which is every node's. Another entry at that index means the write did not
 //!   happen.
-//! - **Reads.** The follower asks for a read index with one [`ReadIndex`] per batch, and
-//!   serves the reads once it has applied up to it (thesis §6.4; [`super::reads`]).
+//! - **Reads.** The follower asks for a read index with one [`ReadIndex`] at a time, for
+//!   every read taken since the last, and serves the reads once it has applied up to it
+//!   (thesis §6.4; [`super::reads`]).
 //!
 //! A batch not answered when the follower's leader or term changes, or within an election
 //! timeout, is given up on: its writes may or may not take effect (`timeout`), its reads
@@ -168,7 +169,16 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             out.send(leader, Message::Propose(propose));
             self.sent(batch, leader, Clients::Writes(tags));
         }
-        if !reads.is_empty() {
+        let reading = self
+            .relay
+            .sent
+            .values()
+            .any(|s| matches!(s.clients, Clients::Reads(_)));
+        if reading {
+            // One read index in flight at a time, as the leader runs one round at a time:
+            // the reads taken meanwhile share the next one.
+            self.relay.reads = reads;
+        } else if !reads.is_empty() {
             let batch = self.relay.next_batch();
             let ask = ReadIndex {
                 term: self.term,
