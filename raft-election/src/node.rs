@@ -151,6 +151,8 @@ enum Duty {
         transfers: BTreeMap<NodeId, Outgoing>,
         /// For each follower's run, the last batch of relayed writes appended this term.
         relayed: BTreeMap<(NodeId, u64), u64>,
+        /// The commit index as of the last AppendEntries sent to every follower.
+        commit_sent: LogIndex,
     },
 }
 
@@ -580,6 +582,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             last_heard,
             transfers: BTreeMap::new(),
             relayed: BTreeMap::new(),
+            commit_sent: self.log.commit_index(),
         };
         self.leader = Some(self.config.id);
         self.election_elapsed = 0;
@@ -758,16 +761,27 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.send_timeout_now(out);
     }
 
+    /// Leader: sends each follower what it lacks; with `heartbeat`, every follower hears
+    /// from the leader even with nothing new. So does every follower when the commit index
+    /// has moved since they last heard it (as etcd broadcasts after a commit): a follower
+    /// answering a relayed write or read waits for it, and would otherwise wait for the
+    /// next write or heartbeat.
     fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
+        let commit = self.log.commit_index();
         let Duty::Leader {
             replication,
             transfers,
+            commit_sent,
             ..
         } = &mut self.duty
         else {
             return;
         };
-        for (follower, append) in replication.broadcast(&self.log, self.term, heartbeat) {
+        let to_all = heartbeat || *commit_sent < commit;
+        if to_all {
+            *commit_sent = commit;
+        }
+        for (follower, append) in replication.broadcast(&self.log, self.term, to_all) {
             out.send(follower, Message::AppendEntries(append));
         }
         if heartbeat {

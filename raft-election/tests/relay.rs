@@ -429,3 +429,40 @@ fn without_relaying_a_follower_still_answers_not_leader() {
     assert_eq!(codes(&out), [ErrorCode::NotLeader]);
     assert!(flush(&mut node).messages.is_empty());
 }
+
+#[test]
+fn the_leader_tells_every_follower_a_new_commit_index_at_once() {
+    let mut leader = RaftNode::new(relaying(1), MemStorage::default());
+    while leader.term() == Term(0) {
+        leader.tick(&mut Outbox::default());
+    }
+    let vote = Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(1),
+        granted: true,
+        pre_vote: false,
+    });
+    step(&mut leader, 2, vote);
+    flush(&mut leader);
+    let acked = Message::AppendEntriesResponse(AppendEntriesResponse {
+        term: Term(1),
+        in_reply_to: Term(1),
+        result: Ok(LogIndex(1)),
+    });
+    step(&mut leader, 2, acked);
+    assert_eq!(leader.commit_index(), LogIndex(1));
+    // Nothing new to send, but both followers hear the commit index now rather than at the
+    // next heartbeat: a follower answering a relayed write waits for it.
+    let commits: Vec<(NodeId, LogIndex)> = flush(&mut leader)
+        .messages
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            Message::AppendEntries(append) => Some((to, append.leader_commit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        commits,
+        [(NodeId(2), LogIndex(1)), (NodeId(3), LogIndex(1))]
+    );
+    assert!(flush(&mut leader).messages.is_empty(), "told once");
+}
