@@ -23,7 +23,7 @@ type Cluster = Sim<RaftNode<DurableStorage<SimDisk>>>;
 
 const NODES: u64 = 3;
 const CLIENTS: usize = 5;
-const KEYS: [&str; 2] = ["a", "b"];
+const KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
 /// Three relaying nodes on simulated disks; a restart is a power loss, and a restarted node
 /// gets a new seed, as a restarted process draws one.
@@ -213,5 +213,5 @@ fn run(seed: u64) {
 
 #[test]
 fn relayed_operations_through_any_node_are_linearizable_through_crashes_and_partitions() {
-    for_each_seed(12, run);
+    for_each_seed(24, run);
 }
