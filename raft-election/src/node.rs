@@ -452,7 +452,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                     self.advance_commit(out);
                 }
             }
-        } else if self.relays() {
+        } else if self.can_relay() {
             self.relay.write(write);
         } else {
             out.reply(write.tag, Err(self.not_leader()));

@@ -96,6 +96,22 @@ fn follower() -> RaftNode<MemStorage> {
     node
 }
 
+/// Node 1 of 3, elected leader of term 1 with node 2's vote; its no-op is at index 1.
+fn leader() -> RaftNode<MemStorage> {
+    let mut node = RaftNode::new(relaying(1), MemStorage::default());
+    while node.term() == Term(0) {
+        node.tick(&mut Outbox::default());
+    }
+    let vote = Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(1),
+        granted: true,
+        pre_vote: false,
+    });
+    step(&mut node, 2, vote);
+    assert!(node.is_leader());
+    node
+}
+
 /// The one Propose in `out`, to node `leader`.
 fn proposal_to(leader: u64, out: &Outbox<Message>) -> Propose {
     match &out.messages[..] {
@@ -172,17 +188,7 @@ fn a_follower_proposes_a_batch_of_writes_in_one_message_and_answers_once_they_ap
 
 #[test]
 fn the_leader_appends_a_batch_once_and_refuses_what_it_cannot_take() {
-    let mut leader = RaftNode::new(relaying(1), MemStorage::default());
-    while !matches!(leader.term(), Term(1)) {
-        leader.tick(&mut Outbox::default());
-    }
-    let vote = Message::RequestVoteResponse(RequestVoteResponse {
-        term: Term(1),
-        granted: true,
-        pre_vote: false,
-    });
-    step(&mut leader, 2, vote);
-    assert!(leader.is_leader(), "its no-op is at index 1");
+    let mut leader = leader();
     let batch = |number| BatchId { run: 9, number };
     let propose = |number| {
         Message::Propose(Propose {
@@ -370,16 +376,7 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
 
 #[test]
 fn the_leader_confirms_a_follower_s_read_index_with_its_next_round() {
-    let mut leader = RaftNode::new(relaying(1), MemStorage::default());
-    while leader.term() == Term(0) {
-        leader.tick(&mut Outbox::default());
-    }
-    let vote = Message::RequestVoteResponse(RequestVoteResponse {
-        term: Term(1),
-        granted: true,
-        pre_vote: false,
-    });
-    step(&mut leader, 2, vote);
+    let mut leader = leader();
     let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
         term: Term(1),
         in_reply_to: Term(1),
@@ -432,16 +429,7 @@ fn without_relaying_a_follower_still_answers_not_leader() {
 
 #[test]
 fn the_leader_tells_every_follower_a_new_commit_index_at_once() {
-    let mut leader = RaftNode::new(relaying(1), MemStorage::default());
-    while leader.term() == Term(0) {
-        leader.tick(&mut Outbox::default());
-    }
-    let vote = Message::RequestVoteResponse(RequestVoteResponse {
-        term: Term(1),
-        granted: true,
-        pre_vote: false,
-    });
-    step(&mut leader, 2, vote);
+    let mut leader = leader();
     flush(&mut leader);
     let acked = Message::AppendEntriesResponse(AppendEntriesResponse {
         term: Term(1),

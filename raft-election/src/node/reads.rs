@@ -97,7 +97,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     pub(super) fn read(&mut self, tag: RequestTag, key: String, out: &mut Outbox<Message>) {
         if self.is_leader() {
             self.queue_read(Reader::Client(Read { tag, key }), out);
-        } else if self.relays() {
+        } else if self.can_relay() {
             self.relay.read(Read { tag, key });
         } else {
             out.reply(tag, Err(self.not_leader()));

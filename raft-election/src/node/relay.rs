@@ -108,6 +108,29 @@ impl Relay {
     }
 }
 
+impl Clients {
+    /// Answers clients whose batch was given up: a write may or may not take effect, a read
+    /// changed nothing.
+    fn fail(self, out: &mut Outbox<Message>) {
+        match self {
+            Clients::Writes(tags) => fail_all(tags, &write_unanswered(), out),
+            Clients::Reads(reads) => {
+                fail_all(reads.iter().map(|r| r.tag), &read_unconfirmed(), out)
+            }
+        }
+    }
+}
+
+fn fail_all(
+    tags: impl IntoIterator<Item = RequestTag>,
+    failure: &Failure,
+    out: &mut Outbox<Message>,
+) {
+    for tag in tags {
+        out.reply(tag, Err(failure.clone()));
+    }
+}
+
 /// The answer to a relayed write that the leader did not answer in time, or whose leader
 /// changed first.
 fn write_unanswered() -> Failure {
@@ -121,8 +144,8 @@ fn read_unconfirmed() -> Failure {
 
 impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// Whether this node takes writes and linearizable reads from clients as a follower:
-    /// it relays them, and knows whom to.
-    pub(super) fn relays(&self) -> bool {
+    /// it relays them ([`super::Config::followers_relay`]), and knows whom to.
+    pub(super) fn can_relay(&self) -> bool {
         self.config.followers_relay && matches!(self.duty, Duty::Follower) && self.leader.is_some()
     }
 
@@ -141,19 +164,13 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             }
             return;
         }
-        let leader = match self.leader {
-            Some(leader) if self.relays() => leader,
-            _ => {
-                let failure = self.not_leader();
-                let tags = writes
-                    .iter()
-                    .map(|w| w.tag)
-                    .chain(reads.iter().map(|r| r.tag));
-                for tag in tags {
-                    out.reply(tag, Err(failure.clone()));
-                }
-                return;
-            }
+        let Some(leader) = self.leader.filter(|_| self.can_relay()) else {
+            let tags = writes
+                .iter()
+                .map(|w| w.tag)
+                .chain(reads.iter().map(|r| r.tag));
+            fail_all(tags, &self.not_leader(), out);
+            return;
         };
         if !writes.is_empty() {
             let batch = self.relay.next_batch();
@@ -248,10 +265,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         };
         let Some(first) = answer.first else {
-            let failure = Failure::unavailable("the leader took no writes; retry");
-            for tag in tags {
-                out.reply(tag, Err(failure.clone()));
-            }
+            let refused = Failure::unavailable("the leader took no writes; retry");
+            fail_all(tags, &refused, out);
             return;
         };
         for (offset, tag) in (0..).zip(tags) {
@@ -277,23 +292,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         };
         match answer.index {
             Some(index) => self.confirmed_reads(index, reads, out),
-            None => {
-                for read in reads {
-                    out.reply(read.tag, Err(read_unconfirmed()));
-                }
-            }
+            None => Clients::Reads(reads).fail(out),
         }
     }
 
     /// The batch an answer from `from` is about, if it is this run's, still waiting, and
     /// was sent to `from`.
     fn take_sent(&mut self, from: NodeId, batch: BatchId) -> Option<Clients> {
-        let sent = &self.relay.sent;
-        let ours = batch.run == self.relay.run
-            && sent.get(&batch.number).is_some_and(|s| s.leader == from);
-        ours.then(|| self.relay.sent.remove(&batch.number))
-            .flatten()
-            .map(|s| s.clients)
+        if batch.run != self.relay.run || self.relay.sent.get(&batch.number)?.leader != from {
+            return None;
+        }
+        self.relay.sent.remove(&batch.number).map(|s| s.clients)
     }
 
     /// Counts a tick; gives up on batches the leader has not answered within an election
@@ -312,26 +321,16 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.give_up(|sent| Some(sent.leader) != leader || sent.term != term, out);
     }
 
+    /// Called after every input, so it only rebuilds the map when a batch is lost.
     fn give_up(&mut self, lost: impl Fn(&Sent) -> bool, out: &mut Outbox<Message>) {
-        if self.relay.sent.is_empty() {
+        if !self.relay.sent.values().any(&lost) {
             return;
         }
         let sent = std::mem::take(&mut self.relay.sent);
         let (lost, kept): (BTreeMap<_, _>, _) = sent.into_iter().partition(|(_, s)| lost(s));
         self.relay.sent = kept;
         for sent in lost.into_values() {
-            match sent.clients {
-                Clients::Writes(tags) => {
-                    for tag in tags {
-                        out.reply(tag, Err(write_unanswered()));
-                    }
-                }
-                Clients::Reads(reads) => {
-                    for read in reads {
-                        out.reply(read.tag, Err(read_unconfirmed()));
-                    }
-                }
-            }
+            sent.clients.fail(out);
         }
     }
 }
