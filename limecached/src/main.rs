@@ -55,8 +55,9 @@ async fn main() -> ExitCode {
     } else {
         let cli = NodeCli::parse_from(args);
         init_tracing();
-        // A follower sends a client's request to the leader itself: any member serves any
-        // client.
+        // Any member serves any client: a follower relays writes and linearizable reads to
+        // the leader over the peer link, and forwards membership changes and transfers
+        // (`MemberArgs::run` turns relaying on with forwarding).
         let driver = DriverConfig {
             forward_to_leader: true,
             ..DriverConfig::default()

@@ -56,8 +56,9 @@ impl MemberArgs {
         let mut config = self.election.config(self.id, founders, &driver)?;
         config.snapshots = Some(self.snapshots.policy());
         config.membership_changes = true;
-        // A node whose requests for the leader are forwarded (limecached) relays writes and
-        // reads over the peer link itself; the driver forwards only the rest.
+        // A node whose driver forwards (limecached) relays writes and linearizable reads over
+        // the peer link itself: the driver forwards only membership changes and transfers
+        // (`replication_naive::forward::is_forwarded`).
         config.followers_relay = driver.forward_to_leader;
         if let (true, Some(through)) = (fresh, &self.founding.join) {
             tokio::spawn(join(self.id, advertised.to_owned(), through.clone()));

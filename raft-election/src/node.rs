@@ -1217,10 +1217,6 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         }
     }
 
-    fn relays(&self) -> bool {
-        self.config.followers_relay
-    }
-
     fn start_sync(&mut self) -> Option<SyncJob> {
         self.log.start_sync()
     }

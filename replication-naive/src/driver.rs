@@ -133,7 +133,6 @@ where
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
     let (leader_tx, leader) = watch::channel(None);
-    let relays = node.relays();
     let mut node_task = tokio::spawn(drive(
         node,
         transport,
@@ -158,7 +157,6 @@ where
     };
     let calls = Arc::new(Calls {
         node: calls_tx,
-        relays,
         forwarder: config.forward_to_leader.then(Arc::default),
         leader,
     });
@@ -221,8 +219,6 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
 /// The client side's way into the node task.
 struct Calls {
     node: mpsc::Sender<Call>,
-    /// Whether the node relays writes and reads to the leader itself ([`Node::relays`]).
-    relays: bool,
     /// Set when requests for the leader are forwarded to it.
     forwarder: Option<Arc<Forwarder>>,
     /// The leader's address while the node follows it ([`Node::leader_elsewhere`]), as the
@@ -239,7 +235,7 @@ impl Handler for Calls {
         let known_leader = self
             .forwarder
             .as_ref()
-            .filter(|_| forward::needs_leader(&op, self.relays))
+            .filter(|_| forward::is_forwarded(&op))
             .and_then(|forwarder| Some((forwarder.clone(), self.leader.borrow().clone()?)));
         match known_leader {
             Some((forwarder, leader)) => Either::Left(forwarder.forward(leader, op)),

@@ -1,11 +1,13 @@
-//! Forwarding a client's request to the leader (used from the limecached stage on): a node
-//! that is not the leader, and knows who is ([`crate::node::Node::leader_elsewhere`], which
-//! the driver publishes after every batch), sends the request there itself and relays the
-//! answer, so a client given any member is served without a redirect.
+//! Forwarding a client's membership change or leadership transfer to the leader (used from
+//! the limecached stage on): a node that is not the leader, and knows who is
+//! ([`crate::node::Node::leader_elsewhere`], which the driver publishes after every batch),
+//! sends the request there itself and relays the answer, so a client given any member is
+//! served without a redirect. Writes and linearizable reads are not forwarded: the Raft
+//! node relays those to its leader over the peer link itself (raft-election's
+//! `node/relay.rs`), in batches, and answers from its own state.
 //!
 //! Each leader address gets one pipelined connection (kv-client's [`Connection`]), shared by
-//! every forwarded request: the requests of one client connection keep their order, and a
-//! burst of them costs one connection, not one each. A forwarded request carries
+//! every forwarded request. A forwarded request carries
 //! `"forwarded":true`, and the receiver answers it itself (`not_leader` if it no longer
 //! leads) rather than forward it again: no request goes round in circles, and a client
 //! whose request could not be served still hears where to retry.
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kv_client::{Connection, Error};
-use kv_server::protocol::{Consistency, Failure, Op, Outcome, Request};
+use kv_server::protocol::{Failure, Op, Outcome, Request};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -27,16 +29,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Forwarded = (Op, oneshot::Sender<Outcome>);
 
-/// Whether a follower must forward `op` to the leader: what only a leader serves (writes,
-/// linearizable reads, configuration changes), except what a node that `relays` sends the
-/// leader itself (writes and linearizable reads, [`crate::node::Node::relays`]). Status and
-/// stale reads are every node's own to answer.
-pub fn needs_leader(op: &Op, relays: bool) -> bool {
+/// Whether a follower forwards `op` to the leader: membership changes and leadership
+/// transfers, which only the leader serves. Everything else goes to the node: status and
+/// stale reads are every node's own to answer, and writes and linearizable reads a node
+/// that forwards relays itself.
+pub fn is_forwarded(op: &Op) -> bool {
     match op {
-        Op::Get { consistency, .. } => *consistency == Consistency::Linearizable && !relays,
-        Op::Write { .. } => !relays,
-        Op::Status => false,
         Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => true,
+        Op::Get { .. } | Op::Write { .. } | Op::Status => false,
     }
 }
 
@@ -50,7 +50,6 @@ impl Forwarder {
     /// Sends `op` to the leader at `leader` and returns its answer. Must run inside a tokio
     /// runtime.
     pub async fn forward(self: Arc<Self>, leader: String, op: Op) -> Outcome {
-        let is_write = matches!(op, Op::Write { .. });
         let (tx, rx) = oneshot::channel();
         let link = {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,28 +67,23 @@ impl Forwarder {
                 "too many requests waiting for the leader at {leader}; retry"
             )));
         }
-        rx.await.unwrap_or_else(|_| Err(lost(is_write, &leader)))
+        rx.await.unwrap_or_else(|_| Err(lost(&leader)))
     }
 }
 
-/// The answer for a forwarded request whose connection failed before its answer came.
-fn lost(is_write: bool, leader: &str) -> Failure {
-    if is_write {
-        Failure::timeout(format!(
-            "the connection to the leader at {leader} failed; the write may or may not have taken effect"
-        ))
-    } else {
-        Failure::unavailable(format!(
-            "the connection to the leader at {leader} failed; retry"
-        ))
-    }
+/// The answer for a forwarded request whose connection failed after it was sent: every
+/// request forwarded changes the cluster, and whether this one did is unknown.
+fn lost(leader: &str) -> Failure {
+    Failure::timeout(format!(
+        "the connection to the leader at {leader} failed; the change may or may not have taken effect"
+    ))
 }
 
 /// One leader's link: sends what is queued, pipelined, and hands back the answers in order.
 /// Connects on demand, and again after a failure.
 async fn carry(leader: String, mut queue: mpsc::Receiver<Forwarded>) {
     let mut connection: Option<Connection> = None;
-    let mut waiting: VecDeque<(bool, oneshot::Sender<Outcome>)> = VecDeque::new();
+    let mut waiting: VecDeque<oneshot::Sender<Outcome>> = VecDeque::new();
     loop {
         tokio::select! {
             next = queue.recv() => {
@@ -104,21 +98,20 @@ async fn carry(leader: String, mut queue: mpsc::Receiver<Forwarded>) {
                         }
                     }
                 }
-                let is_write = matches!(op, Op::Write { .. });
                 let request = Request { id: None, op, forwarded: true };
                 let sent = connection.as_mut().map(|c| c.send(&request));
                 if let Some(Err(error)) = sent {
                     debug!(%leader, %error, "forwarding failed");
-                    let _ = reply.send(Err(lost(is_write, &leader)));
+                    let _ = reply.send(Err(lost(&leader)));
                     fail_all(&mut waiting, &leader);
                     connection = None;
                     continue;
                 }
-                waiting.push_back((is_write, reply));
+                waiting.push_back(reply);
             }
             answer = next_answer(&mut connection), if !waiting.is_empty() => match answer {
                 Ok(outcome) => {
-                    if let Some((_, reply)) = waiting.pop_front() {
+                    if let Some(reply) = waiting.pop_front() {
                         let _ = reply.send(outcome);
                     }
                 }
@@ -139,20 +132,20 @@ async fn next_answer(connection: &mut Option<Connection>) -> Result<Outcome, Err
     }
 }
 
-fn fail_all(waiting: &mut VecDeque<(bool, oneshot::Sender<Outcome>)>, leader: &str) {
-    for (is_write, reply) in waiting.drain(..) {
-        let _ = reply.send(Err(lost(is_write, leader)));
+fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Outcome>>, leader: &str) {
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Err(lost(leader)));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use kv_server::protocol::{Command, NodeId};
+    use kv_server::protocol::{Command, Consistency, NodeId};
 
     use super::*;
 
     #[test]
-    fn only_what_a_leader_serves_is_forwarded() {
+    fn only_membership_changes_and_transfers_are_forwarded() {
         let get = |consistency| Op::Get {
             key: "k".into(),
             consistency,
@@ -161,19 +154,16 @@ mod tests {
             command: Command::Delete { key: "k".into() },
             session: None,
         };
-        let linearizable = get(Consistency::Linearizable);
-        assert!(needs_leader(&write, false));
-        assert!(needs_leader(&linearizable, false));
-        assert!(
-            !needs_leader(&write, true),
-            "a node that relays proposes it itself"
-        );
-        assert!(!needs_leader(&linearizable, true));
-        for relays in [false, true] {
-            assert!(needs_leader(&Op::TransferLeader { id: NodeId(2) }, relays));
-            assert!(needs_leader(&Op::RemoveMember { id: NodeId(2) }, relays));
-            assert!(!needs_leader(&get(Consistency::Stale), relays));
-            assert!(!needs_leader(&Op::Status, relays));
-        }
+        let add = Op::AddMember {
+            id: NodeId(4),
+            addr: "127.0.0.1:7004".into(),
+        };
+        assert!(is_forwarded(&add));
+        assert!(is_forwarded(&Op::RemoveMember { id: NodeId(2) }));
+        assert!(is_forwarded(&Op::TransferLeader { id: NodeId(2) }));
+        assert!(!is_forwarded(&write), "the node relays it");
+        assert!(!is_forwarded(&get(Consistency::Linearizable)));
+        assert!(!is_forwarded(&get(Consistency::Stale)));
+        assert!(!is_forwarded(&Op::Status));
     }
 }

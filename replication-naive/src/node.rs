@@ -91,14 +91,6 @@ pub trait Node {
         None
     }
 
-    /// Whether this node, as a follower, takes writes and linearizable reads itself and
-    /// relays them to its leader over the peer link (Raft from the limecached stage on):
-    /// the driver then forwards only the requests it cannot relay
-    /// ([`crate::forward::needs_leader`]).
-    fn relays(&self) -> bool {
-        false
-    }
-
     /// The runner has taken every input waiting for now: the node sends what is worth
     /// sending once per batch of inputs rather than once per input (a leader, the entries
     /// proposed in the batch, in one AppendEntries per follower). The runner calls it before
