@@ -100,6 +100,10 @@ pub struct ReadAck {
     /// The voter's current term: the probe's when it still follows that leader, a later one
     /// when it has moved on (and the leader learns it is deposed).
     pub term: Term,
+    /// The term of the probe answered. Round numbers start again in every term, so only an
+    /// answer to a probe of the leader's current term speaks for its round: a delayed probe
+    /// of an earlier term, answered late, must not confirm a later term's round.
+    pub in_reply_to: Term,
     /// The round acknowledged.
     pub round: u64,
 }

@@ -72,9 +72,16 @@ fn probes(out: &Outbox<Message>) -> Vec<(NodeId, ReadProbe)> {
         .collect()
 }
 
+/// A voter in `term` acknowledging round `round` of a probe of the same term.
 fn ack(term: u64, round: u64) -> Message {
+    late_ack(term, term, round)
+}
+
+/// A voter in `term` acknowledging round `round` of a probe of term `probed`.
+fn late_ack(term: u64, probed: u64, round: u64) -> Message {
     Message::ReadAck(ReadAck {
         term: Term(term),
+        in_reply_to: Term(probed),
         round,
     })
 }
@@ -134,6 +141,26 @@ fn reads_wait_for_the_leader_s_first_commit_then_share_one_round_per_batch() {
 }
 
 #[test]
+fn an_answer_to_an_earlier_term_s_probe_confirms_nothing() {
+    let mut leader = fresh_leader();
+    let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
+        term: Term(2),
+        in_reply_to: Term(2),
+        result: Ok(LogIndex(2)),
+    });
+    step(&mut leader, 2, committed);
+    assert_eq!(probes(&read(&mut leader, 1)), probe_round(2, 1));
+    // Node 3, now in term 2, answers a probe of round 1 that this node sent as leader of
+    // an earlier term, delayed in the network. It says nothing about the round in flight:
+    // it may have been sent before that round started, and node 3 may since have voted in
+    // a later term.
+    let out = step(&mut leader, 3, late_ack(2, 1, 1));
+    assert!(out.replies.is_empty(), "{:?}", out.replies);
+    assert!(leader.is_leader());
+    assert_eq!(step(&mut leader, 3, ack(2, 1)).replies.len(), 1);
+}
+
+#[test]
 fn an_acknowledgement_from_a_later_term_deposes_the_leader_and_fails_its_reads() {
     let mut leader = fresh_leader();
     let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
@@ -167,7 +194,7 @@ fn a_follower_answers_a_probe_of_its_leader_s_term_and_refuses_an_older_one() {
     let out = step(&mut follower, 3, probe(3));
     assert_eq!(
         out.messages,
-        vec![(NodeId(3), ack(4, 7))],
+        vec![(NodeId(3), late_ack(4, 3, 7))],
         "a deposed leader learns the newer term"
     );
 }

@@ -402,6 +402,7 @@ fn the_leader_confirms_a_follower_s_read_index_with_its_next_round() {
         2,
         Message::ReadAck(ReadAck {
             term: Term(1),
+            in_reply_to: Term(1),
             round: 1,
         }),
     );

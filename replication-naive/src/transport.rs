@@ -41,8 +41,9 @@ const WRITE_HIGH_WATER: usize = 1 << 20;
 
 /// Bumped when the peer message format changes incompatibly (2: the hello carries the
 /// sender's address; 3: leadership transfer's TimeoutNow; 4: ReadIndex's ReadProbe and
-/// ReadAck; 5: a follower's Propose and ReadIndex, and their answers).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// ReadAck; 5: a follower's Propose and ReadIndex, and their answers; 6: ReadAck names the
+/// probe's term).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The first frame of a peer connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

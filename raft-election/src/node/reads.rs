@@ -225,6 +225,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
         let ack = ReadAck {
             term: self.term,
+            in_reply_to: probe.term,
             round: probe.round,
         };
         out.send(from, Message::ReadAck(ack));
@@ -235,7 +236,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if self.answered_from_later_term(ack.term) {
             return;
         }
-        let current = ack.term == self.term && self.is_leader();
+        // An answer to this term's probe, from a voter still in this term: it was sent after
+        // the round started, and before the voter could help elect anyone else.
+        let current = ack.term == self.term && ack.in_reply_to == self.term && self.is_leader();
         let Some(round) = &mut self.reads.in_flight else {
             return;
         };
