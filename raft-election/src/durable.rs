@@ -211,16 +211,14 @@ impl<M: Medium> DurableStorage<M> {
     }
 
     /// Gives back the medium (tests crash it), with the records not yet synced written to it
-    /// but not synced: what the disk holds if the process stops between the two.
+    /// but not synced: what the disk holds if the process stops between the two. A rewrite
+    /// after compaction that no sync has started never reached the disk, nor did the
+    /// records queued behind it for the new file: the old file stands.
     pub fn into_medium(mut self) -> M {
-        if let Some(bytes) = self.rewrite.take() {
-            let result = self.medium.replace_job(bytes)();
-            if let Err(error) = result.and_then(|()| self.medium.synced()) {
-                panic!("cannot rewrite the log ({error})");
+        if self.rewrite.is_none() {
+            if let Err(error) = self.medium.append(&self.pending) {
+                panic!("cannot write the log ({error})");
             }
-        }
-        if let Err(error) = self.medium.append(&self.pending) {
-            panic!("cannot write the log ({error})");
         }
         self.medium
     }
@@ -353,6 +351,11 @@ impl<M: Medium> Storage for DurableStorage<M> {
             return;
         }
         self.memory.compact(index, term);
+        // A snapshot that replaced the whole log (it did not match) leaves the log ending at
+        // its index: entries written after it are new, and no sync so far covers them.
+        let last = self.memory.last_index();
+        self.durable = self.durable.min(last);
+        self.syncing = self.syncing.map(|upto| upto.min(last));
         // The file is to be rewritten with only what is still needed: where the log starts,
         // the hard state, the entries after the snapshot. Encoded here; written, synced and
         // renamed into place by the next sync.

@@ -194,6 +194,7 @@ fn compaction_rewrites_the_file_with_only_what_is_still_needed() {
     let before = s.into_medium();
     let mut s = DurableStorage::open(before.clone()).unwrap();
     s.compact(LogIndex(30), Term(2));
+    s.sync();
     let expected = state(&s);
     assert_eq!(
         (s.first_index(), s.term(LogIndex(30))),
@@ -222,6 +223,7 @@ fn writes_after_compaction_recover_at_every_crash_point() {
     let mut s = DurableStorage::open(SimDisk::new()).unwrap();
     s.append((1..=10).map(|i| entry(i, 1)).collect());
     s.compact(LogIndex(8), Term(1));
+    s.sync();
     let compacted = s.into_medium();
     let start = compacted.written();
     let mut s = DurableStorage::open(compacted).unwrap();
@@ -310,5 +312,39 @@ fn the_rewrite_after_compaction_runs_in_the_sync_and_a_crash_before_it_ends_keep
     assert!(
         written < full.unwrap() / 2,
         "the old entries are gone: {written} bytes"
+    );
+}
+
+#[test]
+fn a_snapshot_that_replaces_the_whole_log_leaves_no_later_entry_counted_durable() {
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.append((1..=10).map(|i| entry(i, 1)).collect());
+    s.sync();
+    assert_eq!(s.durable_index(), LogIndex(10));
+    // A snapshot at 5 of another history: the log does not match there, and goes whole.
+    s.compact(LogIndex(5), Term(2));
+    assert_eq!(s.last_index(), LogIndex(5));
+    s.append(vec![entry(6, 3)]);
+    assert_eq!(
+        s.durable_index(),
+        LogIndex(5),
+        "entry 6 is not on disk: a leader must not count it"
+    );
+    s.sync();
+    assert_eq!(s.durable_index(), LogIndex(6));
+}
+
+#[test]
+fn a_crash_before_the_rewrite_starts_keeps_the_old_file_and_nothing_queued_after_it() {
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.append((1..=10).map(|i| entry(i, 1)).collect());
+    s.sync();
+    s.compact(LogIndex(8), Term(1));
+    s.append(vec![entry(11, 1)]);
+    let old = DurableStorage::open(s.into_medium().crash()).unwrap();
+    assert_eq!(
+        (old.first_index(), old.last_index()),
+        (LogIndex(1), LogIndex(10)),
+        "neither the compaction nor entry 11 was synced"
     );
 }
