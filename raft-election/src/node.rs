@@ -11,7 +11,7 @@ use raft_log::apply::Applier;
 use raft_log::log::RaftLog;
 use raft_log::membership::Membership;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
-use raft_log::replication::{FollowerLogs, Replication};
+use raft_log::replication::{FollowerLogs, Occasion, Replication};
 use raft_log::snapshot::{
     InstallSnapshot, InstallSnapshotResponse, NoSnapshots, SnapshotMeta, Snapshots, Transfer,
 };
@@ -151,7 +151,7 @@ enum Duty {
         transfers: BTreeMap<NodeId, Outgoing>,
         /// For each follower's run, the last batch of relayed writes appended this term.
         relayed: BTreeMap<(NodeId, u64), u64>,
-        /// The commit index as of the last AppendEntries sent to every follower.
+        /// The commit index as of the last heartbeat or commit broadcast.
         commit_sent: LogIndex,
     },
 }
@@ -751,7 +751,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         last_heard.insert(from, *ticks);
         let more = replication.on_response(from, resp.result, &self.log);
         if more {
-            if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
+            if let Some(append) =
+                replication.append_for(from, &self.log, self.term, Occasion::Entries)
+            {
                 out.send(from, Message::AppendEntries(append));
             }
         }
@@ -777,11 +779,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         else {
             return;
         };
-        let to_all = heartbeat || *commit_sent < commit;
-        if to_all {
+        let occasion = if heartbeat {
+            Occasion::Heartbeat
+        } else if *commit_sent < commit {
+            Occasion::Commit
+        } else {
+            Occasion::Entries
+        };
+        if occasion != Occasion::Entries {
             *commit_sent = commit;
         }
-        for (follower, append) in replication.broadcast(&self.log, self.term, to_all) {
+        for (follower, append) in replication.broadcast(&self.log, self.term, occasion) {
             out.send(follower, Message::AppendEntries(append));
         }
         if heartbeat {
@@ -898,7 +906,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 transfers.remove(&from);
                 replication.snapshot_installed(from, resp.index);
                 info!(id = %self.config.id, follower = %from, index = %resp.index, "snapshot installed");
-                if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
+                if let Some(append) =
+                    replication.append_for(from, &self.log, self.term, Occasion::Entries)
+                {
                     out.send(from, Message::AppendEntries(append));
                 }
                 self.advance_commit(out);

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::apply::Applier;
 use crate::log::RaftLog;
 use crate::message::{AppendEntries, AppendEntriesResponse, Message};
-use crate::replication::{FollowerLogs, Progress, Replication};
+use crate::replication::{FollowerLogs, Occasion, Progress, Replication};
 use crate::storage::{HardState, Storage};
 use crate::types::{LogIndex, Payload, Term};
 
@@ -167,17 +167,17 @@ impl<S: Storage> RaftLogNode<S> {
         if let Some(displaced) = self.applier.wait(index, self.term, tag) {
             out.reply(displaced, Applier::displaced());
         }
-        self.broadcast(false, out);
+        self.broadcast(Occasion::Entries, out);
         // A cluster of one commits on its own.
         self.advance_commit(out);
     }
 
-    /// Leader: sends every follower what it is missing (`heartbeat`: even if nothing).
-    fn broadcast(&mut self, heartbeat: bool, out: &mut Outbox<Message>) {
+    /// Leader: sends every follower what it is missing (on a heartbeat, even if nothing).
+    fn broadcast(&mut self, occasion: Occasion, out: &mut Outbox<Message>) {
         let Some(replication) = self.replication.as_mut() else {
             return;
         };
-        for (follower, append) in replication.broadcast(&self.log, self.term, heartbeat) {
+        for (follower, append) in replication.broadcast(&self.log, self.term, occasion) {
             out.send(follower, Message::AppendEntries(append));
         }
     }
@@ -222,7 +222,9 @@ impl<S: Storage> RaftLogNode<S> {
         self.advance_commit(out);
         if more {
             let replication = self.replication.as_mut().expect("leader");
-            if let Some(append) = replication.append_for(from, &self.log, self.term, false) {
+            if let Some(append) =
+                replication.append_for(from, &self.log, self.term, Occasion::Entries)
+            {
                 out.send(from, Message::AppendEntries(append));
             }
         }
@@ -260,7 +262,7 @@ impl<S: Storage> Node for RaftLogNode<S> {
         self.ticks_since_heartbeat += 1;
         if self.ticks_since_heartbeat >= self.config.heartbeat_ticks {
             self.ticks_since_heartbeat = 0;
-            self.broadcast(true, out);
+            self.broadcast(Occasion::Heartbeat, out);
         }
     }
 

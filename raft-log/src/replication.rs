@@ -34,6 +34,20 @@ pub enum Mode {
     Snapshot,
 }
 
+/// Why the leader is sending: what each follower gets depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occasion {
+    /// New entries: a follower gets those it lacks, when its mode lets it have them now.
+    Entries,
+    /// The commit index moved: as for new entries, and a pipelining follower with nothing
+    /// new gets an empty AppendEntries carrying the commit index. A follower being probed
+    /// is not sent its probe again: a commit index is no use to it until its log matches.
+    Commit,
+    /// A heartbeat: every follower hears from the leader, and a probe whose answer may have
+    /// been lost goes again.
+    Heartbeat,
+}
+
 /// The leader's view of one follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -112,21 +126,20 @@ impl Replication {
         self.progress.get(&follower)
     }
 
-    /// The AppendEntries to send `follower` now, if its mode allows one. A heartbeat goes out
-    /// even with nothing new, and re-sends a probe whose answer may have been lost.
+    /// The AppendEntries to send `follower` now on this `occasion`, if its mode allows one.
     pub fn append_for<S: Storage>(
         &mut self,
         follower: NodeId,
         log: &RaftLog<S>,
         term: Term,
-        heartbeat: bool,
+        occasion: Occasion,
     ) -> Option<AppendEntries> {
         let last = log.last_index();
         let p = self.progress.get_mut(&follower)?;
-        match p.mode {
-            Mode::Snapshot => return None,
-            Mode::Probe { waiting: true } if !heartbeat => return None,
-            Mode::Pipeline if p.next_index > last && !heartbeat => return None,
+        match (p.mode, occasion) {
+            (Mode::Snapshot, _) => return None,
+            (Mode::Probe { waiting: true }, Occasion::Entries | Occasion::Commit) => return None,
+            (Mode::Pipeline, Occasion::Entries) if p.next_index > last => return None,
             _ => {}
         }
         let prev_log_index = p.next_index.prev();
@@ -169,12 +182,12 @@ impl Replication {
         &mut self,
         log: &RaftLog<S>,
         term: Term,
-        heartbeat: bool,
+        occasion: Occasion,
     ) -> Vec<(NodeId, AppendEntries)> {
         self.followers()
             .into_iter()
             .filter_map(|follower| {
-                Some((follower, self.append_for(follower, log, term, heartbeat)?))
+                Some((follower, self.append_for(follower, log, term, occasion)?))
             })
             .collect()
     }
@@ -348,11 +361,37 @@ mod tests {
         let follower = NodeId(2);
         let mut r = Replication::new([follower], LogIndex(4), 3, logs);
         r.on_response(follower, Ok(LogIndex(4)), &log);
-        r.append_for(follower, &log, Term(1), false);
-        r.append_for(follower, &log, Term(1), false);
+        r.append_for(follower, &log, Term(1), Occasion::Entries);
+        r.append_for(follower, &log, Term(1), Occasion::Entries);
         r.on_response(follower, Ok(LogIndex(7)), &log);
         r.on_response(follower, rejection_at(7), &log);
         *r.progress(follower).unwrap()
+    }
+
+    #[test]
+    fn a_commit_reaches_a_caught_up_follower_but_does_not_repeat_a_probe() {
+        let log = log(5);
+        let (caught_up, probing) = (NodeId(2), NodeId(3));
+        let mut r = Replication::new([caught_up, probing], LogIndex(5), 10, FollowerLogs::Durable);
+        r.on_response(caught_up, Ok(LogIndex(5)), &log);
+        assert!(
+            r.append_for(probing, &log, Term(1), Occasion::Entries)
+                .is_some()
+        );
+        // Nothing new: only a commit or a heartbeat sends the caught-up follower anything.
+        assert_eq!(
+            r.append_for(caught_up, &log, Term(1), Occasion::Entries),
+            None
+        );
+        let commit = r.append_for(caught_up, &log, Term(1), Occasion::Commit);
+        assert!(commit.is_some_and(|a| a.entries.is_empty() && a.prev_log_index == LogIndex(5)));
+        // The probe in flight goes again on a heartbeat (it may have been lost), not on a
+        // commit, which is no use to a follower whose log is not known to match.
+        assert_eq!(r.append_for(probing, &log, Term(1), Occasion::Commit), None);
+        assert!(
+            r.append_for(probing, &log, Term(1), Occasion::Heartbeat)
+                .is_some()
+        );
     }
 
     #[test]
@@ -372,7 +411,7 @@ mod tests {
         let follower = NodeId(2);
         let mut r = Replication::new([follower], LogIndex(0), 256, FollowerLogs::Durable);
         let sent = r
-            .append_for(follower, &log, Term(1), false)
+            .append_for(follower, &log, Term(1), Occasion::Entries)
             .unwrap()
             .entries;
         assert_eq!(
@@ -393,7 +432,7 @@ mod tests {
         let log = RaftLog::new(MemStorage::with_entries(one, HardState::default()));
         let mut r = Replication::new([follower], LogIndex(0), 256, FollowerLogs::Durable);
         assert_eq!(
-            r.append_for(follower, &log, Term(1), false)
+            r.append_for(follower, &log, Term(1), Occasion::Entries)
                 .unwrap()
                 .entries
                 .len(),
@@ -430,7 +469,7 @@ mod tests {
         assert_eq!((p.match_index, p.next_index), (LogIndex(9), LogIndex(10)));
         // The probe (prev 9) is refused the same way: now it is believed.
         assert_eq!(
-            r.append_for(follower, &log, Term(1), false)
+            r.append_for(follower, &log, Term(1), Occasion::Entries)
                 .unwrap()
                 .prev_log_index,
             LogIndex(9)
