@@ -6,7 +6,7 @@
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY
 #
 # Environment: RUNS (3), CONNS (64), PIPELINE (1), WORKLOAD (put or get), TARGET (leader:
-# only the leader's address; all: the three, so two connections in three are forwarded).
+# only the leader's address; all: the three, so two connections in three are on followers).
 # Every process it starts is stopped at exit; data lives in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -147,7 +147,8 @@ pub struct ReadIndexed {
     pub term: Term,
     /// The batch answered.
     pub batch: BatchId,
-    /// The leader's commit index when the reads reached it, confirmed by a round of
+    /// The leader's commit index when the round that took the reads started, confirmed by a
+    /// round of
     /// ReadProbes: the follower serves the reads once it has applied up to it. `None` when
     /// the receiver could not confirm one (it does not lead, or was deposed).
     pub index: Option<LogIndex>,

@@ -22,6 +22,7 @@
 //! | [`sync_gate`]| `SyncGate`: which messages wait for the node's fsync              |
 //! | [`transport`]| `Transport` (send side), `receive` (inbound), the peer handshake  |
 //! | [`driver`]   | `run(node, listener, peers, config, shutdown)`                    |
+//! | [`forward`]  | `Forwarder`: a follower's membership changes sent to the leader   |
 //! | [`sim`]      | `Sim`, `NetConfig`, `for_each_seed`                               |
 //! | [`naive`]    | `NaiveNode` and its messages                                      |
 //! | [`config`]   | `--id`, `--listen`, `--peers`, shared by every node binary        |

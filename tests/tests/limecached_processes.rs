@@ -1,5 +1,6 @@
-//! The `limecached` binary with real processes: a follower serves clients by forwarding
-//! to the leader; the whole cluster killed with SIGKILL while it writes and snapshots (every
+//! The `limecached` binary with real processes: a follower serves writes and reads by
+//! relaying them to the leader and forwards a leadership transfer; a wiped follower is
+//! replaced by a new member that catches up by snapshot; the whole cluster killed with SIGKILL while it writes and snapshots (every
 //! 100 entries), three times over, and restarted from its data directories each time, keeps
 //! every acknowledged write.
 

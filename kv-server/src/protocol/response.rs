@@ -133,7 +133,8 @@ pub enum Reply {
     Write(WriteOutcome),
     /// `status`.
     Status(Box<Status>),
-    /// A request that succeeds with nothing to report (`add_member`, `remove_member`).
+    /// A request that succeeds with nothing to report (`add_member`, `remove_member`,
+    /// `transfer_leader`).
     Done,
 }
 
