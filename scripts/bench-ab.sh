@@ -17,9 +17,9 @@ TARGET=${TARGET:-leader}
 export LIME_BENCH_DIR
 LIME_BENCH_DIR=$(mktemp -d)
 PIDS=()
+# The harness's stop: SIGTERM, SIGKILL after a bounded wait, and its watchdog too.
 stop() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+    $BENCH/lime_cluster.sh stop
     PIDS=()
 }
 trap 'stop; rm -rf "$LIME_BENCH_DIR"' EXIT
@@ -32,7 +32,6 @@ cpu_ticks() {
 
 one() {
     local bin=$1 addr out before after
-    rm -rf "${LIME_BENCH_DIR:?}"/*
     LIME_BIN=$bin $BENCH/lime_cluster.sh start >/dev/null
     mapfile -t PIDS < <(cat "$LIME_BENCH_DIR"/n{1,2,3}.pid)
     addr=127.0.0.1:23401,127.0.0.1:23402,127.0.0.1:23403

@@ -51,7 +51,11 @@ BENCH=$!
 sleep 1
 t0=$(now)
 start 4 --join 127.0.0.1:7211
-until [ "$(voter 4)" = "yes" ]; do sleep 0.02; done
+deadline=$((SECONDS + 120))
+until [ "$(voter 4)" = "yes" ]; do
+  ((SECONDS < deadline)) || { echo "node 4 was not a voter within 120 s" >&2; exit 1; }
+  sleep 0.02
+done
 added=$(since "$t0")
 wait "$BENCH"
 echo -n "adding node 4:            "; row <"$DIR/add.json"
