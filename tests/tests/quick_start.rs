@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// A base port whose next three ports are free right now.
 fn free_base_port() -> u16 {
@@ -14,22 +14,45 @@ fn free_base_port() -> u16 {
         .expect("three free ports in a row")
 }
 
+/// `dev-cluster`, interrupted as with Ctrl-C and waited for when dropped: a failed
+/// assertion must not leave it and its nodes (in their own process group) running.
+struct DevCluster(Child);
+
+impl DevCluster {
+    fn interrupt(&self) -> bool {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status();
+        sent.is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn quick_start_from_the_readme_works() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port().to_string();
-    let mut cluster = Command::new(tests::binary("limecached"))
-        .arg("dev-cluster")
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--base-port", &base])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cluster = DevCluster(
+        Command::new(tests::binary("limecached"))
+            .arg("dev-cluster")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--base-port", &base])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut banner = Vec::new();
-    let mut lines = BufReader::new(cluster.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(cluster.0.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         let last = line.contains("Ctrl-C stops them all");
@@ -81,13 +104,9 @@ fn quick_start_from_the_readme_works() {
     assert_eq!(status.matches(" leader ").count(), 1, "{status}");
     assert_eq!(status.matches(" follower ").count(), 2, "{status}");
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &cluster.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
+    assert!(cluster.interrupt());
     assert!(
-        cluster.wait().unwrap().success(),
+        cluster.0.wait().unwrap().success(),
         "dev-cluster should exit 0 on Ctrl-C"
     );
     for (_, pid) in nodes {
