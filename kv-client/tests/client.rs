@@ -5,14 +5,7 @@ mod common;
 
 use common::Server;
 use kv_client::{Client, Connection, Error};
-use kv_server::protocol::{Consistency, Op, Reply, Request, RequestId, WriteOutcome};
-
-fn get(key: &str) -> Op {
-    Op::Get {
-        key: key.into(),
-        consistency: Consistency::Linearizable,
-    }
-}
+use kv_server::protocol::{Op, Reply, Request, RequestId, WriteOutcome};
 
 #[tokio::test]
 async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
@@ -27,7 +20,7 @@ async fn a_connection_pipelines_and_reads_answers_as_the_right_kind() {
         .unwrap();
         conn.send(&Request {
             id: Some(RequestId::string(&format!("g{i}"))),
-            op: get(&format!("k{i}")),
+            op: Op::get(&format!("k{i}")),
             forwarded: false,
         })
         .unwrap();
@@ -53,14 +46,14 @@ async fn a_connection_refuses_recv_and_call_out_of_turn() {
     assert!(matches!(conn.recv().await, Err(Error::Protocol(_))));
     conn.send(&Request {
         id: None,
-        op: get("k"),
+        op: Op::get("k"),
         forwarded: false,
     })
     .unwrap();
     assert!(matches!(
         conn.call(&Request {
             id: None,
-            op: get("k"),
+            op: Op::get("k"),
             forwarded: false,
         })
         .await,
@@ -78,7 +71,7 @@ async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
             tokio::spawn(async move {
                 let key = format!("k{i}");
                 client.request(Op::put(&key, &i.to_string())).await.unwrap();
-                client.request(get(&key)).await.unwrap()
+                client.request(Op::get(&key)).await.unwrap()
             })
         })
         .collect();
@@ -102,7 +95,10 @@ async fn server_errors_are_answers_not_connection_failures() {
         Some(kv_server::protocol::ErrorCode::BadRequest)
     );
     // The connection is still usable.
-    assert_eq!(client.request(get("k")).await.unwrap(), Reply::Value(None));
+    assert_eq!(
+        client.request(Op::get("k")).await.unwrap(),
+        Reply::Value(None)
+    );
 }
 
 #[tokio::test]
@@ -113,7 +109,7 @@ async fn calls_fail_with_connection_lost_when_the_server_goes_away() {
     drop(server);
     // The server closes idle connections on shutdown; the next call must fail, not hang.
     let error = loop {
-        match client.request(get("k")).await {
+        match client.request(Op::get("k")).await {
             Ok(_) => tokio::task::yield_now().await,
             Err(error) => break error,
         }
@@ -147,7 +143,7 @@ async fn pipelining_large_values_both_ways_does_not_deadlock() {
                 let op = if i % 2 == 0 {
                     Op::put(&format!("k{}", i % 8), &big)
                 } else {
-                    get(&format!("k{}", i % 8))
+                    Op::get(&format!("k{}", i % 8))
                 };
                 client.request(op).await.unwrap()
             })

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Outcome, Reply};
+use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply};
 use raft_election::message::{Message, ReadAck, ReadProbe, RequestVoteResponse};
 use raft_election::node::{Config, RaftNode};
 use raft_log::message::AppendEntriesResponse;
@@ -12,13 +12,6 @@ use raft_log::storage::{HardState, MemStorage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
 use replication_naive::node::{Node, Outbox, RequestTag};
 use replication_naive::sim::{NetConfig, for_each_seed};
-
-fn get(key: &str) -> Op {
-    Op::Get {
-        key: key.into(),
-        consistency: Consistency::Linearizable,
-    }
-}
 
 /// Node 1 of 3, elected leader of term 2 (its log: one entry of term 1, then its no-op at
 /// index 2, not yet committed).
@@ -58,7 +51,7 @@ fn step(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Outbox<
 
 fn read(node: &mut RaftNode<MemStorage>, tag: u64) -> Outbox<Message> {
     let mut out = Outbox::default();
-    node.request(RequestTag(tag), get("k"), &mut out);
+    node.request(RequestTag(tag), Op::get("k"), &mut out);
     out
 }
 
@@ -217,7 +210,7 @@ fn isolated_leader_read(seed: u64, check_quorum: bool) {
         Some(Ok(Reply::Write(kv_server::protocol::WriteOutcome::Put))),
         "seed {seed}"
     );
-    let tag = sim.request(old, get("k"));
+    let tag = sim.request(old, Op::get("k"));
     assert_eq!(
         answer(&mut sim, tag, 2_000),
         Some(Ok(Reply::Value(Some("old".into())))),
@@ -225,7 +218,7 @@ fn isolated_leader_read(seed: u64, check_quorum: bool) {
     );
 
     sim.isolate(old);
-    let stale = sim.request(old, get("k"));
+    let stale = sim.request(old, Op::get("k"));
     let new = loop {
         sim.run_for(TICK_MS);
         if let Some(new) = stable_leader(&sim).filter(|&l| l != old) {
@@ -238,7 +231,7 @@ fn isolated_leader_read(seed: u64, check_quorum: bool) {
         matches!(answer(&mut sim, tag, 5_000), Some(Ok(_))),
         "seed {seed}"
     );
-    let late = sim.request(old, get("k"));
+    let late = sim.request(old, Op::get("k"));
     sim.run_for(10 * 200);
     if !check_quorum {
         assert_eq!(sim.reply(stale), None, "seed {seed}: no quorum, no answer");
@@ -328,7 +321,7 @@ fn reads_see_every_write_acknowledged_before_them_through_leader_changes() {
                 }
                 None => {}
             }
-            reading = Some((sim.request(reader_at, get("k")), acked));
+            reading = Some((sim.request(reader_at, Op::get("k")), acked));
         }
         assert!(served > 100, "seed {seed}: only {served} reads served");
     });

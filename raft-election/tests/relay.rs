@@ -6,9 +6,7 @@
 mod common;
 
 use common::*;
-use kv_server::protocol::{
-    Command, Consistency, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome,
-};
+use kv_server::protocol::{Command, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome};
 use raft_election::message::{
     BatchId, Message, Propose, Proposed, ReadAck, ReadIndex, ReadIndexed, RequestVoteResponse,
 };
@@ -58,13 +56,6 @@ fn put(key: &str) -> Command {
     Command::Put {
         key: key.into(),
         value: "v".into(),
-    }
-}
-
-fn get(key: &str) -> Op {
-    Op::Get {
-        key: key.into(),
-        consistency: Consistency::Linearizable,
     }
 }
 
@@ -327,11 +318,11 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
     let mut node = follower();
     step(&mut node, 1, append(0, vec![entry(1, 2, put("k"))], 0));
     for tag in 1..=3 {
-        assert!(request(&mut node, tag, get("k")).replies.is_empty());
+        assert!(request(&mut node, tag, Op::get("k")).replies.is_empty());
     }
     let ask = read_index(&flush(&mut node));
     // Reads taken while a read index is asked for wait for the next one.
-    request(&mut node, 4, get("k"));
+    request(&mut node, 4, Op::get("k"));
     assert!(
         flush(&mut node).messages.is_empty(),
         "one ReadIndex at a time"
@@ -361,7 +352,7 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
     });
     assert_eq!(tags(&step(&mut node, 1, confirmed)), [4]);
     // A read index the leader could not confirm: the reads changed nothing; retry.
-    request(&mut node, 5, get("k"));
+    request(&mut node, 5, Op::get("k"));
     let ask = read_index(&flush(&mut node));
     let refused = Message::ReadIndexed(ReadIndexed {
         term: Term(2),

@@ -7,33 +7,15 @@
 mod common;
 
 use common::*;
-use kv_server::protocol::{Command, Consistency, NodeId, Op, Outcome, Reply, WriteOutcome};
-use raft_election::testkit::stable_leader;
+use kv_server::protocol::{NodeId, Op, Outcome, Reply, WriteOutcome};
 use replication_naive::sim::for_each_seed;
 
 /// Longer than the rest of a write's round trip: whatever waits for these disks is late.
 const SLOW_SYNC_MS: u64 = 40;
 
-fn put(key: &str, value: &str) -> Op {
-    Op::Write {
-        command: Command::Put {
-            key: key.into(),
-            value: value.into(),
-        },
-        session: None,
-    }
-}
-
-fn get(key: &str) -> Op {
-    Op::Get {
-        key: key.into(),
-        consistency: Consistency::Linearizable,
-    }
-}
-
 /// Writes `key` through the leader and runs until it answers.
 fn acknowledged_put(sim: &mut DurableCluster, leader: NodeId, key: &str) {
-    let tag = sim.request(leader, put(key, "v"));
+    let tag = sim.request(leader, Op::put(key, "v"));
     assert!(sim.run_until(2_000, |sim| sim.reply(tag).is_some()));
     assert_eq!(
         sim.reply(tag),
@@ -46,7 +28,7 @@ fn acknowledged_put(sim: &mut DurableCluster, leader: NodeId, key: &str) {
 /// Reads `key` through whichever node leads once one does.
 fn read_back(sim: &mut DurableCluster, key: &str) -> Outcome {
     let leader = leader_of(sim);
-    let tag = sim.request(leader, get(key));
+    let tag = sim.request(leader, Op::get(key));
     assert!(sim.run_until(2_000, |sim| sim.reply(tag).is_some()));
     sim.reply(tag).cloned().expect("answered")
 }

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use kv_server::protocol::{
-    CasOutcome, Command, Consistency, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome,
+    CasOutcome, Command, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome,
 };
 use raft_election::durable::DurableStorage;
 use raft_election::medium::SimDisk;
@@ -64,10 +64,7 @@ fn random_op(rng: &mut impl Rng, client: usize, n: u64) -> (String, Call, Op) {
     let value = format!("c{client}n{n}");
     let (call, command) = match rng.gen_range(0..8) {
         0..=2 => {
-            let op = Op::Get {
-                key: key.clone(),
-                consistency: Consistency::Linearizable,
-            };
+            let op = Op::get(&key);
             return (key, Call::Get, op);
         }
         3..=4 => (

@@ -219,6 +219,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// A linearizable get of `key` (the default consistency).
+    pub fn get(key: &str) -> Op {
+        Op::Get {
+            key: key.into(),
+            consistency: Consistency::Linearizable,
+        }
+    }
+
     /// A put of `key` = `value`, without a session.
     pub fn put(key: &str, value: &str) -> Op {
         Op::Write {
