@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kv_server::process::{init_tracing, shutdown_signal};
+use kv_server::process::{StartError, init_tracing, shutdown_signal};
 use limecached::dev_cluster::DevCluster;
 use membership::cli::MemberArgs;
 use replication_naive::driver::DriverConfig;
@@ -23,6 +23,12 @@ use replication_naive::driver::DriverConfig;
 struct NodeCli {
     #[command(flatten)]
     node: MemberArgs,
+    /// Threads that run the node: 1 (the default) serves clients, peers and the Raft core
+    /// on one thread, with fsyncs on a helper thread. More spread client connections over a
+    /// work-stealing pool, which pays a cross-thread wake-up per request; measure before
+    /// raising it (BENCHMARKS.md, "one thread per node").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
 }
 
 /// Start a local cluster (three nodes by default, separate processes of this program with
@@ -42,8 +48,7 @@ struct DevClusterCli {
 /// The subcommand that runs a local cluster instead of one node.
 const DEV_CLUSTER: &str = "dev-cluster";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // One program, two command lines: a node's flags, or the subcommand. Two parsers keep
     // the node's flags required (a clap subcommand would make them optional for both).
     let mut args: Vec<_> = std::env::args_os().collect();
@@ -51,7 +56,7 @@ async fn main() -> ExitCode {
         args.remove(1);
         let cli = DevClusterCli::parse_from(args);
         init_tracing();
-        cli.dev.run(shutdown_signal()).await
+        runtime(1).and_then(|rt| rt.block_on(async { cli.dev.run(shutdown_signal()).await }))
     } else {
         let cli = NodeCli::parse_from(args);
         init_tracing();
@@ -62,10 +67,28 @@ async fn main() -> ExitCode {
             forward_to_leader: true,
             ..DriverConfig::default()
         };
-        cli.node.run(driver, shutdown_signal()).await
+        runtime(cli.threads)
+            .and_then(|rt| rt.block_on(async { cli.node.run(driver, shutdown_signal()).await }))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => error.report("limecached"),
     }
+}
+
+/// The runtime a node runs on. One thread by default: every request passes through the one
+/// task that owns the Raft core anyway, and on a shared machine a pool's wake-ups between
+/// its threads cost more than parsing in parallel gains (a third fewer puts per second).
+fn runtime(threads: u16) -> Result<tokio::runtime::Runtime, StartError> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads.into());
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::failure(format!("cannot start the runtime: {e}")))
 }
