@@ -8,15 +8,21 @@
 //! ```
 //!
 //! Every change is encoded into a buffer at once, and made durable by `sync`: one write and
-//! one fsync for every change since the last (group commit). The node's runner syncs before anything that
-//! depends on a change leaves the node, so nothing is acknowledged (a vote granted, an entry
-//! accepted) before it is on disk. Opening replays the records into
-//! memory; reads are served from memory. A crash can leave the last record torn (cut short,
-//! or with a payload that fails its checksum and nothing after it) or zeros after it: that
-//! tail is cut from the file (and logged), never applied. Damage anywhere else — a header or
-//! payload that fails its checksum with more data after it — is refused: silently dropping
-//! the records after it would forget votes and acknowledged entries. The length has its own
-//! checksum so that a damaged length cannot pass for a torn tail.
+//! one fsync for every change since the last (group commit). The node's runner syncs before
+//! anything that depends on a change leaves the node, so nothing is acknowledged (a vote
+//! granted, an entry accepted) before it is on disk. Opening replays the records into
+//! memory; reads are served from memory.
+//!
+//! The file is kept zero-filled ahead of its content, so that an append overwrites blocks
+//! already written and its fsync has no allocation to commit ([`crate::medium::ZERO_AHEAD`]).
+//! A crash can leave the last records torn: cut short, failing their checksum with nothing
+//! after them, or with a sector that reads as zeros (the pages of a write reach the disk in
+//! any order, so intact records may follow that hole). Such a record and everything after it
+//! was written after the last sync that completed: it is cut from the file (and logged),
+//! never applied. Damage anywhere else (a header or payload that fails its checksum, with
+//! more data after it and no zero sector) is refused: silently dropping the records after
+//! it would forget votes and acknowledged entries. The length has its own checksum so that
+//! a damaged length cannot pass for a torn tail.
 //!
 //! One file for everything is what lets one fsync cover a batch of changes. The file grows
 //! until the log is compacted (stage 7); then it is rewritten, atomically, with only what is
@@ -167,7 +173,7 @@ impl<M: Medium> DurableStorage<M> {
         let mut memory = MemStorage::new();
         let mut offset = 0;
         loop {
-            match read_record(&bytes[offset..]) {
+            match read_record(&bytes[offset..], offset) {
                 Read::Record(payload) => {
                     let record: Record<Vec<Entry>> =
                         serde_json::from_slice(payload).map_err(|e| OpenError::Corrupt {
@@ -183,7 +189,7 @@ impl<M: Medium> DurableStorage<M> {
                     warn!(
                         cut = bytes.len() - offset,
                         at = offset,
-                        "torn record at the end of the log (a crash while writing); cut"
+                        "a record a crash left torn or unwritten; it and what follows it (never synced) are cut"
                     );
                     medium.truncate(offset as u64).map_err(io)?;
                     break;
@@ -253,14 +259,21 @@ enum Read<'a> {
     Record(&'a [u8]),
     /// Nothing: the log ends cleanly.
     End,
-    /// What a crash mid-write leaves at the end: a record cut short, a last payload that
-    /// fails its checksum, or zeros (a file extended but never written).
+    /// What a crash mid-write leaves: a record cut short, a last payload that fails its
+    /// checksum, or a record that was never wholly written (see [`never_written`]). It and
+    /// everything after it were written after the last sync that completed.
     Torn,
-    /// A header or payload that fails its checksum with more data after it.
+    /// A header or payload that fails its checksum, with more data after it, and no sign of
+    /// a write that never reached the disk.
     Damaged,
 }
 
-fn read_record(bytes: &[u8]) -> Read<'_> {
+/// The unit a disk writes whole: after a crash, each one holds what was last written to it
+/// or what it held before, never a mix.
+const SECTOR: usize = 512;
+
+/// Reads the record at the start of `bytes`, which is at byte `at` of the file.
+fn read_record(bytes: &[u8], at: usize) -> Read<'_> {
     let word =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if bytes.is_empty() {
@@ -271,7 +284,8 @@ fn read_record(bytes: &[u8]) -> Read<'_> {
     }
     let (len, len_crc, payload_crc) = (word(0), word(4), word(8));
     if crc32fast::hash(&bytes[..4]) != len_crc || len == 0 || len as usize > MAX_RECORD {
-        return if bytes.iter().all(|&b| b == 0) {
+        // The length is unknown: only the payload's first byte is known to be there.
+        return if bytes[..HEADER].iter().all(|&b| b == 0) || never_written(bytes, at, HEADER + 1) {
             Read::Torn
         } else {
             Read::Damaged
@@ -281,14 +295,34 @@ fn read_record(bytes: &[u8]) -> Read<'_> {
     let Some(payload) = bytes.get(HEADER..HEADER + len) else {
         return Read::Torn;
     };
-    match (
-        crc32fast::hash(payload) == payload_crc,
-        bytes.len() > HEADER + len,
-    ) {
-        (true, _) => Read::Record(payload),
-        (false, false) => Read::Torn,
-        (false, true) => Read::Damaged,
+    if crc32fast::hash(payload) == payload_crc {
+        Read::Record(payload)
+    } else if bytes.len() == HEADER + len || never_written(bytes, at, HEADER + len) {
+        Read::Torn
+    } else {
+        Read::Damaged
     }
+}
+
+/// Whether the first `span` bytes of the record at the start of `bytes` (byte `at` of the
+/// file) include a sector that reads as zeros over the record's payload: a write that never
+/// reached the disk, since the file was zero-filled ahead of its content and a payload
+/// (JSON) holds no zero byte. The pages of one write may reach the disk in any order, so a
+/// crash can leave such a hole with later records intact after it: all of them unsynced,
+/// since a sync covers everything written before it.
+fn never_written(bytes: &[u8], at: usize, span: usize) -> bool {
+    let end = span.min(bytes.len());
+    // From the sector that holds the payload's first byte, each sector's part of the span.
+    let mut from = ((at + HEADER) / SECTOR * SECTOR).saturating_sub(at);
+    while from < end {
+        let to = ((at + from) / SECTOR + 1) * SECTOR - at;
+        let to = to.min(end);
+        if bytes[from..to].iter().all(|&b| b == 0) {
+            return true;
+        }
+        from = to;
+    }
+    false
 }
 
 fn replay(memory: &mut MemStorage, record: Record<Vec<Entry>>) -> Result<(), String> {

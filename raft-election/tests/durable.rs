@@ -4,7 +4,7 @@
 
 use kv_server::protocol::{Command, NodeId};
 use raft_election::durable::{DurableStorage, OpenError};
-use raft_election::medium::SimDisk;
+use raft_election::medium::{SimDisk, ZERO_AHEAD};
 use raft_log::storage::{HardState, MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
 
@@ -153,6 +153,92 @@ fn zeros_after_the_last_record_are_cut() {
     let recovered = DurableStorage::open(disk.zero_extended(4096)).unwrap();
     assert_eq!(state(&recovered), history.last().unwrap().1);
     assert_eq!(recovered.into_medium().written(), disk.written());
+}
+
+/// A synced log, a small record `a`, then a record of several sectors (`b`) and a small one,
+/// written but never synced. Returns the disk, where `a` and `b` start, and the state before
+/// and after `a`.
+fn unsynced_tail() -> (SimDisk, usize, usize, State, State) {
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.save_hard_state(HardState {
+        current_term: Term(3),
+        voted_for: Some(NodeId(2)),
+    });
+    s.append((1..=5).map(|i| entry(i, 3)).collect());
+    s.sync();
+    let synced = state(&s);
+    let disk = s.into_medium();
+    let a = disk.written();
+    let mut s = DurableStorage::open(disk).unwrap();
+    s.append(vec![entry(6, 3)]);
+    let with_a = state(&s);
+    let disk = s.into_medium();
+    let b = disk.written();
+    let mut s = DurableStorage::open(disk).unwrap();
+    s.append((7..=100).map(|i| entry(i, 3)).collect());
+    s.append(vec![entry(101, 3)]);
+    let disk = s.into_medium();
+    assert!(disk.written() - b > 4 * 512, "b spans several sectors");
+    (disk, a, b, synced, with_a)
+}
+
+#[test]
+fn an_unwritten_sector_inside_a_record_is_a_torn_tail_even_with_intact_records_after_it() {
+    // The pages of one write reach the disk in any order: a crash can leave a sector of `b`
+    // as the zeros written ahead of it, and the record after `b` intact.
+    let (disk, _, b, _, with_a) = unsynced_tail();
+    let hole = (b + 512).next_multiple_of(512);
+    let recovered = DurableStorage::open(disk.zeroed(hole..hole + 512)).unwrap();
+    assert_eq!(state(&recovered), with_a);
+    assert_eq!(recovered.into_medium().written(), b, "cut where `b` starts");
+}
+
+#[test]
+fn an_unwritten_header_with_records_after_it_is_a_torn_tail() {
+    // `a`'s header at the end of a sector that reached the disk as it was before the write
+    // (zeros), its payload in the next sector, which did reach it. Only the header tells.
+    let (disk, a, _, synced, _) = unsynced_tail();
+    let recovered = DurableStorage::open(disk.zeroed(a..a + 12)).unwrap();
+    assert_eq!(state(&recovered), synced);
+    assert_eq!(recovered.into_medium().written(), a);
+}
+
+#[test]
+fn a_log_file_is_zero_filled_ahead_and_reopens_at_the_end_of_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(raft_election::durable::LOG_FILE);
+    let file_len = || std::fs::metadata(&file).unwrap().len();
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        let before = std::fs::metadata(&file).map_or(0, |m| m.len());
+        let mut s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+        assert_eq!(file_len(), before, "reopening cuts nothing");
+        assert_eq!(s.entries(LogIndex(1), s.last_index(), usize::MAX), expected);
+        let more: Vec<_> = (1..=40).map(|i| entry(round * 40 + i, 1)).collect();
+        expected.extend(more.iter().cloned());
+        s.append(more);
+        s.sync();
+        assert!(
+            file_len() >= ZERO_AHEAD,
+            "zero-filled ahead: {} bytes",
+            file_len()
+        );
+    }
+    // A compaction's rewrite is zero-filled ahead too, and reopens where it ended.
+    let mut s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    s.compact(LogIndex(100), Term(1));
+    s.sync();
+    assert!(file_len() >= ZERO_AHEAD, "{} bytes", file_len());
+    s.append(vec![entry(121, 1)]);
+    s.sync();
+    drop(s);
+    let s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    expected.drain(..100);
+    expected.push(entry(121, 1));
+    assert_eq!(
+        s.entries(LogIndex(101), s.last_index(), usize::MAX),
+        expected
+    );
 }
 
 #[test]
