@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two limecached builds under the same load, alternating, on the shared harness's
 # 3-node cluster (../shared/bench/lime_cluster.sh, ports 23401-23403): one line per run with
-# ops/s, p50, p99 and the three nodes' CPU per operation.
+# ops/s, p50, p99, and the three nodes' CPU and context switches per operation.
 #
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY
 #
@@ -30,6 +30,12 @@ cpu_ticks() {
     echo "$total"
 }
 
+# Voluntary and involuntary context switches of every thread of the nodes.
+switches() {
+    cat /proc/"${PIDS[0]}"/task/*/status /proc/"${PIDS[1]}"/task/*/status \
+        /proc/"${PIDS[2]}"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'
+}
+
 one() {
     local bin=$1 addr out before after
     LIME_BIN=$bin $BENCH/lime_cluster.sh start >/dev/null
@@ -40,15 +46,17 @@ one() {
     fi
     local extra=()
     [[ $WORKLOAD == get ]] && extra=(--prefill)
-    before=$(cpu_ticks)
+    before=$(cpu_ticks) switched=$(switches)
     out=$($LOADGEN --proto lime --addr "$addr" --conns "$CONNS" --pipeline "$PIPELINE" \
         --duration 5 --workload "$WORKLOAD" --value-size 100 --keys 1000 "${extra[@]}")
-    after=$(cpu_ticks)
+    after=$(cpu_ticks) switched=$(($(switches) - switched))
     python3 -c 'import json, sys
 r = json.loads(sys.argv[1]); ms = (int(sys.argv[3]) - int(sys.argv[2])) * 1000 / int(sys.argv[5])
-print("%-40s %8.0f/s p50 %5d us p99 %6d us errors %d server CPU %.1f us/op" % (sys.argv[4],
-      r["ops_per_sec"], r["p50_us"], r["p99_us"], r["errors"], ms * 1000 / max(r["ops"], 1)))' \
-        "$out" "$before" "$after" "$bin" "$(getconf CLK_TCK)"
+ops = max(r["ops"], 1)
+print("%-40s %8.0f/s p50 %5d us p99 %6d us errors %d server CPU %.1f us/op, %.2f switches/op" % (
+      sys.argv[4], r["ops_per_sec"], r["p50_us"], r["p99_us"], r["errors"], ms * 1000 / ops,
+      int(sys.argv[6]) / ops))' \
+        "$out" "$before" "$after" "$bin" "$(getconf CLK_TCK)" "$switched"
     stop
 }
 
