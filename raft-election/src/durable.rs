@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! record := len: u32 LE | crc32(len): u32 LE | crc32(payload): u32 LE | payload (JSON, `len` bytes)
+//!           (bit 31 of len set: the first record of a write, see below)
 //! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
 //! ```
 //!
@@ -15,14 +16,17 @@
 //!
 //! The file is kept zero-filled ahead of its content, so that an append overwrites blocks
 //! already written and its fsync has no allocation to commit ([`crate::medium::ZERO_AHEAD`]).
-//! A crash can leave the last records torn: cut short, failing their checksum with nothing
-//! after them, or with a sector that reads as zeros (the pages of a write reach the disk in
-//! any order, so intact records may follow that hole). Such a record and everything after it
-//! was written after the last sync that completed: it is cut from the file (and logged),
-//! never applied. Damage anywhere else (a header or payload that fails its checksum, with
-//! more data after it and no zero sector) is refused: silently dropping the records after
-//! it would forget votes and acknowledged entries. The length has its own checksum so that
-//! a damaged length cannot pass for a torn tail.
+//! The file is written one batch at a time, and the next batch only once the last one's
+//! fsync has finished: only the last write can be unsynced. Its first record is marked (bit
+//! 31 of its length). A crash can leave the last write's records torn: cut short, failing
+//! their checksum with nothing after them, or with a sector that reads as zeros (the pages
+//! of a write reach the disk in any order, so intact records may follow that hole). Such a
+//! record, if no marked record follows it, is in the last write, and it and everything after
+//! it are cut from the file (and logged), never applied. Anything else (a header or payload
+//! that fails its checksum with more data after it and no zero sector, or a hole with a later
+//! write after it) is damage to data that was synced, and is refused: silently dropping the
+//! records after it would forget votes and acknowledged entries. The length has its own
+//! checksum so that a damaged length cannot pass for a torn tail.
 //!
 //! One file for everything is what lets one fsync cover a batch of changes. The file grows
 //! until the log is compacted (stage 7); then it is rewritten, atomically, with only what is
@@ -51,6 +55,9 @@ const HEADER: usize = 12;
 
 /// No record is larger: a longer length is damage.
 const MAX_RECORD: usize = 1 << 30;
+
+/// Set in the length of the first record of each write.
+const WRITE_START: u32 = 1 << 31;
 
 /// The buffer of unwritten records keeps its allocation between batches up to this size.
 const MAX_KEPT_BUFFER: usize = 1 << 20;
@@ -229,13 +236,15 @@ impl<M: Medium> DurableStorage<M> {
         self.medium
     }
 
-    /// Queues `record`; [`Storage::sync`] writes and syncs it.
+    /// Queues `record`; [`Storage::sync`] writes and syncs it, with the file's new content
+    /// if a compaction has left one to write.
     fn write(&mut self, record: &Record<&[Entry]>) {
-        encode_into(&mut self.pending, record);
+        encode_into(self.rewrite.as_mut().unwrap_or(&mut self.pending), record);
     }
 }
 
-/// One record as written to disk, appended to `bytes`.
+/// One record as written to disk, appended to `bytes`, the buffer of one write: the first
+/// record in it is marked as the write's start.
 fn encode_into(bytes: &mut Vec<u8>, record: &Record<&[Entry]>) {
     let start = bytes.len();
     bytes.extend_from_slice(&[0; HEADER]);
@@ -246,7 +255,14 @@ fn encode_into(bytes: &mut Vec<u8>, record: &Record<&[Entry]>) {
         "a record of {} bytes is too large",
         payload.len()
     );
-    let len = (payload.len() as u32).to_le_bytes();
+    // What tells a file's zero tail from content (`FileMedium::read_all`).
+    assert_ne!(
+        payload.last(),
+        Some(&0),
+        "a record ends with its JSON payload"
+    );
+    let mark = if start == 0 { WRITE_START } else { 0 };
+    let len = (payload.len() as u32 | mark).to_le_bytes();
     let payload_crc = crc32fast::hash(payload).to_le_bytes();
     bytes[start..start + 4].copy_from_slice(&len);
     bytes[start + 4..start + 8].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
@@ -259,12 +275,12 @@ enum Read<'a> {
     Record(&'a [u8]),
     /// Nothing: the log ends cleanly.
     End,
-    /// What a crash mid-write leaves: a record cut short, a last payload that fails its
-    /// checksum, or a record that was never wholly written (see [`never_written`]). It and
-    /// everything after it were written after the last sync that completed.
+    /// What a crash mid-write leaves in the last write: a record cut short, a last payload
+    /// that fails its checksum, or a record that was never wholly written (see
+    /// [`never_written`]) with no later write after it.
     Torn,
-    /// A header or payload that fails its checksum, with more data after it, and no sign of
-    /// a write that never reached the disk.
+    /// A header or payload that fails its checksum, with more data after it: no sign of a
+    /// write that never reached the disk, or a later write after it.
     Damaged,
 }
 
@@ -274,53 +290,102 @@ const SECTOR: usize = 512;
 
 /// Reads the record at the start of `bytes`, which is at byte `at` of the file.
 fn read_record(bytes: &[u8], at: usize) -> Read<'_> {
-    let word =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if bytes.is_empty() {
         return Read::End;
     }
-    if bytes.len() < HEADER {
+    let Some(header) = Header::read(bytes) else {
         return Read::Torn;
-    }
-    let (len, len_crc, payload_crc) = (word(0), word(4), word(8));
-    if crc32fast::hash(&bytes[..4]) != len_crc || len == 0 || len as usize > MAX_RECORD {
-        // The length is unknown: only the payload's first byte is known to be there.
-        return if bytes[..HEADER].iter().all(|&b| b == 0) || never_written(bytes, at, HEADER + 1) {
-            Read::Torn
-        } else {
-            Read::Damaged
-        };
-    }
-    let len = len as usize;
+    };
+    let Some(len) = header.len() else {
+        // The length is unknown: only the header and the payload's first byte are known
+        // to be there.
+        return torn_or_damaged(never_written(bytes, at, 0, HEADER + 1), bytes);
+    };
     let Some(payload) = bytes.get(HEADER..HEADER + len) else {
         return Read::Torn;
     };
-    if crc32fast::hash(payload) == payload_crc {
+    if crc32fast::hash(payload) == header.payload_crc {
         Read::Record(payload)
-    } else if bytes.len() == HEADER + len || never_written(bytes, at, HEADER + len) {
+    } else if bytes.len() == HEADER + len {
+        Read::Torn
+    } else {
+        torn_or_damaged(never_written(bytes, at, HEADER, HEADER + len), bytes)
+    }
+}
+
+/// A record's header as read, not yet checked.
+struct Header {
+    len: u32,
+    len_crc: u32,
+    payload_crc: u32,
+    len_bytes: [u8; 4],
+}
+
+impl Header {
+    /// The header at the start of `bytes`, if they hold one.
+    fn read(bytes: &[u8]) -> Option<Header> {
+        let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
+        let len_bytes = word(0)?;
+        Some(Header {
+            len: u32::from_le_bytes(len_bytes),
+            len_crc: u32::from_le_bytes(word(4)?),
+            payload_crc: u32::from_le_bytes(word(8)?),
+            len_bytes,
+        })
+    }
+
+    /// The payload's length, if the length passes its checksum and is possible.
+    fn len(&self) -> Option<usize> {
+        let len = (self.len & !WRITE_START) as usize;
+        (crc32fast::hash(&self.len_bytes) == self.len_crc && len != 0 && len <= MAX_RECORD)
+            .then_some(len)
+    }
+
+    /// Whether the record starts a write.
+    fn starts_write(&self) -> bool {
+        self.len & WRITE_START != 0
+    }
+}
+
+/// A record that fails its checksum, with more data after it: torn if it was never wholly
+/// written and it is in the last write (no intact record marked as a write's start follows
+/// it in `bytes`); otherwise damage.
+fn torn_or_damaged(unwritten: bool, bytes: &[u8]) -> Read<'static> {
+    if unwritten && !later_write(&bytes[1..]) {
         Read::Torn
     } else {
         Read::Damaged
     }
 }
 
-/// Whether the first `span` bytes of the record at the start of `bytes` (byte `at` of the
-/// file) include a sector that reads as zeros over the record's payload: a write that never
-/// reached the disk, since the file was zero-filled ahead of its content and a payload
-/// (JSON) holds no zero byte. The pages of one write may reach the disk in any order, so a
-/// crash can leave such a hole with later records intact after it: all of them unsynced,
-/// since a sync covers everything written before it.
-fn never_written(bytes: &[u8], at: usize, span: usize) -> bool {
+/// Whether an intact record that starts a write begins anywhere in `bytes`.
+fn later_write(bytes: &[u8]) -> bool {
+    (0..bytes.len()).any(|at| {
+        let rest = &bytes[at..];
+        let Some(header) = Header::read(rest).filter(Header::starts_write) else {
+            return false;
+        };
+        header
+            .len()
+            .and_then(|len| rest.get(HEADER..HEADER + len))
+            .is_some_and(|payload| crc32fast::hash(payload) == header.payload_crc)
+    })
+}
+
+/// Whether some sector holding part of `bytes[from..span]` (the record at the start of
+/// `bytes`, at byte `at` of the file) reads as zeros over that part: a write that never
+/// reached the disk, since the file is zero-filled ahead of its content and a payload (JSON)
+/// holds no zero byte. With `from` 0, a sector holding only header bytes counts too.
+fn never_written(bytes: &[u8], at: usize, from: usize, span: usize) -> bool {
     let end = span.min(bytes.len());
-    // From the sector that holds the payload's first byte, each sector's part of the span.
-    let mut from = ((at + HEADER) / SECTOR * SECTOR).saturating_sub(at);
-    while from < end {
-        let to = ((at + from) / SECTOR + 1) * SECTOR - at;
-        let to = to.min(end);
-        if bytes[from..to].iter().all(|&b| b == 0) {
+    // From the sector that holds byte `from`, each sector's part of the span.
+    let mut start = ((at + from) / SECTOR * SECTOR).saturating_sub(at);
+    while start < end {
+        let stop = (((at + start) / SECTOR + 1) * SECTOR - at).min(end);
+        if bytes[start..stop].iter().all(|&b| b == 0) {
             return true;
         }
-        from = to;
+        start = stop;
     }
     false
 }
@@ -421,8 +486,8 @@ impl<M: Medium> Storage for DurableStorage<M> {
     /// One write, here, and one fsync, in the work returned, for every record since the
     /// last (group commit).
     fn start_sync(&mut self) -> Option<SyncJob> {
-        if let Some(mut bytes) = self.rewrite.take() {
-            bytes.append(&mut self.pending);
+        // Records written since a compaction went into its rewrite (`write`).
+        if let Some(bytes) = self.rewrite.take() {
             self.syncing = Some(self.memory.last_index());
             return Some(self.medium.replace_job(bytes));
         }

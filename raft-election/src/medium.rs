@@ -41,7 +41,10 @@ pub trait Medium {
 /// quarter of a millisecond per step) and the next sync makes them durable, the only sync in
 /// a step that pays for allocation. Measured on the benchmark machine: an fdatasync of a
 /// 4 KiB append took 229-297 us and 93-107 us of CPU, of a 4 KiB overwrite 121-138 us and
-/// 53-60 us (BENCHMARKS.md). etcd preallocates its log segments for the same reason.
+/// 53-60 us (BENCHMARKS.md). This holds where overwriting in place needs no new allocation
+/// (ext4, xfs); on a copy-on-write filesystem (btrfs, ZFS) the zeros only add writes. (etcd
+/// preallocates its log segments with `fallocate`, which leaves the blocks unwritten, so its
+/// first sync over each block still commits their conversion.)
 pub const ZERO_AHEAD: u64 = 1 << 20;
 
 /// A real file: the content, then zeros up to the next [`ZERO_AHEAD`] step or further.
@@ -53,8 +56,9 @@ pub struct FileMedium {
     /// Shared with the sync under way, which fsyncs through it.
     file: Arc<File>,
     path: std::path::PathBuf,
-    /// Where the content ends: the next append goes here.
-    end: u64,
+    /// Where the content ends: the next append goes here. Unknown until the content has
+    /// been read ([`Medium::read_all`]).
+    end: Option<u64>,
     /// The file's length: zeros from `end` up to here.
     len: u64,
     /// A replacement with content of this length is under way: once it is done, `file`
@@ -71,7 +75,7 @@ impl FileMedium {
         Ok(FileMedium {
             file: Arc::new(file),
             path: path.to_path_buf(),
-            end: len,
+            end: None,
             len,
             replacing: None,
         })
@@ -93,11 +97,19 @@ fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
 /// after `end`, written at `from`; returns the file's new length.
 fn zero_ahead(file: &File, from: u64, end: u64) -> std::io::Result<u64> {
     let to = (end + ZERO_AHEAD).next_multiple_of(ZERO_AHEAD);
-    if to > from {
-        let zeros = vec![0; (to - from) as usize];
-        file.write_all_at(&zeros, from)?;
-    }
+    write_zeros(file, from, to)?;
     Ok(to.max(from))
+}
+
+/// Writes zeros over the bytes from `from` to `to` (none if `to <= from`).
+fn write_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while from < to {
+        let n = (to - from).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], from)?;
+        from += n;
+    }
+    Ok(())
 }
 
 impl Medium for FileMedium {
@@ -111,36 +123,40 @@ impl Medium for FileMedium {
             .rposition(|&b| b != 0)
             .map_or(0, |last| last + 1);
         bytes.truncate(content);
-        self.end = content as u64;
+        self.end = Some(content as u64);
         Ok(bytes)
     }
 
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        debug_assert_ne!(
-            bytes.last(),
-            Some(&0),
-            "content never ends with a zero byte"
-        );
-        self.file.write_all_at(bytes, self.end)?;
-        self.end += bytes.len() as u64;
-        self.len = self.len.max(self.end);
-        if self.len - self.end < ZERO_AHEAD / 2 {
-            self.len = zero_ahead(&self.file, self.len, self.end)?;
+        let Some(end) = self.end else {
+            return Err(std::io::Error::other(
+                "the log's content must be read before appending to it",
+            ));
+        };
+        self.file.write_all_at(bytes, end)?;
+        let end = end + bytes.len() as u64;
+        self.end = Some(end);
+        self.len = self.len.max(end);
+        if self.len - end < ZERO_AHEAD / 2 {
+            self.len = zero_ahead(&self.file, self.len, end)?;
         }
         Ok(())
     }
 
-    /// An fsync through the shared handle, so it runs while the node goes on appending.
+    /// An fsync through the shared handle, off the node's task. The node appends nothing
+    /// while it runs: one write per sync, one sync at a time (`SyncGate`), which is what
+    /// makes only the last write of a file possibly unsynced.
     fn sync_job(&mut self) -> SyncJob {
         let file = self.file.clone();
         Box::new(move || file.sync_data())
     }
 
+    /// Zeros over everything after `len`, synced: the bytes cut read as the zeros ahead of
+    /// the content again, whatever the filesystem does with a file's last block.
     fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)?;
-        self.file.sync_all()?;
-        self.end = len;
-        self.len = len;
+        write_zeros(&self.file, len, self.len)?;
+        self.file.sync_data()?;
+        self.end = Some(len);
         Ok(())
     }
 
@@ -165,7 +181,7 @@ impl Medium for FileMedium {
             let file = open_rw(&self.path, false)?;
             self.len = file.metadata()?.len();
             self.file = Arc::new(file);
-            self.end = end;
+            self.end = Some(end);
         }
         Ok(())
     }

@@ -20,6 +20,19 @@ fn entry(index: u64, term: u64) -> Entry {
     }
 }
 
+/// An entry whose value is `len` bytes long.
+fn padded(index: u64, len: usize) -> Entry {
+    let command = Command::Put {
+        key: format!("k{index}"),
+        value: "v".repeat(len),
+    };
+    Entry {
+        index: LogIndex(index),
+        term: Term(1),
+        payload: Payload::Command(command),
+    }
+}
+
 /// The observable state of a storage: hard state and every entry.
 type State = (HardState, Vec<Entry>);
 
@@ -155,26 +168,28 @@ fn zeros_after_the_last_record_are_cut() {
     assert_eq!(recovered.into_medium().written(), disk.written());
 }
 
-/// A synced log, a small record `a`, then a record of several sectors (`b`) and a small one,
-/// written but never synced. Returns the disk, where `a` and `b` start, and the state before
+/// A synced log, then one write never synced: a small record (`a`), one of several sectors
+/// (`b`), and a small one. Returns the disk, where `a` and `b` start, and the state before
 /// and after `a`.
 fn unsynced_tail() -> (SimDisk, usize, usize, State, State) {
-    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
-    s.save_hard_state(HardState {
-        current_term: Term(3),
-        voted_for: Some(NodeId(2)),
-    });
-    s.append((1..=5).map(|i| entry(i, 3)).collect());
-    s.sync();
+    let synced_log = || {
+        let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+        s.save_hard_state(HardState {
+            current_term: Term(3),
+            voted_for: Some(NodeId(2)),
+        });
+        s.append((1..=5).map(|i| entry(i, 3)).collect());
+        s.sync();
+        s
+    };
+    let mut s = synced_log();
     let synced = state(&s);
-    let disk = s.into_medium();
-    let a = disk.written();
-    let mut s = DurableStorage::open(disk).unwrap();
     s.append(vec![entry(6, 3)]);
     let with_a = state(&s);
-    let disk = s.into_medium();
-    let b = disk.written();
-    let mut s = DurableStorage::open(disk).unwrap();
+    let b = s.into_medium().written();
+    let a = synced_log().into_medium().written();
+    let mut s = synced_log();
+    s.append(vec![entry(6, 3)]);
     s.append((7..=100).map(|i| entry(i, 3)).collect());
     s.append(vec![entry(101, 3)]);
     let disk = s.into_medium();
@@ -195,12 +210,124 @@ fn an_unwritten_sector_inside_a_record_is_a_torn_tail_even_with_intact_records_a
 
 #[test]
 fn an_unwritten_header_with_records_after_it_is_a_torn_tail() {
-    // `a`'s header at the end of a sector that reached the disk as it was before the write
-    // (zeros), its payload in the next sector, which did reach it. Only the header tells.
+    // `a`'s sector reached the disk as it was before the write: zeros from where `a` starts.
     let (disk, a, _, synced, _) = unsynced_tail();
-    let recovered = DurableStorage::open(disk.zeroed(a..a + 12)).unwrap();
+    let recovered = DurableStorage::open(disk.zeroed(a..(a + 1).next_multiple_of(512))).unwrap();
     assert_eq!(state(&recovered), synced);
     assert_eq!(recovered.into_medium().written(), a);
+}
+
+#[test]
+fn a_crash_losing_any_sectors_of_the_last_write_recovers_a_prefix_of_it_wherever_it_starts() {
+    // The last write (four records over several sectors) starts at every offset within a
+    // sector; each subset of the sectors it touches reads back as the zeros ahead of it.
+    for pad in 0..512 {
+        let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+        s.append(vec![entry(1, 1), padded(2, pad)]);
+        s.sync();
+        let mut states = vec![state(&s)];
+        let disk = s.into_medium();
+        let start = disk.written();
+        let mut s = DurableStorage::open(disk).unwrap();
+        s.append(vec![entry(3, 1)]);
+        states.push(state(&s));
+        s.append((4..=12).map(|i| padded(i, 40)).collect());
+        states.push(state(&s));
+        s.save_hard_state(HardState {
+            current_term: Term(2),
+            voted_for: Some(NodeId(3)),
+        });
+        states.push(state(&s));
+        s.append(vec![entry(13, 2)]);
+        states.push(state(&s));
+        let disk = s.into_medium();
+        let sectors: Vec<usize> = (start / 512..disk.written().div_ceil(512)).collect();
+        assert!(sectors.len() <= 4, "pad {pad}: {} sectors", sectors.len());
+        for lost in 0..1u32 << sectors.len() {
+            let mut crashed = disk.clone();
+            for (i, sector) in sectors.iter().enumerate() {
+                if lost & (1 << i) != 0 {
+                    let from = (sector * 512).max(start);
+                    crashed = crashed.zeroed(from..((sector + 1) * 512).min(disk.written()));
+                }
+            }
+            let recovered = DurableStorage::open(crashed).unwrap_or_else(|e| {
+                panic!("pad {pad}, sectors lost {lost:b}: refused to start: {e}")
+            });
+            assert!(
+                states.contains(&state(&recovered)),
+                "pad {pad}, sectors lost {lost:b}: not a prefix of the writes"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_zero_sector_in_a_synced_write_with_a_later_write_after_it_is_refused() {
+    // Only the last write can be unsynced: a hole before a later write is damage to synced
+    // data (a lost or misdirected write), not a crash, and cutting it would lose the vote.
+    let mut s = DurableStorage::open(SimDisk::new()).unwrap();
+    s.append((1..=20).map(|i| padded(i, 40)).collect());
+    s.sync();
+    s.save_hard_state(HardState {
+        current_term: Term(2),
+        voted_for: Some(NodeId(3)),
+    });
+    s.sync();
+    let disk = s.into_medium();
+    let error = DurableStorage::open(disk.zeroed(512..1024)).unwrap_err();
+    assert!(
+        matches!(error, OpenError::Corrupt { offset: 0, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_torn_record_in_a_log_file_is_cut_and_the_log_goes_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(raft_election::durable::LOG_FILE);
+    let content = || {
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
+        bytes
+    };
+    let mut s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    s.append(vec![entry(1, 1)]);
+    s.sync();
+    let first = content().len();
+    s.append(vec![padded(2, 300)]);
+    s.sync();
+    drop(s);
+    // The second write's last part never reached the disk.
+    let torn = (first + content().len()) / 2;
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; content().len() - torn], torn as u64)
+        .unwrap();
+    let mut s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    assert_eq!(s.last_index(), LogIndex(1));
+    assert_eq!(
+        content().len(),
+        first,
+        "the torn record is gone from the file"
+    );
+    s.append(vec![entry(2, 1)]);
+    s.sync();
+    drop(s);
+    let s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    assert_eq!(
+        s.entries(LogIndex(1), s.last_index(), usize::MAX),
+        vec![entry(1, 1), entry(2, 1)]
+    );
+}
+
+#[test]
+fn a_log_file_takes_no_append_before_its_content_is_read() {
+    use raft_election::medium::{FileMedium, Medium};
+    let dir = tempfile::tempdir().unwrap();
+    let mut medium = FileMedium::open(&dir.path().join("log")).unwrap();
+    assert!(medium.append(b"{}").is_err());
+    assert_eq!(medium.read_all().unwrap(), b"");
+    medium.append(b"{}").unwrap();
 }
 
 #[test]
