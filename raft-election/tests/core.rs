@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::members;
+use common::{accepted, members};
 use kv_server::protocol::{NodeId, Role};
 use raft_election::message::{Message, RequestVote, RequestVoteResponse, TimeoutNow};
 use raft_election::node::{Config, RaftNode};
@@ -190,12 +190,7 @@ fn a_candidate_that_hears_from_a_leader_of_its_term_follows_it() {
     let sent = answer(&mut n, 2, Message::AppendEntries(heartbeat));
     assert_eq!(n.role(), Role::Follower);
     assert_eq!(n.leader(), Some(NodeId(2)));
-    let ok = AppendEntriesResponse {
-        term: Term(1),
-        in_reply_to: Term(1),
-        result: Ok(LogIndex(0)),
-    };
-    assert_eq!(sent, vec![(NodeId(2), Message::AppendEntriesResponse(ok))]);
+    assert_eq!(sent, vec![(NodeId(2), accepted(1, 0))]);
 }
 
 #[test]

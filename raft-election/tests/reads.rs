@@ -7,7 +7,6 @@ use common::*;
 use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply};
 use raft_election::message::{Message, ReadAck, ReadProbe, RequestVoteResponse};
 use raft_election::node::{Config, RaftNode};
-use raft_log::message::AppendEntriesResponse;
 use raft_log::storage::{HardState, MemStorage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
 use replication_naive::node::{Node, Outbox, RequestTag};
@@ -96,11 +95,7 @@ fn reads_wait_for_the_leader_s_first_commit_then_share_one_round_per_batch() {
         let out = read(&mut leader, tag);
         assert!(probes(&out).is_empty() && out.replies.is_empty());
     }
-    let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
-        term: Term(2),
-        in_reply_to: Term(2),
-        result: Ok(LogIndex(2)),
-    });
+    let committed = accepted(2, 2);
     let out = step(&mut leader, 2, committed);
     assert_eq!(leader.commit_index(), LogIndex(2));
     assert_eq!(
@@ -136,11 +131,7 @@ fn reads_wait_for_the_leader_s_first_commit_then_share_one_round_per_batch() {
 #[test]
 fn an_answer_to_an_earlier_term_s_probe_confirms_nothing() {
     let mut leader = fresh_leader();
-    let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
-        term: Term(2),
-        in_reply_to: Term(2),
-        result: Ok(LogIndex(2)),
-    });
+    let committed = accepted(2, 2);
     step(&mut leader, 2, committed);
     assert_eq!(probes(&read(&mut leader, 1)), probe_round(2, 1));
     // Node 3, now in term 2, answers a probe of round 1 that this node sent as leader of
@@ -156,11 +147,7 @@ fn an_answer_to_an_earlier_term_s_probe_confirms_nothing() {
 #[test]
 fn an_acknowledgement_from_a_later_term_deposes_the_leader_and_fails_its_reads() {
     let mut leader = fresh_leader();
-    let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
-        term: Term(2),
-        in_reply_to: Term(2),
-        result: Ok(LogIndex(2)),
-    });
+    let committed = accepted(2, 2);
     step(&mut leader, 2, committed);
     assert_eq!(probes(&read(&mut leader, 1)), probe_round(2, 1));
     // Node 3 has moved on to term 3: someone else may lead and have committed writes.

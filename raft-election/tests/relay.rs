@@ -11,7 +11,7 @@ use raft_election::message::{
     BatchId, Message, Propose, Proposed, ReadAck, ReadIndex, ReadIndexed, RequestVoteResponse,
 };
 use raft_election::node::{Config, RaftNode};
-use raft_log::message::{AppendEntries, AppendEntriesResponse};
+use raft_log::message::AppendEntries;
 use raft_log::storage::{MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
 use replication_naive::node::{Node, Outbox, RequestTag};
@@ -368,11 +368,7 @@ fn a_follower_serves_a_batch_of_reads_once_it_has_applied_the_read_index() {
 #[test]
 fn the_leader_confirms_a_follower_s_read_index_with_its_next_round() {
     let mut leader = leader();
-    let committed = Message::AppendEntriesResponse(AppendEntriesResponse {
-        term: Term(1),
-        in_reply_to: Term(1),
-        result: Ok(LogIndex(1)),
-    });
+    let committed = accepted(1, 1);
     step(&mut leader, 2, committed);
     assert_eq!(leader.commit_index(), LogIndex(1));
     let batch = BatchId { run: 4, number: 1 };
@@ -423,13 +419,7 @@ fn without_relaying_a_follower_still_answers_not_leader() {
 fn the_leader_tells_every_follower_a_new_commit_index_at_once() {
     let mut leader = leader();
     flush(&mut leader);
-    let acked = |index| {
-        Message::AppendEntriesResponse(AppendEntriesResponse {
-            term: Term(1),
-            in_reply_to: Term(1),
-            result: Ok(LogIndex(index)),
-        })
-    };
+    let acked = |index| accepted(1, index);
     // Node 3 matches up to 0 (the no-op goes to it again); node 2 has it: committed.
     step(&mut leader, 3, acked(0));
     step(&mut leader, 2, acked(1));

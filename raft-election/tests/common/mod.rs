@@ -3,8 +3,11 @@
 
 use raft_election::durable::DurableStorage;
 use raft_election::medium::SimDisk;
+use raft_election::message::Message;
 use raft_election::node::{Config, RaftNode};
+use raft_log::message::AppendEntriesResponse;
 use raft_log::storage::MemStorage;
+use raft_log::types::{LogIndex, Term};
 use replication_naive::sim::Sim;
 
 pub type Cluster = Sim<RaftNode<MemStorage>>;
@@ -60,4 +63,13 @@ pub fn durable_cluster(seed: u64, n: u64, tweak: impl Fn(&mut Config) + 'static)
             )
         },
     )
+}
+
+/// A follower's answer to the leader of `term`: its log matches up to `index`.
+pub fn accepted(term: u64, index: u64) -> Message {
+    Message::AppendEntriesResponse(AppendEntriesResponse {
+        term: Term(term),
+        in_reply_to: Term(term),
+        result: Ok(LogIndex(index)),
+    })
 }
