@@ -58,8 +58,8 @@ pub trait Storage {
     /// Saves the hard state.
     fn save_hard_state(&mut self, state: HardState);
 
-    /// Starts making every change so far durable, without waiting: returns the work (a
-    /// write and an fsync) for the caller to run, on any thread, and hand its result to
+    /// Starts making every change so far durable, without waiting: returns the work (an
+    /// fsync, and any write not done here) for the caller to run, on any thread, and hand its result to
     /// [`Storage::finish_sync`]; `None` when nothing is waiting to be made durable. Until
     /// then a change may be lost in a crash, and nothing that depends on it (a vote
     /// granted, an entry acknowledged) may leave the node. Calling it once for many changes
