@@ -8,9 +8,12 @@
 //! It fills a map the way the shared benchmark's `loadgen --seq-keys` does (keys
 //! `k0000000000`, `k0000000001`, ... in order, every value the same length), and reports what
 //! the map holds per key: the bytes asked of the allocator, the bytes glibc's malloc really
-//! sets aside for them (`malloc_usable_size`, plus its 8-byte chunk header; so Linux with
-//! glibc, like the benchmark machine), and the process's resident memory. Live allocations are also listed by size, which is how the
-//! map's parts (strings, B-tree leaves, B-tree branches) are told apart.
+//! sets aside for them (`malloc_usable_size`, plus its 8-byte chunk header), and the
+//! process's resident memory. Live allocations are also listed by size, which is how the
+//! map's parts (strings, B-tree leaves, B-tree branches) are told apart. The "malloc holds"
+//! figures need Linux with glibc, like the benchmark machine; elsewhere (macOS, musl) they
+//! fall back to the bytes requested, and the resident memory reads 0 where there is no
+//! `/proc`.
 //!
 //! Then it does what a snapshot does to the map: clone it (O(1)), overwrite 10% of the keys
 //! at random while the clone is alive, and drop the clone, reporting the extra memory the
@@ -26,6 +29,7 @@ use kv_server::store::KvMap;
 
 /// glibc's malloc puts an 8-byte header (the chunk size) before every allocation it hands
 /// out; `malloc_usable_size` does not count it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const CHUNK_HEADER: usize = 8;
 
 /// The system allocator, counting what is live.
@@ -43,9 +47,17 @@ thread_local! {
     static IN_TRACKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn held_by(ptr: *mut u8) -> usize {
+/// The bytes malloc sets aside for the allocation at `ptr`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn held_by(ptr: *mut u8, _layout: Layout) -> usize {
     // SAFETY: `ptr` was returned by the system allocator (glibc malloc) and not yet freed.
     unsafe { libc::malloc_usable_size(ptr.cast()) + CHUNK_HEADER }
+}
+
+/// Without glibc's `malloc_usable_size`: the bytes requested.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn held_by(_ptr: *mut u8, layout: Layout) -> usize {
+    layout.size()
 }
 
 fn track(held: usize, delta: isize) {
@@ -64,7 +76,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract is `System::alloc`'s.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
-            let held = held_by(ptr);
+            let held = held_by(ptr, layout);
             REQUESTED.fetch_add(layout.size() as isize, Relaxed);
             HELD.fetch_add(held as isize, Relaxed);
             COUNT.fetch_add(1, Relaxed);
@@ -74,7 +86,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let held = held_by(ptr);
+        let held = held_by(ptr, layout);
         REQUESTED.fetch_sub(layout.size() as isize, Relaxed);
         HELD.fetch_sub(held as isize, Relaxed);
         COUNT.fetch_sub(1, Relaxed);
