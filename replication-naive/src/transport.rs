@@ -12,8 +12,15 @@
 //! queue is full, or the peer is unreachable for long, messages are dropped. That is the
 //! contract every node here is written against: the network may lose messages, and the
 //! protocol (Raft from stage 3 on) retransmits what matters.
+//!
+//! Links to the configured peers reconnect until the configuration drops the peer. A node
+//! can also answer a node it knows only from that node's hello (one joining, or one removed
+//! that does not know it yet): such a *learned* link connects once, and ends when its
+//! connection fails or it has had nothing to send for [`TransportConfig::learned_idle`]; the
+//! next message for that node opens a new one. So a removed node that has gone leaves
+//! nothing behind that retries it for ever.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,6 +81,8 @@ pub struct TransportConfig {
     pub max_frame_bytes: usize,
     /// Longest wait for a connection (and its hello) to a peer before trying again.
     pub connect_timeout: Duration,
+    /// How long a link to a node known only from its hello stays open with nothing to send.
+    pub learned_idle: Duration,
 }
 
 impl Default for TransportConfig {
@@ -84,6 +93,7 @@ impl Default for TransportConfig {
             max_backoff: Duration::from_secs(1),
             max_frame_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(1),
+            learned_idle: Duration::from_secs(30),
         }
     }
 }
@@ -96,8 +106,6 @@ pub struct Transport<M> {
     config: TransportConfig,
     stop: CancellationToken,
     links: HashMap<NodeId, LinkHandle<M>>,
-    /// The peers of the last [`Transport::set_peers`].
-    configured: BTreeSet<NodeId>,
     learned: AddressBook,
     tasks: TaskTracker,
 }
@@ -109,6 +117,17 @@ struct LinkHandle<M> {
     queue: mpsc::Sender<M>,
     /// Ends the link's task.
     stop: CancellationToken,
+    lifetime: Lifetime,
+}
+
+/// How long a link lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// To a configured peer: reconnects until stopped.
+    Configured,
+    /// To a node known only from its hello: connects once, and ends when the connection
+    /// fails or has been idle for [`TransportConfig::learned_idle`].
+    Learned,
 }
 
 impl<M: Serialize + Send + 'static> Transport<M> {
@@ -128,7 +147,6 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             config,
             stop,
             links: HashMap::new(),
-            configured: BTreeSet::new(),
             learned: AddressBook::default(),
             tasks: TaskTracker::new(),
         };
@@ -142,30 +160,33 @@ impl<M: Serialize + Send + 'static> Transport<M> {
     }
 
     /// Makes `peers` the set of peers: links start to new ones (and restart to ones whose
-    /// address changed); links to peers of the previous set that are not in this one stop.
+    /// address changed, or that were learned); every other link stops.
     pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
         let peers: BTreeMap<NodeId, String> = peers
             .iter()
             .filter(|&(&id, _)| id != self.me)
             .map(|(&id, addr)| (id, addr.clone()))
             .collect();
-        for gone in self.configured.clone() {
-            if !peers.contains_key(&gone) {
-                if let Some(link) = self.links.remove(&gone) {
-                    link.stop.cancel();
-                }
+        self.links.retain(|id, link| {
+            let keep = peers.contains_key(id);
+            if !keep {
+                link.stop.cancel();
             }
-        }
+            keep
+        });
         for (id, addr) in &peers {
-            if self.links.get(id).is_none_or(|link| &link.addr != addr) {
-                self.open(*id, addr.clone());
+            let current = self
+                .links
+                .get(id)
+                .is_some_and(|link| &link.addr == addr && link.lifetime == Lifetime::Configured);
+            if !current {
+                self.open(*id, addr.clone(), Lifetime::Configured);
             }
         }
-        self.configured = peers.into_keys().collect();
     }
 
     /// Starts the link to `to` at `addr`, replacing any other.
-    fn open(&mut self, to: NodeId, addr: String) {
+    fn open(&mut self, to: NodeId, addr: String, lifetime: Lifetime) {
         let (queue, rx) = mpsc::channel(self.config.queue);
         let stop = self.stop.child_token();
         let link = Link {
@@ -174,9 +195,15 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             to,
             addr: addr.clone(),
             config: self.config,
+            lifetime,
         };
         self.tasks.spawn(link.run(rx, stop.clone()));
-        let handle = LinkHandle { addr, queue, stop };
+        let handle = LinkHandle {
+            addr,
+            queue,
+            stop,
+            lifetime,
+        };
         if let Some(old) = self.links.insert(to, handle) {
             old.stop.cancel();
         }
@@ -191,6 +218,13 @@ impl<M: Serialize + Send + 'static> Transport<M> {
     /// Queues `message` for `to`; drops it (best effort) when the queue is full or `to`'s
     /// address is unknown (neither a configured peer nor one that has connected to us).
     pub fn send(&mut self, to: NodeId, message: M) {
+        let ended = self
+            .links
+            .get(&to)
+            .is_some_and(|link| link.queue.is_closed());
+        if ended {
+            self.links.remove(&to);
+        }
         if !self.links.contains_key(&to) {
             let learned = self
                 .learned
@@ -199,7 +233,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
                 .get(&to)
                 .cloned();
             match learned {
-                Some(addr) => self.open(to, addr),
+                Some(addr) => self.open(to, addr, Lifetime::Learned),
                 None => {
                     debug!(%to, "message for an unknown peer dropped");
                     return;
@@ -210,6 +244,14 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             if link.queue.try_send(message).is_err() {
                 debug!(%to, "peer queue full; message dropped");
             }
+        }
+    }
+
+    /// Completes once no link to `to` is running: at once if there is none, else when its
+    /// task ends (a learned link that failed or went idle, or any link that was stopped).
+    pub async fn link_ended(&self, to: NodeId) {
+        if let Some(link) = self.links.get(&to) {
+            link.queue.closed().await;
         }
     }
 }
@@ -228,6 +270,7 @@ struct Link {
     to: NodeId,
     addr: String,
     config: TransportConfig,
+    lifetime: Lifetime,
 }
 
 impl Link {
@@ -253,6 +296,10 @@ impl Link {
                 }
                 Err(error) => error,
             };
+            if self.lifetime == Lifetime::Learned {
+                debug!(peer = %self.to, addr = %self.addr, %error, "learned peer link ended");
+                return;
+            }
             if was_up != Some(false) {
                 info!(peer = %self.to, addr = %self.addr, %error, "peer link down; retrying");
             }
@@ -291,7 +338,8 @@ impl Link {
             .map_err(|_| timed_out())?
     }
 
-    /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`).
+    /// Writes queued messages until the queue closes, the link is stopped or (a learned
+    /// link) idle (`Ok`), or the connection fails (`Err`).
     ///
     /// Every wait is a branch of one `select!`, so neither `stop` nor a dead peer can be
     /// stuck behind a write. Messages are encoded into the write buffer (up to a high-water
@@ -307,10 +355,17 @@ impl Link {
     ) -> std::io::Result<()> {
         let mut encoder = self.codec();
         let mut probe = [0u8; 1];
+        let learned = self.lifetime == Lifetime::Learned;
+        let idle = tokio::time::sleep(self.config.learned_idle);
+        tokio::pin!(idle);
         loop {
             let room = link.frames.write_buffer().len() < WRITE_HIGH_WATER;
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                _ = &mut idle, if learned => {
+                    debug!(peer = %self.to, "learned peer link idle; closing it");
+                    return Ok(());
+                }
                 closed = link.reader.read(&mut probe) => {
                     closed?;
                     return Err(std::io::ErrorKind::ConnectionAborted.into());
@@ -319,6 +374,9 @@ impl Link {
                     Some(message) => {
                         let frame = Bytes::from(serde_json::to_vec(&message)?);
                         encoder.encode(frame, link.frames.write_buffer_mut())?;
+                        if learned {
+                            idle.as_mut().reset(tokio::time::Instant::now() + self.config.learned_idle);
+                        }
                     }
                     None => return Ok(()),
                 },

@@ -166,44 +166,150 @@ async fn a_peer_that_never_reads_cannot_hold_up_stopping() {
         .expect("a link was stuck writing");
 }
 
-#[tokio::test]
-async fn a_peer_known_only_from_its_hello_can_be_answered() {
-    // Node 1 knows no peers (it is joining); node 7 connects to it and says where it
-    // listens. Node 1's transport can then send to node 7.
+/// Awaits `future`, failing the test if it takes longer than 10 s: a guard against a bug
+/// that would hang, never a wait for an event.
+async fn guard<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+}
+
+/// Node 1, which knows no peers (it is joining, say), after node 7 has connected to it and
+/// said in its hello where it listens.
+struct Introduced {
+    sender: Transport<u64>,
+    node7: TcpListener,
+    node7_addr: String,
+    stop: CancellationToken,
+    _hello: FramedWrite<TcpStream, LengthDelimitedCodec>,
+}
+
+async fn introduced(config: TransportConfig) -> Introduced {
     let node1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node1_addr = node1.local_addr().unwrap();
     let node7 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node7_addr = node7.local_addr().unwrap();
+    let node7_addr = node7.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
     let mut sender: Transport<u64> = Transport::start(
         NodeId(1),
         node1_addr.to_string(),
         &BTreeMap::new(),
-        fast(),
+        config,
         stop.clone(),
     );
     sender.send(NodeId(7), 1); // unknown yet: dropped
     let book = sender.address_book();
     let (tx, mut from7) = mpsc::channel::<(NodeId, u64)>(8);
-    let inbound = tokio::spawn({
+    tokio::spawn({
         let stop = stop.clone();
         async move {
             let (stream, _) = node1.accept().await.unwrap();
-            transport::receive(stream, tx, &book, fast(), stop).await
+            transport::receive(stream, tx, &book, config, stop).await
         }
     });
-    let mut frames = hello_from(
+    let mut hello = hello_from(
         node1_addr,
         transport::PROTOCOL_VERSION,
         NodeId(7),
-        node7_addr.to_string(),
+        node7_addr.clone(),
     )
     .await;
-    frames.send(Bytes::from_static(b"42")).await.unwrap();
+    hello.send(Bytes::from_static(b"42")).await.unwrap();
+    // The hello is in the address book before its connection's first message is handed on.
     assert_eq!(from7.recv().await, Some((NodeId(7), 42)));
-    sender.send(NodeId(7), 2);
-    let mut inbox = receiver(node7, stop.clone());
+    Introduced {
+        sender,
+        node7,
+        node7_addr,
+        stop,
+        _hello: hello,
+    }
+}
+
+/// Accepts one peer connection on `listener` and hands its messages to the returned inbox,
+/// which closes when the connection does; cancelling the returned token closes it from
+/// this end.
+async fn accept_one(listener: &TcpListener) -> (mpsc::Receiver<(NodeId, u64)>, CancellationToken) {
+    let (stream, _) = guard("a connection", listener.accept()).await.unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let close = CancellationToken::new();
+    tokio::spawn({
+        let close = close.clone();
+        async move {
+            let book = AddressBook::default();
+            transport::receive(stream, tx, &book, fast(), close).await
+        }
+    });
+    (rx, close)
+}
+
+#[tokio::test]
+async fn a_peer_known_only_from_its_hello_can_be_answered() {
+    let mut node1 = introduced(fast()).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
     assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
-    stop.cancel();
-    let _ = inbound.await;
+    node1.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_learned_link_ends_with_its_connection_and_the_next_message_opens_another() {
+    // Were it to reconnect like a configured link, a removed node that has gone would be
+    // retried for ever.
+    let mut node1 = introduced(fast()).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    close.cancel();
+    guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
+    node1.sender.send(NodeId(7), 3);
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 3)));
+    node1.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_learned_link_with_nothing_to_send_closes_its_connection() {
+    let config = TransportConfig {
+        learned_idle: Duration::from_millis(50),
+        ..fast()
+    };
+    let mut node1 = introduced(config).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
+    assert_eq!(guard("the connection's end", inbox.recv()).await, None);
+    node1.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_new_configuration_stops_learned_links_outside_it() {
+    let mut node1 = introduced(fast()).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    node1
+        .sender
+        .set_peers(&BTreeMap::from([(NodeId(1), "unused:1".to_owned())]));
+    guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
+    node1.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_learned_peer_that_is_configured_gets_a_link_that_reconnects() {
+    let mut node1 = introduced(fast()).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    // Same address, now configured: the learned link gives way to a configured one.
+    let peers = BTreeMap::from([(NodeId(7), node1.node7_addr.clone())]);
+    node1.sender.set_peers(&peers);
+    let (_inbox, close) = accept_one(&node1.node7).await;
+    close.cancel();
+    // It connects again by itself, with nothing to send.
+    let (mut inbox, _close) = accept_one(&node1.node7).await;
+    node1.sender.send(NodeId(7), 3);
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 3)));
+    node1.stop.cancel();
 }
