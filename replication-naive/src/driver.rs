@@ -45,6 +45,11 @@ pub struct DriverConfig {
     pub transport: TransportConfig,
     /// Client requests waiting for the node task; past this, clients get `unavailable`.
     pub call_queue: usize,
+    /// Longest wait for the node's answer to a client. Past it, a read or `status` is
+    /// answered `unavailable` and a change `timeout` (it may yet take effect): whatever holds
+    /// the node up (no quorum, a partition after a read was confirmed, a deposed leader
+    /// waiting to learn its entry's fate), a client hears back.
+    pub request_timeout: Duration,
     /// On a follower that knows its leader, a request only a leader serves is sent to the
     /// leader and its answer relayed ([`crate::forward`]); off, or with no leader known,
     /// the node answers `not_leader` and the client retries where it names.
@@ -58,6 +63,7 @@ impl Default for DriverConfig {
             serve: ServeConfig::default(),
             transport: TransportConfig::default(),
             call_queue: 8192,
+            request_timeout: Duration::from_secs(5),
             forward_to_leader: false,
         }
     }
@@ -159,6 +165,7 @@ where
         node: calls_tx,
         forwarder: config.forward_to_leader.then(Arc::default),
         leader,
+        request_timeout: config.request_timeout,
     });
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
         route(
@@ -224,6 +231,8 @@ struct Calls {
     /// The leader's address while the node follows it ([`Node::leader_elsewhere`]), as the
     /// node task last published it (only when forwarding).
     leader: watch::Receiver<Option<String>>,
+    /// [`DriverConfig::request_timeout`].
+    request_timeout: Duration,
 }
 
 impl Handler for Calls {
@@ -249,9 +258,11 @@ impl Handler for Calls {
 }
 
 impl Calls {
-    /// Hands `op` to the node task; the future is its answer.
+    /// Hands `op` to the node task; the future is its answer, or a failure once the node
+    /// has stopped or not answered within the request timeout.
     fn ask_node(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        let is_write = matches!(op, Op::Write { .. });
+        let changes = !matches!(op, Op::Get { .. } | Op::Status);
+        let patience = self.request_timeout;
         let (tx, rx) = oneshot::channel();
         // Sent now, not in the future, so requests reach the node in the order they were read.
         let queued = self.node.try_send((Input::Client(op), tx));
@@ -265,14 +276,17 @@ impl Calls {
                 }
                 Ok(()) => {}
             }
-            rx.await.unwrap_or_else(|_| {
-                // The node stopped with the request pending: a write may or may not have
-                // been replicated, so its outcome is unknown.
-                Err(if is_write {
-                    Failure::timeout("the node stopped before answering; the write may or may not have taken effect")
-                } else {
-                    Failure::unavailable("the node stopped before answering")
-                })
+            // A change the node has not answered may still be replicated and applied, so
+            // its outcome is unknown; a read changed nothing.
+            let why = match tokio::time::timeout(patience, rx).await {
+                Ok(Ok(outcome)) => return outcome,
+                Ok(Err(_)) => "the node stopped before answering".to_owned(),
+                Err(_) => format!("no answer within {} ms", patience.as_millis()),
+            };
+            Err(if changes {
+                Failure::timeout(format!("{why}; the change may or may not take effect"))
+            } else {
+                Failure::unavailable(format!("{why}; nothing changed"))
             })
         }
     }

@@ -1,5 +1,6 @@
-//! The driver's syncs on real sockets: a node's answer that waits for its sync comes once the
-//! sync has finished, and a failed sync stops the node loudly instead of answering.
+//! The driver on real sockets: a node's answer that waits for its sync comes once the sync
+//! has finished, a failed sync stops the node loudly instead of answering, and a client
+//! whose request the node never answers hears back when the request timeout runs out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,30 +61,51 @@ impl Node for Disk {
     }
 }
 
-/// Runs a [`Disk`] node, sends it one request, and returns its answer line (if any) and
-/// how the driver ended.
-async fn one_request(broken: bool) -> (String, Result<(), driver::NodeFailed>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let node = Disk {
+/// A node that never answers.
+struct Silent;
+
+impl Node for Silent {
+    type Message = u8;
+
+    fn id(&self) -> NodeId {
+        NodeId(1)
+    }
+
+    fn tick(&mut self, _out: &mut Outbox<u8>) {}
+
+    fn step(&mut self, _from: NodeId, _message: u8, _out: &mut Outbox<u8>) {}
+
+    fn request(&mut self, _tag: RequestTag, _op: Op, _out: &mut Outbox<u8>) {}
+}
+
+/// A [`Disk`] node whose syncs fail when `broken`.
+fn disk(broken: bool) -> Disk {
+    Disk {
         broken,
         unsynced: Vec::new(),
         syncing: Vec::new(),
-    };
+    }
+}
+
+const PUT: &str = r#"{"id":1,"op":"put","key":"k","value":"v"}"#;
+
+/// Runs `node`, sends it the request `line`, and returns its answer line (if any) and how
+/// the driver ended.
+async fn one_request<N: Node + Send + 'static>(
+    node: N,
+    config: DriverConfig,
+    line: &str,
+) -> (String, Result<(), driver::NodeFailed>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
     let peers = BTreeMap::from([(NodeId(1), addr.clone())]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(driver::run(
-        node,
-        listener,
-        peers,
-        DriverConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let run = tokio::spawn(driver::run(node, listener, peers, config, async {
+        let _ = stopped.await;
+    }));
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream
-        .write_all(b"{\"id\":1,\"op\":\"put\",\"key\":\"k\",\"value\":\"v\"}\n")
+        .write_all(format!("{line}\n").as_bytes())
         .await
         .unwrap();
     let mut answer = String::new();
@@ -102,15 +124,39 @@ async fn one_request(broken: bool) -> (String, Result<(), driver::NodeFailed>) {
 
 #[tokio::test]
 async fn an_answer_that_waits_for_a_sync_comes_once_it_has_finished() {
-    let (answer, ended) = one_request(false).await;
+    let (answer, ended) = one_request(disk(false), DriverConfig::default(), PUT).await;
     assert!(answer.contains("\"ok\":true"), "{answer}");
     assert!(ended.is_ok());
 }
 
 #[tokio::test]
 async fn a_failed_sync_stops_the_node_and_answers_nothing_as_done() {
-    let (answer, ended) = one_request(true).await;
+    let (answer, ended) = one_request(disk(true), DriverConfig::default(), PUT).await;
     assert!(!answer.contains("\"ok\":true"), "{answer}");
     let failure = ended.expect_err("the node stops").to_string();
     assert!(failure.contains("no space left"), "{failure}");
+}
+
+/// A driver that gives up on the node's answer after 50 ms.
+fn impatient() -> DriverConfig {
+    DriverConfig {
+        request_timeout: Duration::from_millis(50),
+        ..DriverConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_change_the_node_never_answers_times_out_as_of_unknown_outcome() {
+    let (answer, ended) = one_request(Silent, impatient(), PUT).await;
+    assert!(answer.contains(r#""error":"timeout""#), "{answer}");
+    assert!(answer.contains("no answer within 50 ms"), "{answer}");
+    assert!(ended.is_ok());
+}
+
+#[tokio::test]
+async fn a_read_the_node_never_answers_is_unavailable_nothing_changed() {
+    let get = r#"{"id":1,"op":"get","key":"k"}"#;
+    let (answer, ended) = one_request(Silent, impatient(), get).await;
+    assert!(answer.contains(r#""error":"unavailable""#), "{answer}");
+    assert!(ended.is_ok());
 }
