@@ -1150,10 +1150,15 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
     }
 
-    /// A follower or candidate: campaigns once its election timer runs out.
+    /// A follower or candidate: campaigns once its election timer runs out, or at once when
+    /// it is the only voter. The timeout gives a leader's heartbeats time to arrive; with no
+    /// other voter there is no other leader to wait for, so a one-node cluster (a node
+    /// started with `--bootstrap`, say) leads from its first tick.
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.election_timeout {
+        let membership = self.membership();
+        let alone = membership.is_voter(self.config.id) && membership.voter_ids().count() == 1;
+        if alone || self.election_elapsed >= self.election_timeout {
             if self.membership().is_voter(self.config.id) {
                 let campaign = if self.config.pre_vote {
                     Campaign::PreVote

@@ -269,3 +269,19 @@ fn a_timeout_now_of_an_earlier_term_is_ignored() {
     assert_eq!(answer(&mut n, 1, stale), vec![]);
     assert_eq!((n.term(), n.role()), (Term(2), Role::Follower));
 }
+
+#[test]
+fn the_only_voter_leads_from_its_first_tick() {
+    for pre_vote in [true, false] {
+        let mut config = Config::new(NodeId(1), members(1), 1);
+        config.pre_vote = pre_vote;
+        let mut n = RaftNode::new(config, MemStorage::default());
+        n.tick(&mut Outbox::default());
+        assert!(n.is_leader(), "pre-vote {pre_vote}");
+        assert_eq!(n.term(), Term(1));
+    }
+    // One of three waits for its election timeout (at least `election_ticks`).
+    let mut n = node(1, &[], 0, true);
+    n.tick(&mut Outbox::default());
+    assert_eq!(n.role(), Role::Follower);
+}
