@@ -205,16 +205,34 @@ impl ClusterClient {
     /// Asks the members for the leader's address and remembers it. `None` when no member
     /// knows one right now.
     pub async fn find_leader(&mut self) -> Option<String> {
+        self.ask_for_leader().await.map(|(addr, _)| addr)
+    }
+
+    /// The leader's status: asked of the leader the members name (one request when the
+    /// first member that answers is the leader), or of the first member when none knows a
+    /// leader.
+    pub async fn leader_status(&mut self) -> Result<Status, Error> {
+        let at = match self.ask_for_leader().await {
+            Some((_, Some(status))) => return Ok(status),
+            Some((leader, None)) => leader,
+            None => self.members.first().cloned().unwrap_or_default(),
+        };
+        self.status_of(&at).await
+    }
+
+    /// The leader's address, as [`ClusterClient::find_leader`], with its status when it was
+    /// the leader that answered.
+    async fn ask_for_leader(&mut self) -> Option<(String, Option<Status>)> {
         for addr in self.members.clone() {
             let Ok(status) = self.status_of(&addr).await else {
                 continue;
             };
             let found = match status.role {
-                Role::Leader | Role::Standalone => Some(addr),
-                _ => status.leader_addr,
+                Role::Leader | Role::Standalone => Some((addr, Some(status))),
+                _ => status.leader_addr.map(|leader| (leader, None)),
             };
-            if found.is_some() {
-                self.leader.clone_from(&found);
+            if let Some((leader, _)) = &found {
+                self.leader = Some(leader.clone());
                 return found;
             }
         }
@@ -258,6 +276,8 @@ impl ClusterClient {
         let mut backoff = self.policy.initial_backoff;
         let mut outcome_unknown = false;
         let mut redirects = 0;
+        // The last error of an attempt the deadline did not cut short.
+        let mut earlier: Option<Error> = None;
         if self.leader.is_none() {
             self.find_leader().await;
         }
@@ -269,6 +289,7 @@ impl ClusterClient {
             };
             debug!(%addr, %error, "attempt failed");
             outcome_unknown |= error.outcome_unknown();
+            let cut_short = matches!(error, Error::RequestTimeout(budget) if budget < self.policy.request_timeout);
             let retry_at_once = match &error {
                 Error::Server(failure) => match failure.code {
                     ErrorCode::BadRequest | ErrorCode::TooLarge => return Err(error),
@@ -307,11 +328,19 @@ impl ClusterClient {
                 backoff = (backoff * 2).min(self.policy.max_backoff);
             }
             if Instant::now() >= deadline {
+                // An attempt cut short by the deadline says less than the answer before it.
+                let error = match earlier {
+                    Some(earlier) if cut_short => earlier,
+                    _ => error,
+                };
                 return Err(if outcome_unknown && matches!(op, Op::Write { .. }) {
                     self.unknown_outcome(&error.to_string())
                 } else {
                     error
                 });
+            }
+            if !cut_short {
+                earlier = Some(error);
             }
         }
     }

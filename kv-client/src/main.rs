@@ -245,17 +245,8 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             Ok(format!("node {id} is the leader\n").into())
         }
         Cmd::Members => {
-            let at = match client.find_leader().await {
-                Some(leader) => leader,
-                None => cli.addr.first().cloned().unwrap_or_default(),
-            };
-            let status = client.status_of(&at).await?;
-            let mut out = String::from("ID  ADDRESS          VOTER\n");
-            for m in status.members.unwrap_or_default() {
-                let voter = if m.voter { "yes" } else { "no (learner)" };
-                out.push_str(&format!("{:<3} {:<16} {voter}\n", m.id.0, m.addr));
-            }
-            Ok(out.into())
+            let status = client.leader_status().await?;
+            Ok(status_table::members(&status).into())
         }
     }
 }

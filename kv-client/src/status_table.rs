@@ -1,4 +1,5 @@
-//! `kv-client status`: asks every member for its status and prints one row per member.
+//! `kv-client status`: asks every member for its status and prints one row per member; and
+//! `kv-client members`' table of the configuration.
 
 use std::fmt::Write;
 
@@ -76,18 +77,7 @@ pub fn render(rows: &[Row]) -> String {
             ],
         });
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for cells in &table {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    let mut out = aligned(&table);
     let leader = rows
         .iter()
         .filter_map(|r| r.status.as_ref().ok())
@@ -114,9 +104,36 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
+/// `kv-client members`: the configuration in `status`, one row per member.
+pub fn members(status: &Status) -> String {
+    let mut table = vec![["ID", "ADDRESS", "VOTER"].map(String::from)];
+    for m in status.members.iter().flatten() {
+        let voter = if m.voter { "yes" } else { "no (learner)" };
+        table.push([m.id.to_string(), m.addr.clone(), voter.to_owned()]);
+    }
+    aligned(&table)
+}
+
+/// `rows` as lines of columns, each as wide as its widest cell, two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for cells in rows {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use kv_server::protocol::{NodeId, Role};
+    use kv_server::protocol::{Member, NodeId, Role};
 
     use super::*;
 
@@ -171,5 +188,30 @@ ID  ADDRESS         ROLE        TERM  COMMIT  APPLIED  LAG
 -   127.0.0.1:7000  standalone  -     -       -        -
 ";
         assert_eq!(render(&rows), expected);
+    }
+
+    #[test]
+    fn the_members_table_is_as_wide_as_its_longest_address() {
+        let status = Status {
+            members: Some(vec![
+                Member {
+                    id: NodeId(1),
+                    addr: "127.0.0.1:7001".into(),
+                    voter: true,
+                },
+                Member {
+                    id: NodeId(12),
+                    addr: "node-12.example.internal:7001".into(),
+                    voter: false,
+                },
+            ]),
+            ..node(1, Role::Leader, 1, 1)
+        };
+        let expected = "\
+ID  ADDRESS                        VOTER
+1   127.0.0.1:7001                 yes
+12  node-12.example.internal:7001  no (learner)
+";
+        assert_eq!(members(&status), expected);
     }
 }

@@ -4,15 +4,19 @@
 
 mod common;
 
+use std::future::{self, Future};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Scripted, Server};
+use futures::future::Either;
 use kv_client::{ClusterClient, Error, RetryPolicy};
 use kv_server::protocol::{
     Command, Consistency, ErrorCode, Failure, NodeId, Op, Outcome, Reply, Role, Session, Status,
     WriteOutcome,
 };
+use kv_server::serve::Handler;
 
 fn quick() -> RetryPolicy {
     RetryPolicy {
@@ -273,6 +277,41 @@ async fn a_read_that_keeps_failing_reports_the_last_error() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+}
+
+/// A node in an election: its first answer to a read is `unavailable`, and it never answers
+/// another.
+#[derive(Default)]
+struct UnavailableThenSilent {
+    answered: AtomicBool,
+}
+
+impl Handler for UnavailableThenSilent {
+    fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        match op {
+            Op::Status => Either::Left(future::ready(status(Role::Candidate, None))),
+            _ if !self.answered.swap(true, Ordering::SeqCst) => {
+                Either::Left(future::ready(Err(Failure::unavailable("no leader"))))
+            }
+            _ => Either::Right(future::pending()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_cut_short_by_the_deadline_does_not_hide_the_answer_before_it() {
+    let node = Server::start(UnavailableThenSilent::default()).await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(10),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![node.addr()], policy);
+    let error = client
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
 }
 
 #[tokio::test]
