@@ -10,7 +10,7 @@ use std::time::Duration;
 use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
-use kv_server::protocol::NodeId;
+use kv_server::protocol::{ErrorCode, NodeId};
 use raft_election::cli::{self, ElectionArgs};
 use raft_election::durable::LOG_FILE;
 use replication_naive::config::parse_peers;
@@ -60,18 +60,28 @@ impl MemberArgs {
         // the peer link itself: the driver forwards only membership changes and transfers
         // (`replication_naive::forward::is_forwarded`).
         config.followers_relay = driver.forward_to_leader;
-        if let (true, Some(through)) = (fresh, &self.founding.join) {
-            tokio::spawn(join(self.id, advertised.to_owned(), through.clone()));
-        }
-        cli::serve(
+        // A node that asks to join serves meanwhile (the leader replicates to it once it is
+        // added), and stops if the cluster refuses it for good.
+        let joining = async {
+            if let (true, Some(through)) = (fresh, &self.founding.join) {
+                if let Err(refused) = join(self.id, advertised.to_owned(), through.clone()).await {
+                    return refused;
+                }
+            }
+            std::future::pending().await
+        };
+        let serving = cli::serve(
             config,
             &self.listen,
             &self.election.data_dir,
             open_snapshots,
             driver,
             shutdown,
-        )
-        .await
+        );
+        tokio::select! {
+            served = serving => served,
+            refused = joining => Err(refused),
+        }
     }
 }
 
@@ -131,9 +141,12 @@ pub fn is_fresh(dir: &Path) -> bool {
 }
 
 /// Asks the cluster, through the member at `through`, to add node `id` at `addr`, until it
-/// says yes. The cluster then replicates its log (or a snapshot) to this node and promotes
-/// it to voter once it has caught up.
-pub async fn join(id: NodeId, addr: String, through: String) {
+/// says yes (`Ok`) or refuses for good (`Err`: the id is a member at another address, say).
+/// The cluster then replicates its log (or a snapshot) to this node and promotes it to voter
+/// once it has caught up. Each try is a [`ClusterClient`] command, which itself retries
+/// for 30 s; past that (no member reachable, no leader), the node tries again a second
+/// later, for as long as it runs.
+pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), StartError> {
     let policy = RetryPolicy {
         deadline: Duration::from_secs(30),
         ..RetryPolicy::default()
@@ -143,7 +156,12 @@ pub async fn join(id: NodeId, addr: String, through: String) {
         match client.add_member(id, &addr).await {
             Ok(()) => {
                 info!(%id, %through, "added to the cluster as a learner; catching up");
-                return;
+                return Ok(());
+            }
+            Err(error) if error.code() == Some(ErrorCode::BadRequest) => {
+                return Err(StartError::failure(format!(
+                    "the cluster refuses to add node {id} at {addr}: {error}"
+                )));
             }
             Err(error) => {
                 warn!(%id, %through, %error, "cannot join yet; retrying");

@@ -1,11 +1,12 @@
 //! Stage 8 with real processes: a cluster formed by `--bootstrap` and `--join`, which then
 //! loses its first node (the seed's failure: nodes that only knew the bootstrap node could
-//! not elect another), and a node restarted with other founding flags that ignores them.
+//! not elect another), a node restarted with other founding flags that ignores them, and a
+//! joining node the cluster refuses, which stops with the reason.
 
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
-use kv_server::protocol::{Consistency, Role};
+use kv_server::protocol::{Consistency, NodeId, Role};
 use tests::{ProcessCluster, eventually};
 
 async fn voters(cluster: &ProcessCluster, id: u64) -> usize {
@@ -116,5 +117,39 @@ async fn transfer_leader_moves_leadership_and_a_stopping_leader_hands_it_over() 
     assert_eq!(
         cluster.stale_get(new_leader, "k").await.as_deref(),
         Some("after")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_cluster_refuses_to_add_stops_with_the_reason() {
+    let mut cluster = ProcessCluster::unstarted("membership", 2, &[]);
+    cluster.start_node_with(1, &["--bootstrap"]);
+    let seed = cluster.addrs[&1].clone();
+    // Node 2 is already a member, at another address: asking again can never succeed.
+    let mut client = ClusterClient::new(vec![seed.clone()], RetryPolicy::default());
+    client.add_member(NodeId(2), "127.0.0.1:9").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let joiner = std::process::Command::new(tests::binary("membership"))
+        .args(["--id", "2", "--listen", &cluster.addrs[&2], "--join", &seed])
+        .arg("--data-dir")
+        .arg(dir.path().join("n2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = joiner.id().to_string();
+    let exited = tokio::task::spawn_blocking(move || joiner.wait_with_output());
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), exited).await else {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        panic!("the refused node kept running");
+    };
+    let output = output.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the cluster refuses to add node 2") && stderr.contains("already a member"),
+        "{stderr}"
     );
 }
