@@ -72,6 +72,9 @@ enum Cmd {
         /// The new node's id (never one a removed node had).
         id: NodeId,
         /// Where it listens, host:port.
+        // An id apart from the global --addr's: sharing it, this value replaced the
+        // cluster's addresses too, and the request went to the new node.
+        #[arg(id = "member_addr", value_name = "ADDR")]
         addr: String,
     },
     /// Remove node ID from the cluster (the leader included: it hands leadership to the

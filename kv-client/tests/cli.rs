@@ -51,6 +51,20 @@ fn every_command_prints_what_a_person_wants_and_exits_accordingly() {
 }
 
 #[test]
+fn add_member_asks_the_cluster_at_addr_not_the_new_node_s_address() {
+    let addr = common::background_standalone();
+    // Nothing listens at the new node's address; the request must go to --addr, whose
+    // answer (a standalone server has no members) is what the user sees.
+    let out = kv_client(&addr, &["add-member", "2", "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("single server without members"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn status_prints_a_table() {
     let addr = common::background_standalone();
     let out = kv_client(&addr, &["status"]);
