@@ -80,6 +80,30 @@ fn the_leader_removes_itself_and_steps_down() {
 }
 
 #[test]
+fn the_leader_of_two_removes_itself_and_answers_before_handing_over() {
+    // Thesis §4.2.2: the leader manages its own removal until the change commits, answers
+    // its client, and hands over. Here the node left is the only voter of the new
+    // configuration from the moment it takes it (the core test
+    // `a_node_left_the_only_voter_by_its_leader_s_removal_keeps_following_it` pins that it
+    // does not elect itself then).
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 2);
+        let leader = stable_leader(&sim).expect("a leader");
+        let tag = sim.request(leader, Op::RemoveMember { id: leader });
+        load.run_until(&mut sim, 20 * ELECTION_MS, |sim| sim.reply(tag).is_some());
+        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+        let rest = NodeId(leader.0 % 2 + 1);
+        assert!(
+            load.run_until(&mut sim, 20 * ELECTION_MS, |sim| {
+                stable_leader(sim) == Some(rest)
+            }),
+            "seed {seed}"
+        );
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
 fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
     for_each_seed(10, |seed| {
         let (mut sim, mut load) = settled(seed, 3);

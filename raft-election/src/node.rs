@@ -1151,13 +1151,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// A follower or candidate: campaigns once its election timer runs out, or at once when
-    /// it is the only voter. The timeout gives a leader's heartbeats time to arrive; with no
-    /// other voter there is no other leader to wait for, so a one-node cluster (a node
-    /// started with `--bootstrap`, say) leads from its first tick.
+    /// it is the only voter and follows no leader. The timeout gives a leader's heartbeats
+    /// time to arrive; with no other voter and no leader known there is none to wait for,
+    /// so a one-node cluster (a node started with `--bootstrap`, say) leads from its first
+    /// tick. A node left the only voter by a leader removing itself still follows that
+    /// leader until it hands over (§4.2.2: the leader manages its own removal).
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         let membership = self.membership();
-        let alone = membership.is_voter(self.config.id) && membership.voter_ids().count() == 1;
+        let alone = self.leader.is_none()
+            && membership.is_voter(self.config.id)
+            && membership.voter_ids().count() == 1;
         if alone || self.election_elapsed >= self.election_timeout {
             if self.membership().is_voter(self.config.id) {
                 let campaign = if self.config.pre_vote {

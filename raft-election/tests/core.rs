@@ -7,6 +7,7 @@ use common::{accepted, members};
 use kv_server::protocol::{NodeId, Role};
 use raft_election::message::{Message, RequestVote, RequestVoteResponse, TimeoutNow};
 use raft_election::node::{Config, RaftNode};
+use raft_log::membership::Membership;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::storage::{HardState, MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
@@ -284,4 +285,35 @@ fn the_only_voter_leads_from_its_first_tick() {
     let mut n = node(1, &[], 0, true);
     n.tick(&mut Outbox::default());
     assert_eq!(n.role(), Role::Follower);
+}
+
+#[test]
+fn a_node_left_the_only_voter_by_its_leader_s_removal_keeps_following_it() {
+    // Of {1, 2}, leader 1 removes itself: node 2 takes the configuration {2} before it
+    // commits (§4.2.2), and must not elect itself while leader 1 still manages the change.
+    let mut config = Config::new(NodeId(2), members(2), 1);
+    config.membership_changes = true;
+    let mut n = RaftNode::new(config, MemStorage::default());
+    let only_2 = Membership::voters(&members(2).into_iter().filter(|(id, _)| id.0 == 2).collect());
+    let removal = Message::AppendEntries(AppendEntries {
+        term: Term(2),
+        prev_log_index: LogIndex(1),
+        prev_log_term: Term(1),
+        entries: vec![Entry {
+            index: LogIndex(2),
+            term: Term(2),
+            payload: Payload::Config(only_2),
+        }],
+        leader_commit: LogIndex(1),
+    });
+    assert_eq!(
+        answer(&mut n, 1, removal),
+        vec![(NodeId(1), accepted(2, 2))]
+    );
+    assert!(n.membership().is_voter(NodeId(2)) && !n.membership().contains(NodeId(1)));
+    n.tick(&mut Outbox::default());
+    assert_eq!(
+        (n.role(), n.leader(), n.term()),
+        (Role::Follower, Some(NodeId(1)), Term(2))
+    );
 }
