@@ -3,7 +3,9 @@
 //! running it.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::future::Future;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -135,9 +137,21 @@ impl Founding {
     }
 }
 
-/// Whether the data directory `dir` holds no log yet: a node that has never run there.
+/// Whether the data directory `dir` holds no log yet: a node that has never run there, or
+/// whose first write never reached the disk. The log's first record starts at its first
+/// byte, and no record starts with a sector of zeros (it starts with its length); the file
+/// is zero-filled ahead of its content, so a first write lost in a crash leaves only
+/// zeros, and the node must found (or join) its cluster again. A log that cannot be read
+/// is not fresh: opening it fails with the reason.
 pub fn is_fresh(dir: &Path) -> bool {
-    std::fs::metadata(dir.join(LOG_FILE)).map_or(true, |m| m.len() == 0)
+    let mut first = Vec::with_capacity(512);
+    match File::open(dir.join(LOG_FILE)) {
+        Ok(file) => match file.take(512).read_to_end(&mut first) {
+            Ok(_) => first.iter().all(|&b| b == 0),
+            Err(_) => false,
+        },
+        Err(error) => error.kind() == ErrorKind::NotFound,
+    }
 }
 
 /// Asks the cluster, through the member at `through`, to add node `id` at `addr`, until it
@@ -168,5 +182,26 @@ pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), Start
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_of_only_zeros_is_fresh_and_one_with_a_record_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(LOG_FILE);
+        assert!(is_fresh(dir.path()), "no log");
+        std::fs::write(&log, b"").unwrap();
+        assert!(is_fresh(dir.path()), "an empty log");
+        // The first write lost, the zeros ahead of it kept.
+        std::fs::write(&log, vec![0u8; 1 << 20]).unwrap();
+        assert!(is_fresh(dir.path()), "zeros only");
+        let mut record = vec![0u8; 1 << 20];
+        record[3] = 0x80; // a length with the write-start bit
+        std::fs::write(&log, record).unwrap();
+        assert!(!is_fresh(dir.path()), "a record");
     }
 }
