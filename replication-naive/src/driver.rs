@@ -246,23 +246,62 @@ impl Handler for Calls {
             .as_ref()
             .filter(|_| forward::is_forwarded(&op))
             .and_then(|forwarder| Some((forwarder.clone(), self.leader.borrow().clone()?)));
-        match known_leader {
+        let changes = changes_state(&op);
+        let answer = match known_leader {
             Some((forwarder, leader)) => Either::Left(forwarder.forward(leader, op)),
             None => Either::Right(self.ask_node(op)),
-        }
+        };
+        answer_within(self.request_timeout, changes, answer)
     }
 
     fn handle_forwarded(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        self.ask_node(op)
+        let changes = changes_state(&op);
+        answer_within(self.request_timeout, changes, self.ask_node(op))
+    }
+}
+
+/// Whether `op` may change the cluster's state: a write, a membership change, a transfer.
+/// Not answered, its outcome is unknown; a read or `status` not answered changed nothing.
+fn changes_state(op: &Op) -> bool {
+    match op {
+        Op::Write { .. }
+        | Op::AddMember { .. }
+        | Op::RemoveMember { .. }
+        | Op::TransferLeader { .. } => true,
+        Op::Get { .. } | Op::Status => false,
+    }
+}
+
+/// The failure for a request left unanswered because of `why`.
+fn unanswered(changes: bool, why: &str) -> Failure {
+    if changes {
+        Failure::timeout(format!("{why}; the change may or may not take effect"))
+    } else {
+        Failure::unavailable(format!("{why}; nothing changed"))
+    }
+}
+
+/// `answer`, or a failure once [`DriverConfig::request_timeout`] has passed without it
+/// (the node's, or the leader's a request was forwarded to).
+async fn answer_within(
+    patience: Duration,
+    changes: bool,
+    answer: impl Future<Output = Outcome>,
+) -> Outcome {
+    match tokio::time::timeout(patience, answer).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let why = format!("no answer within {} ms", patience.as_millis());
+            Err(unanswered(changes, &why))
+        }
     }
 }
 
 impl Calls {
-    /// Hands `op` to the node task; the future is its answer, or a failure once the node
-    /// has stopped or not answered within the request timeout.
+    /// Hands `op` to the node task; the future is its answer, or a failure if the node stops
+    /// first.
     fn ask_node(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        let changes = !matches!(op, Op::Get { .. } | Op::Status);
-        let patience = self.request_timeout;
+        let changes = changes_state(&op);
         let (tx, rx) = oneshot::channel();
         // Sent now, not in the future, so requests reach the node in the order they were read.
         let queued = self.node.try_send((Input::Client(op), tx));
@@ -278,16 +317,8 @@ impl Calls {
             }
             // A change the node has not answered may still be replicated and applied, so
             // its outcome is unknown; a read changed nothing.
-            let why = match tokio::time::timeout(patience, rx).await {
-                Ok(Ok(outcome)) => return outcome,
-                Ok(Err(_)) => "the node stopped before answering".to_owned(),
-                Err(_) => format!("no answer within {} ms", patience.as_millis()),
-            };
-            Err(if changes {
-                Failure::timeout(format!("{why}; the change may or may not take effect"))
-            } else {
-                Failure::unavailable(format!("{why}; nothing changed"))
-            })
+            rx.await
+                .unwrap_or_else(|_| Err(unanswered(changes, "the node stopped before answering")))
         }
     }
 }

@@ -247,8 +247,10 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         }
     }
 
-    /// Completes once no link to `to` is running: at once if there is none, else when its
-    /// task ends (a learned link that failed or went idle, or any link that was stopped).
+    /// Completes once the link to `to` this transport holds has ended (a learned link that
+    /// failed or went idle; a stopped one): at once if it holds none. A link that
+    /// [`Transport::set_peers`] stopped is no longer held, and its task may still be
+    /// finishing.
     pub async fn link_ended(&self, to: NodeId) {
         if let Some(link) = self.links.get(&to) {
             link.queue.closed().await;

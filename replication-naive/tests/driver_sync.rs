@@ -61,8 +61,11 @@ impl Node for Disk {
     }
 }
 
-/// A node that never answers.
-struct Silent;
+/// A node that never answers; it follows the leader at `leader`, if any.
+#[derive(Default)]
+struct Silent {
+    leader: Option<String>,
+}
 
 impl Node for Silent {
     type Message = u8;
@@ -76,6 +79,10 @@ impl Node for Silent {
     fn step(&mut self, _from: NodeId, _message: u8, _out: &mut Outbox<u8>) {}
 
     fn request(&mut self, _tag: RequestTag, _op: Op, _out: &mut Outbox<u8>) {}
+
+    fn leader_elsewhere(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
 }
 
 /// A [`Disk`] node whose syncs fail when `broken`.
@@ -96,6 +103,17 @@ async fn one_request<N: Node + Send + 'static>(
     config: DriverConfig,
     line: &str,
 ) -> (String, Result<(), driver::NodeFailed>) {
+    let (mut answers, ended) = requests(node, config, &[line]).await;
+    (answers.remove(0), ended)
+}
+
+/// Runs `node`, sends it the requests `lines` one after the other on one connection, each
+/// once the one before is answered, and returns the answer lines and how the driver ended.
+async fn requests<N: Node + Send + 'static>(
+    node: N,
+    config: DriverConfig,
+    lines: &[&str],
+) -> (Vec<String>, Result<(), driver::NodeFailed>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let peers = BTreeMap::from([(NodeId(1), addr.clone())]);
@@ -103,23 +121,27 @@ async fn one_request<N: Node + Send + 'static>(
     let run = tokio::spawn(driver::run(node, listener, peers, config, async {
         let _ = stopped.await;
     }));
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    let mut reader = BufReader::new(stream);
-    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut answer))
-        .await
-        .expect("the node answers or hangs up")
-        .unwrap();
+    let mut reader = BufReader::new(TcpStream::connect(&addr).await.unwrap());
+    let mut answers = Vec::new();
+    for line in lines {
+        reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut answer))
+            .await
+            .expect("the node answers or hangs up")
+            .unwrap();
+        answers.push(answer);
+    }
     let _ = stop.send(());
     let ended = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("the driver ends")
         .unwrap();
-    (answer, ended)
+    (answers, ended)
 }
 
 #[tokio::test]
@@ -147,7 +169,7 @@ fn impatient() -> DriverConfig {
 
 #[tokio::test]
 async fn a_change_the_node_never_answers_times_out_as_of_unknown_outcome() {
-    let (answer, ended) = one_request(Silent, impatient(), PUT).await;
+    let (answer, ended) = one_request(Silent::default(), impatient(), PUT).await;
     assert!(answer.contains(r#""error":"timeout""#), "{answer}");
     assert!(answer.contains("no answer within 50 ms"), "{answer}");
     assert!(ended.is_ok());
@@ -156,7 +178,57 @@ async fn a_change_the_node_never_answers_times_out_as_of_unknown_outcome() {
 #[tokio::test]
 async fn a_read_the_node_never_answers_is_unavailable_nothing_changed() {
     let get = r#"{"id":1,"op":"get","key":"k"}"#;
-    let (answer, ended) = one_request(Silent, impatient(), get).await;
+    let (answer, ended) = one_request(Silent::default(), impatient(), get).await;
     assert!(answer.contains(r#""error":"unavailable""#), "{answer}");
+    assert!(ended.is_ok());
+}
+
+#[tokio::test]
+async fn a_change_forwarded_to_a_leader_that_never_answers_times_out() {
+    // The "leader" reads the forwarded request and never answers it.
+    let leader = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader_addr = leader.local_addr().unwrap().to_string();
+    let (forwarded_tx, forwarded) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = leader.accept().await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let _ = forwarded_tx.send(line);
+        std::future::pending::<()>().await;
+    });
+    let node = Silent {
+        leader: Some(leader_addr),
+    };
+    let config = DriverConfig {
+        forward_to_leader: true,
+        ..impatient()
+    };
+    // The status request's batch publishes the leader before the node's silence times out,
+    // so the membership change after it is forwarded.
+    let status = r#"{"id":1,"op":"status"}"#;
+    // A membership request's "id" is the node's (the contract's choice).
+    let add = r#"{"op":"add_member","id":2,"addr":"127.0.0.1:9"}"#;
+    let (answers, ended) = requests(node, config, &[status, add]).await;
+    assert!(
+        answers[0].contains(r#""error":"unavailable""#),
+        "{}",
+        answers[0]
+    );
+    assert!(
+        answers[1].contains(r#""error":"timeout""#),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        answers[1].contains("no answer within 50 ms"),
+        "{}",
+        answers[1]
+    );
+    let forwarded = forwarded.await.unwrap();
+    assert!(
+        forwarded.contains("add_member") && forwarded.contains(r#""forwarded":true"#),
+        "{forwarded}"
+    );
     assert!(ended.is_ok());
 }
