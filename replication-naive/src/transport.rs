@@ -18,7 +18,8 @@
 //! that does not know it yet): such a *learned* link connects once, and ends when its
 //! connection fails or it has had nothing to send for [`TransportConfig::learned_idle`]; the
 //! next message for that node opens a new one. So a removed node that has gone leaves
-//! nothing behind that retries it for ever.
+//! nothing behind that retries it for ever. A configuration that names the node replaces
+//! its learned link with a configured one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -160,7 +161,10 @@ impl<M: Serialize + Send + 'static> Transport<M> {
     }
 
     /// Makes `peers` the set of peers: links start to new ones (and restart to ones whose
-    /// address changed, or that were learned); every other link stops.
+    /// address changed, or that were learned); links to configured peers not in `peers`
+    /// stop. Learned links to nodes outside `peers` are left to end by themselves: a
+    /// joining node replaying old configurations that lack its leader keeps the link it
+    /// answers that leader over.
     pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
         let peers: BTreeMap<NodeId, String> = peers
             .iter()
@@ -168,7 +172,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             .map(|(&id, addr)| (id, addr.clone()))
             .collect();
         self.links.retain(|id, link| {
-            let keep = peers.contains_key(id);
+            let keep = peers.contains_key(id) || link.lifetime == Lifetime::Learned;
             if !keep {
                 link.stop.cancel();
             }
