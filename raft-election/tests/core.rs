@@ -273,6 +273,8 @@ fn a_timeout_now_of_an_earlier_term_is_ignored() {
 
 #[test]
 fn the_only_voter_leads_from_its_first_tick() {
+    // §5.2's election timeout waits for a leader's heartbeat; a node that is its cluster's
+    // only voter and follows no one has none to wait for.
     for pre_vote in [true, false] {
         let mut config = Config::new(NodeId(1), members(1), 1);
         config.pre_vote = pre_vote;
