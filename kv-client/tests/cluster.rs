@@ -271,12 +271,17 @@ async fn a_read_that_keeps_failing_reports_the_last_error() {
         deadline: Duration::from_millis(100),
         ..quick()
     };
+    let error = failed_read(&node, policy).await;
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+}
+
+/// A linearizable read through `node` alone, which must fail: its error.
+async fn failed_read(node: &Server, policy: RetryPolicy) -> Error {
     let mut client = ClusterClient::new(vec![node.addr()], policy);
-    let error = client
+    client
         .get("k", Consistency::Linearizable)
         .await
-        .unwrap_err();
-    assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+        .unwrap_err()
 }
 
 /// A node in an election: its first answer to a read is `unavailable`, and it never answers
@@ -306,11 +311,7 @@ async fn an_attempt_cut_short_by_the_deadline_does_not_hide_the_answer_before_it
         request_timeout: Duration::from_secs(10),
         ..quick()
     };
-    let mut client = ClusterClient::new(vec![node.addr()], policy);
-    let error = client
-        .get("k", Consistency::Linearizable)
-        .await
-        .unwrap_err();
+    let error = failed_read(&node, policy).await;
     assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
 }
 

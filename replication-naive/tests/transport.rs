@@ -243,12 +243,22 @@ async fn accept_one(listener: &TcpListener) -> (mpsc::Receiver<(NodeId, u64)>, C
     (rx, close)
 }
 
+/// [`introduced`], after node 1 has answered node 7 once (the message 2) over a learned
+/// link: node 7's end of that connection, and what closes it.
+async fn answered(
+    config: TransportConfig,
+) -> (Introduced, mpsc::Receiver<(NodeId, u64)>, CancellationToken) {
+    let mut node1 = introduced(config).await;
+    node1.sender.send(NodeId(7), 2);
+    let (mut inbox, close) = accept_one(&node1.node7).await;
+    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    (node1, inbox, close)
+}
+
 #[tokio::test]
 async fn a_peer_known_only_from_its_hello_can_be_answered() {
-    let mut node1 = introduced(fast()).await;
-    node1.sender.send(NodeId(7), 2);
-    let (mut inbox, _close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    // `answered` checks the message arrives.
+    let (node1, _inbox, _close) = answered(fast()).await;
     node1.stop.cancel();
 }
 
@@ -256,10 +266,7 @@ async fn a_peer_known_only_from_its_hello_can_be_answered() {
 async fn a_learned_link_ends_with_its_connection_and_the_next_message_opens_another() {
     // Were it to reconnect like a configured link, a removed node that has gone would be
     // retried for ever.
-    let mut node1 = introduced(fast()).await;
-    node1.sender.send(NodeId(7), 2);
-    let (mut inbox, close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    let (mut node1, _inbox, close) = answered(fast()).await;
     close.cancel();
     guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
     node1.sender.send(NodeId(7), 3);
@@ -276,10 +283,7 @@ async fn a_learned_link_with_nothing_to_send_closes_its_connection() {
         learned_idle: Duration::from_millis(50),
         ..fast()
     };
-    let mut node1 = introduced(config).await;
-    node1.sender.send(NodeId(7), 2);
-    let (mut inbox, _close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    let (node1, mut inbox, _close) = answered(config).await;
     guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
     assert_eq!(guard("the connection's end", inbox.recv()).await, None);
     node1.stop.cancel();
@@ -289,10 +293,7 @@ async fn a_learned_link_with_nothing_to_send_closes_its_connection() {
 async fn a_new_configuration_without_the_peer_leaves_its_learned_link_alone() {
     // A joining node replays configurations older than its leader's arrival: the link it
     // answers that leader over must not be torn down (and its queue lost) by each of them.
-    let mut node1 = introduced(fast()).await;
-    node1.sender.send(NodeId(7), 2);
-    let (mut inbox, _close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    let (mut node1, mut inbox, _close) = answered(fast()).await;
     node1
         .sender
         .set_peers(&BTreeMap::from([(NodeId(1), "unused:1".to_owned())]));
@@ -304,10 +305,7 @@ async fn a_new_configuration_without_the_peer_leaves_its_learned_link_alone() {
 
 #[tokio::test]
 async fn a_learned_peer_that_is_configured_gets_a_link_that_reconnects() {
-    let mut node1 = introduced(fast()).await;
-    node1.sender.send(NodeId(7), 2);
-    let (mut inbox, _close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    let (mut node1, _inbox, _close) = answered(fast()).await;
     // Same address, now configured: the learned link gives way to a configured one.
     let peers = BTreeMap::from([(NodeId(7), node1.node7_addr.clone())]);
     node1.sender.set_peers(&peers);
