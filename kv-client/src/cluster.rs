@@ -261,13 +261,13 @@ impl ClusterClient {
     /// Every retry of a write resends the same op, and so the same `seq`.
     pub async fn execute(&mut self, op: Op) -> Result<Reply, Error> {
         let deadline = Instant::now() + self.policy.deadline;
-        let is_write = matches!(op, Op::Write { .. });
+        let changes = op.changes_state();
         // The loop below keeps every wait within the deadline and reports the last error
         // when it passes; this is the hard stop, a little later, for what it cannot bound
         // itself (finding the leader, a slow connect).
         match timeout_at(deadline + HARD_STOP_GRACE, self.retry(op, deadline)).await {
             Ok(result) => result,
-            Err(_) if is_write => Err(self.unknown_outcome("no answer")),
+            Err(_) if changes => Err(self.unknown_outcome("no answer")),
             Err(_) => Err(Error::RequestTimeout(self.policy.deadline)),
         }
     }
@@ -333,7 +333,7 @@ impl ClusterClient {
                     Some(earlier) if cut_short => earlier,
                     _ => error,
                 };
-                return Err(if outcome_unknown && matches!(op, Op::Write { .. }) {
+                return Err(if outcome_unknown && op.changes_state() {
                     self.unknown_outcome(&error.to_string())
                 } else {
                     error
@@ -347,7 +347,7 @@ impl ClusterClient {
 
     fn unknown_outcome(&self, last_error: &str) -> Error {
         Error::Server(Failure::timeout(format!(
-            "gave up after {:?}; the write may or may not have taken effect (last error: {last_error})",
+            "gave up after {:?}; the change may or may not have taken effect (last error: {last_error})",
             self.policy.deadline
         )))
     }

@@ -246,7 +246,7 @@ impl Handler for Calls {
             .as_ref()
             .filter(|_| forward::is_forwarded(&op))
             .and_then(|forwarder| Some((forwarder.clone(), self.leader.borrow().clone()?)));
-        let changes = changes_state(&op);
+        let changes = op.changes_state();
         let answer = match known_leader {
             Some((forwarder, leader)) => Either::Left(forwarder.forward(leader, op)),
             None => Either::Right(self.ask_node(op)),
@@ -255,20 +255,8 @@ impl Handler for Calls {
     }
 
     fn handle_forwarded(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        let changes = changes_state(&op);
+        let changes = op.changes_state();
         answer_within(self.request_timeout, changes, self.ask_node(op))
-    }
-}
-
-/// Whether `op` may change the cluster's state: a write, a membership change, a transfer.
-/// Not answered, its outcome is unknown; a read or `status` not answered changed nothing.
-fn changes_state(op: &Op) -> bool {
-    match op {
-        Op::Write { .. }
-        | Op::AddMember { .. }
-        | Op::RemoveMember { .. }
-        | Op::TransferLeader { .. } => true,
-        Op::Get { .. } | Op::Status => false,
     }
 }
 
@@ -301,7 +289,7 @@ impl Calls {
     /// Hands `op` to the node task; the future is its answer, or a failure if the node stops
     /// first.
     fn ask_node(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
-        let changes = changes_state(&op);
+        let changes = op.changes_state();
         let (tx, rx) = oneshot::channel();
         // Sent now, not in the future, so requests reach the node in the order they were read.
         let queued = self.node.try_send((Input::Client(op), tx));

@@ -219,6 +219,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether `op` may change the cluster's state: a write, a membership change, a
+    /// leadership transfer. One left unanswered has an unknown outcome (`timeout`); a read
+    /// or `status` left unanswered changed nothing.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Op::Write { .. }
+            | Op::AddMember { .. }
+            | Op::RemoveMember { .. }
+            | Op::TransferLeader { .. } => true,
+            Op::Get { .. } | Op::Status => false,
+        }
+    }
+
     /// A linearizable get of `key` (the default consistency).
     pub fn get(key: &str) -> Op {
         Op::Get {

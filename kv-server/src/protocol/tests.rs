@@ -331,3 +331,26 @@ fn a_response_missing_its_fields_is_reported_not_guessed() {
     let wire: WireResponse = serde_json::from_value(json!({"ok":false})).unwrap();
     assert!(wire.into_outcome(OpKind::Put).is_err());
 }
+
+#[test]
+fn writes_membership_changes_and_transfers_change_state_reads_and_status_do_not() {
+    let changes = [
+        Op::put("k", "v"),
+        Op::AddMember {
+            id: NodeId(4),
+            addr: "127.0.0.1:7004".into(),
+        },
+        Op::RemoveMember { id: NodeId(4) },
+        Op::TransferLeader { id: NodeId(2) },
+    ];
+    assert!(changes.iter().all(Op::changes_state));
+    let stale = Op::Get {
+        key: "k".into(),
+        consistency: Consistency::Stale,
+    };
+    assert!(
+        [Op::get("k"), stale, Op::Status]
+            .iter()
+            .all(|op| !op.changes_state())
+    );
+}
