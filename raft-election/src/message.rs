@@ -148,9 +148,8 @@ pub struct ReadIndexed {
     /// The batch answered.
     pub batch: BatchId,
     /// The leader's commit index when the round that took the reads started, confirmed by a
-    /// round of
-    /// ReadProbes: the follower serves the reads once it has applied up to it. `None` when
-    /// the receiver could not confirm one (it does not lead, or was deposed).
+    /// round of ReadProbes: the follower serves the reads once it has applied up to it.
+    /// `None` when the receiver could not confirm one (it does not lead, or was deposed).
     pub index: Option<LogIndex>,
 }
 

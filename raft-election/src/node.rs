@@ -1159,11 +1159,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         let membership = self.membership();
-        let alone = self.leader.is_none()
-            && membership.is_voter(self.config.id)
-            && membership.voter_ids().count() == 1;
+        let voter = membership.is_voter(self.config.id);
+        let alone = voter && self.leader.is_none() && membership.voter_ids().count() == 1;
         if alone || self.election_elapsed >= self.election_timeout {
-            if self.membership().is_voter(self.config.id) {
+            if voter {
                 let campaign = if self.config.pre_vote {
                     Campaign::PreVote
                 } else {
