@@ -251,7 +251,7 @@ async fn answered(
     let mut node1 = introduced(config).await;
     node1.sender.send(NodeId(7), 2);
     let (mut inbox, close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 2)));
+    assert_eq!(guard("a message", inbox.recv()).await, Some((NodeId(1), 2)));
     (node1, inbox, close)
 }
 
@@ -271,7 +271,7 @@ async fn a_learned_link_ends_with_its_connection_and_the_next_message_opens_anot
     guard("the link's end", node1.sender.link_ended(NodeId(7))).await;
     node1.sender.send(NodeId(7), 3);
     let (mut inbox, _close) = accept_one(&node1.node7).await;
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 3)));
+    assert_eq!(guard("a message", inbox.recv()).await, Some((NodeId(1), 3)));
     node1.stop.cancel();
 }
 
@@ -299,7 +299,7 @@ async fn a_new_configuration_without_the_peer_leaves_its_learned_link_alone() {
         .set_peers(&BTreeMap::from([(NodeId(1), "unused:1".to_owned())]));
     node1.sender.send(NodeId(7), 3);
     // Over the same connection.
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 3)));
+    assert_eq!(guard("a message", inbox.recv()).await, Some((NodeId(1), 3)));
     node1.stop.cancel();
 }
 
@@ -314,6 +314,6 @@ async fn a_learned_peer_that_is_configured_gets_a_link_that_reconnects() {
     // It connects again by itself, with nothing to send.
     let (mut inbox, _close) = accept_one(&node1.node7).await;
     node1.sender.send(NodeId(7), 3);
-    assert_eq!(inbox.recv().await, Some((NodeId(1), 3)));
+    assert_eq!(guard("a message", inbox.recv()).await, Some((NodeId(1), 3)));
     node1.stop.cancel();
 }
