@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{accepted, members};
+use common::{accepted, members, step};
 use kv_server::protocol::{NodeId, Role};
 use raft_election::message::{Message, RequestVote, RequestVoteResponse, TimeoutNow};
 use raft_election::node::{Config, RaftNode};
@@ -58,9 +58,7 @@ fn vote_request(term: u64, last: (u64, u64), pre_vote: bool) -> Message {
 }
 
 fn answer(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Vec<(NodeId, Message)> {
-    let mut out = Outbox::default();
-    node.step(NodeId(from), message, &mut out);
-    out.messages
+    step(node, from, message).messages
 }
 
 fn vote(term: u64, granted: bool, pre_vote: bool) -> Message {

@@ -42,12 +42,6 @@ fn fresh_leader() -> RaftNode<MemStorage> {
     node
 }
 
-fn step(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Outbox<Message> {
-    let mut out = Outbox::default();
-    node.step(NodeId(from), message, &mut out);
-    out
-}
-
 fn read(node: &mut RaftNode<MemStorage>, tag: u64) -> Outbox<Message> {
     let mut out = Outbox::default();
     node.request(RequestTag(tag), Op::get("k"), &mut out);

@@ -23,12 +23,6 @@ fn relaying(id: u64) -> Config {
     config
 }
 
-fn step(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Outbox<Message> {
-    let mut out = Outbox::default();
-    node.step(NodeId(from), message, &mut out);
-    out
-}
-
 fn request(node: &mut RaftNode<MemStorage>, tag: u64, op: Op) -> Outbox<Message> {
     let mut out = Outbox::default();
     node.request(RequestTag(tag), op, &mut out);

@@ -1,6 +1,7 @@
 //! Clusters of election-stage nodes in the simulator, and the checks every test runs.
 #![allow(dead_code)] // each test file uses its own subset
 
+use kv_server::protocol::NodeId;
 use raft_election::durable::DurableStorage;
 use raft_election::medium::SimDisk;
 use raft_election::message::Message;
@@ -8,6 +9,7 @@ use raft_election::node::{Config, RaftNode};
 use raft_log::message::AppendEntriesResponse;
 use raft_log::storage::MemStorage;
 use raft_log::types::{LogIndex, Term};
+use replication_naive::node::{Node, Outbox};
 use replication_naive::sim::Sim;
 
 pub type Cluster = Sim<RaftNode<MemStorage>>;
@@ -72,4 +74,11 @@ pub fn accepted(term: u64, index: u64) -> Message {
         in_reply_to: Term(term),
         result: Ok(LogIndex(index)),
     })
+}
+
+/// What `node` outputs for one `message` from node `from`.
+pub fn step(node: &mut RaftNode<MemStorage>, from: u64, message: Message) -> Outbox<Message> {
+    let mut out = Outbox::default();
+    node.step(NodeId(from), message, &mut out);
+    out
 }
