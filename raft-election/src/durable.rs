@@ -30,9 +30,16 @@
 //!
 //! One file for everything is what lets one fsync cover a batch of changes. The file grows
 //! until the log is compacted (stage 7); then it is rewritten, atomically, with only what is
-//! still needed. The new content is encoded on the node's task, but written, synced and
-//! renamed into place by the next sync's work, off it: until that ends, the old file stands.
+//! still needed: where the log starts, the hard state, and the entries after the snapshot.
+//! Those entries are mostly copied from the old file as they are, from the first record
+//! that lies wholly after the snapshot: the node keeps where each record of entries starts.
+//! Only the few entries before that record are encoded again, on the node's task. Under load
+//! a large snapshot takes seconds to write, and tens of thousands of entries arrive
+//! meanwhile: encoding them all again held the node's task for up to 190 ms (BENCHMARKS.md),
+//! close to an election timeout. The copy, the write, the fsync and the rename are the next
+//! sync's work, off the node's task: until that ends, the old file stands.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +51,7 @@ use tracing::warn;
 
 use replication_naive::node::SyncJob;
 
-use crate::medium::{FileMedium, Medium, sync_dir};
+use crate::medium::{FileMedium, Medium, Replacement, sync_dir};
 
 /// The file holding the log, inside the data directory.
 pub const LOG_FILE: &str = "raft.log";
@@ -113,10 +120,18 @@ pub struct DurableStorage<M: Medium = FileMedium> {
     medium: M,
     /// Records encoded since the last sync, not yet written: a batch costs one `write`.
     pending: Vec<u8>,
+    /// How many bytes of content the medium holds (the file without its zero tail).
+    written: u64,
+    /// Where each record of entries starts in the content (`pending` and `rewrite`
+    /// included), with the index of its first entry, for the records since the last
+    /// truncation: what a compaction can copy instead of encoding again. The indexes
+    /// increase, each record following the one before it.
+    entry_records: VecDeque<(LogIndex, u64)>,
     /// After a compaction, the file's new content (what is still needed), written in place
-    /// of the old by the next sync: the slow part of a compaction (writing and syncing the
-    /// entries kept) runs off the node's task.
-    rewrite: Option<Vec<u8>>,
+    /// of the old by the next sync: the slow part of a compaction (copying, writing and
+    /// syncing the entries kept) runs off the node's task. Records written meanwhile go
+    /// into its tail.
+    rewrite: Option<Replacement>,
     /// The last index known to be on disk ([`Storage::durable_index`]).
     durable: LogIndex,
     /// The last index the sync under way covers, if one is.
@@ -178,6 +193,7 @@ impl<M: Medium> DurableStorage<M> {
         };
         let bytes = medium.read_all().map_err(io)?;
         let mut memory = MemStorage::new();
+        let mut entry_records = VecDeque::new();
         let mut offset = 0;
         loop {
             match read_record(&bytes[offset..], offset) {
@@ -187,6 +203,7 @@ impl<M: Medium> DurableStorage<M> {
                             offset,
                             reason: e.to_string(),
                         })?;
+                    note_record(&mut entry_records, &record, offset as u64);
                     replay(&mut memory, record)
                         .map_err(|reason| OpenError::Corrupt { offset, reason })?;
                     offset += HEADER + payload.len();
@@ -218,6 +235,8 @@ impl<M: Medium> DurableStorage<M> {
             memory,
             medium,
             pending: Vec::new(),
+            written: offset as u64,
+            entry_records,
             rewrite: None,
             syncing: None,
         })
@@ -239,7 +258,88 @@ impl<M: Medium> DurableStorage<M> {
     /// Queues `record`; [`Storage::sync`] writes and syncs it, with the file's new content
     /// if a compaction has left one to write.
     fn write(&mut self, record: &Record<&[Entry]>) {
-        encode_into(self.rewrite.as_mut().unwrap_or(&mut self.pending), record);
+        let at = self.content_len();
+        note_record(&mut self.entry_records, record, at);
+        let buffer = match &mut self.rewrite {
+            Some(replacement) => &mut replacement.tail,
+            None => &mut self.pending,
+        };
+        encode_into(buffer, record);
+    }
+
+    /// How long the content is with every record queued so far.
+    fn content_len(&self) -> u64 {
+        match &self.rewrite {
+            Some(replacement) => replacement.len(),
+            None => self.written + self.pending.len() as u64,
+        }
+    }
+
+    /// The content after compacting up to `index` of `term`: the start of the log and the
+    /// hard state, then the entries after `index`. Those from the first record of entries
+    /// that lies wholly after `index` on are kept as they are, records after them included
+    /// (hard states, which end at the current one, and more entries: no truncation, as
+    /// `entry_records` starts after the last); only the entries before that record are
+    /// encoded. Everything is encoded when `copy` is false: the compaction replaced the
+    /// whole log, so what the file holds after `index` is gone; or a rewrite not yet started
+    /// is replaced, and the file does not hold its content.
+    fn replacement(&mut self, index: LogIndex, term: Term, copy: bool) -> Replacement {
+        let mut head = Vec::new();
+        encode_into(&mut head, &Record::Compacted(index, term));
+        encode_into(&mut head, &Record::HardState(self.memory.hard_state()));
+        let from = self
+            .entry_records
+            .partition_point(|&(first, _)| first <= index);
+        let kept = self.entry_records.get(from).copied().filter(|_| copy);
+        let encoded_upto = kept.map_or(self.memory.last_index(), |(first, _)| first.prev());
+        let encoded = self.memory.entries(index.next(), encoded_upto, usize::MAX);
+        let mut records = VecDeque::new();
+        if !encoded.is_empty() {
+            records.push_back((index.next(), head.len() as u64));
+            encode_into(&mut head, &Record::Entries(encoded.as_slice()));
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let Some((_, start)) = kept else {
+            self.entry_records = records;
+            return Replacement {
+                head,
+                kept: 0..0,
+                tail: Vec::new(),
+            };
+        };
+        // The kept records move to just after the head.
+        let moved = head.len() as u64;
+        records.extend(
+            self.entry_records
+                .drain(from..)
+                .map(|(first, at)| (first, at - start + moved)),
+        );
+        self.entry_records = records;
+        let (kept, tail) = if start < self.written {
+            (start..self.written, pending)
+        } else {
+            let in_pending = (start - self.written) as usize;
+            (self.written..self.written, pending[in_pending..].to_vec())
+        };
+        Replacement { head, kept, tail }
+    }
+}
+
+/// Keeps `records` (see `DurableStorage::entry_records`) up to date with `record`, written
+/// at `offset` of the content.
+fn note_record<E: AsRef<[Entry]>>(
+    records: &mut VecDeque<(LogIndex, u64)>,
+    record: &Record<E>,
+    offset: u64,
+) {
+    match record {
+        Record::Entries(entries) => {
+            if let Some(first) = entries.as_ref().first() {
+                records.push_back((first.index, offset));
+            }
+        }
+        Record::TruncateAfter(_) | Record::Compacted(..) => records.clear(),
+        Record::HardState(_) => {}
     }
 }
 
@@ -449,27 +549,18 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if index < self.memory.first_index() {
             return;
         }
+        // §7: the entries after the snapshot stay if the log holds its last entry.
+        let entries_stay = self.memory.term(index) == Some(term);
         self.memory.compact(index, term);
         // A snapshot that replaced the whole log (it did not match) leaves the log ending at
         // its index: entries written after it are new, and no sync so far covers them.
         let last = self.memory.last_index();
         self.durable = self.durable.min(last);
         self.syncing = self.syncing.map(|upto| upto.min(last));
-        // The file is to be rewritten with only what is still needed: where the log starts,
-        // the hard state, the entries after the snapshot. Encoded here; written, synced and
-        // renamed into place by the next sync.
-        let mut bytes = Vec::new();
-        encode_into(&mut bytes, &Record::Compacted(index, term));
-        encode_into(&mut bytes, &Record::HardState(self.memory.hard_state()));
-        let rest = self
-            .memory
-            .entries(index.next(), self.memory.last_index(), usize::MAX);
-        if !rest.is_empty() {
-            encode_into(&mut bytes, &Record::Entries(rest.as_slice()));
-        }
-        // The new content holds every change so far.
-        self.rewrite = Some(bytes);
-        self.pending.clear();
+        // The file is to be rewritten with only what is still needed, by the next sync.
+        let copy = entries_stay && self.rewrite.is_none();
+        let replacement = self.replacement(index, term, copy);
+        self.rewrite = Some(replacement);
     }
 
     fn hard_state(&self) -> HardState {
@@ -487,9 +578,10 @@ impl<M: Medium> Storage for DurableStorage<M> {
     /// last (group commit).
     fn start_sync(&mut self) -> Option<SyncJob> {
         // Records written since a compaction went into its rewrite (`write`).
-        if let Some(bytes) = self.rewrite.take() {
+        if let Some(replacement) = self.rewrite.take() {
+            self.written = replacement.len();
             self.syncing = Some(self.memory.last_index());
-            return Some(self.medium.replace_job(bytes));
+            return Some(self.medium.replace_job(replacement));
         }
         if self.pending.is_empty() {
             return None;
@@ -499,6 +591,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
                 "cannot write the log ({error}); stopping rather than acknowledging what may not be on disk"
             );
         }
+        self.written += self.pending.len() as u64;
         self.pending.clear();
         if self.pending.capacity() > MAX_KEPT_BUFFER {
             self.pending = Vec::new();

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,10 +26,37 @@ pub trait Medium {
     /// Cuts the store to `len` bytes, durably (used to drop a torn tail).
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 
-    /// The work that replaces the whole content with `bytes`, atomically and durably, to
-    /// run on any thread (used after compaction): after a crash the store holds either the
-    /// old content or the new, never a mix. Nothing is appended until [`Medium::synced`].
-    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob;
+    /// The work that replaces the whole content with `replacement`, atomically and
+    /// durably, to run on any thread (used after compaction): after a crash the store holds
+    /// either the old content or the new, never a mix. Nothing is appended until
+    /// [`Medium::synced`].
+    fn replace_job(&mut self, replacement: Replacement) -> SyncJob;
+}
+
+/// A medium's new content after a compaction: `head`, then the bytes `kept` of the current
+/// content, then `tail`. The kept bytes (the records after the snapshot, which can be most
+/// of the file when a large snapshot took long to write) are copied by the job, off the
+/// node's task, and never decoded or encoded again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// Encoded by the node.
+    pub head: Vec<u8>,
+    /// A range of the current content; it must all be written already (appended).
+    pub kept: Range<u64>,
+    /// Encoded by the node, after the kept bytes.
+    pub tail: Vec<u8>,
+}
+
+impl Replacement {
+    /// The new content's length.
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + (self.kept.end - self.kept.start) + self.tail.len() as u64
+    }
+
+    /// Whether the new content is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How far ahead of its content a [`FileMedium`] keeps its file zero-filled, in steps of
@@ -160,16 +188,30 @@ impl Medium for FileMedium {
         Ok(())
     }
 
-    /// Written aside (zero-filled ahead) and renamed over the old file (rename is atomic),
-    /// the directory synced.
-    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob {
-        self.replacing = Some(bytes.len() as u64);
+    /// Written aside (the kept bytes read from the old file; zero-filled ahead) and renamed
+    /// over the old file (rename is atomic), the directory synced.
+    fn replace_job(&mut self, replacement: Replacement) -> SyncJob {
+        let end = replacement.len();
+        self.replacing = Some(end);
         let path = self.path.clone();
+        let old = self.file.clone();
         Box::new(move || {
+            let Replacement { head, kept, tail } = replacement;
             let tmp = path.with_extension("tmp");
             let file = File::create(&tmp)?;
-            file.write_all_at(&bytes, 0)?;
-            zero_ahead(&file, bytes.len() as u64, bytes.len() as u64)?;
+            file.write_all_at(&head, 0)?;
+            let mut at = head.len() as u64;
+            let mut chunk = vec![0; KEPT_CHUNK.min(kept.end - kept.start) as usize];
+            let mut from = kept.start;
+            while from < kept.end {
+                let n = (kept.end - from).min(chunk.len() as u64) as usize;
+                old.read_exact_at(&mut chunk[..n], from)?;
+                file.write_all_at(&chunk[..n], at)?;
+                from += n as u64;
+                at += n as u64;
+            }
+            file.write_all_at(&tail, at)?;
+            zero_ahead(&file, end, end)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             sync_parent(&path)
@@ -186,6 +228,9 @@ impl Medium for FileMedium {
         Ok(())
     }
 }
+
+/// How much of the kept content a replacement copies at a time.
+const KEPT_CHUNK: u64 = 1 << 20;
 
 /// Makes a new or renamed file's name durable: its directory must be synced.
 pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
@@ -303,7 +348,11 @@ impl Medium for SimDisk {
     }
 
     /// A crash before [`Medium::synced`] keeps the old content.
-    fn replace_job(&mut self, bytes: Vec<u8>) -> SyncJob {
+    fn replace_job(&mut self, replacement: Replacement) -> SyncJob {
+        let Replacement { head, kept, tail } = replacement;
+        let mut bytes = head;
+        bytes.extend_from_slice(&self.bytes[kept.start as usize..kept.end as usize]);
+        bytes.extend_from_slice(&tail);
         self.replacement = Some(bytes);
         Box::new(|| Ok(()))
     }
