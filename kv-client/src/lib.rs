@@ -7,7 +7,7 @@
 //! | [`connection`]    | [`Connection`]: one socket, pipelining, driven by the caller        |
 //! | [`client`]        | [`Client`]: a shared handle to one connection, for many tasks       |
 //! | [`cluster`]       | [`ClusterClient`]: the typed API over any members of a cluster: finds the leader, retries safely with `client`/`seq` (roadmap stage 4) |
-//! | [`bench`]         | the `kv-client bench` load generator                                |
+//! | [`mod@bench`]     | the `kv-client bench` load generator                                |
 //! | [`status_table`]  | `kv-client status`: one row per member                             |
 //! | [`error`]         | [`Error`]: connection, protocol and server failures                |
 //!

@@ -6,6 +6,7 @@
 //! record := len: u32 LE | crc32(len): u32 LE | crc32(payload): u32 LE | payload (JSON, `len` bytes)
 //!           (bit 31 of len set: the first record of a write, see below)
 //! payload := Entries([...]) | TruncateAfter(index) | HardState{current_term, voted_for}
+//!          | Compacted(index, term)  (first in a file rewritten after compaction)
 //! ```
 //!
 //! Every change is encoded into a buffer at once, and made durable by `sync`: one write and
@@ -33,7 +34,10 @@
 //! still needed: where the log starts, the hard state, and the entries after the snapshot.
 //! Those entries are mostly copied from the old file as they are, from the first record
 //! that lies wholly after the snapshot: the node keeps where each record of entries starts.
-//! Only the few entries before that record are encoded again, on the node's task. Under load
+//! Only the entries before that record are encoded again, on the node's task; under load,
+//! a batch's worth. Everything after the snapshot is encoded again when no record starts
+//! after it, when the snapshot replaces the whole log (a follower installing the leader's:
+//! there is nothing after it), and when a rewrite not yet started is replaced. Under load
 //! a large snapshot takes seconds to write, and tens of thousands of entries arrive
 //! meanwhile: encoding them all again held the node's task for up to 190 ms (BENCHMARKS.md),
 //! close to an election timeout. The copy, the write, the fsync and the rename are the next
@@ -120,7 +124,11 @@ pub struct DurableStorage<M: Medium = FileMedium> {
     medium: M,
     /// Records encoded since the last sync, not yet written: a batch costs one `write`.
     pending: Vec<u8>,
-    /// How many bytes of content the medium holds (the file without its zero tail).
+    /// How many bytes of content the medium holds (the file without its zero tail) once the
+    /// write or replacement under way is done. `pending` and the records kept by the next
+    /// replacement are counted from here; the next replacement is made only after the
+    /// medium has been told the last sync finished ([`Medium::synced`]: `SyncGate` runs
+    /// one sync at a time), so by then the medium holds exactly this much.
     written: u64,
     /// Where each record of entries starts in the content (`pending` and `rewrite`
     /// included), with the index of its first entry, for the records since the last

@@ -41,7 +41,9 @@ pub trait Medium {
 pub struct Replacement {
     /// Encoded by the node.
     pub head: Vec<u8>,
-    /// A range of the current content; it must all be written already (appended).
+    /// A range of the content the medium holds when the job is made, all of it appended
+    /// already (and the last sync reported with [`Medium::synced`], so a file medium has
+    /// reopened after an earlier replacement).
     pub kept: Range<u64>,
     /// Encoded by the node, after the kept bytes.
     pub tail: Vec<u8>,

@@ -68,7 +68,7 @@ pub struct Config {
     /// When to snapshot the state machine and compact the log (stage 7); `None` never does.
     pub snapshots: Option<SnapshotPolicy>,
     /// A follower that knows its leader takes writes and linearizable reads itself, and
-    /// relays them to the leader over the peer link (limecached; [`relay`]). Off, it
+    /// relays them to the leader over the peer link (limecached; `node/relay.rs`). Off, it
     /// answers them with `not_leader`.
     pub followers_relay: bool,
 }

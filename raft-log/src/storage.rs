@@ -101,12 +101,13 @@ pub struct MemStorage {
     /// load covers 100,000 entries, a few hundred thousand allocations: freeing them all at
     /// once held the node's task for 10-40 ms (and glibc's consolidation of the freed
     /// chunks as long again, at the next large allocation; BENCHMARKS.md). They are freed
-    /// a few per entry appended instead, [`FREED_PER_APPEND`], so all are gone well
-    /// before the next compaction.
+    /// a few per entry appended instead, [`FREED_PER_APPEND`]: under load all are gone well
+    /// before the next compaction. With no appends (an idle node, or a follower that has
+    /// just installed a snapshot) they stay until appends come.
     dead: usize,
     hard_state: HardState,
-    /// The last index a snapshot covers, and its term: `entries[0]` follows it. (0, 0) when
-    /// nothing has been compacted.
+    /// The last index a snapshot covers, and its term: `entries[dead]` follows it. (0, 0)
+    /// when nothing has been compacted.
     compacted: (LogIndex, Term),
 }
 
