@@ -15,12 +15,16 @@ use crate::state::{read_state, write_state};
 type Saved = (SnapshotMeta, Arc<Vec<u8>>);
 
 /// Snapshots in memory. A save completes at the first [`Snapshots::poll_saved`] after it
-/// starts, so the node runs on between the two, as it does while a file is written.
+/// starts, and a received snapshot at the first [`Snapshots::poll_received`], so the node
+/// runs on between the two, as it does while a file is written.
 #[derive(Debug, Clone, Default)]
 pub struct MemSnapshots {
     latest: Option<Saved>,
     pending: Option<Saved>,
     receiving: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A received snapshot being finished: its state and what becomes the newest, or why
+    /// it fails.
+    finishing: Option<Result<(Machine, Saved), (io::ErrorKind, String)>>,
 }
 
 impl MemSnapshots {
@@ -35,6 +39,7 @@ impl MemSnapshots {
             latest: self.latest,
             pending: None,
             receiving: None,
+            finishing: None,
         }
     }
 
@@ -119,14 +124,23 @@ impl Snapshots for MemSnapshots {
         }
     }
 
-    fn finish_receive(&mut self) -> io::Result<Machine> {
-        let (meta, data) = self
-            .receiving
-            .take()
-            .ok_or_else(|| io::Error::other("no snapshot is being received"))?;
-        let state = read_state(&mut data.as_slice())
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-        self.adopt((meta, Arc::new(data)));
-        Ok(state)
+    fn start_finish_receive(&mut self) {
+        self.finishing = Some(match self.receiving.take() {
+            None => Err((io::ErrorKind::Other, "no snapshot is being received".into())),
+            Some((meta, data)) => match read_state(&mut data.as_slice()) {
+                Ok(state) => Ok((state, (meta, Arc::new(data)))),
+                Err(error) => Err((io::ErrorKind::InvalidData, error.to_string())),
+            },
+        });
+    }
+
+    fn poll_received(&mut self) -> Option<io::Result<Machine>> {
+        Some(match self.finishing.take()? {
+            Ok((state, saved)) => {
+                self.adopt(saved);
+                Ok(state)
+            }
+            Err((kind, why)) => Err(io::Error::new(kind, why)),
+        })
     }
 }

@@ -207,3 +207,50 @@ fn a_record_cut_short_is_an_error_not_part_of_a_map() {
     assert_eq!(read_map(&mut &data[..]).unwrap(), one);
     assert!(read_map(&mut &b""[..]).unwrap().is_empty());
 }
+
+/// Polls `store` until the received snapshot's finishing has ended (it runs on another
+/// thread); gives up after 10 s.
+fn received(store: &mut FileSnapshots) -> std::io::Result<Machine> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(result) = store.poll_received() {
+            return result;
+        }
+        assert!(std::time::Instant::now() < deadline, "never finished");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_received_snapshot_is_finished_off_the_caller_and_becomes_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FileSnapshots::open(dir.path()).unwrap();
+    let state = map(2_000);
+    let mut data = Vec::new();
+    write_state(&state, &mut data).unwrap();
+    store.begin_receive(&meta(40)).unwrap();
+    for chunk in data.chunks(3000) {
+        store.append_received(chunk).unwrap();
+    }
+    store.start_finish_receive();
+    assert_eq!(received(&mut store).unwrap(), state);
+    assert_eq!(store.latest(), Some(&meta(40)));
+    assert_eq!(store.load_latest().unwrap().map(|(_, s)| s), Some(state));
+    assert!(store.poll_received().is_none(), "reported once");
+}
+
+#[test]
+fn a_received_snapshot_that_does_not_decode_is_refused_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FileSnapshots::open(dir.path()).unwrap();
+    let mut data = Vec::new();
+    write_state(&map(100), &mut data).unwrap();
+    data.truncate(data.len() - 3);
+    store.begin_receive(&meta(40)).unwrap();
+    store.append_received(&data).unwrap();
+    store.start_finish_receive();
+    let error = received(&mut store).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(store.latest(), None);
+    assert_eq!(FileSnapshots::open(dir.path()).unwrap().latest(), None);
+}

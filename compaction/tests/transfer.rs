@@ -1,7 +1,8 @@
 //! The follower's side of InstallSnapshot, scripted chunk by chunk: only the chunk at the
 //! expected offset is taken; duplicates, stale and out-of-order chunks are answered with the
-//! offset wanted; a transfer cut by a restart starts over; data that does not decode is
-//! not installed.
+//! offset wanted; the snapshot is finished off the node's task and installed at the next
+//! tick, the leader told then; a transfer cut by a restart starts over; data that does not
+//! decode is not installed.
 
 use compaction::mem_store::MemSnapshots;
 use compaction::state::write_state;
@@ -11,7 +12,9 @@ use raft_election::message::Message;
 use raft_election::node::{Config, RaftNode};
 use raft_log::apply::Machine;
 use raft_log::membership::Membership;
-use raft_log::snapshot::{InstallSnapshot, SnapshotMeta, Snapshots, Transfer};
+use raft_log::snapshot::{
+    InstallSnapshot, InstallSnapshotResponse, SnapshotMeta, Snapshots, Transfer,
+};
 use raft_log::storage::{MemStorage, Storage};
 use raft_log::types::{LogIndex, Term};
 use replication_naive::node::{Node, Outbox};
@@ -79,6 +82,31 @@ fn chunk(
     }
 }
 
+/// Ticks the follower once; returns the answer about the snapshot it sends the leader then.
+fn tick(node: &mut Follower) -> Option<InstallSnapshotResponse> {
+    let mut out = Outbox::default();
+    node.tick(&mut out);
+    out.messages
+        .into_iter()
+        .find_map(|(to, message)| match message {
+            Message::InstallSnapshotResponse(resp) => {
+                assert_eq!(to, LEADER);
+                Some(resp)
+            }
+            _ => None,
+        })
+}
+
+/// Ticks the follower once and checks it tells the leader of `term` the snapshot is
+/// installed.
+fn installed_at_tick(node: &mut Follower, term: u64) {
+    let answer = tick(node).expect("the leader is told at the next tick");
+    assert_eq!(
+        (answer.in_reply_to, answer.index, answer.result),
+        (Term(term), LogIndex(50), Transfer::Installed)
+    );
+}
+
 #[test]
 fn only_the_chunk_at_the_expected_offset_is_taken() {
     let (map, data) = state();
@@ -95,10 +123,13 @@ fn only_the_chunk_at_the_expected_offset_is_taken() {
         );
         offset += 100;
     }
+    // The last chunk: every byte is in, and the store finishes the snapshot.
+    let all = data.len() as u64;
     assert_eq!(
         chunk(&mut node, 2, &data, offset, 100).1,
-        Transfer::Installed
+        Transfer::Next(all)
     );
+    installed_at_tick(&mut node, 2);
     assert_eq!(node.state(), &map);
     assert_eq!(
         (node.last_applied(), node.commit_index()),
@@ -130,11 +161,62 @@ fn a_transfer_cut_by_a_restart_starts_over() {
     let (_, snapshots) = node.into_parts();
     let mut node = follower(snapshots.after_crash());
     assert_eq!(chunk(&mut node, 2, &data, 100, 100).1, Transfer::Next(0));
+    let all = data.len() as u64;
     assert_eq!(
         chunk(&mut node, 2, &data, 0, data.len()).1,
-        Transfer::Installed
+        Transfer::Next(all)
     );
+    installed_at_tick(&mut node, 2);
     assert_eq!(node.state(), &map);
+}
+
+#[test]
+fn until_the_store_has_finished_the_snapshot_nothing_is_installed_and_the_leader_waits() {
+    let (map, data) = state();
+    let all = data.len() as u64;
+    let mut node = follower(MemSnapshots::new());
+    assert_eq!(
+        chunk(&mut node, 2, &data, 0, data.len()).1,
+        Transfer::Next(all)
+    );
+    assert_eq!(
+        node.last_applied(),
+        LogIndex(0),
+        "not installed before the tick"
+    );
+    assert_eq!(node.snapshots().latest(), None);
+    // The last chunk again (the leader re-sends what is unanswered at a heartbeat), the
+    // empty one after it, and another leader's first: the first two hear that every byte
+    // is in, the third is told to start over later; none disturbs the snapshot.
+    assert_eq!(
+        chunk(&mut node, 2, &data, 0, data.len()).1,
+        Transfer::Next(all)
+    );
+    assert_eq!(
+        chunk(&mut node, 2, &data, data.len(), 0).1,
+        Transfer::Next(all)
+    );
+    assert_eq!(chunk(&mut node, 3, &data, 0, 100).1, Transfer::Next(0));
+    installed_at_tick(&mut node, 2);
+    assert_eq!(node.state(), &map);
+    assert_eq!(node.snapshots().latest(), Some(&meta()));
+    assert_eq!(tick(&mut node), None, "the leader is told once");
+}
+
+#[test]
+fn a_crash_before_the_snapshot_is_finished_loses_the_transfer() {
+    let (_, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    chunk(&mut node, 2, &data, 0, data.len());
+    let (_, snapshots) = node.into_parts();
+    let mut node = follower(snapshots.after_crash());
+    assert_eq!(node.snapshots().latest(), None);
+    assert_eq!(tick(&mut node), None);
+    assert_eq!(
+        chunk(&mut node, 2, &data, data.len(), 0).1,
+        Transfer::Next(0),
+        "the leader starts over"
+    );
 }
 
 #[test]
@@ -142,10 +224,13 @@ fn data_that_does_not_decode_is_not_installed() {
     let (_, mut data) = state();
     data.truncate(data.len() - 3);
     let mut node = follower(MemSnapshots::new());
+    let all = data.len() as u64;
     assert_eq!(
         chunk(&mut node, 2, &data, 0, data.len()).1,
-        Transfer::Next(0)
+        Transfer::Next(all)
     );
+    let answer = tick(&mut node).expect("the leader is told at the next tick");
+    assert_eq!(answer.result, Transfer::Next(0), "start over");
     assert_eq!(node.last_applied(), LogIndex(0));
     assert!(node.state().is_empty());
     assert_eq!(node.snapshots().latest(), None);
@@ -159,9 +244,11 @@ fn a_new_leaders_chunks_start_the_transfer_over() {
     let mut node = follower(MemSnapshots::new());
     assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
     assert_eq!(chunk(&mut node, 3, &data, 100, 100).1, Transfer::Next(0));
+    let all = data.len() as u64;
     assert_eq!(
         chunk(&mut node, 3, &data, 0, data.len()).1,
-        Transfer::Installed
+        Transfer::Next(all)
     );
+    installed_at_tick(&mut node, 3);
     assert_eq!(node.state(), &map);
 }

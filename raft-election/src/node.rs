@@ -7,7 +7,7 @@ use std::io;
 
 use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
-use raft_log::apply::Applier;
+use raft_log::apply::{Applier, Machine};
 use raft_log::log::RaftLog;
 use raft_log::membership::Membership;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
@@ -189,6 +189,9 @@ struct Incoming {
     meta: SnapshotMeta,
     term: Term,
     received: u64,
+    /// Every chunk has arrived, from this leader: the store is making the snapshot durable
+    /// and reading its state back, off the node's task ([`Snapshots::start_finish_receive`]).
+    finishing: Option<NodeId>,
 }
 
 /// A Raft node with elections, keeping its log in `S` and, from stage 7, its snapshots in
@@ -946,13 +949,15 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         self.follow(from, req.term, out);
-        let result = self.receive_chunk(req, out);
+        let result = self.receive_chunk(from, req);
         out.send(from, answer(self.term, result));
     }
 
-    /// Follower: steps 2-8 of the InstallSnapshot receiver, with chunks that may come twice,
-    /// late or out of order: only the chunk at the offset expected next is taken.
-    fn receive_chunk(&mut self, chunk: InstallSnapshot, out: &mut Outbox<Message>) -> Transfer {
+    /// Follower: steps 2-5 of the InstallSnapshot receiver, with chunks that may come twice,
+    /// late or out of order: only the chunk at the offset expected next is taken. After the
+    /// last, the snapshot is finished off the node's task, and [`Self::finish_install`]
+    /// installs it.
+    fn receive_chunk(&mut self, from: NodeId, chunk: InstallSnapshot) -> Transfer {
         let InstallSnapshot {
             term,
             meta,
@@ -960,15 +965,22 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             data,
             done,
         } = chunk;
+        let same = |incoming: &Incoming| {
+            (incoming.term, incoming.meta.index, incoming.meta.term)
+                == (term, meta.index, meta.term)
+        };
+        if let Some(incoming) = self.incoming.as_ref().filter(|i| i.finishing.is_some()) {
+            // Every chunk is in: the store is busy with them. Any other transfer waits.
+            return match same(incoming) {
+                true => Transfer::Next(incoming.received),
+                false => Transfer::Next(0),
+            };
+        }
         if meta.index <= self.commit_index() {
             // Every entry it covers is already committed here (and so is the leader's).
             self.incoming = None;
             return Transfer::Installed;
         }
-        let same = |incoming: &Incoming| {
-            (incoming.term, incoming.meta.index, incoming.meta.term)
-                == (term, meta.index, meta.term)
-        };
         let incoming = match &mut self.incoming {
             Some(incoming) if same(incoming) && offset != incoming.received => {
                 return Transfer::Next(incoming.received);
@@ -984,6 +996,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                     meta: meta.clone(),
                     term,
                     received: 0,
+                    finishing: None,
                 })
             }
         };
@@ -993,19 +1006,51 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
         incoming.received += data.len() as u64;
         // 4. Reply and wait for more data chunks if done is false.
-        if !done {
-            return Transfer::Next(incoming.received);
+        if done {
+            // 5. Save the snapshot file (the store drops older ones): off the node's task.
+            // Until it is installed, the leader hears that every byte has arrived.
+            incoming.finishing = Some(from);
+            self.snapshots.start_finish_receive();
         }
-        self.incoming = None;
-        // 5. Save the snapshot file (the store drops older ones).
-        let state = match self.snapshots.finish_receive() {
-            Ok(state) => state,
+        Transfer::Next(incoming.received)
+    }
+
+    /// Follower: once the store has finished the snapshot received (made it durable and read
+    /// its state back), installs it (steps 6-8) and tells the leader it sent it.
+    fn finish_install(&mut self, out: &mut Outbox<Message>) {
+        let Some(leader) = self.incoming.as_ref().and_then(|i| i.finishing) else {
+            return;
+        };
+        let Some(finished) = self.snapshots.poll_received() else {
+            return;
+        };
+        let Some(Incoming { meta, term, .. }) = self.incoming.take() else {
+            return;
+        };
+        let result = match finished {
+            // Entries committed meanwhile may already cover it.
+            Ok(_) if meta.index <= self.commit_index() => Transfer::Installed,
+            Ok(state) => {
+                self.install(&meta, state, out);
+                Transfer::Installed
+            }
             Err(error) if error.kind() == io::ErrorKind::InvalidData => {
                 warn!(%error, index = %meta.index, "received snapshot does not verify; starting over");
-                return Transfer::Next(0);
+                Transfer::Next(0)
             }
             Err(error) => panic!("cannot store a received snapshot ({error}); stopping"),
         };
+        let answer = InstallSnapshotResponse {
+            term: self.term,
+            in_reply_to: term,
+            index: meta.index,
+            result,
+        };
+        out.send(leader, Message::InstallSnapshotResponse(answer));
+    }
+
+    /// Follower: steps 6-8 with a received snapshot's `state`, durable now.
+    fn install(&mut self, meta: &SnapshotMeta, state: Machine, out: &mut Outbox<Message>) {
         // 6-7. Keep the log after the snapshot if it matches there, else discard it.
         self.log.install_snapshot(meta.index, meta.term);
         self.configs
@@ -1018,7 +1063,6 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.serve_confirmed_reads(out);
         self.applied_bytes_at_snapshot = self.applier.applied_bytes();
         info!(id = %self.config.id, index = %meta.index, "installed a snapshot from the leader");
-        Transfer::Installed
     }
 
     /// Starts a snapshot of the state machine if the policy says it is time and none is
@@ -1187,6 +1231,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
 
     fn tick(&mut self, out: &mut Outbox<Message>) {
         self.finish_snapshot();
+        self.finish_install(out);
         self.tick_handoff(out);
         self.tick_relay(out);
         if self.is_leader() {
