@@ -306,8 +306,22 @@ fn a_multi_megabyte_snapshot_crosses_a_lossy_network_intact() {
             assert!(sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some()));
         }
         write(&mut sim, "pad", 40);
-        let leader = stable_leader(&sim).unwrap();
-        let snapshot = sim.node(leader).unwrap().snapshots().latest_len().unwrap();
+        // A leader that started sending the crashed follower a snapshot defers its own next
+        // one until that follower has been silent for ten election timeouts (it could be a
+        // live one, pausing mid-transfer): let that pass, writing on, until the leader's
+        // snapshot holds the big values.
+        let leader_snapshot = |sim: &Cluster| {
+            let leader = stable_leader(sim)?;
+            sim.node(leader)?.snapshots().latest_len()
+        };
+        for round in 0..30 {
+            if leader_snapshot(&sim).is_some_and(|len| len > 4 << 20) {
+                break;
+            }
+            sim.run_for(ELECTION_MS);
+            write(&mut sim, &format!("more{round}-"), 1);
+        }
+        let snapshot = leader_snapshot(&sim).unwrap_or(0);
         assert!(
             snapshot > 4 << 20,
             "a {snapshot}-byte snapshot (seed {seed})"
