@@ -14,17 +14,25 @@ use crate::state::{read_state, write_state};
 /// bytes a file would hold).
 type Saved = (SnapshotMeta, Arc<Vec<u8>>);
 
+/// What finishing a received snapshot comes to.
+type Finished = Result<(Machine, Saved), (io::ErrorKind, String)>;
+
+/// A received snapshot takes one more poll to finish for each started this many bytes.
+pub const BYTES_PER_POLL: usize = 64 << 10;
+
 /// Snapshots in memory. A save completes at the first [`Snapshots::poll_saved`] after it
-/// starts, and a received snapshot at the first [`Snapshots::poll_received`], so the node
-/// runs on between the two, as it does while a file is written.
+/// starts, so the node runs on between the two, as it does while a file is written. A
+/// received snapshot completes after one [`Snapshots::poll_received`] per started 64 KiB of
+/// its data ([`BYTES_PER_POLL`]), the way a large file takes longer to sync and decode: a
+/// multi-megabyte one spans many ticks, heartbeats and re-sent chunks with it.
 #[derive(Debug, Clone, Default)]
 pub struct MemSnapshots {
     latest: Option<Saved>,
     pending: Option<Saved>,
     receiving: Option<(SnapshotMeta, Vec<u8>)>,
-    /// A received snapshot being finished: its state and what becomes the newest, or why
-    /// it fails.
-    finishing: Option<Result<(Machine, Saved), (io::ErrorKind, String)>>,
+    /// A received snapshot being finished: the polls left before it is, and its state and
+    /// what becomes the newest, or why it fails.
+    finishing: Option<(usize, Finished)>,
 }
 
 impl MemSnapshots {
@@ -126,16 +134,28 @@ impl Snapshots for MemSnapshots {
 
     fn start_finish_receive(&mut self) {
         self.finishing = Some(match self.receiving.take() {
-            None => Err((io::ErrorKind::Other, "no snapshot is being received".into())),
-            Some((meta, data)) => match read_state(&mut data.as_slice()) {
-                Ok(state) => Ok((state, (meta, Arc::new(data)))),
-                Err(error) => Err((io::ErrorKind::InvalidData, error.to_string())),
-            },
+            None => (
+                1,
+                Err((io::ErrorKind::Other, "no snapshot is being received".into())),
+            ),
+            Some((meta, data)) => (
+                data.len().div_ceil(BYTES_PER_POLL).max(1),
+                match read_state(&mut data.as_slice()) {
+                    Ok(state) => Ok((state, (meta, Arc::new(data)))),
+                    Err(error) => Err((io::ErrorKind::InvalidData, error.to_string())),
+                },
+            ),
         });
     }
 
     fn poll_received(&mut self) -> Option<io::Result<Machine>> {
-        Some(match self.finishing.take()? {
+        let (polls_left, _) = self.finishing.as_mut()?;
+        *polls_left -= 1;
+        if *polls_left > 0 {
+            return None;
+        }
+        let (_, finished) = self.finishing.take()?;
+        Some(match finished {
             Ok((state, saved)) => {
                 self.adopt(saved);
                 Ok(state)

@@ -12,11 +12,12 @@ use raft_election::message::Message;
 use raft_election::node::{Config, RaftNode};
 use raft_log::apply::Machine;
 use raft_log::membership::Membership;
+use raft_log::message::AppendEntries;
 use raft_log::snapshot::{
     InstallSnapshot, InstallSnapshotResponse, SnapshotMeta, Snapshots, Transfer,
 };
 use raft_log::storage::{MemStorage, Storage};
-use raft_log::types::{LogIndex, Term};
+use raft_log::types::{Entry, LogIndex, Payload, Term};
 use replication_naive::node::{Node, Outbox};
 use replication_naive::sim::members;
 
@@ -201,6 +202,48 @@ fn until_the_store_has_finished_the_snapshot_nothing_is_installed_and_the_leader
     assert_eq!(node.state(), &map);
     assert_eq!(node.snapshots().latest(), Some(&meta()));
     assert_eq!(tick(&mut node), None, "the leader is told once");
+}
+
+#[test]
+fn entries_committed_while_the_snapshot_finishes_are_not_rolled_back_by_it() {
+    let (_, data) = state();
+    let mut node = follower(MemSnapshots::new());
+    chunk(&mut node, 2, &data, 0, data.len());
+    // Meanwhile a leader of term 3 replicates and commits 60 entries of its own: past the
+    // snapshot's index, 50.
+    let entries = (1..=60)
+        .map(|i| Entry {
+            index: LogIndex(i),
+            term: Term(3),
+            payload: Payload::Command(Command::Put {
+                key: format!("log{i}"),
+                value: "v".into(),
+            }),
+        })
+        .collect();
+    let append = AppendEntries {
+        term: Term(3),
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries,
+        leader_commit: LogIndex(60),
+    };
+    node.step(
+        NodeId(3),
+        Message::AppendEntries(append),
+        &mut Outbox::default(),
+    );
+    assert_eq!(node.last_applied(), LogIndex(60));
+    // The finished snapshot is not installed over them, and the leader of the transfer
+    // hears that the follower has what it covers.
+    installed_at_tick(&mut node, 2);
+    assert_eq!(node.last_applied(), LogIndex(60), "applied never goes back");
+    assert_eq!(node.state().get("log60"), Some("v"));
+    assert_eq!(
+        node.state().get("key0"),
+        None,
+        "the snapshot's map was not restored"
+    );
 }
 
 #[test]

@@ -1075,7 +1075,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let since = self.snapshots.latest().map_or(LogIndex(0), |m| m.index);
         let bytes = self.applier.applied_bytes() - self.applied_bytes_at_snapshot;
         let state_bytes = self.applier.state().bytes() as u64;
+        // Not while a received snapshot is finishing either: one of the same index and term
+        // would be written to the same file.
+        let finishing = self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.finishing.is_some());
         if self.snapshots.saving()
+            || finishing
             || self.sending_snapshot()
             || applied <= since
             || (applied.0 - since.0 < policy.entries && bytes < policy.bytes)

@@ -156,7 +156,10 @@ pub struct InstallSnapshotResponse {
 pub enum Transfer {
     /// Send the chunk at this offset next. The follower says so after every chunk it
     /// appends, and after a duplicate, stale or out-of-order one (which it ignores); 0 means
-    /// start again.
+    /// start again (also sent unasked when a received snapshot does not decode). The
+    /// snapshot's whole length means every byte is in and the follower is finishing it:
+    /// wait for `Installed`. While it finishes, it answers any other transfer with 0, to be
+    /// sent again later.
     Next(u64),
     /// The follower's state now covers the snapshot's index (installed now, or it already
     /// had every entry up to there).
