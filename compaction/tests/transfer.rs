@@ -108,6 +108,17 @@ fn installed_at_tick(node: &mut Follower, term: u64) {
     );
 }
 
+/// Sends the whole snapshot in one chunk in `term`: every byte is in, and it is installed
+/// at the next tick.
+fn whole_snapshot_installed(node: &mut Follower, term: u64, data: &[u8]) {
+    let all = data.len() as u64;
+    assert_eq!(
+        chunk(node, term, data, 0, data.len()).1,
+        Transfer::Next(all)
+    );
+    installed_at_tick(node, term);
+}
+
 #[test]
 fn only_the_chunk_at_the_expected_offset_is_taken() {
     let (map, data) = state();
@@ -162,12 +173,7 @@ fn a_transfer_cut_by_a_restart_starts_over() {
     let (_, snapshots) = node.into_parts();
     let mut node = follower(snapshots.after_crash());
     assert_eq!(chunk(&mut node, 2, &data, 100, 100).1, Transfer::Next(0));
-    let all = data.len() as u64;
-    assert_eq!(
-        chunk(&mut node, 2, &data, 0, data.len()).1,
-        Transfer::Next(all)
-    );
-    installed_at_tick(&mut node, 2);
+    whole_snapshot_installed(&mut node, 2, &data);
     assert_eq!(node.state(), &map);
 }
 
@@ -287,11 +293,6 @@ fn a_new_leaders_chunks_start_the_transfer_over() {
     let mut node = follower(MemSnapshots::new());
     assert_eq!(chunk(&mut node, 2, &data, 0, 100).1, Transfer::Next(100));
     assert_eq!(chunk(&mut node, 3, &data, 100, 100).1, Transfer::Next(0));
-    let all = data.len() as u64;
-    assert_eq!(
-        chunk(&mut node, 3, &data, 0, data.len()).1,
-        Transfer::Next(all)
-    );
-    installed_at_tick(&mut node, 3);
+    whole_snapshot_installed(&mut node, 3, &data);
     assert_eq!(node.state(), &map);
 }
