@@ -4,7 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long dev-cluster may take to stop its nodes and exit after Ctrl-C.
+const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 /// A base port whose next three ports are free right now.
 fn free_base_port() -> u16 {
@@ -24,13 +28,29 @@ impl DevCluster {
         let sent = Command::new("kill").args(["-INT", &pid]).status();
         sent.is_ok_and(|s| s.success())
     }
+
+    /// Its exit status, if it exits within [`STOP_WITHIN`] (std has no way to wait for a
+    /// child with a timeout, so this polls).
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + STOP_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             self.interrupt();
-            let _ = self.0.wait();
+            if self.exited().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
         }
     }
 }
@@ -105,9 +125,10 @@ fn quick_start_from_the_readme_works() {
     assert_eq!(status.matches(" follower ").count(), 2, "{status}");
 
     assert!(cluster.interrupt());
+    let status = cluster.exited();
     assert!(
-        cluster.0.wait().unwrap().success(),
-        "dev-cluster should exit 0 on Ctrl-C"
+        status.is_some_and(|s| s.success()),
+        "dev-cluster should exit 0 within {STOP_WITHIN:?} of Ctrl-C: {status:?}"
     );
     for (_, pid) in nodes {
         let alive = Command::new("kill").args(["-0", &pid]).status().unwrap();
