@@ -106,8 +106,8 @@ pub enum CheckError {
     GaveUp {
         /// The key.
         key: String,
-        /// How many states were explored.
-        states: usize,
+        /// The budget of states it used up.
+        budget: usize,
     },
 }
 
@@ -115,9 +115,9 @@ impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CheckError::Violation(violation) => violation.fmt(f),
-            CheckError::GaveUp { key, states } => write!(
+            CheckError::GaveUp { key, budget } => write!(
                 f,
-                "gave up on key {key:?} after {states} states: the history is too long or too concurrent to check"
+                "gave up on key {key:?} after {budget} states: the history is too long or too concurrent to check"
             ),
         }
     }
@@ -156,7 +156,7 @@ pub fn check_within(history: &[Operation], budget: usize) -> Result<(), CheckErr
             None => {
                 return Err(CheckError::GaveUp {
                     key: key.to_owned(),
-                    states: budget,
+                    budget,
                 });
             }
         }
@@ -436,7 +436,7 @@ mod tests {
             error,
             CheckError::GaveUp {
                 key: "k".into(),
-                states: 10_000
+                budget: 10_000
             }
         );
         // The same read of a value one of them wrote is decided at once.
