@@ -278,7 +278,7 @@ impl<M: Medium> DurableStorage<M> {
     /// How long the content is with every record queued so far.
     fn content_len(&self) -> u64 {
         match &self.rewrite {
-            Some(replacement) => replacement.len(),
+            Some(replacement) => replacement.size(),
             None => self.written + self.pending.len() as u64,
         }
     }
@@ -426,26 +426,25 @@ struct Header {
     len: u32,
     len_crc: u32,
     payload_crc: u32,
-    len_bytes: [u8; 4],
 }
 
 impl Header {
     /// The header at the start of `bytes`, if they hold one.
     fn read(bytes: &[u8]) -> Option<Header> {
-        let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
-        let len_bytes = word(0)?;
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
         Some(Header {
-            len: u32::from_le_bytes(len_bytes),
-            len_crc: u32::from_le_bytes(word(4)?),
-            payload_crc: u32::from_le_bytes(word(8)?),
-            len_bytes,
+            len: word(0)?,
+            len_crc: word(4)?,
+            payload_crc: word(8)?,
         })
     }
 
     /// The payload's length, if the length passes its checksum and is possible.
     fn len(&self) -> Option<usize> {
         let len = (self.len & !WRITE_START) as usize;
-        (crc32fast::hash(&self.len_bytes) == self.len_crc && len != 0 && len <= MAX_RECORD)
+        (crc32fast::hash(&self.len.to_le_bytes()) == self.len_crc && len != 0 && len <= MAX_RECORD)
             .then_some(len)
     }
 
@@ -587,7 +586,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
     fn start_sync(&mut self) -> Option<SyncJob> {
         // Records written since a compaction went into its rewrite (`write`).
         if let Some(replacement) = self.rewrite.take() {
-            self.written = replacement.len();
+            self.written = replacement.size();
             self.syncing = Some(self.memory.last_index());
             return Some(self.medium.replace_job(replacement));
         }

@@ -2,7 +2,7 @@
 //! what was never synced, the seam through which crashes are tested at every byte.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -50,14 +50,9 @@ pub struct Replacement {
 }
 
 impl Replacement {
-    /// The new content's length.
-    pub fn len(&self) -> u64 {
+    /// The new content's length in bytes.
+    pub fn size(&self) -> u64 {
         self.head.len() as u64 + (self.kept.end - self.kept.start) + self.tail.len() as u64
-    }
-
-    /// Whether the new content is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -190,29 +185,31 @@ impl Medium for FileMedium {
         Ok(())
     }
 
-    /// Written aside (the kept bytes read from the old file; zero-filled ahead) and renamed
-    /// over the old file (rename is atomic), the directory synced.
+    /// Written aside (the kept bytes copied from the old file by the kernel,
+    /// `copy_file_range`; zero-filled ahead) and renamed over the old file (rename is
+    /// atomic), the directory synced. Nothing else uses the old file's offset meanwhile:
+    /// appends and reads are positional, and none happens until [`Medium::synced`].
     fn replace_job(&mut self, replacement: Replacement) -> SyncJob {
-        let end = replacement.len();
+        let end = replacement.size();
         self.replacing = Some(end);
         let path = self.path.clone();
         let old = self.file.clone();
         Box::new(move || {
             let Replacement { head, kept, tail } = replacement;
             let tmp = path.with_extension("tmp");
-            let file = File::create(&tmp)?;
-            file.write_all_at(&head, 0)?;
-            let mut at = head.len() as u64;
-            let mut chunk = vec![0; KEPT_CHUNK.min(kept.end - kept.start) as usize];
-            let mut from = kept.start;
-            while from < kept.end {
-                let n = (kept.end - from).min(chunk.len() as u64) as usize;
-                old.read_exact_at(&mut chunk[..n], from)?;
-                file.write_all_at(&chunk[..n], at)?;
-                from += n as u64;
-                at += n as u64;
+            let mut file = File::create(&tmp)?;
+            file.write_all(&head)?;
+            let mut old = &*old;
+            old.seek(SeekFrom::Start(kept.start))?;
+            let want = kept.end - kept.start;
+            let copied = std::io::copy(&mut old.take(want), &mut file)?;
+            if copied != want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the log ended {copied} bytes into the {want} to keep"),
+                ));
             }
-            file.write_all_at(&tail, at)?;
+            file.write_all(&tail)?;
             zero_ahead(&file, end, end)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -230,9 +227,6 @@ impl Medium for FileMedium {
         Ok(())
     }
 }
-
-/// How much of the kept content a replacement copies at a time.
-const KEPT_CHUNK: u64 = 1 << 20;
 
 /// Makes a new or renamed file's name durable: its directory must be synced.
 pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {

@@ -779,7 +779,7 @@ fn random_changes_compactions_and_crashes_read_back_as_the_model() {
     }
 }
 
-/// More than a megabyte of records kept: copied in several chunks.
+/// More than a megabyte of records kept, copied from a real file into its replacement.
 #[test]
 fn a_log_file_rewritten_with_copied_records_reopens_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
