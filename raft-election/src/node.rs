@@ -1018,7 +1018,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// Follower: once the store has finished the snapshot received (made it durable and read
     /// its state back), installs it (steps 6-8) and tells the leader it sent it.
     fn finish_install(&mut self, out: &mut Outbox<Message>) {
-        let Some(leader) = self.incoming.as_ref().and_then(|i| i.finishing) else {
+        let Some(leader) = self.finishing_from() else {
             return;
         };
         let Some(finished) = self.snapshots.poll_received() else {
@@ -1049,6 +1049,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         out.send(leader, Message::InstallSnapshotResponse(answer));
     }
 
+    /// Follower: the leader whose snapshot the store is finishing, if it is.
+    fn finishing_from(&self) -> Option<NodeId> {
+        self.incoming.as_ref().and_then(|i| i.finishing)
+    }
+
     /// Follower: steps 6-8 with a received snapshot's `state`, durable now.
     fn install(&mut self, meta: &SnapshotMeta, state: Machine, out: &mut Outbox<Message>) {
         // 6-7. Keep the log after the snapshot if it matches there, else discard it.
@@ -1077,12 +1082,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let state_bytes = self.applier.state().bytes() as u64;
         // Not while a received snapshot is finishing either: one of the same index and term
         // would be written to the same file.
-        let finishing = self
-            .incoming
-            .as_ref()
-            .is_some_and(|i| i.finishing.is_some());
         if self.snapshots.saving()
-            || finishing
+            || self.finishing_from().is_some()
             || self.sending_snapshot()
             || applied <= since
             || (applied.0 - since.0 < policy.entries && bytes < policy.bytes)
