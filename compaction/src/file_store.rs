@@ -22,12 +22,41 @@ pub struct FileSnapshots {
     dir: PathBuf,
     latest: Option<SnapshotFile>,
     /// The background save under way: its result arrives here.
-    saving: Option<mpsc::Receiver<Result<SnapshotFile, SnapshotError>>>,
+    saving: Option<Running<SnapshotFile>>,
     /// The snapshot being received from a leader.
     receiving: Option<SnapshotWriter>,
     /// The received snapshot being finished in the background: the file and its state
     /// arrive here.
-    finishing: Option<mpsc::Receiver<io::Result<(SnapshotFile, Machine)>>>,
+    finishing: Option<Running<(SnapshotFile, Machine)>>,
+}
+
+/// Work on a thread of its own, whose result is polled for: the node's task never waits
+/// for a snapshot to be written or read.
+type Running<T> = mpsc::Receiver<io::Result<T>>;
+
+/// Starts `work` on a thread of its own.
+fn run_aside<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Running<T> {
+    let (done, result) = mpsc::sync_channel(1);
+    thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+}
+
+/// The result of the work in `running`, once it has ended (and `running` is cleared then);
+/// `what` names the work if its thread ended without one.
+fn poll_aside<T>(running: &mut Option<Running<T>>, what: &str) -> Option<io::Result<T>> {
+    let result = match running.as_ref()?.try_recv() {
+        Err(mpsc::TryRecvError::Empty) => return None,
+        Err(mpsc::TryRecvError::Disconnected) => {
+            Err(io::Error::other(format!("{what} stopped without a result")))
+        }
+        Ok(result) => result,
+    };
+    *running = None;
+    Some(result)
 }
 
 impl FileSnapshots {
@@ -156,12 +185,8 @@ impl Snapshots for FileSnapshots {
     }
 
     fn start_save(&mut self, meta: SnapshotMeta, state: Machine) {
-        let (done, result) = mpsc::sync_channel(1);
         let dir = self.dir.clone();
-        thread::spawn(move || {
-            let _ = done.send(save(&dir, &meta, &state));
-        });
-        self.saving = Some(result);
+        self.saving = Some(run_aside(move || Ok(save(&dir, &meta, &state)?)));
     }
 
     fn saving(&self) -> bool {
@@ -169,15 +194,8 @@ impl Snapshots for FileSnapshots {
     }
 
     fn poll_saved(&mut self) -> Option<io::Result<SnapshotMeta>> {
-        let result = match self.saving.as_ref()?.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => return None,
-            Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other(
-                "the snapshot writer stopped without a result",
-            )),
-            Ok(saved) => saved.map_err(io::Error::from),
-        };
-        self.saving = None;
-        Some(result.map(|file| {
+        let saved = poll_aside(&mut self.saving, "the snapshot writer")?;
+        Some(saved.map(|file| {
             let meta = file.meta().clone();
             info!(path = %file.path().display(), bytes = file.data_len(), "snapshot written");
             self.adopt(file);
@@ -217,27 +235,16 @@ impl Snapshots for FileSnapshots {
     /// On another thread: the fsync of a large file and the decoding of its state held
     /// the node's task for 524 ms at 1,000,000 keys.
     fn start_finish_receive(&mut self) {
-        let (done, result) = mpsc::sync_channel(1);
         let writer = self.receiving.take();
-        thread::spawn(move || {
-            let _ = done.send(match writer {
-                Some(writer) => finish_received(writer),
-                None => Err(io::Error::other("no snapshot is being received")),
-            });
-        });
-        self.finishing = Some(result);
+        self.finishing = Some(run_aside(move || match writer {
+            Some(writer) => finish_received(writer),
+            None => Err(io::Error::other("no snapshot is being received")),
+        }));
     }
 
     fn poll_received(&mut self) -> Option<io::Result<Machine>> {
-        let result = match self.finishing.as_ref()?.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => return None,
-            Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other(
-                "the snapshot receiver stopped without a result",
-            )),
-            Ok(finished) => finished,
-        };
-        self.finishing = None;
-        Some(result.map(|(file, state)| {
+        let finished = poll_aside(&mut self.finishing, "the snapshot receiver")?;
+        Some(finished.map(|(file, state)| {
             self.adopt(file);
             state
         }))
