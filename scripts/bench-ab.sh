@@ -5,7 +5,7 @@
 #
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY
 #
-# Environment: RUNS (3), CONNS (64), PIPELINE (1), WORKLOAD (put or get), TARGET (leader:
+# Environment: RUNS (3), CONNS (64), PIPELINE (1), WORKLOAD (put, get or mix: half each), TARGET (leader:
 # only the leader's address; all: the three, so two connections in three are on followers).
 # Every process it starts is stopped at exit; data lives in a temporary directory.
 set -euo pipefail
@@ -45,7 +45,7 @@ one() {
         addr=$(LIME_BIN=$bin $BENCH/lime_cluster.sh leader | awk '{print $3}')
     fi
     local extra=()
-    [[ $WORKLOAD == get ]] && extra=(--prefill)
+    [[ $WORKLOAD != put ]] && extra=(--prefill)
     before=$(cpu_ticks) switched=$(switches)
     out=$($LOADGEN --proto lime --addr "$addr" --conns "$CONNS" --pipeline "$PIPELINE" \
         --duration 5 --workload "$WORKLOAD" --value-size 100 --keys 1000 "${extra[@]}")

@@ -1303,13 +1303,24 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     /// its own unsynced changes, so it goes out while the leader writes its log (thesis
     /// §10.2.1); its term and vote were made durable before it could lead. Nor do the
     /// messages that relay clients' requests and their answers: no client is answered
-    /// until what it asked is committed. Everything else a follower or candidate says
-    /// (acknowledgements, votes, vote requests) waits.
+    /// until what it asked is committed.
+    ///
+    /// Nor does a voter's ReadAck (thesis §6.4). It says only that, when it was sent, the
+    /// voter had not moved past the probe's term, so had helped no later leader to power:
+    /// every vote it ever granted was durable before it was sent, and its term in memory is
+    /// at least the term of each. A crash that loses an unsynced term takes nothing back
+    /// from that; the read it confirms is ordered before any leader the voter elects next.
+    /// Waiting for the voter's disk would only hold every linearizable read behind
+    /// the fsyncs of concurrent writes.
+    ///
+    /// Everything else a follower or candidate says (acknowledgements of entries, votes,
+    /// vote requests) waits.
     fn sends_before_sync(message: &Message) -> bool {
         matches!(
             message,
             Message::AppendEntries(_)
                 | Message::ReadProbe(_)
+                | Message::ReadAck(_)
                 | Message::Propose(_)
                 | Message::Proposed(_)
                 | Message::ReadIndex(_)

@@ -2,7 +2,9 @@
 //! disks that lose everything not yet synced: a follower acknowledges an entry only once it
 //! is on its disk, and a leader, which sends its entries while writing them, counts its own
 //! copy toward a majority only once it is on its disk. Each test slows some disks down, so
-//! that an acknowledgement given too early would be seen, and then cuts the power.
+//! that an acknowledgement given too early would be seen, and then cuts the power. A voter's
+//! confirmation of a leader's read (thesis §6.4) depends on nothing on its disk, and does not
+//! wait for it.
 
 mod common;
 
@@ -91,6 +93,36 @@ fn a_leader_counts_its_own_copy_only_once_it_is_on_its_disk() {
             read_back(&mut sim, "k"),
             Ok(Reply::Value(Some("v".into()))),
             "an acknowledged write was lost (seed {seed})"
+        );
+    });
+}
+
+#[test]
+fn a_voter_confirms_a_leader_s_read_without_waiting_for_its_disk() {
+    for_each_seed(20, |seed| {
+        let mut sim = durable_cluster(seed, 3, |_| {});
+        let leader = leader_of(&mut sim);
+        acknowledged_put(&mut sim, leader, "k");
+        // Let every sync of that write finish before the followers' disks turn slow.
+        sim.run_for(100);
+        for id in sim.ids().into_iter().filter(|&id| id != leader) {
+            sim.set_sync_ms(id, SLOW_SYNC_MS);
+        }
+        // A write keeps both followers' disks busy while the leader confirms a read.
+        let write = sim.request(leader, Op::put("k", "w"));
+        let read = sim.request(leader, Op::get("k"));
+        let asked = sim.now();
+        assert!(sim.run_until(2_000, |sim| sim.reply(read).is_some()));
+        let took = sim.now() - asked;
+        assert!(
+            took < SLOW_SYNC_MS,
+            "the read took {took} ms: its confirmation waited for a disk (seed {seed})"
+        );
+        assert_eq!(sim.reply(write), None, "seed {seed}");
+        assert_eq!(
+            sim.reply(read),
+            Some(&Ok(Reply::Value(Some("v".into())))),
+            "seed {seed}"
         );
     });
 }
