@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kv_server::process::StartError;
@@ -39,7 +39,8 @@ struct Node {
     child: Child,
     /// The command line that started it, to restart it by hand.
     command: String,
-    exited: Option<ExitStatus>,
+    /// It has exited (or can no longer be waited for), and was reported.
+    exited: bool,
 }
 
 impl DevCluster {
@@ -82,13 +83,9 @@ impl DevCluster {
             }
         }
         print!("{}", self.banner(&exe, &nodes));
-        tokio::pin!(shutdown);
-        let mut watch = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                _ = watch.tick() => report_exits(&mut nodes),
-            }
+        tokio::select! {
+            () = shutdown => {}
+            () = report_exits(&mut nodes) => {}
         }
         println!("stopping the nodes...");
         stop_all(&mut nodes).await;
@@ -120,7 +117,7 @@ impl DevCluster {
             id,
             child,
             command,
-            exited: None,
+            exited: false,
         })
     }
 
@@ -161,22 +158,39 @@ impl DevCluster {
     }
 }
 
-/// Tells the user about nodes that have exited since the last look, and how to restart them.
-fn report_exits(nodes: &mut [Node]) {
-    for node in nodes.iter_mut().filter(|n| n.exited.is_none()) {
-        if let Ok(Some(status)) = node.child.try_wait() {
-            node.exited = Some(status);
-            println!(
-                "node {} exited ({status}); restart it in another terminal with:\n  {}",
-                node.id, node.command
-            );
+/// Tells the user about each node as it exits, and how to restart it; never completes.
+/// (A node restarted by hand is not this process's child, so it is not watched.)
+async fn report_exits(nodes: &mut [Node]) {
+    loop {
+        let exits: Vec<_> = nodes
+            .iter_mut()
+            .filter(|n| !n.exited)
+            .map(|node| {
+                Box::pin(async move {
+                    let status = node.child.wait().await;
+                    (node, status)
+                })
+            })
+            .collect();
+        if exits.is_empty() {
+            return std::future::pending().await;
         }
+        let ((node, status), _, _) = futures::future::select_all(exits).await;
+        let status = match status {
+            Ok(status) => status.to_string(),
+            Err(error) => format!("its status is unknown: {error}"),
+        };
+        println!(
+            "node {} exited ({status}); restart it in another terminal with:\n  {}",
+            node.id, node.command
+        );
+        node.exited = true;
     }
 }
 
 /// SIGTERM to every running node, then SIGKILL to those still running after [`STOP_GRACE`].
 async fn stop_all(nodes: &mut [Node]) {
-    for node in nodes.iter().filter(|n| n.exited.is_none()) {
+    for node in nodes.iter().filter(|n| !n.exited) {
         if let Some(pid) = node.child.id() {
             // No signal crate for one call: `kill` is on every Unix.
             let _ = std::process::Command::new("kill")

@@ -1,10 +1,12 @@
 //! The README's quick start, run as a newcomer would: `limecached dev-cluster`, then
-//! kv-client against the addresses it prints, then Ctrl-C (SIGINT), which must stop every
-//! node it started.
+//! kv-client against the addresses it prints, a node killed and restarted with the command
+//! line dev-cluster prints for it, then Ctrl-C (SIGINT), which must stop every node it
+//! started.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long dev-cluster may take to stop its nodes and exit after Ctrl-C.
@@ -55,6 +57,16 @@ impl Drop for DevCluster {
     }
 }
 
+/// A node this test restarted by hand, killed when dropped.
+struct Restarted(Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn quick_start_from_the_readme_works() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +93,12 @@ fn quick_start_from_the_readme_works() {
             break;
         }
     }
-    std::thread::spawn(move || lines.for_each(drop));
+    let (tx, later_lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     // "  node 1  127.0.0.1:7001  pid 24143  log ..."
     let nodes: Vec<(String, String)> = banner
         .iter()
@@ -123,6 +140,41 @@ fn quick_start_from_the_readme_works() {
     let status = client(&["status"]);
     assert_eq!(status.matches(" leader ").count(), 1, "{status}");
     assert_eq!(status.matches(" follower ").count(), 2, "{status}");
+
+    // Killed, node 2 is reported at once, with the command line that restarts it; run from
+    // there, it serves again (and, no child of dev-cluster, is stopped by this test).
+    let (addr2, pid2) = &nodes[1];
+    assert!(
+        Command::new("kill")
+            .args(["-9", pid2])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let next = || {
+        later_lines
+            .recv_timeout(STOP_WITHIN)
+            .expect("dev-cluster goes on printing")
+    };
+    let report = next();
+    assert!(report.starts_with("node 2 exited (signal: 9"), "{report}");
+    let command = next();
+    let mut words = command.split_whitespace();
+    let mut restarted = Restarted(
+        Command::new(words.next().expect("a program"))
+            .args(words)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = Command::new(tests::binary("kv-client"))
+        .args(["--addr", addr2, "put", "back", "again"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{command}");
+    restarted.0.kill().unwrap();
+    restarted.0.wait().unwrap();
 
     assert!(cluster.interrupt());
     let status = cluster.exited();
