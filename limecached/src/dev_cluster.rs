@@ -112,7 +112,11 @@ impl DevCluster {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| StartError::failure(format!("cannot start node {id}: {e}")))?;
-        let command = format!("{} {}", exe.display(), args.join(" "));
+        let command = std::iter::once(exe.display().to_string())
+            .chain(args)
+            .map(|word| shell_quoted(&word))
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok(Node {
             id,
             child,
@@ -123,7 +127,7 @@ impl DevCluster {
 
     fn banner(&self, exe: &Path, nodes: &[Node]) -> String {
         let all: Vec<String> = (1..=self.nodes).map(|i| self.addr(i)).collect();
-        let client = exe.with_file_name("kv-client");
+        let client = shell_quoted(&exe.with_file_name("kv-client").display().to_string());
         let mut text = String::new();
         let _ = writeln!(text, "limecached dev cluster: {} nodes", nodes.len());
         for node in nodes {
@@ -143,13 +147,9 @@ impl DevCluster {
             text,
             "\ntry it (kv-client: cargo build --release -p kv-client):"
         );
-        let _ = writeln!(
-            text,
-            "  {} --addr {addrs} put greeting hello",
-            client.display()
-        );
-        let _ = writeln!(text, "  {} --addr {addrs} get greeting", client.display());
-        let _ = writeln!(text, "  {} --addr {addrs} status", client.display());
+        let _ = writeln!(text, "  {client} --addr {addrs} put greeting hello");
+        let _ = writeln!(text, "  {client} --addr {addrs} get greeting");
+        let _ = writeln!(text, "  {client} --addr {addrs} status");
         let _ = writeln!(
             text,
             "kill a node to watch the others elect a new leader: kill -9 <pid>; Ctrl-C stops them all"
@@ -188,9 +188,20 @@ async fn report_exits(nodes: &mut [Node]) {
     }
 }
 
+/// `word` as a POSIX shell reads it back: as it is when that is safe, else in single quotes.
+fn shell_quoted(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// SIGTERM to every running node, then SIGKILL to those still running after [`STOP_GRACE`].
 async fn stop_all(nodes: &mut [Node]) {
-    for node in nodes.iter().filter(|n| !n.exited) {
+    // Not yet reaped (tokio forgets the pid then): also a node whose wait failed.
+    for node in nodes.iter() {
         if let Some(pid) = node.child.id() {
             // No signal crate for one call: `kill` is on every Unix.
             let _ = std::process::Command::new("kill")
@@ -205,5 +216,32 @@ async fn stop_all(nodes: &mut [Node]) {
         {
             let _ = node.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shell_reads_quoted_words_back_as_they_were() {
+        let words = [
+            "plain/path-1.2",
+            "with space",
+            "it's",
+            "",
+            "$HOME",
+            "a\"b",
+            "*",
+        ];
+        let quoted: Vec<String> = words.iter().map(|w| shell_quoted(w)).collect();
+        let script = format!("printf '%s\\n' {}", quoted.join(" "));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh runs");
+        let read_back = String::from_utf8(out.stdout).expect("utf-8");
+        assert_eq!(read_back.lines().collect::<Vec<_>>(), words);
+        assert_eq!(quoted[0], "plain/path-1.2", "safe words stay as they are");
     }
 }

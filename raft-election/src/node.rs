@@ -475,8 +475,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.election_timeout = self.rng.gen_range(base..2 * base);
     }
 
-    /// Persists the term and vote. Called before any message that depends on them is sent:
-    /// the outbox is only sent once the node returns, and storage is durable on return.
+    /// Records the term and vote in storage. Every message that depends on them (a vote, a
+    /// vote request) leaves only once a sync covers them: the driver's `SyncGate` holds it,
+    /// as it holds everything [`Node::sends_before_sync`] does not let go.
     fn save_hard_state(&mut self) {
         self.log.save_hard_state(HardState {
             current_term: self.term,

@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use kv_server::protocol::{NodeId, Op, Outcome, Reply, WriteOutcome};
-use replication_naive::sim::for_each_seed;
+use replication_naive::sim::{NetConfig, for_each_seed};
 
 /// Longer than the rest of a write's round trip: whatever waits for these disks is late.
 const SLOW_SYNC_MS: u64 = 40;
@@ -108,7 +108,14 @@ fn a_voter_confirms_a_leader_s_read_without_waiting_for_its_disk() {
         for id in sim.ids().into_iter().filter(|&id| id != leader) {
             sim.set_sync_ms(id, SLOW_SYNC_MS);
         }
-        // A write keeps both followers' disks busy while the leader confirms a read.
+        // A write keeps both followers' disks busy while the leader confirms a read. With
+        // one delay for every message, each follower hears the probe after the entry, so
+        // while the entry's sync runs.
+        sim.set_net(NetConfig {
+            min_delay: 2,
+            max_delay: 2,
+            ..NetConfig::reliable()
+        });
         let write = sim.request(leader, Op::put("k", "w"));
         let read = sim.request(leader, Op::get("k"));
         let asked = sim.now();

@@ -118,7 +118,11 @@ impl Applier {
     /// whether their entry or another leader's made it into the snapshot cannot be told, so
     /// the outcome is unknown to them.
     pub fn restore(&mut self, state: Machine, index: LogIndex) -> Vec<(RequestTag, Outcome)> {
-        drop_aside(std::mem::replace(&mut self.machine, state));
+        let replaced = std::mem::replace(&mut self.machine, state);
+        // A node starting from its snapshot replaces an empty state: no thread for that.
+        if !replaced.map.is_empty() {
+            drop_aside(replaced);
+        }
         self.last_applied = index;
         let later = self.waiting.split_off(&index.next());
         std::mem::replace(&mut self.waiting, later)
