@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
@@ -43,16 +44,31 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// `n` free loopback addresses. The ports are found by binding port 0 and released before
-/// use, so another process could take one in between; on a test machine that is rare.
+/// `n` loopback addresses free right now, for nodes to listen on.
+///
+/// A port is checked by binding it and released before the node binds it. Ports are taken
+/// below Linux's ephemeral range (32768 and up), where no connection gets its local port:
+/// a port from binding port 0 was once taken in between by some test's client connection,
+/// and the node exited before listening. Each port is handed out once per test process,
+/// so tests running at the same time never share one; processes start at different places.
 pub fn free_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").to_string())
-        .collect()
+    const FIRST: u32 = 20_000;
+    const RANGE: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 1_000 * 12;
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..RANGE {
+        if addrs.len() == n {
+            break;
+        }
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % RANGE;
+        let addr = format!("127.0.0.1:{port}");
+        if std::net::TcpListener::bind(&addr).is_ok() {
+            addrs.push(addr);
+        }
+    }
+    assert_eq!(addrs.len(), n, "{n} free ports below {}", FIRST + RANGE);
+    addrs
 }
 
 /// A cluster of node processes of one stage binary, all given the same `--peers`.
@@ -181,11 +197,13 @@ impl ProcessCluster {
             .spawn()
             .expect("spawn a node");
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.contains("node listening"));
-        assert!(ready, "node {id} exited before listening");
+        let mut said = Vec::new();
+        let ready = lines.by_ref().map_while(Result::ok).any(|line| {
+            let listening = line.contains("node listening");
+            said.push(line);
+            listening
+        });
+        assert!(ready, "node {id} exited before listening: {said:#?}");
         std::thread::spawn(move || lines.for_each(drop));
         self.children.insert(id, child);
     }

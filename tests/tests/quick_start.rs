@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 /// How long dev-cluster may take to stop its nodes and exit after Ctrl-C.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
-/// A base port whose next three ports are free right now.
+/// A base port whose next three ports are free right now: below the range `free_addrs`
+/// hands out and the kernel's ephemeral range both.
 fn free_base_port() -> u16 {
-    (20_000..60_000u16)
+    (10_000..20_000u16)
         .step_by(97)
         .find(|base| (1..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
         .expect("three free ports in a row")
