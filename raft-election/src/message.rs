@@ -127,7 +127,8 @@ pub struct Proposed {
     /// The batch answered.
     pub batch: BatchId,
     /// The index of the batch's first write (the others follow it, in order); `None` when
-    /// the receiver appended nothing (it does not lead, or is handing leadership over).
+    /// the receiver appended none of it and never will (it is handing leadership over, or
+    /// never led the batch's term): its clients may retry.
     pub first: Option<LogIndex>,
 }
 

@@ -12,7 +12,7 @@ use raft_election::message::{
 };
 use raft_election::node::{Config, RaftNode};
 use raft_log::message::AppendEntries;
-use raft_log::storage::{MemStorage, Storage};
+use raft_log::storage::{HardState, MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
 use replication_naive::node::{Node, Outbox, RequestTag};
 
@@ -224,14 +224,116 @@ fn the_leader_appends_a_batch_once_and_refuses_what_it_cannot_take() {
             })
         )]
     ));
-    // A node that does not lead appends nothing.
+    // A node of a later term takes no batch of an earlier term, and does not answer: the
+    // batch may have been appended in its term (a copy appended now would be a second).
     let mut follower = follower();
-    let out = step(&mut follower, 3, propose(1));
+    assert!(step(&mut follower, 3, propose(1)).messages.is_empty());
+    // A node that never led the batch's term (its own was earlier) appends nothing, and
+    // says so: that stays true.
+    let later = Message::Propose(Propose {
+        term: Term(3),
+        batch: batch(1),
+        writes: vec![(put("a"), None)],
+    });
+    let out = step(&mut follower, 3, later);
     assert!(matches!(
         &out.messages[..],
-        [(NodeId(3), Message::Proposed(Proposed { first: None, .. }))]
+        [(
+            NodeId(3),
+            Message::Proposed(Proposed {
+                term: Term(3),
+                first: None,
+                ..
+            })
+        )]
     ));
     assert_eq!(follower.log().last_index(), LogIndex(0));
+}
+
+#[test]
+fn a_later_term_s_leader_never_appends_a_batch_of_an_earlier_term() {
+    // Node 1 starts in term 4 and is elected in term 5.
+    let storage = MemStorage::with_entries(
+        Vec::new(),
+        HardState {
+            current_term: Term(4),
+            voted_for: None,
+        },
+    );
+    let mut leader = RaftNode::new(relaying(1), storage);
+    while leader.term() == Term(4) {
+        leader.tick(&mut Outbox::default());
+    }
+    let vote = Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(5),
+        granted: true,
+        pre_vote: false,
+    });
+    step(&mut leader, 2, vote);
+    assert!(leader.is_leader());
+    let last = leader.log().last_index();
+    // A batch node 2 sent to term 4's leader, delivered late: that leader may have
+    // appended it, so this one must neither append it again nor say it was not.
+    let stale = Message::Propose(Propose {
+        term: Term(4),
+        batch: BatchId { run: 9, number: 1 },
+        writes: vec![(put("a"), None)],
+    });
+    assert!(step(&mut leader, 2, stale).messages.is_empty());
+    assert_eq!(leader.log().last_index(), last);
+}
+
+#[test]
+fn a_leader_that_stepped_down_leaves_a_late_copy_of_an_appended_batch_unanswered() {
+    let mut leader = leader();
+    let propose = Message::Propose(Propose {
+        term: Term(1),
+        batch: BatchId { run: 9, number: 1 },
+        writes: vec![(put("a"), None)],
+    });
+    let out = step(&mut leader, 2, propose.clone());
+    assert!(matches!(
+        &out.messages[..],
+        [(_, Message::Proposed(Proposed { first: Some(_), .. }))]
+    ));
+    // Nothing heard from either follower: check-quorum steps it down, in the same term.
+    while leader.is_leader() {
+        leader.tick(&mut Outbox::default());
+    }
+    assert_eq!(leader.term(), Term(1));
+    // A duplicate of the batch arrives: "appended nothing" would tell its clients that
+    // writes it did append never happened.
+    assert!(step(&mut leader, 2, propose).messages.is_empty());
+}
+
+#[test]
+fn a_batch_refused_during_a_hand_off_is_never_appended_afterwards() {
+    let mut leader = leader();
+    let propose = Message::Propose(Propose {
+        term: Term(1),
+        batch: BatchId { run: 9, number: 1 },
+        writes: vec![(put("a"), None)],
+    });
+    leader.hand_off(RequestTag(1), &mut Outbox::default());
+    let out = step(&mut leader, 2, propose.clone());
+    assert!(matches!(
+        &out.messages[..],
+        [(_, Message::Proposed(Proposed { first: None, .. }))]
+    ));
+    // The target (node 2) never answers, so the hand-off gives up; node 3 does, so this
+    // node keeps its quorum and leads on.
+    let mut answered = false;
+    while !answered {
+        let mut out = Outbox::default();
+        leader.tick(&mut out);
+        answered = out.replies.iter().any(|(tag, _)| *tag == RequestTag(1));
+        step(&mut leader, 3, accepted(1, 1));
+    }
+    assert!(leader.is_leader());
+    // A late copy of the refused batch must stay refused: its clients were told so.
+    let last = leader.log().last_index();
+    assert!(step(&mut leader, 2, propose).messages.is_empty());
+    assert_eq!(leader.log().last_index(), last);
 }
 
 #[test]

@@ -18,8 +18,10 @@
 //! A batch not answered when the follower's leader or term changes, or within an election
 //! timeout, is given up on: its writes may or may not take effect (`timeout`), its reads
 //! changed nothing (`unavailable`). A leader appends each batch at most once: it ignores a
-//! batch of a follower's run that is not later than the last it appended this term, so a
-//! duplicated or delayed Propose never applies a write twice.
+//! batch of a follower's run that is not later than the last it saw this term, and every
+//! batch of an earlier term, so a duplicated or delayed Propose never applies a write twice;
+//! and it says "appended nothing" only when that cannot turn out false
+//! ([`RaftNode::on_propose`]).
 
 use std::collections::BTreeMap;
 
@@ -217,33 +219,49 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// The leader: a follower's clients' writes, appended in this term unless this node
-    /// does not lead it or is handing leadership over. A batch of a follower's run that is
-    /// not later than the last one appended this term is not answered at all: it is either
-    /// a repeat, and the first copy's answer stands (answering "appended nothing" could
-    /// overtake it and tell the clients a falsehood), or was overtaken by a later batch,
-    /// and the follower gives it up as unknown.
+    /// is handing leadership over. Each batch of a follower's run is taken or refused once
+    /// a term: a batch not later than the last one seen this term is not answered at all.
+    /// It is either a repeat, and the first copy's answer stands (answering "appended
+    /// nothing" could overtake it and tell the clients a falsehood), or was overtaken by a
+    /// later batch, and the follower gives it up as unknown.
+    ///
+    /// "Appended nothing" is said only when it is sure to stay true: by this term's leader
+    /// of a batch it has not seen, and by a node that never led the batch's term (its own
+    /// was earlier). A node that led the batch's term and has stepped down may have
+    /// appended an earlier copy, and a batch of an earlier term may have been appended
+    /// then, by this node or another: neither is answered, and the follower, which gives
+    /// up its batches when its leader or term changes, answers its clients "unknown".
     pub(super) fn on_propose(&mut self, from: NodeId, propose: Propose, out: &mut Outbox<Message>) {
+        if propose.term < self.term {
+            return;
+        }
         // §5.1: a request from a later term means this node is out of date.
-        if propose.term > self.term {
+        let never_led_its_term = propose.term > self.term;
+        if never_led_its_term {
             self.become_follower(propose.term, None);
         }
         let Propose { batch, writes, .. } = propose;
         let busy = self.handing_off().is_some();
         let first = match &mut self.duty {
-            Duty::Leader { relayed, .. } if !busy => {
+            Duty::Leader { relayed, .. } => {
                 let last = relayed.entry((from, batch.run)).or_default();
                 if batch.number <= *last {
                     return;
                 }
                 *last = batch.number;
-                let first = self.log.last_index().next();
-                for (command, session) in writes {
-                    self.propose(None, Payload::write(command, session), out);
+                if busy {
+                    None
+                } else {
+                    let first = self.log.last_index().next();
+                    for (command, session) in writes {
+                        self.propose(None, Payload::write(command, session), out);
+                    }
+                    self.advance_commit(out);
+                    Some(first)
                 }
-                self.advance_commit(out);
-                Some(first)
             }
-            _ => None,
+            _ if never_led_its_term => None,
+            _ => return,
         };
         let answer = Proposed {
             term: self.term,
