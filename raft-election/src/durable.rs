@@ -144,6 +144,10 @@ pub struct DurableStorage<M: Medium = FileMedium> {
     durable: LogIndex,
     /// The last index the sync under way covers, if one is.
     syncing: Option<LogIndex>,
+    /// The hard state on disk ([`Storage::durable_hard_state`]).
+    durable_hard: HardState,
+    /// The hard state the sync under way covers, if one is.
+    syncing_hard: Option<HardState>,
 }
 
 impl DurableStorage<FileMedium> {
@@ -240,6 +244,7 @@ impl<M: Medium> DurableStorage<M> {
         medium.synced().map_err(io)?;
         Ok(DurableStorage {
             durable: memory.last_index(),
+            durable_hard: memory.hard_state(),
             memory,
             medium,
             pending: Vec::new(),
@@ -247,6 +252,7 @@ impl<M: Medium> DurableStorage<M> {
             entry_records,
             rewrite: None,
             syncing: None,
+            syncing_hard: None,
         })
     }
 
@@ -588,6 +594,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if let Some(replacement) = self.rewrite.take() {
             self.written = replacement.size();
             self.syncing = Some(self.memory.last_index());
+            self.syncing_hard = Some(self.memory.hard_state());
             return Some(self.medium.replace_job(replacement));
         }
         if self.pending.is_empty() {
@@ -604,6 +611,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
             self.pending = Vec::new();
         }
         self.syncing = Some(self.memory.last_index());
+        self.syncing_hard = Some(self.memory.hard_state());
         Some(self.medium.sync_job())
     }
 
@@ -622,9 +630,16 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if let Some(upto) = self.syncing.take() {
             self.durable = self.durable.max(upto);
         }
+        if let Some(hard) = self.syncing_hard.take() {
+            self.durable_hard = hard;
+        }
     }
 
     fn durable_index(&self) -> LogIndex {
         self.durable
+    }
+
+    fn durable_hard_state(&self) -> HardState {
+        self.durable_hard
     }
 }

@@ -554,10 +554,23 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
 
     fn count_votes(&mut self, pre_vote: bool, out: &mut Outbox<Message>) {
         let membership = self.configs.latest();
+        // A candidate's own vote counts only once it is on disk: a crash before that would
+        // take it back, and the node could be elected again in this term, with other
+        // entries (§5.2). Other voters' answers leave only after that sync; a lone voter
+        // waits for it here (`synced`).
+        let me = self.config.id;
+        let own_vote = HardState {
+            current_term: self.term,
+            voted_for: Some(me),
+        };
+        let own_vote_durable = pre_vote || self.log.storage().durable_hard_state() == own_vote;
         // Only the votes of voters in this node's configuration count (a learner, or a
         // node that has been removed, may still answer).
         let won = |votes: &BTreeSet<NodeId>| {
-            votes.iter().filter(|&&v| membership.is_voter(v)).count() >= membership.majority()
+            let counted = votes
+                .iter()
+                .filter(|&&v| membership.is_voter(v) && (v != me || own_vote_durable));
+            counted.count() >= membership.majority()
         };
         let won = match &self.duty {
             Duty::PreCandidate { votes } if pre_vote => won(votes),
@@ -1293,9 +1306,13 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         self.log.start_sync()
     }
 
-    /// A leader's own copy of its entries now counts toward a majority.
+    /// A leader's own copy of its entries now counts toward a majority, and a candidate's
+    /// own vote toward its election.
     fn synced(&mut self, result: std::io::Result<()>, out: &mut Outbox<Message>) {
         self.log.finish_sync(result);
+        if matches!(self.duty, Duty::Candidate { .. }) {
+            self.count_votes(false, out);
+        }
         self.advance_commit(out);
         self.settle(out);
     }

@@ -133,3 +133,26 @@ fn a_voter_confirms_a_leader_s_read_without_waiting_for_its_disk() {
         );
     });
 }
+
+#[test]
+fn a_lone_voter_leads_only_once_its_vote_is_on_its_disk() {
+    use raft_election::durable::DurableStorage;
+    use raft_election::medium::SimDisk;
+    use raft_election::node::{Config, RaftNode};
+    use raft_log::types::Term;
+    use replication_naive::node::{Node, Outbox};
+
+    let storage = DurableStorage::open(SimDisk::default()).expect("an empty disk opens");
+    let mut node = RaftNode::new(Config::new(NodeId(1), members(1), 7), storage);
+    let mut out = Outbox::default();
+    while node.term() == Term(0) {
+        node.tick(&mut out);
+    }
+    // Elected by its own vote alone, which a crash now would take back: the node could
+    // then win this term again, with other entries, and its first term's followers (a
+    // learner being added, say) would keep entries no leader of the term has.
+    assert!(!node.is_leader(), "it leads before its vote is on disk");
+    let sync = node.start_sync().expect("the term and vote to write");
+    node.synced(sync(), &mut out);
+    assert!(node.is_leader());
+}

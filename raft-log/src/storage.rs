@@ -79,6 +79,11 @@ pub trait Storage {
     /// its log in parallel with sending the entries to followers).
     fn durable_index(&self) -> LogIndex;
 
+    /// The hard state as the last finished sync left it on disk: what a crash now would
+    /// leave. A candidate counts its own vote only once it is here, as a leader counts its
+    /// own entries only up to [`Storage::durable_index`].
+    fn durable_hard_state(&self) -> HardState;
+
     /// Makes every change so far durable before returning: [`Storage::start_sync`], the
     /// work, [`Storage::finish_sync`].
     fn sync(&mut self) {
@@ -227,6 +232,11 @@ impl Storage for MemStorage {
     /// Everything counts at once: nothing is ever durable, so nothing is waited for.
     fn durable_index(&self) -> LogIndex {
         self.last_index()
+    }
+
+    /// As for entries, the hard state counts at once.
+    fn durable_hard_state(&self) -> HardState {
+        self.hard_state
     }
 }
 
