@@ -83,12 +83,25 @@ fn follower() -> RaftNode<MemStorage> {
 
 /// Node 1 of 3, elected leader of term 1 with node 2's vote; its no-op is at index 1.
 fn leader() -> RaftNode<MemStorage> {
-    let mut node = RaftNode::new(relaying(1), MemStorage::default());
-    while node.term() == Term(0) {
+    leader_after(0)
+}
+
+/// Node 1 of 3, starting in term `term` with an empty log, elected leader of the next term
+/// with node 2's vote.
+fn leader_after(term: u64) -> RaftNode<MemStorage> {
+    let hard_state = HardState {
+        current_term: Term(term),
+        voted_for: None,
+    };
+    let mut node = RaftNode::new(
+        relaying(1),
+        MemStorage::with_entries(Vec::new(), hard_state),
+    );
+    while node.term() == Term(term) {
         node.tick(&mut Outbox::default());
     }
     let vote = Message::RequestVoteResponse(RequestVoteResponse {
-        term: Term(1),
+        term: Term(term + 1),
         granted: true,
         pre_vote: false,
     });
@@ -252,25 +265,7 @@ fn the_leader_appends_a_batch_once_and_refuses_what_it_cannot_take() {
 
 #[test]
 fn a_later_term_s_leader_never_appends_a_batch_of_an_earlier_term() {
-    // Node 1 starts in term 4 and is elected in term 5.
-    let storage = MemStorage::with_entries(
-        Vec::new(),
-        HardState {
-            current_term: Term(4),
-            voted_for: None,
-        },
-    );
-    let mut leader = RaftNode::new(relaying(1), storage);
-    while leader.term() == Term(4) {
-        leader.tick(&mut Outbox::default());
-    }
-    let vote = Message::RequestVoteResponse(RequestVoteResponse {
-        term: Term(5),
-        granted: true,
-        pre_vote: false,
-    });
-    step(&mut leader, 2, vote);
-    assert!(leader.is_leader());
+    let mut leader = leader_after(4);
     let last = leader.log().last_index();
     // A batch node 2 sent to term 4's leader, delivered late: that leader may have
     // appended it, so this one must neither append it again nor say it was not.
