@@ -202,8 +202,10 @@ fn run(seed: u64) {
     if let Err(violation) = check(&history) {
         panic!("seed {seed}: {violation}");
     }
+    // Relaying must have been exercised. Over 40,000 seeds the count ranged from 36 to 185
+    // (median 120); without relaying it is 0.
     assert!(
-        relayed_ok > 50,
+        relayed_ok > 20,
         "seed {seed}: only {relayed_ok} operations were served through a follower"
     );
 }
