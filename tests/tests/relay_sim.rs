@@ -212,5 +212,5 @@ fn run(seed: u64) {
 
 #[test]
 fn relayed_operations_through_any_node_are_linearizable_through_crashes_and_partitions() {
-    for_each_seed(24, run);
+    for_each_seed(200, run);
 }
