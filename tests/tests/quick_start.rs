@@ -3,13 +3,17 @@
 //! line dev-cluster prints for it, then Ctrl-C (SIGINT), which must stop every node it
 //! started.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long dev-cluster may take to stop its nodes and exit after Ctrl-C.
+use tests::eventually;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long dev-cluster may take to stop its nodes and exit after Ctrl-C, to print what
+/// follows a node's exit, and how long a restarted node may take to catch up.
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 /// A base port whose next three ports are free right now: below the range `free_addrs`
@@ -21,55 +25,66 @@ fn free_base_port() -> u16 {
         .expect("three free ports in a row")
 }
 
-/// `dev-cluster`, interrupted as with Ctrl-C and waited for when dropped: a failed
-/// assertion must not leave it and its nodes (in their own process group) running.
+/// Sends `signal` to `pid` (`kill` is on every Unix; no crate for it).
+fn signal(signal: &str, pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `dev-cluster`, interrupted as with Ctrl-C when dropped while it runs: a failed assertion
+/// must not leave it and its nodes (each in a process group of its own) running.
 struct DevCluster(Child);
 
 impl DevCluster {
     fn interrupt(&self) -> bool {
-        let pid = self.0.id().to_string();
-        let sent = Command::new("kill").args(["-INT", &pid]).status();
-        sent.is_ok_and(|s| s.success())
+        self.0
+            .id()
+            .is_some_and(|pid| signal("-INT", &pid.to_string()))
     }
 
-    /// Its exit status, if it exits within [`STOP_WITHIN`] (std has no way to wait for a
-    /// child with a timeout, so this polls).
-    fn exited(&mut self) -> Option<ExitStatus> {
-        let deadline = Instant::now() + STOP_WITHIN;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+    /// Its exit status, if it exits within [`STOP_WITHIN`].
+    async fn exited(&mut self) -> Option<ExitStatus> {
+        tokio::time::timeout(STOP_WITHIN, self.0.wait())
+            .await
+            .ok()?
+            .ok()
     }
 }
 
 impl Drop for DevCluster {
+    /// Only after a failed assertion: nothing can be awaited here, so this polls.
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             self.interrupt();
-            if self.exited().is_none() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
+            let deadline = Instant::now() + STOP_WITHIN;
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = self.0.start_kill();
         }
     }
 }
 
-/// A node this test restarted by hand, killed when dropped.
-struct Restarted(Child);
-
-impl Drop for Restarted {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `kv-client --addr addrs` with `args`; its output, once it has succeeded.
+async fn kv_client(addrs: &str, args: &[&str]) -> String {
+    let out = Command::new(tests::binary("kv-client"))
+        .args(["--addr", addrs])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn quick_start_from_the_readme_works() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_from_the_readme_works() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port().to_string();
     let mut cluster = DevCluster(
@@ -86,17 +101,16 @@ fn quick_start_from_the_readme_works() {
     );
     let mut banner = Vec::new();
     let mut lines = BufReader::new(cluster.0.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    while let Some(line) = lines.next_line().await.unwrap() {
         let last = line.contains("Ctrl-C stops them all");
         banner.push(line);
         if last {
             break;
         }
     }
-    let (tx, later_lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
+    let (tx, mut later_lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
             let _ = tx.send(line);
         }
     });
@@ -110,35 +124,23 @@ fn quick_start_from_the_readme_works() {
         .collect();
     assert_eq!(nodes.len(), 3, "the banner lists three nodes: {banner:#?}");
     let addrs: Vec<&str> = nodes.iter().map(|(addr, _)| addr.as_str()).collect();
+    let addrs = addrs.join(",");
     assert!(
         banner
             .iter()
-            .any(|l| l.contains(&format!("--addr {}", addrs.join(",")))),
+            .any(|l| l.contains(&format!("--addr {addrs}"))),
         "the banner shows how to reach them: {banner:#?}"
     );
 
-    let client = |args: &[&str]| {
-        let out = Command::new(tests::binary("kv-client"))
-            .arg("--addr")
-            .arg(addrs.join(","))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert_eq!(client(&["put", "greeting", "hello"]), "OK\n");
-    assert_eq!(client(&["get", "greeting"]), "hello\n");
+    let client = |args: &'static [&'static str]| kv_client(&addrs, args);
+    assert_eq!(client(&["put", "greeting", "hello"]).await, "OK\n");
+    assert_eq!(client(&["get", "greeting"]).await, "hello\n");
     assert_eq!(
-        client(&["cas", "greeting", "hello", "bonjour"]),
+        client(&["cas", "greeting", "hello", "bonjour"]).await,
         "swapped\n"
     );
-    assert_eq!(client(&["delete", "greeting"]), "deleted\n");
-    let status = client(&["status"]);
+    assert_eq!(client(&["delete", "greeting"]).await, "deleted\n");
+    let status = client(&["status"]).await;
     assert_eq!(status.matches(" leader ").count(), 1, "{status}");
     assert_eq!(status.matches(" follower ").count(), 2, "{status}");
 
@@ -146,59 +148,47 @@ fn quick_start_from_the_readme_works() {
     // shell, that line brings it back into the cluster (and, no child of dev-cluster, it is
     // stopped by this test).
     let (addr2, pid2) = &nodes[1];
-    assert!(
-        Command::new("kill")
-            .args(["-9", pid2])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let next = || {
-        later_lines
-            .recv_timeout(STOP_WITHIN)
+    assert!(signal("-9", pid2));
+    let mut next = async || {
+        tokio::time::timeout(STOP_WITHIN, later_lines.recv())
+            .await
+            .ok()
+            .flatten()
             .expect("dev-cluster goes on printing")
     };
-    let report = next();
+    let report = next().await;
     assert!(report.starts_with("node 2 exited (signal: 9"), "{report}");
-    let command = next();
-    let mut restarted = Restarted(
-        Command::new("sh")
-            .args(["-c", &format!("exec {command}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert_eq!(client(&["put", "back", "again"]), "OK\n");
-    // Node 2's own copy has the write once it has rejoined and caught up (nothing to
-    // await in another process: polled, within a bound).
-    let deadline = Instant::now() + STOP_WITHIN;
-    loop {
-        let out = Command::new(tests::binary("kv-client"))
+    let command = next().await;
+    let mut restarted = Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(client(&["put", "back", "again"]).await, "OK\n");
+    // Node 2's own copy has the write once it has rejoined and caught up.
+    eventually("node 2 catches up", STOP_WITHIN, || async {
+        let read = Command::new(tests::binary("kv-client"))
             .args(["--addr", addr2, "get", "--stale", "back"])
             .output()
-            .unwrap();
-        if out.stdout == b"again\n" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 2 never caught up: {command}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    restarted.0.kill().unwrap();
-    restarted.0.wait().unwrap();
+            .await;
+        read.is_ok_and(|out| out.stdout == b"again\n")
+    })
+    .await;
+    restarted.kill().await.unwrap();
 
     assert!(cluster.interrupt());
-    let status = cluster.exited();
+    let status = cluster.exited().await;
     assert!(
         status.is_some_and(|s| s.success()),
         "dev-cluster should exit 0 within {STOP_WITHIN:?} of Ctrl-C: {status:?}"
     );
     for (_, pid) in nodes {
-        let alive = Command::new("kill").args(["-0", &pid]).status().unwrap();
-        assert!(!alive.success(), "node process {pid} outlived dev-cluster");
+        assert!(
+            !signal("-0", &pid),
+            "node process {pid} outlived dev-cluster"
+        );
     }
 }
