@@ -142,12 +142,10 @@ pub struct DurableStorage<M: Medium = FileMedium> {
     rewrite: Option<Replacement>,
     /// The last index known to be on disk ([`Storage::durable_index`]).
     durable: LogIndex,
-    /// The last index the sync under way covers, if one is.
-    syncing: Option<LogIndex>,
     /// The hard state on disk ([`Storage::durable_hard_state`]).
     durable_hard: HardState,
-    /// The hard state the sync under way covers, if one is.
-    syncing_hard: Option<HardState>,
+    /// What the sync under way covers, if one is: the last index, and the hard state.
+    syncing: Option<(LogIndex, HardState)>,
 }
 
 impl DurableStorage<FileMedium> {
@@ -252,7 +250,6 @@ impl<M: Medium> DurableStorage<M> {
             entry_records,
             rewrite: None,
             syncing: None,
-            syncing_hard: None,
         })
     }
 
@@ -555,7 +552,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
         self.memory.truncate_after(index);
         // Entries written at these indexes from now on are new: no sync so far covers them.
         self.durable = self.durable.min(index);
-        self.syncing = self.syncing.map(|upto| upto.min(index));
+        if let Some((upto, _)) = &mut self.syncing {
+            *upto = (*upto).min(index);
+        }
     }
 
     fn compact(&mut self, index: LogIndex, term: Term) {
@@ -569,7 +568,9 @@ impl<M: Medium> Storage for DurableStorage<M> {
         // its index: entries written after it are new, and no sync so far covers them.
         let last = self.memory.last_index();
         self.durable = self.durable.min(last);
-        self.syncing = self.syncing.map(|upto| upto.min(last));
+        if let Some((upto, _)) = &mut self.syncing {
+            *upto = (*upto).min(last);
+        }
         // The file is to be rewritten with only what is still needed, by the next sync.
         let copy = entries_stay && self.rewrite.is_none();
         let replacement = self.replacement(index, term, copy);
@@ -593,8 +594,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
         // Records written since a compaction went into its rewrite (`write`).
         if let Some(replacement) = self.rewrite.take() {
             self.written = replacement.size();
-            self.syncing = Some(self.memory.last_index());
-            self.syncing_hard = Some(self.memory.hard_state());
+            self.syncing = Some((self.memory.last_index(), self.memory.hard_state()));
             return Some(self.medium.replace_job(replacement));
         }
         if self.pending.is_empty() {
@@ -610,8 +610,7 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if self.pending.capacity() > MAX_KEPT_BUFFER {
             self.pending = Vec::new();
         }
-        self.syncing = Some(self.memory.last_index());
-        self.syncing_hard = Some(self.memory.hard_state());
+        self.syncing = Some((self.memory.last_index(), self.memory.hard_state()));
         Some(self.medium.sync_job())
     }
 
@@ -627,10 +626,8 @@ impl<M: Medium> Storage for DurableStorage<M> {
         if let Err(error) = self.medium.synced() {
             panic!("cannot reopen the log after rewriting it ({error}); stopping");
         }
-        if let Some(upto) = self.syncing.take() {
+        if let Some((upto, hard)) = self.syncing.take() {
             self.durable = self.durable.max(upto);
-        }
-        if let Some(hard) = self.syncing_hard.take() {
             self.durable_hard = hard;
         }
     }
