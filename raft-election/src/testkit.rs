@@ -309,9 +309,7 @@ pub fn run_schedule<S: Storage + 'static, P: Snapshots + 'static>(
         }) {
             continue;
         }
-        let Some(leader) = stable_leader(sim) else {
-            continue;
-        };
+        let leader = stable_leader(sim).expect("run_until saw one");
         let tag = sim.request(leader, Op::put("final", "v"));
         if sim.run_until(20 * SCHEDULE_ELECTION_MS, |sim| {
             matches!(sim.reply(tag), Some(Ok(_)))

@@ -138,6 +138,15 @@ fn proposed(batch: BatchId, first: Option<u64>) -> Message {
     })
 }
 
+/// Node 2's first batch (run 9), of one write, sent in `term`.
+fn first_batch_of_one(term: u64) -> Message {
+    Message::Propose(Propose {
+        term: Term(term),
+        batch: BatchId { run: 9, number: 1 },
+        writes: vec![(put("a"), None)],
+    })
+}
+
 const PUT: Outcome = Ok(Reply::Write(WriteOutcome::Put));
 
 #[test]
@@ -243,11 +252,7 @@ fn the_leader_appends_a_batch_once_and_refuses_what_it_cannot_take() {
     assert!(step(&mut follower, 3, propose(1)).messages.is_empty());
     // A node that never led the batch's term (its own was earlier) appends nothing, and
     // says so: that stays true.
-    let later = Message::Propose(Propose {
-        term: Term(3),
-        batch: batch(1),
-        writes: vec![(put("a"), None)],
-    });
+    let later = first_batch_of_one(3);
     let out = step(&mut follower, 3, later);
     assert!(matches!(
         &out.messages[..],
@@ -269,11 +274,7 @@ fn a_later_term_s_leader_never_appends_a_batch_of_an_earlier_term() {
     let last = leader.log().last_index();
     // A batch node 2 sent to term 4's leader, delivered late: that leader may have
     // appended it, so this one must neither append it again nor say it was not.
-    let stale = Message::Propose(Propose {
-        term: Term(4),
-        batch: BatchId { run: 9, number: 1 },
-        writes: vec![(put("a"), None)],
-    });
+    let stale = first_batch_of_one(4);
     assert!(step(&mut leader, 2, stale).messages.is_empty());
     assert_eq!(leader.log().last_index(), last);
 }
@@ -281,11 +282,7 @@ fn a_later_term_s_leader_never_appends_a_batch_of_an_earlier_term() {
 #[test]
 fn a_leader_that_stepped_down_leaves_a_late_copy_of_an_appended_batch_unanswered() {
     let mut leader = leader();
-    let propose = Message::Propose(Propose {
-        term: Term(1),
-        batch: BatchId { run: 9, number: 1 },
-        writes: vec![(put("a"), None)],
-    });
+    let propose = first_batch_of_one(1);
     let out = step(&mut leader, 2, propose.clone());
     assert!(matches!(
         &out.messages[..],
@@ -304,11 +301,7 @@ fn a_leader_that_stepped_down_leaves_a_late_copy_of_an_appended_batch_unanswered
 #[test]
 fn a_batch_refused_during_a_hand_off_is_never_appended_afterwards() {
     let mut leader = leader();
-    let propose = Message::Propose(Propose {
-        term: Term(1),
-        batch: BatchId { run: 9, number: 1 },
-        writes: vec![(put("a"), None)],
-    });
+    let propose = first_batch_of_one(1);
     leader.hand_off(RequestTag(1), &mut Outbox::default());
     let out = step(&mut leader, 2, propose.clone());
     assert!(matches!(

@@ -469,14 +469,21 @@ mod tests {
         assert!(violated(check(&history)));
     }
 
+    /// Thirty concurrent puts answered `answer` (called at 0, returning at `end`), then a
+    /// read, from 10 to 20, of a value none of them wrote.
+    fn thirty_puts_then_a_read_of_nobody(answer: Answer, end: u64) -> Vec<Operation> {
+        let mut history: Vec<_> = (0..30)
+            .map(|i| op(i, put(&i.to_string()), answer.clone(), 0, end))
+            .collect();
+        history.push(op(99, Call::Get, value(Some("nobody")), 10, 20));
+        history
+    }
+
     #[test]
     fn a_history_too_concurrent_to_decide_is_given_up_on_not_searched_for_ever() {
         // Thirty concurrent puts that all returned, then a read of a value nobody wrote: no
         // order explains it, and proving that means trying every subset of the puts.
-        let mut history: Vec<_> = (0..30)
-            .map(|i| op(i, put(&i.to_string()), Answer::Done, 0, 100))
-            .collect();
-        history.push(op(99, Call::Get, value(Some("nobody")), 10, 20));
+        let history = thirty_puts_then_a_read_of_nobody(Answer::Done, 100);
         let error = check_within(&history, 10_000).expect_err("undecided within the budget");
         assert_eq!(
             error,
@@ -492,10 +499,7 @@ mod tests {
         // Thirty concurrent puts of unknown outcome, then a read of a value nobody wrote:
         // each put may or may not have happened, but which others did changes nothing, so
         // the search sees through it in a few hundred states, not 2^30.
-        let mut history: Vec<_> = (0..30)
-            .map(|i| op(i, put(&i.to_string()), Answer::Unknown, 0, 0))
-            .collect();
-        history.push(op(99, Call::Get, value(Some("nobody")), 10, 20));
+        let mut history = thirty_puts_then_a_read_of_nobody(Answer::Unknown, 0);
         assert!(violated(check_within(&history, 1_000)));
         // The same read of a value one of them wrote is fine.
         history.last_mut().unwrap().answer = value(Some("17"));

@@ -228,10 +228,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// "Appended nothing" is said only when it is sure to stay true: by this term's leader
     /// of a batch it has not seen, and by a node that never led the batch's term (its own
     /// was earlier: a follower sends only to the node it heard leading that term, so this
-    /// happens only when that node lost its disk, wiped, say). A node that led the batch's term and has stepped down may have
-    /// appended an earlier copy, and a batch of an earlier term may have been appended
-    /// then, by this node or another: neither is answered, and the follower, which gives
-    /// up its batches when its leader or term changes, answers its clients "unknown".
+    /// happens only when that node lost its disk, wiped, say). A node that led the batch's
+    /// term and has stepped down may have appended an earlier copy, and a batch of an
+    /// earlier term may have been appended then, by this node or another: neither is
+    /// answered, and the follower, which gives up its batches when its leader or term
+    /// changes, answers its clients "unknown".
     pub(super) fn on_propose(&mut self, from: NodeId, propose: Propose, out: &mut Outbox<Message>) {
         if propose.term < self.term {
             return;
