@@ -4,12 +4,17 @@
 //! copy toward a majority only once it is on its disk. Each test slows some disks down, so
 //! that an acknowledgement given too early would be seen, and then cuts the power. A voter's
 //! confirmation of a leader's read (thesis §6.4) depends on nothing on its disk, and does not
-//! wait for it.
+//! wait for it; a candidate's own vote counts only once it is on its disk.
 
 mod common;
 
 use common::*;
 use kv_server::protocol::{NodeId, Op, Outcome, Reply, WriteOutcome};
+use raft_election::durable::DurableStorage;
+use raft_election::medium::SimDisk;
+use raft_election::node::{Config, RaftNode};
+use raft_log::types::Term;
+use replication_naive::node::{Node, Outbox};
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 /// Longer than the rest of a write's round trip: whatever waits for these disks is late.
@@ -136,12 +141,6 @@ fn a_voter_confirms_a_leader_s_read_without_waiting_for_its_disk() {
 
 #[test]
 fn a_lone_voter_leads_only_once_its_vote_is_on_its_disk() {
-    use raft_election::durable::DurableStorage;
-    use raft_election::medium::SimDisk;
-    use raft_election::node::{Config, RaftNode};
-    use raft_log::types::Term;
-    use replication_naive::node::{Node, Outbox};
-
     let storage = DurableStorage::open(SimDisk::default()).expect("an empty disk opens");
     let mut node = RaftNode::new(Config::new(NodeId(1), members(1), 7), storage);
     let mut out = Outbox::default();
