@@ -335,8 +335,7 @@ async fn drive<N: Node>(
             Input::HandOff => node.hand_off(tag, out),
         }
     };
-    let mut gate = SyncGate::default();
-    let mut syncing = None;
+    let mut gate: SyncGate<_, Syncing> = SyncGate::default();
     loop {
         let started;
         tokio::select! {
@@ -353,9 +352,8 @@ async fn drive<N: Node>(
                 started = Instant::now();
                 call(&mut node, c, &mut waiting, &mut out);
             }
-            result = finished(&mut syncing), if syncing.is_some() => {
+            result = finished(gate.running()) => {
                 started = Instant::now();
-                syncing = None;
                 node.synced(result, &mut out);
                 gate.finished(|to, message| transport.send(to, message));
             }
@@ -398,15 +396,17 @@ async fn drive<N: Node>(
                 let _ = reply.send(outcome);
             }
         }
-        let job = gate.after_batch(&mut node, out.messages.drain(..), |to, message| {
-            transport.send(to, message)
-        });
-        if let Some(job) = job {
-            syncing = Some(tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                (job(), started.elapsed())
-            }));
-        }
+        gate.after_batch(
+            &mut node,
+            out.messages.drain(..),
+            |to, message| transport.send(to, message),
+            |job| {
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    (job(), started.elapsed())
+                })
+            },
+        );
     }
     // The links end with `stop`; wait for them so nothing outlives the run.
     transport.stopped().await;
@@ -415,9 +415,9 @@ async fn drive<N: Node>(
 /// A sync running on a blocking thread: its result and how long it took.
 type Syncing = tokio::task::JoinHandle<(std::io::Result<()>, Duration)>;
 
-/// Waits for the sync under way (only polled while one runs).
-async fn finished(syncing: &mut Option<Syncing>) -> std::io::Result<()> {
-    let Some(running) = syncing.as_mut() else {
+/// Waits for the sync under way; never finishes while none runs.
+async fn finished(syncing: Option<&mut Syncing>) -> std::io::Result<()> {
+    let Some(running) = syncing else {
         return std::future::pending().await;
     };
     match running.await {

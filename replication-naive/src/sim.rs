@@ -449,12 +449,13 @@ impl<N: Node> Sim<N> {
             return;
         };
         node.flush(&mut out);
-        let mut sent = Vec::new();
-        let job = slot
-            .gate
-            .after_batch(node, out.messages.drain(..), |to, message| {
-                sent.push((to, message))
-            });
+        let (mut sent, mut job) = (Vec::new(), None);
+        slot.gate.after_batch(
+            node,
+            out.messages.drain(..),
+            |to, message| sent.push((to, message)),
+            |started| job = Some(started),
+        );
         out.messages = sent;
         let (incarnation, sync_ms) = (slot.incarnation, slot.sync_ms);
         if let Some(job) = job {

@@ -19,11 +19,15 @@ use kv_server::protocol::NodeId;
 
 use crate::node::{Node, SyncJob};
 
-/// The messages of one node that wait for its syncs.
+/// The messages of one node that wait for its syncs, and the sync under way.
+///
+/// `S` is what the runner keeps of a running sync: the driver's join handle, which it
+/// awaits; nothing in the simulator, which schedules the sync's end as an event. The gate
+/// holds it so that "a sync is running" has one source.
 #[derive(Debug)]
-pub struct SyncGate<M> {
-    /// A sync is running.
-    running: bool,
+pub struct SyncGate<M, S = ()> {
+    /// The sync under way, if any.
+    running: Option<S>,
     /// Messages that wait for the running sync.
     covered: Vec<(NodeId, M)>,
     /// Messages that wait for the next sync, since the running one may not cover what they
@@ -31,32 +35,34 @@ pub struct SyncGate<M> {
     held: Vec<(NodeId, M)>,
 }
 
-impl<M> Default for SyncGate<M> {
+impl<M, S> Default for SyncGate<M, S> {
     fn default() -> Self {
         SyncGate {
-            running: false,
+            running: None,
             covered: Vec::new(),
             held: Vec::new(),
         }
     }
 }
 
-impl<M> SyncGate<M> {
-    /// Whether a sync is running.
-    pub fn running(&self) -> bool {
-        self.running
+impl<M, S> SyncGate<M, S> {
+    /// The sync under way, if any (for the runner to wait on).
+    pub fn running(&mut self) -> Option<&mut S> {
+        self.running.as_mut()
     }
 
     /// After a batch of inputs to `node`: gives `send` the `messages` that may leave now,
-    /// and holds the others. If no sync is running, starts one and returns its work, to be
-    /// run off the node's task and reported to [`SyncGate::finished`] and [`Node::synced`];
-    /// if the node has nothing to make durable, everything held leaves at once.
+    /// and holds the others. If no sync is running, starts one: `start` gets its work, to
+    /// run off the node's task, and returns what the gate keeps of it until the runner
+    /// reports its end to [`SyncGate::finished`] and [`Node::synced`]. If the node has
+    /// nothing to make durable, everything held leaves at once.
     pub fn after_batch<N: Node<Message = M>>(
         &mut self,
         node: &mut N,
         messages: impl IntoIterator<Item = (NodeId, M)>,
         mut send: impl FnMut(NodeId, M),
-    ) -> Option<SyncJob> {
+        start: impl FnOnce(SyncJob) -> S,
+    ) {
         for (to, message) in messages {
             if N::sends_before_sync(&message) {
                 send(to, message);
@@ -64,20 +70,18 @@ impl<M> SyncGate<M> {
                 self.held.push((to, message));
             }
         }
-        if self.running {
-            return None;
+        if self.running.is_some() {
+            return;
         }
         match node.start_sync() {
             Some(job) => {
-                self.running = true;
+                self.running = Some(start(job));
                 self.covered.append(&mut self.held);
-                Some(job)
             }
             None => {
                 for (to, message) in self.held.drain(..) {
                     send(to, message);
                 }
-                None
             }
         }
     }
@@ -86,7 +90,7 @@ impl<M> SyncGate<M> {
     /// ends the batch with [`SyncGate::after_batch`], which starts the next sync if one is
     /// needed.
     pub fn finished(&mut self, mut send: impl FnMut(NodeId, M)) {
-        self.running = false;
+        self.running = None;
         for (to, message) in self.covered.drain(..) {
             send(to, message);
         }
@@ -138,11 +142,14 @@ mod tests {
         messages: &[u32],
     ) -> (Vec<u32>, bool) {
         node.unsynced |= changed;
-        let mut sent = Vec::new();
-        let job = gate.after_batch(node, messages.iter().map(|&m| (NodeId(2), m)), |_, m| {
-            sent.push(m)
-        });
-        (sent, job.is_some())
+        let (mut sent, mut started) = (Vec::new(), false);
+        gate.after_batch(
+            node,
+            messages.iter().map(|&m| (NodeId(2), m)),
+            |_, m| sent.push(m),
+            |_| started = true,
+        );
+        (sent, started)
     }
 
     fn finish(gate: &mut SyncGate<u32>) -> Vec<u32> {
@@ -175,6 +182,6 @@ mod tests {
             batch(&mut gate, &mut node, false, &[7]),
             (vec![5, 7], false)
         );
-        assert!(!gate.running());
+        assert!(gate.running().is_none());
     }
 }
