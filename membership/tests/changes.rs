@@ -7,7 +7,7 @@
 mod common;
 
 use common::{ELECTION_MS, Load, add, admin, cluster, remove, settled, voters};
-use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role};
+use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
 use replication_naive::sim::{NetConfig, for_each_seed};
@@ -100,6 +100,72 @@ fn the_leader_of_two_removes_itself_and_answers_before_handing_over() {
             "seed {seed}"
         );
         load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn the_leader_of_two_removes_itself_unheard_and_is_still_replaced() {
+    // Thesis §4.2.2: a node left out of its latest configuration campaigns while that
+    // configuration may not have committed. The leader of two removes itself while its
+    // follower is cut off, and steps down (check-quorum: its new majority is the follower
+    // alone). The follower, which never heard of the change, still needs the old leader's
+    // vote, and the old leader's longer log refuses it: only the old leader can be elected,
+    // to commit its removal and hand over. On odd seeds it also restarts meanwhile, and
+    // forgets its commit index.
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 2);
+        let leader = stable_leader(&sim).expect("a leader");
+        let rest = NodeId(leader.0 % 2 + 1);
+        sim.isolate(rest);
+        let tag = sim.request(leader, Op::RemoveMember { id: leader });
+        load.run_for(&mut sim, 3 * ELECTION_MS);
+        assert_eq!(sim.reply(tag), None, "seed {seed}");
+        assert!(!sim.node(leader).expect("runs").is_leader(), "seed {seed}");
+        if seed % 2 == 1 {
+            sim.crash(leader);
+            sim.restart(leader);
+        }
+        sim.heal();
+        assert!(
+            load.run_until(&mut sim, 50 * ELECTION_MS, |sim| {
+                stable_leader(sim) == Some(rest)
+                    && sim
+                        .node(rest)
+                        .is_some_and(|n| n.membership().voter_ids().count() == 1)
+            }),
+            "no leader after the heal (seed {seed})"
+        );
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_learner_that_never_answered_is_not_promoted() {
+    // §4.2.1: a learner becomes a voter once it has caught up. While the log is short, one
+    // that was never reached (node 2 is never started here: a mistyped address, say) is
+    // within one AppendEntries of the leader's log, yet has not caught up at all; as a
+    // voter it would leave the cluster without a majority.
+    for_each_seed(10, |seed| {
+        let mut sim = cluster(seed, 1);
+        assert!(sim.run_until(10 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
+        let leader = stable_leader(&sim).expect("a leader");
+        let op = Op::AddMember {
+            id: NodeId(2),
+            addr: common::addr(2),
+        };
+        let tag = sim.request(leader, op);
+        assert!(sim.run_until(ELECTION_MS, |sim| sim.reply(tag).is_some()));
+        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+        sim.run_for(5 * ELECTION_MS);
+        let membership = sim.node(leader).expect("runs").membership();
+        assert!(!membership.is_voter(NodeId(2)), "promoted (seed {seed})");
+        let put = sim.request(leader, Op::put("k", "v"));
+        assert!(sim.run_until(ELECTION_MS, |sim| sim.reply(put).is_some()));
+        assert_eq!(
+            sim.reply(put),
+            Some(&Ok(Reply::Write(WriteOutcome::Put))),
+            "seed {seed}"
+        );
     });
 }
 

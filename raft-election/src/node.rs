@@ -1222,24 +1222,35 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// so a one-node cluster (a node started with `--bootstrap`, say) leads from its first
     /// tick. A node left the only voter by a leader removing itself still follows that
     /// leader until it hands over (§4.2.2: the leader manages its own removal).
+    ///
+    /// A node that its latest configuration leaves out campaigns too, until it knows that
+    /// configuration committed (thesis §4.2.2: "it might still be needed"): a leader that
+    /// removed itself may be the only node with its removal in its log, and, in a cluster
+    /// of two, the other cannot be elected without its vote, which that longer log
+    /// refuses. Its own vote does not count (`count_votes`). Learners, nodes whose removal
+    /// has committed, and nodes that have not joined never campaign; their timer keeps
+    /// running, so that they stop counting a silent leader as fresh (§4.2.3) and stop
+    /// naming it to clients.
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         let membership = self.membership();
-        let voter = membership.is_voter(self.config.id);
+        let me = self.config.id;
+        let voter = membership.is_voter(me);
+        let maybe_needed =
+            !membership.contains(me) && self.configs.latest_index() > self.commit_index();
         let alone = voter && self.leader.is_none() && membership.voter_ids().count() == 1;
-        if alone || self.election_elapsed >= self.election_timeout {
-            if voter {
-                let campaign = if self.config.pre_vote {
-                    Campaign::PreVote
-                } else {
-                    Campaign::Election
-                };
-                self.campaign(campaign, out);
+        if !alone && self.election_elapsed < self.election_timeout {
+            return;
+        }
+        if voter || maybe_needed {
+            let campaign = if self.config.pre_vote {
+                Campaign::PreVote
             } else {
-                // A learner, a node that has been removed, or one that has not joined yet:
-                // it never campaigns, and waits to hear from a leader.
-                self.reset_election_timer();
-            }
+                Campaign::Election
+            };
+            self.campaign(campaign, out);
+        } else {
+            self.leader = None;
         }
     }
 }

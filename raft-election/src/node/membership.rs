@@ -173,7 +173,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// Leader: promotes a learner whose log is within one AppendEntries of the leader's, so
-    /// that adding it as a voter does not stall commits while it catches up (§4.2.1).
+    /// that adding it as a voter does not stall commits while it catches up (§4.2.1). It
+    /// must have answered at least once (its match index is past 0): while the log is
+    /// short, a learner that was never reached (not started yet, or at a mistyped address)
+    /// would otherwise count as caught up, and become a voter that cannot vote.
     pub(super) fn promote_caught_up(&mut self, out: &mut Outbox<Message>) {
         let Duty::Leader { replication, .. } = &self.duty else {
             return;
@@ -183,7 +186,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let caught_up = self.membership().learner_ids().find(|&id| {
             replication
                 .progress(id)
-                .is_some_and(|p| p.match_index.0 + near >= last.0)
+                .is_some_and(|p| p.match_index.0 > 0 && p.match_index.0 + near >= last.0)
         });
         let Some(learner) = caught_up else {
             return;
