@@ -165,6 +165,7 @@ pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), Start
         deadline: Duration::from_secs(30),
         ..RetryPolicy::default()
     };
+    refuse_a_lost_voter(id, &through, policy).await?;
     loop {
         let mut client = ClusterClient::new(vec![through.clone()], policy);
         match client.add_member(id, &addr).await {
@@ -179,6 +180,39 @@ pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), Start
             }
             Err(error) => {
                 warn!(%id, %through, %error, "cannot join yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Before a node with an empty data directory joins: refuses when the cluster already
+/// counts it as a voter. Its data was lost (wiped, or a new disk), and with it its term,
+/// its vote and the entries it acknowledged; joining again would make it a voter that has
+/// none of them, whose vote could elect a leader missing committed entries (§5.4.1
+/// relies on every voter keeping what it acknowledged). Removing it first and then
+/// joining brings it back as a learner that catches up. Asks the leader's view, once a
+/// member answers; a retry of this node's own add cannot be mistaken for this, since it
+/// comes later, from the loop in [`join`].
+async fn refuse_a_lost_voter(
+    id: NodeId,
+    through: &str,
+    policy: RetryPolicy,
+) -> Result<(), StartError> {
+    loop {
+        let mut client = ClusterClient::new(vec![through.to_owned()], policy);
+        match client.leader_status().await {
+            Ok(status) => {
+                let members = status.members.unwrap_or_default();
+                if members.iter().any(|m| m.id == id && m.voter) {
+                    return Err(StartError::failure(format!(
+                        "node {id} is already a voter of the cluster at {through}, but its data directory is empty: what it acknowledged is lost. Remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
+                    )));
+                }
+                return Ok(());
+            }
+            Err(error) => {
+                warn!(%id, %through, %error, "cannot reach the cluster yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -1,7 +1,8 @@
 //! Stage 8 with real processes: a cluster formed by `--bootstrap` and `--join`, which then
 //! loses its first node (the seed's failure: nodes that only knew the bootstrap node could
 //! not elect another), a node restarted with other founding flags that ignores them, and a
-//! joining node the cluster refuses, which stops with the reason.
+//! joining node the cluster refuses, which stops with the reason, as does a voter that lost
+//! its data and asks to join again.
 
 use std::time::Duration;
 
@@ -128,11 +129,46 @@ async fn a_node_the_cluster_refuses_to_add_stops_with_the_reason() {
     // Node 2 is already a member, at another address: asking again can never succeed.
     let mut client = ClusterClient::new(vec![seed.clone()], RetryPolicy::default());
     client.add_member(NodeId(2), "127.0.0.1:9").await.unwrap();
+    let stderr = refused_join(&cluster, 2).await;
+    assert!(
+        stderr.contains("the cluster refuses to add node 2") && stderr.contains("already a member"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_is_not_let_back_in_by_join() {
+    let mut cluster = ProcessCluster::unstarted("membership", 3, &[]);
+    cluster.start_node_with(1, &["--bootstrap"]);
+    let seed = cluster.addrs[&1].clone();
+    for id in [2, 3] {
+        cluster.start_node_with(id, &["--join", &seed]);
+    }
+    eventually("three voters", Duration::from_secs(10), || async {
+        voters(&cluster, 1).await == 3
+    })
+    .await;
+    // Node 3's disk is lost: it comes back with an empty data directory and asks to join,
+    // while the other two still have a leader. As a voter with nothing it could help elect
+    // a leader without committed entries.
+    cluster.kill(3);
+    let stderr = refused_join(&cluster, 3).await;
+    assert!(
+        stderr.contains("node 3 is already a voter") && stderr.contains("remove-member 3"),
+        "{stderr}"
+    );
+    assert_eq!(voters(&cluster, 1).await, 3, "the refusal changed nothing");
+}
+
+/// Starts node `id` with an empty data directory and `--join` through node 1, and returns
+/// what it printed once it has stopped with exit code 1.
+async fn refused_join(cluster: &ProcessCluster, id: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
     let joiner = std::process::Command::new(tests::binary("membership"))
-        .args(["--id", "2", "--listen", &cluster.addrs[&2], "--join", &seed])
+        .args(["--id", &id.to_string(), "--listen", &cluster.addrs[&id]])
+        .args(["--join", &cluster.addrs[&1]])
         .arg("--data-dir")
-        .arg(dir.path().join("n2"))
+        .arg(dir.path().join(format!("n{id}")))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -146,10 +182,7 @@ async fn a_node_the_cluster_refuses_to_add_stops_with_the_reason() {
         panic!("the refused node kept running");
     };
     let output = output.unwrap().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the cluster refuses to add node 2") && stderr.contains("already a member"),
-        "{stderr}"
-    );
+    stderr
 }
