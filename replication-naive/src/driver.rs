@@ -27,7 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, warn};
 
 use crate::forward::{self, Forwarder};
 use crate::node::{Node, Outbox, RequestTag};
@@ -113,8 +114,10 @@ impl From<NodeFailed> for StartError {
 
 /// Runs `node` on `listener` (clients and peers both connect there) until `shutdown`
 /// completes; `peers` maps every member's id to its address. On shutdown, client connections
-/// are drained first, while the node still runs, so requests in flight can be answered. If
-/// the node itself fails, stops serving at once and returns the failure.
+/// are drained first, while the node still runs and still hears its peers, so requests in
+/// flight can be answered: they wait for the leader's acknowledgements, or for a follower's
+/// leader to say where their writes went and what has committed. If the node itself fails,
+/// stops serving at once and returns the failure.
 pub async fn run<N>(
     node: N,
     listener: TcpListener,
@@ -135,8 +138,14 @@ where
             .map_or_else(|_| String::new(), |a| a.to_string()),
     };
     let transport = Transport::start(node.id(), addr, &peers, config.transport, stop_node.clone());
-    let book = transport.address_book();
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
+    let inbound = Inbound {
+        inbox: inbox_tx,
+        book: transport.address_book(),
+        readers: TaskTracker::new(),
+        stop: stop_node.clone(),
+    };
+    let readers = inbound.readers.clone();
     let (calls_tx, calls) = mpsc::channel(config.call_queue);
     let (leader_tx, leader) = watch::channel(None);
     let mut node_task = tokio::spawn(drive(
@@ -168,18 +177,13 @@ where
         request_timeout: config.request_timeout,
     });
     let serving = accept_loop(listener, shutdown, move |stream, stop| {
-        route(
-            stream,
-            calls.clone(),
-            inbox_tx.clone(),
-            book.clone(),
-            config,
-            stop,
-        )
+        route(stream, calls.clone(), inbound.clone(), config, stop)
     });
     tokio::select! {
         () = serving => {
             stop_node.cancel();
+            readers.close();
+            readers.wait().await;
             let _ = node_task.await;
             Ok(())
         }
@@ -201,12 +205,23 @@ where
     }
 }
 
-/// Sends a connection to the client protocol or the peer protocol by its first byte.
+/// Where connections from peers go: the node's inbox, through readers that end with the
+/// node (`stop`), not with the clients' drain.
+#[derive(Clone)]
+struct Inbound<M> {
+    inbox: mpsc::Sender<(NodeId, M)>,
+    book: AddressBook,
+    readers: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Sends a connection to the client protocol or the peer protocol by its first byte. A
+/// client connection is served here, until `stop`; a peer connection is handed to a reader
+/// of its own, and this returns.
 async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
     stream: TcpStream,
     calls: Arc<Calls>,
-    inbox: mpsc::Sender<(NodeId, M)>,
-    book: AddressBook,
+    inbound: Inbound<M>,
     config: DriverConfig,
     stop: CancellationToken,
 ) {
@@ -215,9 +230,19 @@ async fn route<M: serde::de::DeserializeOwned + Send + 'static>(
         peer = transport::is_peer(&stream) => peer,
     };
     match peer {
-        Ok(true) => transport::log_inbound_end(
-            transport::receive(stream, inbox, &book, config.transport, stop).await,
-        ),
+        Ok(true) => {
+            let Inbound {
+                inbox,
+                book,
+                readers,
+                stop,
+            } = inbound;
+            let read = async move {
+                let ended = transport::receive(stream, inbox, &book, config.transport, stop);
+                transport::log_inbound_end(ended.await);
+            };
+            readers.spawn(read.in_current_span());
+        }
         Ok(false) => serve_client(stream, calls, config.serve, stop).await,
         Err(error) => debug!(%error, "connection closed before its first byte"),
     }

@@ -1,6 +1,8 @@
 //! The driver on real sockets: a node's answer that waits for its sync comes once the sync
-//! has finished, a failed sync stops the node loudly instead of answering, and a client
-//! whose request the node never answers hears back when the request timeout runs out.
+//! has finished, a failed sync stops the node loudly instead of answering, a client whose
+//! request the node never answers hears back when the request timeout runs out, and a
+//! request in flight when the node is asked to stop is answered with what a peer says
+//! during the drain.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,8 +10,10 @@ use std::time::Duration;
 use kv_server::protocol::{NodeId, Op, Reply};
 use replication_naive::driver::{self, DriverConfig};
 use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
+use replication_naive::transport::{Transport, TransportConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// A node whose every request is a change it answers only once a sync has covered it, on a
 /// disk whose syncs fail when `broken`.
@@ -231,4 +235,99 @@ async fn a_change_forwarded_to_a_leader_that_never_answers_times_out() {
         "{forwarded}"
     );
     assert!(ended.is_ok());
+}
+
+/// What a [`Follower`] tells the test.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Message,
+    Request,
+    HandOff,
+}
+
+/// A follower whose requests wait for word from its leader: it answers every waiting
+/// request when a peer message arrives, and tells the test what it sees.
+struct Follower {
+    waiting: Vec<RequestTag>,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+}
+
+impl Node for Follower {
+    type Message = u8;
+
+    fn id(&self) -> NodeId {
+        NodeId(1)
+    }
+
+    fn tick(&mut self, _out: &mut Outbox<u8>) {}
+
+    fn step(&mut self, _from: NodeId, _message: u8, out: &mut Outbox<u8>) {
+        for tag in self.waiting.drain(..) {
+            out.reply(tag, Ok(Reply::Done));
+        }
+        let _ = self.seen.send(Seen::Message);
+    }
+
+    fn request(&mut self, tag: RequestTag, _op: Op, _out: &mut Outbox<u8>) {
+        self.waiting.push(tag);
+        let _ = self.seen.send(Seen::Request);
+    }
+
+    fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<u8>) {
+        out.reply(tag, Ok(Reply::Done));
+        let _ = self.seen.send(Seen::HandOff);
+    }
+}
+
+/// `what`, or a panic after 10 s.
+async fn until<F: std::future::Future>(what: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), what)
+        .await
+        .expect("in time")
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered_with_what_a_peer_says_during_the_drain() {
+    // A follower's relayed write, say: the leader's answer comes over the peer link after
+    // the follower began to stop. The drain must still hear it.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let node = Follower {
+        waiting: Vec::new(),
+        seen: seen_tx,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peers = BTreeMap::from([(NodeId(1), addr.clone())]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = DriverConfig::default();
+    let run = tokio::spawn(driver::run(node, listener, peers.clone(), config, async {
+        let _ = stopped.await;
+    }));
+    // The leader's link to the node is up before the node stops listening.
+    let leader_stop = CancellationToken::new();
+    let mut leader = Transport::start(
+        NodeId(2),
+        "127.0.0.1:9".into(),
+        &peers,
+        TransportConfig::default(),
+        leader_stop.clone(),
+    );
+    leader.send(NodeId(1), 0);
+    assert_eq!(until(seen.recv()).await, Some(Seen::Message));
+    let mut client = BufReader::new(TcpStream::connect(&addr).await.unwrap());
+    client
+        .get_mut()
+        .write_all(format!("{PUT}\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(until(seen.recv()).await, Some(Seen::Request));
+    let _ = stop.send(());
+    assert_eq!(until(seen.recv()).await, Some(Seen::HandOff));
+    leader.send(NodeId(1), 1);
+    let mut answer = String::new();
+    until(client.read_line(&mut answer)).await.unwrap();
+    assert!(answer.contains(r#""ok":true"#), "{answer:?}");
+    assert!(until(run).await.unwrap().is_ok());
+    leader_stop.cancel();
+    leader.stopped().await;
 }
