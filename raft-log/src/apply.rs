@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kv_server::protocol::{Command, Failure, Outcome, Reply, Session};
+use kv_server::protocol::{Command, Failure, Outcome, Reply, Session, WriteOutcome};
 use kv_server::store::KvMap;
 use replication_naive::node::RequestTag;
 
@@ -38,7 +38,15 @@ impl Machine {
                 self.sessions.record(session, outcome.clone(), index);
                 Ok(Reply::Write(outcome))
             }
-            Check::Duplicate(outcome) => Ok(Reply::Write(outcome)),
+            Check::Duplicate(outcome) if same_kind(&command, &outcome) => Ok(Reply::Write(outcome)),
+            // The client reused a seq for another write: answering with the first write's
+            // outcome would give it an answer of the wrong shape (a cas told `ok` with no
+            // `swapped`), and applying it would break "at most once" for the pair.
+            Check::Duplicate(_) => Err(Failure::bad_request(format!(
+                "seq {} of client {:?} was a write of another kind; a seq names one write, \
+                 and its retries repeat it. Nothing was changed",
+                session.seq, session.client
+            ))),
             Check::Stale(latest) => Err(Failure::bad_request(format!(
                 "seq {} of client {:?} is older than its latest write ({latest}), whose \
                  outcome alone is kept; nothing was changed",
@@ -46,6 +54,16 @@ impl Machine {
             ))),
         }
     }
+}
+
+/// Whether `outcome` is what a write like `command` answers.
+fn same_kind(command: &Command, outcome: &WriteOutcome) -> bool {
+    matches!(
+        (command, outcome),
+        (Command::Put { .. }, WriteOutcome::Put)
+            | (Command::Delete { .. }, WriteOutcome::Delete { .. })
+            | (Command::Cas { .. }, WriteOutcome::Cas(_))
+    )
 }
 
 /// The state machine and the clients waiting on it.
@@ -194,6 +212,8 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::{self, ThreadId};
 
+    use kv_server::protocol::ErrorCode;
+
     use super::*;
 
     #[test]
@@ -209,6 +229,35 @@ mod tests {
         drop_aside(Witness(tx));
         let on = dropped_on.recv().expect("the witness is dropped");
         assert_ne!(on, thread::current().id());
+    }
+
+    #[test]
+    fn a_seq_reused_for_another_kind_of_write_is_refused_and_changes_nothing() {
+        let mut machine = Machine::default();
+        let session = |seq| {
+            Some(Session {
+                client: "a".into(),
+                seq,
+            })
+        };
+        let put = Command::Put {
+            key: "k".into(),
+            value: "1".into(),
+        };
+        let cas = Command::Cas {
+            key: "k".into(),
+            expected: Some("1".into()),
+            value: "2".into(),
+        };
+        let done = Ok(Reply::Write(WriteOutcome::Put));
+        assert_eq!(machine.apply(put.clone(), session(1), LogIndex(1)), done);
+        assert_eq!(machine.apply(put, session(1), LogIndex(2)), done, "a retry");
+        let reused = machine.apply(cas, session(1), LogIndex(3));
+        assert!(
+            matches!(&reused, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("another kind")),
+            "{reused:?}"
+        );
+        assert_eq!(machine.map.get("k"), Some("1"));
     }
 
     #[test]
