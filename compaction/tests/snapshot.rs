@@ -69,10 +69,11 @@ fn a_state_round_trips_through_a_snapshot_sessions_included() {
         client: "client-4990".into(),
         seq: 4990,
     };
-    let delete = Command::Delete {
+    let put = Command::Put {
         key: "key-0".into(),
+        value: "not applied".into(),
     };
-    let outcome = restored.apply(delete, Some(retry), LogIndex(9_999));
+    let outcome = restored.apply(put, Some(retry), LogIndex(9_999));
     assert_eq!(
         outcome,
         Ok(kv_server::protocol::Reply::Write(WriteOutcome::Put))
