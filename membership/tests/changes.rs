@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ELECTION_MS, Load, add, admin, cluster, remove, settled, voters};
+use common::{ELECTION_MS, Load, add, admin, cluster, cluster_with, remove, settled, voters};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
@@ -136,6 +136,47 @@ fn the_leader_of_two_removes_itself_unheard_and_is_still_replaced() {
             "no leader after the heal (seed {seed})"
         );
         load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_removed_leader_that_restarts_stops_campaigning_once_told_its_removal_committed() {
+    // Restarted the moment its removal commits, it has lost its commit index and cannot
+    // tell that the removal committed, so it campaigns (§4.2.2); no leader replicates to
+    // it any more, and the voters it asks tell it instead. The cluster's term never moves,
+    // even with pre-vote off (odd seeds) and a follower restarted meanwhile, which follows
+    // no leader yet when it is asked.
+    for_each_seed(20, |seed| {
+        let mut sim = if seed % 2 == 1 {
+            cluster_with(seed, 3, |config| config.pre_vote = false)
+        } else {
+            cluster(seed, 3)
+        };
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let removed = stable_leader(&sim).expect("a leader");
+        let tag = sim.request(removed, Op::RemoveMember { id: removed });
+        load.run_until(&mut sim, 20 * ELECTION_MS, |sim| sim.reply(tag).is_some());
+        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+        sim.crash(removed);
+        sim.restart(removed);
+        let leader_ran = load.run_until(&mut sim, 20 * ELECTION_MS, |sim| {
+            stable_leader(sim).is_some_and(|l| l != removed)
+        });
+        assert!(leader_ran, "seed {seed}");
+        let leader = stable_leader(&sim).expect("a leader");
+        let term = sim.node(leader).expect("runs").term();
+        let follower = NodeId(6 - removed.0 - leader.0);
+        sim.crash(follower);
+        sim.restart(follower);
+        load.run_for(&mut sim, 5 * ELECTION_MS);
+        let campaigned = load.run_until(&mut sim, 20 * ELECTION_MS, |sim| {
+            sim.node(removed)
+                .is_some_and(|n| n.role() == Role::Candidate)
+        });
+        assert!(!campaigned, "it still campaigns (seed {seed})");
+        assert_eq!(stable_leader(&sim), Some(leader), "seed {seed}");
+        assert_eq!(sim.node(leader).expect("runs").term(), term, "seed {seed}");
     });
 }
 

@@ -75,6 +75,11 @@ pub struct RequestVoteResponse {
     pub granted: bool,
     /// Whether this answers a pre-vote.
     pub pre_vote: bool,
+    /// The voter's configuration leaves the candidate out and has committed: the candidate
+    /// is not needed any more (thesis §4.2.2), and stops campaigning. A node removed from
+    /// the cluster learns it no other way, since leaders do not replicate to non-members.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 /// The leader's "campaign now" (thesis §3.10).

@@ -225,6 +225,10 @@ pub struct RaftNode<S, P = NoSnapshots> {
     reads: Reads,
     /// Writes and reads relayed to the leader (follower).
     relay: Relay,
+    /// A voter said that this node's latest configuration, which leaves it out, has
+    /// committed (`RequestVoteResponse::removed`): it is not needed, and does not campaign
+    /// until its configuration changes.
+    removal_confirmed: bool,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -289,6 +293,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             handoff: None,
             reads: Reads::default(),
             relay: Relay::new(run),
+            removal_confirmed: false,
         };
         node.reset_election_timer();
         if let Some((meta, state)) = restored {
@@ -620,12 +625,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn on_request_vote(&mut self, from: NodeId, req: RequestVote, out: &mut Outbox<Message>) {
+        let removed =
+            !self.membership().contains(from) && self.configs.latest_index() <= self.commit_index();
         let refuse = |term| RequestVoteResponse {
             term,
             granted: false,
             pre_vote: req.pre_vote,
+            removed,
         };
-        if req.term < self.term {
+        // A candidate whose removal has committed is not needed (§4.2.2): its term is not
+        // adopted, which would depose the leader, and it is told to stop.
+        if req.term < self.term || removed {
             out.send(from, Message::RequestVoteResponse(refuse(self.term)));
             return;
         }
@@ -650,6 +660,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                     term,
                     granted,
                     pre_vote: true,
+                    removed,
                 }),
             );
             return;
@@ -669,6 +680,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 term: self.term,
                 granted,
                 pre_vote: false,
+                removed,
             }),
         );
     }
@@ -679,6 +691,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         resp: RequestVoteResponse,
         out: &mut Outbox<Message>,
     ) {
+        if resp.removed && !self.membership().contains(self.config.id) {
+            info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
+            self.removal_confirmed = true;
+            if !matches!(self.duty, Duty::Follower) {
+                self.become_follower(self.term.max(resp.term), None);
+            }
+            return;
+        }
         if resp.term > self.term && !resp.granted {
             self.become_follower(resp.term, None);
             return;
@@ -1227,23 +1247,29 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// configuration committed (thesis §4.2.2: "it might still be needed"): a leader that
     /// removed itself may be the only node with its removal in its log, and, in a cluster
     /// of two, the other cannot be elected without its vote, which that longer log
-    /// refuses. Its own vote does not count (`count_votes`). Learners, nodes whose removal
-    /// has committed, and nodes that have not joined never campaign; their timer keeps
-    /// running, so that they stop counting a silent leader as fresh (§4.2.3) and stop
-    /// naming it to clients.
+    /// refuses. Its own vote does not count (`count_votes`), and it always asks for
+    /// pre-votes first. Leaders do not replicate to non-members, so a removed node may never
+    /// hear that its removal committed (after a restart, or if it stepped down first): the
+    /// voters it asks tell it (`RequestVoteResponse::removed`), and it stops. Learners,
+    /// nodes whose removal has committed, and nodes that have not joined never campaign;
+    /// their timer keeps running, so that they stop counting a silent leader as fresh
+    /// (§4.2.3) and stop naming it to clients.
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         let membership = self.membership();
         let me = self.config.id;
         let voter = membership.is_voter(me);
-        let maybe_needed =
-            !membership.contains(me) && self.configs.latest_index() > self.commit_index();
+        let maybe_needed = !membership.contains(me)
+            && !self.removal_confirmed
+            && self.configs.latest_index() > self.commit_index();
         let alone = voter && self.leader.is_none() && membership.voter_ids().count() == 1;
         if !alone && self.election_elapsed < self.election_timeout {
             return;
         }
         if voter || maybe_needed {
-            let campaign = if self.config.pre_vote {
+            // A node outside its configuration always asks first: it may well have been
+            // removed for good, and must not raise the terms of those who go on without it.
+            let campaign = if self.config.pre_vote || !voter {
                 Campaign::PreVote
             } else {
                 Campaign::Election

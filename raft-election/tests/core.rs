@@ -66,6 +66,7 @@ fn vote(term: u64, granted: bool, pre_vote: bool) -> Message {
         term: Term(term),
         granted,
         pre_vote,
+        removed: false,
     })
 }
 
@@ -209,6 +210,23 @@ fn a_node_that_hears_from_its_leader_refuses_to_help_depose_it() {
         answer(&mut n, 3, vote_request(7, (5, 5), false)),
         vec![(NodeId(3), vote(1, false, false))]
     );
+    assert_eq!(n.term(), Term(1));
+}
+
+#[test]
+fn a_node_outside_a_committed_configuration_is_refused_without_its_term_and_told_so() {
+    // §4.2.2/§4.2.3: node 9 is in no configuration of this cluster (a node removed long
+    // ago). Its term is not adopted, even by a node that follows no leader yet, since that
+    // would depose the leader; the refusal says it was removed, so that it stops.
+    let mut n = node(1, &[1], 1, false);
+    let answers = answer(&mut n, 9, vote_request(5, (9, 9), false));
+    let refused = Message::RequestVoteResponse(RequestVoteResponse {
+        term: Term(1),
+        granted: false,
+        pre_vote: false,
+        removed: true,
+    });
+    assert_eq!(answers, vec![(NodeId(9), refused)]);
     assert_eq!(n.term(), Term(1));
 }
 

@@ -30,6 +30,11 @@ pub fn addr(id: u64) -> String {
 /// [`Sim::add`] starts empty, knowing no members, as a node started with `--join` does.
 /// The Figure 3 properties are checked after every event.
 pub fn cluster(seed: u64, initial: u64) -> Cluster {
+    cluster_with(seed, initial, |_| {})
+}
+
+/// A [`cluster`] whose nodes' configuration `tweak` changes.
+pub fn cluster_with(seed: u64, initial: u64, tweak: fn(&mut Config)) -> Cluster {
     let factory = move |id: NodeId, old: Option<Node>| {
         let founders = if id.0 <= initial {
             members(initial)
@@ -45,6 +50,7 @@ pub fn cluster(seed: u64, initial: u64) -> Cluster {
             chunk_bytes: 256,
             ..SnapshotPolicy::default()
         });
+        tweak(&mut config);
         let (storage, snapshots) = old
             .map(|node| {
                 let (storage, snapshots) = node.into_parts();

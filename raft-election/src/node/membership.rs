@@ -128,6 +128,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// replicating to the members that came or went.
     pub(super) fn membership_changed(&mut self, out: &mut Outbox<Message>) {
         out.set_peers(self.membership().addrs());
+        self.removal_confirmed = false;
         let members: BTreeSet<NodeId> = self.peers().into_iter().collect();
         let last_index = self.log.last_index();
         let Duty::Leader {
