@@ -62,6 +62,15 @@ impl MemberArgs {
         // the peer link itself: the driver forwards only membership changes and transfers
         // (`replication_naive::forward::is_forwarded`).
         config.followers_relay = driver.forward_to_leader;
+        tokio::pin!(shutdown);
+        if let (true, Some(through)) = (fresh, &self.founding.join) {
+            // Before the node listens: once it does, its peers' links reach it, and a voter
+            // that lost its data would answer their vote requests at once.
+            tokio::select! {
+                checked = refuse_a_lost_voter(self.id, through) => checked?,
+                () = &mut shutdown => return Ok(()),
+            }
+        }
         // A node that asks to join serves meanwhile (the leader replicates to it once it is
         // added), and stops if the cluster refuses it for good.
         let joining = async {
@@ -161,13 +170,8 @@ pub fn is_fresh(dir: &Path) -> bool {
 /// for 30 s; past that (no member reachable, no leader), the node tries again a second
 /// later, for as long as it runs.
 pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), StartError> {
-    let policy = RetryPolicy {
-        deadline: Duration::from_secs(30),
-        ..RetryPolicy::default()
-    };
-    refuse_a_lost_voter(id, &through, policy).await?;
     loop {
-        let mut client = ClusterClient::new(vec![through.clone()], policy);
+        let mut client = ClusterClient::new(vec![through.clone()], join_policy());
         match client.add_member(id, &addr).await {
             Ok(()) => {
                 info!(%id, %through, "added to the cluster as a learner; catching up");
@@ -186,21 +190,25 @@ pub async fn join(id: NodeId, addr: String, through: String) -> Result<(), Start
     }
 }
 
-/// Before a node with an empty data directory joins: refuses when the cluster already
-/// counts it as a voter. Its data was lost (wiped, or a new disk), and with it its term,
+/// How hard each of a joining node's requests tries: [`ClusterClient`]'s defaults, for 30 s.
+fn join_policy() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Before a node with an empty data directory listens and joins: refuses when the cluster
+/// already counts it as a voter. Its data was lost (wiped, or a new disk), and with it its term,
 /// its vote and the entries it acknowledged; joining again would make it a voter that has
 /// none of them, whose vote could elect a leader missing committed entries (§5.4.1
 /// relies on every voter keeping what it acknowledged). Removing it first and then
 /// joining brings it back as a learner that catches up. Asks the leader's view, once a
 /// member answers; a retry of this node's own add cannot be mistaken for this, since it
 /// comes later, from the loop in [`join`].
-async fn refuse_a_lost_voter(
-    id: NodeId,
-    through: &str,
-    policy: RetryPolicy,
-) -> Result<(), StartError> {
+async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError> {
     loop {
-        let mut client = ClusterClient::new(vec![through.to_owned()], policy);
+        let mut client = ClusterClient::new(vec![through.to_owned()], join_policy());
         match client.leader_status().await {
             Ok(status) => {
                 let members = status.members.unwrap_or_default();

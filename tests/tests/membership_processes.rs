@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::protocol::{Consistency, NodeId, Role};
 use tests::{ProcessCluster, eventually};
@@ -158,6 +161,41 @@ async fn a_voter_that_lost_its_data_is_not_let_back_in_by_join() {
         "{stderr}"
     );
     assert_eq!(voters(&cluster, 1).await, 3, "the refusal changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_listens_only_once_the_cluster_has_answered() {
+    // The lost-voter check comes before the node listens: once it listens, the other
+    // voters' links reach it, and an empty voter would answer their vote requests. Here no
+    // member is reachable, so the check waits, and the node must not be listening.
+    let addrs = tests::free_addrs(2);
+    let (listen, unreachable) = (&addrs[0], &addrs[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::process::Command::new(tests::binary("membership"))
+        .args(["--id", "2", "--listen", listen, "--join", unreachable])
+        .arg("--data-dir")
+        .arg(dir.path().join("n2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let waiting = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("cannot reach the cluster yet") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(waiting, Ok(true), "the node never said it was waiting");
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "it listens before the cluster has answered"
+    );
+    node.kill().await.unwrap();
 }
 
 /// Starts node `id` with an empty data directory and `--join` through node 1, and returns
