@@ -27,14 +27,15 @@ fn meta(index: u64) -> SnapshotMeta {
     }
 }
 
-/// `keys` keys, and a session for every tenth of them.
+/// `keys` keys, and a session for every tenth of them: 50 clients (when `keys` is 500 or
+/// more), each with several writes kept.
 fn map(keys: usize) -> Machine {
     let mut state = Machine::default();
     for i in 0..keys {
         let key = format!("key-{i}");
         let value = format!("value {i} é ✓ {}", "x".repeat(i % 50));
         let session = (i % 10 == 0).then(|| Session {
-            client: format!("client-{i}"),
+            client: format!("client-{}", i / 10 % 50),
             seq: i as u64,
         });
         state
@@ -58,7 +59,8 @@ fn write(dir: &Path, index: u64, state: &Machine) -> std::path::PathBuf {
 fn a_state_round_trips_through_a_snapshot_sessions_included() {
     let dir = tempfile::tempdir().unwrap();
     let state = map(5_000);
-    assert_eq!(state.sessions.len(), 500);
+    assert_eq!(state.sessions.len(), 50);
+    assert_eq!(state.sessions.iter().count(), 500);
     let path = write(dir.path(), 42, &state);
     let mut file = SnapshotFile::open(&path).unwrap();
     assert_eq!(file.meta(), &meta(42));
@@ -66,7 +68,7 @@ fn a_state_round_trips_through_a_snapshot_sessions_included() {
     assert_eq!(restored, state);
     // A retry after a restore still gets the first outcome, and changes nothing.
     let retry = Session {
-        client: "client-4990".into(),
+        client: "client-49".into(),
         seq: 4990,
     };
     let put = Command::Put {

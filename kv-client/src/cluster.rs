@@ -13,14 +13,14 @@
 //! | `timeout`, connection lost, no answer | the outcome is unknown: back off, retry, same `seq`  |
 //! | `bad_request`, `too_large`            | give up at once: retrying cannot help                |
 //!
-//! Writes of one `ClusterClient` are sequential (`&mut self`): a server keeps only the last
-//! `seq` of each client, so a session sends its writes one after another. Run one
+//! Writes of one `ClusterClient` are sequential (`&mut self`): a session has one write in
+//! flight, so a server that keeps only each client's last outcome serves it. Run one
 //! `ClusterClient` per concurrent worker.
 //!
 //! One subtlety for servers: when an attempt times out, its connection is closed and the write
 //! is retried elsewhere, but the first copy may already be on its way and can reach a server
-//! after a *later* write of the same session. A deduplicating server must therefore treat any
-//! `seq` at or below the last one it applied for that client as a duplicate, not only an
+//! after a *later* write of the same session. A deduplicating server must therefore never
+//! apply again any `seq` at or below the last one it applied for that client, not only an
 //! equal one.
 
 use std::collections::HashMap;

@@ -47,9 +47,9 @@ impl Machine {
                  and its retries repeat it. Nothing was changed",
                 session.seq, session.client
             ))),
-            Check::Stale(latest) => Err(Failure::bad_request(format!(
-                "seq {} of client {:?} is older than its latest write ({latest}), whose \
-                 outcome alone is kept; nothing was changed",
+            Check::Stale(oldest) => Err(Failure::bad_request(format!(
+                "seq {} of client {:?} is older than its oldest write whose outcome is kept \
+                 (seq {oldest}); nothing was changed",
                 session.seq, session.client
             ))),
         }
