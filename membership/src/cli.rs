@@ -12,7 +12,7 @@ use std::time::Duration;
 use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
-use kv_server::protocol::{ErrorCode, NodeId};
+use kv_server::protocol::{ErrorCode, NodeId, Role, Status};
 use raft_election::cli::{self, ElectionArgs};
 use raft_election::durable::LOG_FILE;
 use replication_naive::config::parse_peers;
@@ -209,27 +209,68 @@ fn join_policy() -> RetryPolicy {
 async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError> {
     loop {
         let mut client = ClusterClient::new(vec![through.to_owned()], join_policy());
-        match client.leader_status().await {
-            Ok(status) => {
-                let members = status.members.unwrap_or_default();
-                if members.iter().any(|m| m.id == id && m.voter) {
+        let why = match client.leader_status().await {
+            Ok(status) => match lost_voter(id, &status) {
+                Some(true) => {
                     return Err(StartError::failure(format!(
                         "node {id} is already a voter of the cluster at {through}, but its data directory is empty: what it acknowledged is lost. Remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
                     )));
                 }
-                return Ok(());
-            }
-            Err(error) => {
-                warn!(%id, %through, %error, "cannot reach the cluster yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+                Some(false) => return Ok(()),
+                None => "no member knows a leader".to_owned(),
+            },
+            Err(error) => error.to_string(),
+        };
+        warn!(%id, %through, %why, "cannot reach the cluster yet; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether `status` shows node `id` as a voter: `Some(true)` if any view lists it so,
+/// `Some(false)` if the leader's does not, `None` if only a follower's view is at hand
+/// and it does not (a follower may not have the configuration that promoted it).
+fn lost_voter(id: NodeId, status: &Status) -> Option<bool> {
+    let members = status.members.as_deref().unwrap_or_default();
+    if members.iter().any(|m| m.id == id && m.voter) {
+        Some(true)
+    } else if matches!(status.role, Role::Leader | Role::Standalone) {
+        Some(false)
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use kv_server::protocol::Member;
+
     use super::*;
+
+    #[test]
+    fn only_the_leader_s_view_clears_a_joining_node_and_any_view_can_refuse_it() {
+        let view = |role, voter| Status {
+            id: Some(NodeId(1)),
+            role,
+            term: Some(3),
+            leader: None,
+            leader_addr: None,
+            commit_index: Some(9),
+            last_applied: Some(9),
+            members: Some(vec![Member {
+                id: NodeId(4),
+                addr: "127.0.0.1:7004".into(),
+                voter,
+            }]),
+        };
+        let (node, other) = (NodeId(4), NodeId(5));
+        assert_eq!(lost_voter(node, &view(Role::Leader, true)), Some(true));
+        assert_eq!(lost_voter(node, &view(Role::Follower, true)), Some(true));
+        assert_eq!(lost_voter(node, &view(Role::Leader, false)), Some(false));
+        assert_eq!(lost_voter(other, &view(Role::Leader, true)), Some(false));
+        // A follower that knows no leader may lag behind the promotion: ask again.
+        assert_eq!(lost_voter(node, &view(Role::Follower, false)), None);
+        assert_eq!(lost_voter(node, &view(Role::Candidate, false)), None);
+    }
 
     #[test]
     fn a_log_of_only_zeros_is_fresh_and_one_with_a_record_is_not() {

@@ -181,6 +181,41 @@ fn a_removed_leader_that_restarts_stops_campaigning_once_told_its_removal_commit
 }
 
 #[test]
+fn a_voter_that_missed_an_add_still_votes_for_the_added_node() {
+    // A voter cut off while node 4 was added knows only the old configuration, committed,
+    // without 4. It must not take 4 for a removed node: here 4 alone has the latest entry,
+    // so only 4 can be elected, and it needs that voter.
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let first = stable_leader(&sim).expect("a leader");
+        let lagger = NodeId(first.0 % 3 + 1);
+        sim.isolate(lagger);
+        add(&mut sim, &mut load, 4);
+        let leader = stable_leader(&sim).expect("a leader");
+        let peer = if leader == NodeId(4) {
+            first
+        } else {
+            NodeId(4)
+        };
+        let third = [1, 2, 3, 4]
+            .map(NodeId)
+            .into_iter()
+            .find(|id| ![leader, peer, lagger].contains(id))
+            .expect("a fourth node");
+        sim.partition(&[&[leader, peer], &[third], &[lagger]]);
+        sim.request(leader, Op::put("latest", "only on two"));
+        sim.run_for(ELECTION_MS / 2);
+        sim.crash(leader);
+        sim.heal();
+        assert!(
+            load.run_until(&mut sim, 30 * ELECTION_MS, |sim| stable_leader(sim)
+                .is_some()),
+            "no leader (seed {seed})"
+        );
+    });
+}
+
+#[test]
 fn a_learner_that_never_answered_is_not_promoted() {
     // §4.2.1: a learner becomes a voter once it has caught up. While the log is short, one
     // that was never reached (node 2 is never started here: a mistyped address, say) is

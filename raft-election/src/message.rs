@@ -64,6 +64,12 @@ pub struct RequestVote {
     /// be replaced. The election restriction (§5.4.1) still applies.
     #[serde(default)]
     pub transfer: bool,
+    /// The index of the candidate's latest configuration (0: the fixed one). A voter whose
+    /// committed configuration is at least as recent and leaves the candidate out knows
+    /// the candidate was removed; one that lags behind it may not even know the candidate
+    /// was added, and votes by the usual rules.
+    #[serde(default)]
+    pub config_index: LogIndex,
 }
 
 /// The answer to a RequestVote.
@@ -75,11 +81,13 @@ pub struct RequestVoteResponse {
     pub granted: bool,
     /// Whether this answers a pre-vote.
     pub pre_vote: bool,
-    /// The voter's configuration leaves the candidate out and has committed: the candidate
-    /// is not needed any more (thesis §4.2.2), and stops campaigning. A node removed from
-    /// the cluster learns it no other way, since leaders do not replicate to non-members.
+    /// The index of the voter's committed configuration, when it is at least as recent as
+    /// the candidate's and leaves the candidate out: the candidate was removed and is not
+    /// needed (thesis §4.2.2), and, if its own configuration is no more recent than this,
+    /// stops campaigning. A removed node learns it no other way, since leaders do not
+    /// replicate to non-members.
     #[serde(default)]
-    pub removed: bool,
+    pub removed_by: Option<LogIndex>,
 }
 
 /// The leader's "campaign now" (thesis §3.10).

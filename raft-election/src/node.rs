@@ -225,9 +225,9 @@ pub struct RaftNode<S, P = NoSnapshots> {
     reads: Reads,
     /// Writes and reads relayed to the leader (follower).
     relay: Relay,
-    /// A voter said that this node's latest configuration, which leaves it out, has
-    /// committed (`RequestVoteResponse::removed`): it is not needed, and does not campaign
-    /// until its configuration changes.
+    /// A voter said that a committed configuration at least as recent as this node's
+    /// latest leaves it out (`RequestVoteResponse::removed_by`): it is not needed, and does
+    /// not campaign until its configuration changes.
     removal_confirmed: bool,
 }
 
@@ -549,6 +549,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             last_log_term: self.log.last_term(),
             pre_vote,
             transfer: campaign == Campaign::Transfer,
+            config_index: self.configs.latest_index(),
         };
         for peer in self.peers() {
             out.send(peer, Message::RequestVote(request));
@@ -625,17 +626,21 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn on_request_vote(&mut self, from: NodeId, req: RequestVote, out: &mut Outbox<Message>) {
-        let removed =
-            !self.membership().contains(from) && self.configs.latest_index() <= self.commit_index();
+        // A candidate that this node's committed configuration, as recent as the candidate's
+        // own, leaves out was removed, and is not needed (§4.2.2): its term is not adopted,
+        // which would depose the leader, and it is told to stop.
+        let committed = self.configs.latest_index();
+        let removed_by = (!self.membership().contains(from)
+            && committed <= self.commit_index()
+            && committed >= req.config_index)
+            .then_some(committed);
         let refuse = |term| RequestVoteResponse {
             term,
             granted: false,
             pre_vote: req.pre_vote,
-            removed,
+            removed_by,
         };
-        // A candidate whose removal has committed is not needed (§4.2.2): its term is not
-        // adopted, which would depose the leader, and it is told to stop.
-        if req.term < self.term || removed {
+        if req.term < self.term || removed_by.is_some() {
             out.send(from, Message::RequestVoteResponse(refuse(self.term)));
             return;
         }
@@ -660,7 +665,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                     term,
                     granted,
                     pre_vote: true,
-                    removed,
+                    removed_by,
                 }),
             );
             return;
@@ -680,7 +685,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 term: self.term,
                 granted,
                 pre_vote: false,
-                removed,
+                removed_by,
             }),
         );
     }
@@ -691,7 +696,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         resp: RequestVoteResponse,
         out: &mut Outbox<Message>,
     ) {
-        if resp.removed && !self.membership().contains(self.config.id) {
+        // Checked against this node's configuration now, not when it asked: a late answer
+        // about an older configuration proves nothing about the current one.
+        let removed = resp
+            .removed_by
+            .is_some_and(|at| at >= self.configs.latest_index());
+        if removed && !self.membership().contains(self.config.id) {
             info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
             self.removal_confirmed = true;
             if !matches!(self.duty, Duty::Follower) {
@@ -1250,7 +1260,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// refuses. Its own vote does not count (`count_votes`), and it always asks for
     /// pre-votes first. Leaders do not replicate to non-members, so a removed node may never
     /// hear that its removal committed (after a restart, or if it stepped down first): the
-    /// voters it asks tell it (`RequestVoteResponse::removed`), and it stops. Learners,
+    /// voters it asks tell it (`RequestVoteResponse::removed_by`), and it stops. Learners,
     /// nodes whose removal has committed, and nodes that have not joined never campaign;
     /// their timer keeps running, so that they stop counting a silent leader as fresh
     /// (§4.2.3) and stop naming it to clients.

@@ -54,6 +54,7 @@ fn vote_request(term: u64, last: (u64, u64), pre_vote: bool) -> Message {
         last_log_term: Term(last.1),
         pre_vote,
         transfer: false,
+        config_index: LogIndex(0),
     })
 }
 
@@ -66,7 +67,7 @@ fn vote(term: u64, granted: bool, pre_vote: bool) -> Message {
         term: Term(term),
         granted,
         pre_vote,
-        removed: false,
+        removed_by: None,
     })
 }
 
@@ -224,9 +225,48 @@ fn a_node_outside_a_committed_configuration_is_refused_without_its_term_and_told
         term: Term(1),
         granted: false,
         pre_vote: false,
-        removed: true,
+        removed_by: Some(LogIndex(0)),
     });
     assert_eq!(answers, vec![(NodeId(9), refused)]);
+    assert_eq!(n.term(), Term(1));
+}
+
+#[test]
+fn a_node_left_out_of_its_configuration_asks_for_pre_votes_even_with_pre_vote_off() {
+    // §4.2.2: its removal (index 2) has not committed as far as it knows, so it campaigns;
+    // but it may well be gone for good, so it must not raise anyone's term unless a
+    // majority of its configuration would elect it.
+    let founders = Membership::voters(&members(3));
+    let entries = [founders.clone(), founders.without(NodeId(1))]
+        .into_iter()
+        .enumerate()
+        .map(|(i, membership)| Entry {
+            index: LogIndex(i as u64 + 1),
+            term: Term(1),
+            payload: Payload::Config(membership),
+        })
+        .collect();
+    let hard = HardState {
+        current_term: Term(1),
+        voted_for: None,
+    };
+    let mut config = Config::new(NodeId(1), members(3), 1);
+    config.pre_vote = false;
+    config.membership_changes = true;
+    let mut n = RaftNode::new(config, MemStorage::with_entries(entries, hard));
+    let sent = tick_until_it_speaks(&mut n);
+    let request = Message::RequestVote(RequestVote {
+        term: Term(2),
+        last_log_index: LogIndex(2),
+        last_log_term: Term(1),
+        pre_vote: true,
+        transfer: false,
+        config_index: LogIndex(2),
+    });
+    assert_eq!(
+        sent,
+        vec![(NodeId(2), request.clone()), (NodeId(3), request)]
+    );
     assert_eq!(n.term(), Term(1));
 }
 

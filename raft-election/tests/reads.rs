@@ -36,7 +36,7 @@ fn fresh_leader() -> RaftNode<MemStorage> {
         term: Term(2),
         granted: true,
         pre_vote: false,
-        removed: false,
+        removed_by: None,
     });
     node.step(NodeId(2), vote, &mut Outbox::default());
     assert!(node.is_leader());

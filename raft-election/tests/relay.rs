@@ -104,7 +104,7 @@ fn leader_after(term: u64) -> RaftNode<MemStorage> {
         term: Term(term + 1),
         granted: true,
         pre_vote: false,
-        removed: false,
+        removed_by: None,
     });
     step(&mut node, 2, vote);
     assert!(node.is_leader());
