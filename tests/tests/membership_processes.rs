@@ -21,8 +21,8 @@ async fn voters(cluster: &ProcessCluster, id: u64) -> usize {
         .map_or(0, |m| m.iter().filter(|m| m.voter).count())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bootstrap_and_join_then_the_first_node_dies_and_the_rest_serve_on() {
+/// Three voters: node 1 started with `--bootstrap`, nodes 2 and 3 with `--join` through it.
+async fn bootstrapped_and_joined() -> ProcessCluster {
     let mut cluster = ProcessCluster::unstarted("membership", 3, &[]);
     cluster.start_node_with(1, &["--bootstrap"]);
     let seed = cluster.addrs[&1].clone();
@@ -33,6 +33,12 @@ async fn bootstrap_and_join_then_the_first_node_dies_and_the_rest_serve_on() {
         voters(&cluster, 1).await == 3
     })
     .await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_and_join_then_the_first_node_dies_and_the_rest_serve_on() {
+    let mut cluster = bootstrapped_and_joined().await;
     let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
     for i in 0..50 {
         client.put(&format!("k{i}"), "before").await.unwrap();
@@ -141,16 +147,7 @@ async fn a_node_the_cluster_refuses_to_add_stops_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_that_lost_its_data_is_not_let_back_in_by_join() {
-    let mut cluster = ProcessCluster::unstarted("membership", 3, &[]);
-    cluster.start_node_with(1, &["--bootstrap"]);
-    let seed = cluster.addrs[&1].clone();
-    for id in [2, 3] {
-        cluster.start_node_with(id, &["--join", &seed]);
-    }
-    eventually("three voters", Duration::from_secs(10), || async {
-        voters(&cluster, 1).await == 3
-    })
-    .await;
+    let mut cluster = bootstrapped_and_joined().await;
     // Node 3's disk is lost: it comes back with an empty data directory and asks to join,
     // while the other two still have a leader. As a voter with nothing it could help elect
     // a leader without committed entries.
