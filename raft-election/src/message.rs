@@ -64,12 +64,14 @@ pub struct RequestVote {
     /// be replaced. The election restriction (§5.4.1) still applies.
     #[serde(default)]
     pub transfer: bool,
-    /// The index of the candidate's latest configuration (0: the fixed one). A voter whose
+    /// The index of the candidate's latest configuration (or of the snapshot it was
+    /// restored from; 0 when it has only the fixed one, or none yet). A voter whose
     /// committed configuration is at least as recent and leaves the candidate out knows
     /// the candidate was removed; one that lags behind it may not even know the candidate
-    /// was added, and votes by the usual rules.
+    /// was added, and votes by the usual rules, as it does when this is missing (a request
+    /// from an older version).
     #[serde(default)]
-    pub config_index: LogIndex,
+    pub config_index: Option<LogIndex>,
 }
 
 /// The answer to a RequestVote.

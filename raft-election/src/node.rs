@@ -549,7 +549,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             last_log_term: self.log.last_term(),
             pre_vote,
             transfer: campaign == Campaign::Transfer,
-            config_index: self.configs.latest_index(),
+            config_index: Some(self.configs.latest_index()),
         };
         for peer in self.peers() {
             out.send(peer, Message::RequestVote(request));
@@ -632,8 +632,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let committed = self.configs.latest_index();
         let removed_by = (!self.membership().contains(from)
             && committed <= self.commit_index()
-            && committed >= req.config_index)
-            .then_some(committed);
+            && req.config_index.is_some_and(|index| committed >= index))
+        .then_some(committed);
         let refuse = |term| RequestVoteResponse {
             term,
             granted: false,
@@ -704,7 +704,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if removed && !self.membership().contains(self.config.id) {
             info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
             self.removal_confirmed = true;
-            if !matches!(self.duty, Duty::Follower) {
+            // A leader managing its own removal hands over as it would (a late answer to
+            // its campaign changes nothing there); a campaign ends.
+            if matches!(
+                self.duty,
+                Duty::PreCandidate { .. } | Duty::Candidate { .. }
+            ) {
                 self.become_follower(self.term.max(resp.term), None);
             }
             return;

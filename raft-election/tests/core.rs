@@ -54,7 +54,7 @@ fn vote_request(term: u64, last: (u64, u64), pre_vote: bool) -> Message {
         last_log_term: Term(last.1),
         pre_vote,
         transfer: false,
-        config_index: LogIndex(0),
+        config_index: Some(LogIndex(0)),
     })
 }
 
@@ -231,11 +231,9 @@ fn a_node_outside_a_committed_configuration_is_refused_without_its_term_and_told
     assert_eq!(n.term(), Term(1));
 }
 
-#[test]
-fn a_node_left_out_of_its_configuration_asks_for_pre_votes_even_with_pre_vote_off() {
-    // §4.2.2: its removal (index 2) has not committed as far as it knows, so it campaigns;
-    // but it may well be gone for good, so it must not raise anyone's term unless a
-    // majority of its configuration would elect it.
+/// Node 1, whose log holds the founding configuration {1, 2, 3} and then its own removal
+/// (index 2), neither known to be committed.
+fn left_out(pre_vote: bool) -> RaftNode<MemStorage> {
     let founders = Membership::voters(&members(3));
     let entries = [founders.clone(), founders.without(NodeId(1))]
         .into_iter()
@@ -251,9 +249,17 @@ fn a_node_left_out_of_its_configuration_asks_for_pre_votes_even_with_pre_vote_of
         voted_for: None,
     };
     let mut config = Config::new(NodeId(1), members(3), 1);
-    config.pre_vote = false;
+    config.pre_vote = pre_vote;
     config.membership_changes = true;
-    let mut n = RaftNode::new(config, MemStorage::with_entries(entries, hard));
+    RaftNode::new(config, MemStorage::with_entries(entries, hard))
+}
+
+#[test]
+fn a_node_left_out_of_its_configuration_asks_for_pre_votes_even_with_pre_vote_off() {
+    // §4.2.2: its removal has not committed as far as it knows, so it campaigns; but it
+    // may well be gone for good, so it must not raise anyone's term unless a majority of
+    // its configuration would elect it.
+    let mut n = left_out(false);
     let sent = tick_until_it_speaks(&mut n);
     let request = Message::RequestVote(RequestVote {
         term: Term(2),
@@ -261,13 +267,65 @@ fn a_node_left_out_of_its_configuration_asks_for_pre_votes_even_with_pre_vote_of
         last_log_term: Term(1),
         pre_vote: true,
         transfer: false,
-        config_index: LogIndex(2),
+        config_index: Some(LogIndex(2)),
     });
     assert_eq!(
         sent,
         vec![(NodeId(2), request.clone()), (NodeId(3), request)]
     );
     assert_eq!(n.term(), Term(1));
+}
+
+#[test]
+fn a_node_left_out_stops_campaigning_only_when_told_of_a_configuration_as_recent_as_its_own() {
+    let removed_by = |index| {
+        Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(1),
+            granted: false,
+            pre_vote: true,
+            removed_by: Some(LogIndex(index)),
+        })
+    };
+    let mut n = left_out(true);
+    tick_until_it_speaks(&mut n);
+    // A committed configuration older than its removal says nothing about the removal.
+    answer(&mut n, 2, removed_by(1));
+    tick_until_it_speaks(&mut n);
+    answer(&mut n, 2, removed_by(2));
+    for _ in 0..1_000 {
+        let mut out = Outbox::default();
+        n.tick(&mut out);
+        assert!(out.messages.is_empty(), "it still campaigns");
+    }
+    assert_eq!(n.role(), Role::Follower);
+}
+
+#[test]
+fn a_voter_tells_a_candidate_it_was_removed_only_from_a_configuration_as_recent_as_its_own() {
+    // Node 9 is outside this node's committed (fixed) configuration, index 0. With a more
+    // recent configuration of its own, it may have been added since, as far as this node
+    // can tell; and a request from an older version says nothing. Both get the usual
+    // answer: here a vote, its log being the longer.
+    for config_index in [Some(LogIndex(3)), None] {
+        let mut n = node(1, &[1], 1, false);
+        let request = RequestVote {
+            term: Term(5),
+            last_log_index: LogIndex(9),
+            last_log_term: Term(9),
+            pre_vote: false,
+            transfer: false,
+            config_index,
+        };
+        let answers = answer(&mut n, 9, Message::RequestVote(request));
+        let granted = Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(5),
+            granted: true,
+            pre_vote: false,
+            removed_by: None,
+        });
+        assert_eq!(answers, vec![(NodeId(9), granted)], "{config_index:?}");
+        assert_eq!(n.term(), Term(5));
+    }
 }
 
 fn heartbeat(term: u64) -> Message {
