@@ -20,8 +20,8 @@
 //! One subtlety for servers: when an attempt times out, its connection is closed and the write
 //! is retried elsewhere, but the first copy may already be on its way and can reach a server
 //! after a *later* write of the same session. A deduplicating server must therefore never
-//! apply again any `seq` at or below the last one it applied for that client, not only an
-//! equal one.
+//! apply any `seq` at or below the last one it applied for that client, not only an equal
+//! one.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -17,7 +17,7 @@ use crate::types::{LogIndex, Payload, Term};
 pub struct Machine {
     /// The key/value map.
     pub map: KvMap,
-    /// Each client's last write, for exactly-once retries.
+    /// Each client's last writes, for exactly-once retries.
     pub sessions: Sessions,
 }
 
@@ -47,9 +47,9 @@ impl Machine {
                  and its retries repeat it. Nothing was changed",
                 session.seq, session.client
             ))),
-            Check::Stale(oldest) => Err(Failure::bad_request(format!(
-                "seq {} of client {:?} is older than its oldest write whose outcome is kept \
-                 (seq {oldest}); nothing was changed",
+            Check::Stale(last) => Err(Failure::bad_request(format!(
+                "seq {} of client {:?} is below its last applied write (seq {last}), and \
+                 its outcome is not kept; nothing was changed",
                 session.seq, session.client
             ))),
         }

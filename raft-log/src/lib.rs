@@ -21,7 +21,7 @@
 //! | [`membership`] | `Membership`: members, addresses, voters and learners (fixed until stage 8) |
 //! | [`snapshot`]  | the snapshot seam: `SnapshotMeta`, the `Snapshots` store, InstallSnapshot (used from stage 7) |
 //! | [`apply`]     | `Applier`: committed entries applied in order, clients answered; `Machine`, the state they build |
-//! | [`sessions`]  | `Sessions`: each client's last write, for exactly-once retries (writes with a session, limecached's kv-client's) |
+//! | [`sessions`]  | `Sessions`: each client's last writes, for exactly-once retries (writes with a session, limecached's kv-client's) |
 //! | [`node`]      | `RaftLogNode`: the pieces above with a fixed leader, as a `Node`      |
 //!
 //! `log`, `replication` and `apply` are written to be reused: the election stage composes

@@ -1,22 +1,25 @@
-//! Exactly-once writes (§8): the state machine remembers, per client, the `seq` of its
-//! latest writes and what each did, so that a retry of the same (client, seq) is answered
+//! Exactly-once writes (§8): the state machine remembers, per client, the last `seq` it
+//! applied and what that write did, so that a retry of the same (client, seq) is answered
 //! with the first outcome instead of being applied twice.
 //!
-//! A client may pipeline its writes, so more than the last one may be retried after a lost
-//! connection: the outcomes of a client's latest [`WINDOW`] writes are kept (the thesis,
-//! §6.3, keeps several responses per client for the same reason). Every write a client had
-//! applied from the oldest kept one on is kept, so a `seq` in that range that is not kept
-//! was never applied, and is applied now. A `seq` below it may have been applied, and is
-//! refused without being applied: its outcome is no longer known.
+//! What is applied depends on the last `seq` alone, as it always has: a write is applied
+//! only if its `seq` is above the client's last, so a session's writes take effect in `seq`
+//! order, and a stray old copy never lands after a later write. A client that pipelines
+//! may retry more than its last write after a lost connection, so the outcomes of its
+//! earlier writes are kept too, up to [`WINDOW`] in all (the thesis, §6.3, keeps several
+//! responses per client for the same reason). They only change the answer to such a
+//! retry, the first outcome instead of a refusal, never what is applied: nodes of older
+//! versions, which keep the last write alone, apply the same writes.
 //!
 //! The table is part of the replicated state: it changes only when a committed entry is
 //! applied, so every node holds the same table at the same index, and snapshots carry it.
-//! It is bounded the same way everywhere: past [`MAX_WRITES`] writes or [`MAX_BYTES`]
-//! bytes kept (a failed `cas` keeps the value it saw), the client whose latest write is
-//! oldest in the log is forgotten. Expiry thus depends on the log alone, never on a node's
-//! clock (thesis §6.3). A client forgotten this way that retries a write of long ago has it
-//! applied again, as a client without a session would: the protocol has no registration
-//! that would let the cluster tell a forgotten client from a new one.
+//! It is bounded the same way everywhere: past [`MAX_SESSIONS`] clients, the one whose last
+//! write is oldest in the log is forgotten; past [`MAX_EARLIER`] earlier writes or
+//! [`MAX_EARLIER_BYTES`] of them (a failed `cas` keeps the value it saw), the oldest in the
+//! log is. Expiry thus depends on the log alone, never on a node's clock (thesis §6.3). A
+//! forgotten client that retries a write of long ago has it applied again, as a client
+//! without a session would: the protocol has no registration that would let the cluster
+//! tell a forgotten client from a new one.
 
 use imbl::{HashMap, OrdMap};
 use kv_server::protocol::{CasOutcome, Session, WriteOutcome};
@@ -24,17 +27,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::LogIndex;
 
-/// Writes whose outcome is kept at most, over all clients.
-pub const MAX_WRITES: usize = 100_000;
+/// Clients remembered at most.
+pub const MAX_SESSIONS: usize = 100_000;
 
-/// Writes whose outcome is kept per client: a client that pipelines can retry any of its
-/// latest this many.
+/// Writes whose outcome is kept per client, its last included: a client that pipelines
+/// can retry any of its latest this many.
 pub const WINDOW: usize = 64;
 
-/// Bytes kept at most, over all clients: about what the table takes in memory.
-pub const MAX_BYTES: usize = 64 << 20;
+/// Earlier writes (all but each client's last) kept at most, over all clients.
+pub const MAX_EARLIER: usize = 100_000;
 
-/// What one kept write costs in [`MAX_BYTES`], besides a value it holds.
+/// Bytes of earlier writes kept at most, over all clients: about what they take in memory.
+pub const MAX_EARLIER_BYTES: usize = 64 << 20;
+
+/// What one kept write costs in [`MAX_EARLIER_BYTES`], besides a value it holds.
 const WRITE_BYTES: usize = 64;
 
 /// A client's applied write.
@@ -49,7 +55,7 @@ pub struct LastWrite {
 }
 
 impl LastWrite {
-    /// What it costs in [`MAX_BYTES`].
+    /// What it costs in [`MAX_EARLIER_BYTES`].
     fn bytes(&self) -> usize {
         let value = match &self.outcome {
             WriteOutcome::Cas(CasOutcome::Mismatch {
@@ -64,33 +70,34 @@ impl LastWrite {
 /// What to do with a write that carries a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// Not applied before: apply it.
+    /// Above the client's last write: apply it.
     New,
     /// A retry of a kept write: answer this, apply nothing.
     Duplicate(WriteOutcome),
-    /// Older than every kept write of the client, the oldest of which has this seq.
+    /// Below the client's last write, whose seq this is, and not kept: whether it was
+    /// applied is not known. Nothing is applied.
     Stale(u64),
 }
 
 /// One client's kept writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Client {
-    /// By seq: every write it had applied from the first of them on.
-    writes: Vec<LastWrite>,
-    /// The index of its latest write: its place in the eviction order.
-    latest: LogIndex,
+    /// Its last write: the highest seq applied.
+    last: LastWrite,
+    /// Some of its earlier writes, by seq.
+    earlier: OrdMap<u64, LastWrite>,
 }
 
 /// The session table. Cheap to clone (persistent maps), as a snapshot's copy must be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sessions {
     by_client: HashMap<String, Client>,
-    /// The same clients by the index of their latest write: the eviction order.
+    /// The same clients by the index of their last write: the eviction order.
     by_index: OrdMap<LogIndex, String>,
-    /// Writes kept, over all clients.
-    writes: usize,
-    /// Bytes kept (see [`MAX_BYTES`]).
-    bytes: usize,
+    /// Every kept earlier write's index, with its client: the order they are let go in.
+    earlier: OrdMap<LogIndex, (String, u64)>,
+    /// Bytes of the kept earlier writes (see [`MAX_EARLIER_BYTES`]).
+    earlier_bytes: usize,
 }
 
 impl Sessions {
@@ -99,65 +106,82 @@ impl Sessions {
         let Some(client) = self.by_client.get(&session.client) else {
             return Check::New;
         };
-        match client.writes.binary_search_by_key(&session.seq, |w| w.seq) {
-            Ok(at) => Check::Duplicate(client.writes[at].outcome.clone()),
-            Err(0) => Check::Stale(client.writes[0].seq),
-            Err(_) => Check::New,
+        let last = &client.last;
+        if session.seq > last.seq {
+            Check::New
+        } else if session.seq == last.seq {
+            Check::Duplicate(last.outcome.clone())
+        } else if let Some(write) = client.earlier.get(&session.seq) {
+            Check::Duplicate(write.outcome.clone())
+        } else {
+            Check::Stale(last.seq)
         }
     }
 
     /// Records that `session`'s write, at `index`, did `outcome`; [`Sessions::check`] said
-    /// it was new.
+    /// it was new, so its seq is above the client's last.
     pub fn record(&mut self, session: Session, outcome: WriteOutcome, index: LogIndex) {
         let Session { client: name, seq } = session;
-        let mut client = match self.by_client.remove(&name) {
-            Some(client) => {
-                self.by_index.remove(&client.latest);
-                client
-            }
-            None => {
-                self.bytes += name.len();
-                Client {
-                    writes: Vec::new(),
-                    latest: index,
-                }
-            }
-        };
         let write = LastWrite {
             seq,
             outcome,
             index,
         };
-        self.writes += 1;
-        self.bytes += write.bytes();
-        let at = client.writes.partition_point(|w| w.seq < seq);
-        client.writes.insert(at, write);
-        if client.writes.len() > WINDOW {
-            let dropped = client.writes.remove(0);
-            self.writes -= 1;
-            self.bytes -= dropped.bytes();
-        }
-        client.latest = client.latest.max(index);
-        self.by_index.insert(client.latest, name.clone());
-        self.by_client.insert(name.clone(), client);
-        while self.writes > MAX_WRITES || self.bytes > MAX_BYTES {
-            match self.by_index.get_min().cloned() {
-                Some((oldest, forgotten)) if forgotten != name => {
-                    self.by_index.remove(&oldest);
-                    self.forget(&forgotten);
+        let client = match self.by_client.remove(&name) {
+            Some(mut client) => {
+                self.by_index.remove(&client.last.index);
+                let previous = std::mem::replace(&mut client.last, write);
+                self.keep_earlier(&name, &mut client, previous);
+                client
+            }
+            None => Client {
+                last: write,
+                earlier: OrdMap::new(),
+            },
+        };
+        self.by_index.insert(client.last.index, name.clone());
+        self.by_client.insert(name, client);
+        while self.by_client.len() > MAX_SESSIONS {
+            let Some((index, oldest)) = self.by_index.get_min().cloned() else {
+                break;
+            };
+            self.by_index.remove(&index);
+            if let Some(client) = self.by_client.remove(&oldest) {
+                for write in client.earlier.values() {
+                    self.let_go(write);
                 }
-                // Only the client just recorded is left over the bounds: it is kept.
-                _ => break,
+            }
+        }
+        while self.earlier.len() > MAX_EARLIER || self.earlier_bytes > MAX_EARLIER_BYTES {
+            let Some((index, (name, seq))) = self.earlier.get_min().cloned() else {
+                break;
+            };
+            self.earlier.remove(&index);
+            let client = self.by_client.get_mut(&name);
+            if let Some(write) = client.and_then(|client| client.earlier.remove(&seq)) {
+                self.earlier_bytes -= write.bytes();
             }
         }
     }
 
-    /// Forgets `name`'s writes (its place in the eviction order is already gone).
-    fn forget(&mut self, name: &str) {
-        if let Some(client) = self.by_client.remove(name) {
-            self.writes -= client.writes.len();
-            self.bytes -= name.len() + client.writes.iter().map(LastWrite::bytes).sum::<usize>();
+    /// Keeps `write`, which `name`'s new last write follows, among its earlier ones.
+    fn keep_earlier(&mut self, name: &str, client: &mut Client, write: LastWrite) {
+        self.earlier
+            .insert(write.index, (name.to_owned(), write.seq));
+        self.earlier_bytes += write.bytes();
+        client.earlier.insert(write.seq, write);
+        if client.earlier.len() >= WINDOW {
+            let oldest = client.earlier.get_min().map(|(seq, _)| *seq);
+            if let Some(write) = oldest.and_then(|seq| client.earlier.remove(&seq)) {
+                self.let_go(&write);
+            }
         }
+    }
+
+    /// Forgets the earlier write `write` in the global order (its client has let it go).
+    fn let_go(&mut self, write: &LastWrite) {
+        self.earlier.remove(&write.index);
+        self.earlier_bytes -= write.bytes();
     }
 
     /// How many clients are remembered.
@@ -170,19 +194,28 @@ impl Sessions {
         self.by_client.is_empty()
     }
 
-    /// Every kept write with its client: clients by their latest write, oldest first, and
-    /// each client's writes by seq. The same order on every node; recording them in this
-    /// order into an empty table rebuilds this one.
+    /// Every kept write with its client: clients by their last write, oldest first, and
+    /// each client's writes by seq, its last at the end. The same order on every node;
+    /// recording them in this order into an empty table rebuilds this one (a version that
+    /// keeps the last write alone rebuilds its own table from the same list).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &LastWrite)> {
         self.by_index
             .values()
             .filter_map(|name| self.by_client.get(name).map(|client| (name, client)))
-            .flat_map(|(name, client)| client.writes.iter().map(move |w| (name.as_str(), w)))
+            .flat_map(|(name, client)| {
+                client
+                    .earlier
+                    .values()
+                    .chain(std::iter::once(&client.last))
+                    .map(move |write| (name.as_str(), write))
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap as StdHashMap;
+
     use super::*;
 
     fn session(client: &str, seq: u64) -> Session {
@@ -190,6 +223,12 @@ mod tests {
             client: client.into(),
             seq,
         }
+    }
+
+    fn mismatch(value: &str) -> WriteOutcome {
+        WriteOutcome::Cas(CasOutcome::Mismatch {
+            current: Some(value.to_owned()),
+        })
     }
 
     #[test]
@@ -211,91 +250,136 @@ mod tests {
     }
 
     #[test]
-    fn past_the_window_an_older_seq_is_stale_and_one_never_applied_is_new() {
+    fn below_the_last_seq_a_write_not_kept_is_stale_whether_or_not_it_was_applied() {
         let mut sessions = Sessions::default();
-        let last = WINDOW as u64 + 2; // one over the window, seq 10 left out
-        for seq in (1..=last).filter(|&seq| seq != 10) {
+        let last = WINDOW as u64 + 1;
+        for seq in 1..=last {
             sessions.record(session("a", seq), WriteOutcome::Put, LogIndex(seq));
         }
-        // Seq 1 was dropped from the window: whether it was applied cannot be told.
-        assert_eq!(sessions.check(&session("a", 1)), Check::Stale(2));
+        // Seq 1 was let go: the window holds the latest 64.
+        assert_eq!(sessions.check(&session("a", 1)), Check::Stale(last));
         assert_eq!(
             sessions.check(&session("a", 2)),
             Check::Duplicate(WriteOutcome::Put)
         );
-        // Seq 10 never was (a relayed batch lost, say): every write from seq 2 on is kept.
-        assert_eq!(sessions.check(&session("a", 10)), Check::New);
-        sessions.record(session("a", 10), WriteOutcome::Put, LogIndex(last + 1));
-        assert_eq!(
-            sessions.check(&session("a", 10)),
-            Check::Duplicate(WriteOutcome::Put)
-        );
-        assert_eq!(sessions.check(&session("a", 2)), Check::Stale(3));
         assert_eq!(sessions.iter().count(), WINDOW);
+        // Seq 2 of "b" was never applied (its batch was lost, say), and seq 3 was: a late
+        // copy of 2 is not applied after 3, so a session's writes keep their order.
+        sessions.record(session("b", 1), WriteOutcome::Put, LogIndex(100));
+        sessions.record(session("b", 3), WriteOutcome::Put, LogIndex(101));
+        assert_eq!(sessions.check(&session("b", 2)), Check::Stale(3));
+    }
+
+    #[test]
+    fn what_is_applied_is_what_a_table_of_last_writes_alone_would_apply() {
+        // Older versions keep each client's last seq only; nodes of both must apply the
+        // same writes. Random seqs from three clients, some repeated, some out of order.
+        let (mut sessions, mut last) = (Sessions::default(), StdHashMap::new());
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for index in 1..=5_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let client = ["a", "b", "c"][(rng % 3) as usize];
+            let seq = (index / 3 + rng % 90).saturating_sub(60);
+            let applies = last.get(client).is_none_or(|&l| seq > l);
+            let check = sessions.check(&session(client, seq));
+            assert_eq!(check == Check::New, applies, "{client} {seq} at {index}");
+            if applies {
+                last.insert(client, seq);
+                sessions.record(session(client, seq), WriteOutcome::Put, LogIndex(index));
+            }
+        }
     }
 
     #[test]
     fn past_the_limit_the_client_idle_longest_in_the_log_is_forgotten() {
         let mut sessions = Sessions::default();
-        for i in 0..MAX_WRITES as u64 {
+        for i in 0..MAX_SESSIONS as u64 {
             sessions.record(
                 session(&format!("c{i}"), 1),
                 WriteOutcome::Put,
                 LogIndex(i + 1),
             );
         }
-        // c0 writes again, so c1 is now the one idle longest; c0's two writes make one too
-        // many, so c1 goes, and so does c2 when "new" comes.
-        let at = LogIndex(MAX_WRITES as u64 + 1);
+        // c0 writes again, so c1 is now the one idle longest.
+        let at = LogIndex(MAX_SESSIONS as u64 + 1);
         sessions.record(session("c0", 2), WriteOutcome::Put, at);
         sessions.record(session("new", 1), WriteOutcome::Put, at.next());
-        assert_eq!(sessions.len(), MAX_WRITES - 1);
-        assert_eq!(sessions.iter().count(), MAX_WRITES);
+        assert_eq!(sessions.len(), MAX_SESSIONS);
         assert_eq!(sessions.check(&session("c1", 1)), Check::New, "forgotten");
-        assert_eq!(sessions.check(&session("c2", 1)), Check::New, "forgotten");
         assert_eq!(
             sessions.check(&session("c0", 1)),
             Check::Duplicate(WriteOutcome::Put)
         );
         assert_eq!(
             sessions.iter().next().map(|(c, _)| c.to_owned()),
-            Some("c3".to_owned())
+            Some("c2".to_owned())
         );
     }
 
     #[test]
-    fn the_values_failed_cas_writes_saw_are_bounded_in_bytes() {
+    fn earlier_writes_are_let_go_oldest_first_past_their_bounds_and_no_client_with_them() {
         let mut sessions = Sessions::default();
         let big = "v".repeat(1 << 20);
-        let saw = WriteOutcome::Cas(CasOutcome::Mismatch {
-            current: Some(big.clone()),
-        });
-        let clients = MAX_BYTES / big.len() + 10;
+        // Each client's failed cas (keeping 1 MiB) is followed by a put: the cas is an
+        // earlier write.
+        let clients = MAX_EARLIER_BYTES / big.len() + 10;
         for i in 0..clients as u64 {
-            sessions.record(session(&format!("c{i}"), 1), saw.clone(), LogIndex(i + 1));
+            let name = format!("c{i}");
+            sessions.record(session(&name, 1), mismatch(&big), LogIndex(2 * i + 1));
+            sessions.record(session(&name, 2), WriteOutcome::Put, LogIndex(2 * i + 2));
         }
-        assert!(sessions.len() < MAX_BYTES / big.len(), "{}", sessions.len());
-        assert!(sessions.bytes <= MAX_BYTES);
-        assert_eq!(sessions.check(&session("c0", 1)), Check::New, "forgotten");
+        assert_eq!(sessions.len(), clients, "no client is forgotten");
+        assert!(sessions.earlier_bytes <= MAX_EARLIER_BYTES);
+        assert_eq!(sessions.check(&session("c0", 1)), Check::Stale(2));
         let newest = format!("c{}", clients - 1);
-        assert_eq!(sessions.check(&session(&newest, 1)), Check::Duplicate(saw));
+        assert_eq!(
+            sessions.check(&session(&newest, 1)),
+            Check::Duplicate(mismatch(&big))
+        );
+        // The count bound: three writes each, so two earlier ones, 10 too many in all.
+        let mut sessions = Sessions::default();
+        for i in 0..(MAX_EARLIER as u64 + 10) / 2 {
+            let name = format!("c{i}");
+            for seq in 1..=3 {
+                sessions.record(
+                    session(&name, seq),
+                    WriteOutcome::Put,
+                    LogIndex(3 * i + seq),
+                );
+            }
+        }
+        assert_eq!(sessions.earlier.len(), MAX_EARLIER);
+        assert_eq!(sessions.check(&session("c4", 2)), Check::Stale(3));
+        assert_eq!(
+            sessions.check(&session("c5", 1)),
+            Check::Duplicate(WriteOutcome::Put)
+        );
     }
 
     #[test]
     fn recording_what_iter_lists_rebuilds_the_table() {
-        // What a snapshot does; it must hold with windows, gaps and evictions behind.
+        // What a snapshot does; it must hold with full windows, writes let go past the
+        // byte bound, and clients out of order.
         let mut sessions = Sessions::default();
+        let big = "v".repeat(1 << 20);
         let mut index = 0;
-        for round in 0..3 {
-            for (client, seqs) in [("a", 0..70), ("b", 5..9), ("c", 1..2)] {
-                for seq in seqs.filter(|seq| seq % 3 != round) {
-                    index += 1;
-                    if sessions.check(&session(client, seq)) == Check::New {
-                        sessions.record(session(client, seq), WriteOutcome::Put, LogIndex(index));
-                    }
-                }
+        let mut next = |sessions: &mut Sessions, client: &str, seq, outcome| {
+            index += 1;
+            if sessions.check(&session(client, seq)) == Check::New {
+                sessions.record(session(client, seq), outcome, LogIndex(index));
             }
+        };
+        for seq in 0..100 {
+            next(&mut sessions, "a", seq, WriteOutcome::Put);
+            next(&mut sessions, "b", seq / 2, WriteOutcome::Put);
         }
+        for i in 0..MAX_EARLIER_BYTES / big.len() + 5 {
+            next(&mut sessions, &format!("big{i}"), 1, mismatch(&big));
+            next(&mut sessions, &format!("big{i}"), 2, WriteOutcome::Put);
+        }
+        next(&mut sessions, "a", 100, WriteOutcome::Put);
         let mut rebuilt = Sessions::default();
         for (client, write) in sessions.iter() {
             rebuilt.record(
