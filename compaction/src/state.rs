@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 
-use kv_server::protocol::{Command, Session};
+use kv_server::protocol::Command;
 use kv_server::store::KvMap;
 use raft_log::apply::Machine;
 use raft_log::sessions::{LastWrite, Sessions};
@@ -32,12 +32,8 @@ pub fn read_state(input: &mut impl Read) -> io::Result<Machine> {
     let list: Vec<(String, LastWrite)> =
         serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut sessions = Sessions::default();
-    for (client, last) in list {
-        let session = Session {
-            client,
-            seq: last.seq,
-        };
-        sessions.record(session, last.outcome, last.index);
+    for (client, write) in list {
+        sessions.record(client, write);
     }
     let map = read_map(input)?;
     Ok(Machine { map, sessions })

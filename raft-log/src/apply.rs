@@ -8,7 +8,7 @@ use kv_server::store::KvMap;
 use replication_naive::node::RequestTag;
 
 use crate::log::RaftLog;
-use crate::sessions::{Check, Sessions};
+use crate::sessions::{Check, LastWrite, Sessions};
 use crate::storage::Storage;
 use crate::types::{LogIndex, Payload, Term};
 
@@ -35,7 +35,8 @@ impl Machine {
         match self.sessions.check(&session) {
             Check::New => {
                 let outcome = self.map.apply(command);
-                self.sessions.record(session, outcome.clone(), index);
+                let write = LastWrite::new(session.seq, outcome.clone(), index);
+                self.sessions.record(session.client, write);
                 Ok(Reply::Write(outcome))
             }
             Check::Duplicate(outcome) if same_kind(&command, &outcome) => Ok(Reply::Write(outcome)),
@@ -45,6 +46,12 @@ impl Machine {
             Check::Duplicate(_) => Err(Failure::bad_request(format!(
                 "seq {} of client {:?} was a write of another kind; a seq names one write, \
                  and its retries repeat it. Nothing was changed",
+                session.seq, session.client
+            ))),
+            Check::LetGo => Err(Failure::bad_request(format!(
+                "seq {} of client {:?} was applied, but its outcome was let go (the session \
+                 table keeps at most 64 MiB of the values failed cas writes saw); nothing \
+                 was changed now",
                 session.seq, session.client
             ))),
             Check::Stale(last) => Err(Failure::bad_request(format!(

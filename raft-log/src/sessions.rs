@@ -16,7 +16,10 @@
 //! It is bounded the same way everywhere: past [`MAX_SESSIONS`] clients, the one whose last
 //! write is oldest in the log is forgotten; past [`MAX_EARLIER`] earlier writes or
 //! [`MAX_EARLIER_BYTES`] of them (a failed `cas` keeps the value it saw), the oldest in the
-//! log is. Expiry thus depends on the log alone, never on a node's clock (thesis §6.3). A
+//! log is. The values failed `cas` writes saw are bounded in bytes among last writes too
+//! ([`MAX_LAST_VALUE_BYTES`]): past it, the oldest such last write keeps its seq but lets
+//! its outcome go, and a retry of it is refused instead of answered. What is applied never
+//! depends on these bounds. Expiry thus depends on the log alone, never on a node's clock (thesis §6.3). A
 //! forgotten client that retries a write of long ago has it applied again, as a client
 //! without a session would: the protocol has no registration that would let the cluster
 //! tell a forgotten client from a new one.
@@ -40,6 +43,11 @@ pub const MAX_EARLIER: usize = 100_000;
 /// Bytes of earlier writes kept at most, over all clients: about what they take in memory.
 pub const MAX_EARLIER_BYTES: usize = 64 << 20;
 
+/// Bytes of the values that clients' last writes (failed `cas` writes) saw, kept at most.
+/// With the earlier writes', this keeps the table's memory bounded, and its snapshot well
+/// under the 4 GiB the format allows even when JSON escapes every byte.
+pub const MAX_LAST_VALUE_BYTES: usize = 64 << 20;
+
 /// What one kept write costs in [`MAX_EARLIER_BYTES`], besides a value it holds.
 const WRITE_BYTES: usize = 64;
 
@@ -52,18 +60,45 @@ pub struct LastWrite {
     pub outcome: WriteOutcome,
     /// Where it was in the log.
     pub index: LogIndex,
+    /// Its outcome was let go (past [`MAX_LAST_VALUE_BYTES`]): `outcome` is not the
+    /// write's, and a retry is refused instead of answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub let_go: bool,
 }
 
 impl LastWrite {
-    /// What it costs in [`MAX_EARLIER_BYTES`].
-    fn bytes(&self) -> usize {
-        let value = match &self.outcome {
+    /// A write that did `outcome`, at `index`.
+    pub fn new(seq: u64, outcome: WriteOutcome, index: LogIndex) -> LastWrite {
+        LastWrite {
+            seq,
+            outcome,
+            index,
+            let_go: false,
+        }
+    }
+
+    /// The length of the value a failed `cas` saw, if that is what it did.
+    fn value_bytes(&self) -> usize {
+        match &self.outcome {
             WriteOutcome::Cas(CasOutcome::Mismatch {
                 current: Some(value),
             }) => value.len(),
             _ => 0,
-        };
-        WRITE_BYTES + value
+        }
+    }
+
+    /// What it costs in [`MAX_EARLIER_BYTES`].
+    fn bytes(&self) -> usize {
+        WRITE_BYTES + self.value_bytes()
+    }
+
+    /// What a retry of it gets.
+    fn retried(&self) -> Check {
+        if self.let_go {
+            Check::LetGo
+        } else {
+            Check::Duplicate(self.outcome.clone())
+        }
     }
 }
 
@@ -77,6 +112,8 @@ pub enum Check {
     /// Below the client's last write, whose seq this is, and not kept: whether it was
     /// applied is not known. Nothing is applied.
     Stale(u64),
+    /// Applied before, but its outcome was let go: nothing is applied.
+    LetGo,
 }
 
 /// One client's kept writes.
@@ -98,6 +135,11 @@ pub struct Sessions {
     earlier: OrdMap<LogIndex, (String, u64)>,
     /// Bytes of the kept earlier writes (see [`MAX_EARLIER_BYTES`]).
     earlier_bytes: usize,
+    /// The last writes that hold a value, by index, with their client: the order in which
+    /// their outcomes are let go.
+    last_values: OrdMap<LogIndex, String>,
+    /// The bytes of those values (see [`MAX_LAST_VALUE_BYTES`]).
+    last_value_bytes: usize,
 }
 
 impl Sessions {
@@ -110,27 +152,26 @@ impl Sessions {
         if session.seq > last.seq {
             Check::New
         } else if session.seq == last.seq {
-            Check::Duplicate(last.outcome.clone())
+            last.retried()
         } else if let Some(write) = client.earlier.get(&session.seq) {
-            Check::Duplicate(write.outcome.clone())
+            write.retried()
         } else {
             Check::Stale(last.seq)
         }
     }
 
-    /// Records that `session`'s write, at `index`, did `outcome`; [`Sessions::check`] said
-    /// it was new, so its seq is above the client's last.
-    pub fn record(&mut self, session: Session, outcome: WriteOutcome, index: LogIndex) {
-        let Session { client: name, seq } = session;
-        let write = LastWrite {
-            seq,
-            outcome,
-            index,
-        };
+    /// Records `write` of client `name`; [`Sessions::check`] said it was new, so its seq
+    /// is above the client's last.
+    pub fn record(&mut self, name: String, write: LastWrite) {
+        if write.value_bytes() > 0 {
+            self.last_values.insert(write.index, name.clone());
+            self.last_value_bytes += write.value_bytes();
+        }
         let client = match self.by_client.remove(&name) {
             Some(mut client) => {
                 self.by_index.remove(&client.last.index);
                 let previous = std::mem::replace(&mut client.last, write);
+                self.no_longer_last(&previous);
                 self.keep_earlier(&name, &mut client, previous);
                 client
             }
@@ -147,10 +188,23 @@ impl Sessions {
             };
             self.by_index.remove(&index);
             if let Some(client) = self.by_client.remove(&oldest) {
+                self.no_longer_last(&client.last);
                 for write in client.earlier.values() {
                     self.let_go(write);
                 }
             }
+        }
+        while self.last_value_bytes > MAX_LAST_VALUE_BYTES {
+            let Some((index, name)) = self.last_values.get_min().cloned() else {
+                break;
+            };
+            let Some(last) = self.by_client.get_mut(&name).map(|client| &mut client.last) else {
+                break;
+            };
+            self.last_values.remove(&index);
+            self.last_value_bytes -= last.value_bytes();
+            last.outcome = WriteOutcome::Cas(CasOutcome::Mismatch { current: None });
+            last.let_go = true;
         }
         while self.earlier.len() > MAX_EARLIER || self.earlier_bytes > MAX_EARLIER_BYTES {
             let Some((index, (name, seq))) = self.earlier.get_min().cloned() else {
@@ -175,6 +229,13 @@ impl Sessions {
             if let Some(write) = oldest.and_then(|seq| client.earlier.remove(&seq)) {
                 self.let_go(&write);
             }
+        }
+    }
+
+    /// `write` is no longer its client's last: its value, if any, leaves the last writes'.
+    fn no_longer_last(&mut self, write: &LastWrite) {
+        if self.last_values.remove(&write.index).is_some() {
+            self.last_value_bytes -= write.value_bytes();
         }
     }
 
@@ -225,6 +286,10 @@ mod tests {
         }
     }
 
+    fn record(sessions: &mut Sessions, session: Session, outcome: WriteOutcome, index: LogIndex) {
+        sessions.record(session.client, LastWrite::new(session.seq, outcome, index));
+    }
+
     fn mismatch(value: &str) -> WriteOutcome {
         WriteOutcome::Cas(CasOutcome::Mismatch {
             current: Some(value.to_owned()),
@@ -235,9 +300,14 @@ mod tests {
     fn a_retry_of_any_kept_write_gets_its_first_outcome() {
         let mut sessions = Sessions::default();
         assert_eq!(sessions.check(&session("a", 1)), Check::New);
-        sessions.record(session("a", 1), WriteOutcome::Put, LogIndex(3));
+        record(
+            &mut sessions,
+            session("a", 1),
+            WriteOutcome::Put,
+            LogIndex(3),
+        );
         let deleted = WriteOutcome::Delete { existed: true };
-        sessions.record(session("a", 2), deleted.clone(), LogIndex(4));
+        record(&mut sessions, session("a", 2), deleted.clone(), LogIndex(4));
         // Pipelined, both unanswered, both retried.
         assert_eq!(
             sessions.check(&session("a", 1)),
@@ -254,7 +324,12 @@ mod tests {
         let mut sessions = Sessions::default();
         let last = WINDOW as u64 + 1;
         for seq in 1..=last {
-            sessions.record(session("a", seq), WriteOutcome::Put, LogIndex(seq));
+            record(
+                &mut sessions,
+                session("a", seq),
+                WriteOutcome::Put,
+                LogIndex(seq),
+            );
         }
         // Seq 1 was let go: the window holds the latest 64.
         assert_eq!(sessions.check(&session("a", 1)), Check::Stale(last));
@@ -265,8 +340,18 @@ mod tests {
         assert_eq!(sessions.iter().count(), WINDOW);
         // Seq 2 of "b" was never applied (its batch was lost, say), and seq 3 was: a late
         // copy of 2 is not applied after 3, so a session's writes keep their order.
-        sessions.record(session("b", 1), WriteOutcome::Put, LogIndex(100));
-        sessions.record(session("b", 3), WriteOutcome::Put, LogIndex(101));
+        record(
+            &mut sessions,
+            session("b", 1),
+            WriteOutcome::Put,
+            LogIndex(100),
+        );
+        record(
+            &mut sessions,
+            session("b", 3),
+            WriteOutcome::Put,
+            LogIndex(101),
+        );
         assert_eq!(sessions.check(&session("b", 2)), Check::Stale(3));
     }
 
@@ -287,7 +372,12 @@ mod tests {
             assert_eq!(check == Check::New, applies, "{client} {seq} at {index}");
             if applies {
                 last.insert(client, seq);
-                sessions.record(session(client, seq), WriteOutcome::Put, LogIndex(index));
+                record(
+                    &mut sessions,
+                    session(client, seq),
+                    WriteOutcome::Put,
+                    LogIndex(index),
+                );
             }
         }
     }
@@ -296,7 +386,8 @@ mod tests {
     fn past_the_limit_the_client_idle_longest_in_the_log_is_forgotten() {
         let mut sessions = Sessions::default();
         for i in 0..MAX_SESSIONS as u64 {
-            sessions.record(
+            record(
+                &mut sessions,
                 session(&format!("c{i}"), 1),
                 WriteOutcome::Put,
                 LogIndex(i + 1),
@@ -304,8 +395,13 @@ mod tests {
         }
         // c0 writes again, so c1 is now the one idle longest.
         let at = LogIndex(MAX_SESSIONS as u64 + 1);
-        sessions.record(session("c0", 2), WriteOutcome::Put, at);
-        sessions.record(session("new", 1), WriteOutcome::Put, at.next());
+        record(&mut sessions, session("c0", 2), WriteOutcome::Put, at);
+        record(
+            &mut sessions,
+            session("new", 1),
+            WriteOutcome::Put,
+            at.next(),
+        );
         assert_eq!(sessions.len(), MAX_SESSIONS);
         assert_eq!(sessions.check(&session("c1", 1)), Check::New, "forgotten");
         assert_eq!(
@@ -327,8 +423,18 @@ mod tests {
         let clients = MAX_EARLIER_BYTES / big.len() + 10;
         for i in 0..clients as u64 {
             let name = format!("c{i}");
-            sessions.record(session(&name, 1), mismatch(&big), LogIndex(2 * i + 1));
-            sessions.record(session(&name, 2), WriteOutcome::Put, LogIndex(2 * i + 2));
+            record(
+                &mut sessions,
+                session(&name, 1),
+                mismatch(&big),
+                LogIndex(2 * i + 1),
+            );
+            record(
+                &mut sessions,
+                session(&name, 2),
+                WriteOutcome::Put,
+                LogIndex(2 * i + 2),
+            );
         }
         assert_eq!(sessions.len(), clients, "no client is forgotten");
         assert!(sessions.earlier_bytes <= MAX_EARLIER_BYTES);
@@ -343,7 +449,8 @@ mod tests {
         for i in 0..(MAX_EARLIER as u64 + 10) / 2 {
             let name = format!("c{i}");
             for seq in 1..=3 {
-                sessions.record(
+                record(
+                    &mut sessions,
                     session(&name, seq),
                     WriteOutcome::Put,
                     LogIndex(3 * i + seq),
@@ -359,6 +466,53 @@ mod tests {
     }
 
     #[test]
+    fn past_their_bound_the_oldest_last_writes_let_their_outcome_go_but_keep_their_seq() {
+        let mut sessions = Sessions::default();
+        let big = "v".repeat(1 << 20);
+        let clients = MAX_LAST_VALUE_BYTES / big.len() + 10;
+        for i in 0..clients as u64 {
+            record(
+                &mut sessions,
+                session(&format!("c{i}"), 1),
+                mismatch(&big),
+                LogIndex(i + 1),
+            );
+        }
+        assert_eq!(sessions.len(), clients, "no client is forgotten");
+        assert!(sessions.last_value_bytes <= MAX_LAST_VALUE_BYTES);
+        // A retry is refused, not applied again; a later write is still new.
+        assert_eq!(sessions.check(&session("c0", 1)), Check::LetGo);
+        assert_eq!(sessions.check(&session("c0", 2)), Check::New);
+        let newest = format!("c{}", clients - 1);
+        assert_eq!(
+            sessions.check(&session(&newest, 1)),
+            Check::Duplicate(mismatch(&big))
+        );
+        // Once it is an earlier write, a retry is still refused.
+        record(
+            &mut sessions,
+            session("c0", 2),
+            WriteOutcome::Put,
+            LogIndex(clients as u64 + 1),
+        );
+        assert_eq!(sessions.check(&session("c0", 1)), Check::LetGo);
+    }
+
+    #[test]
+    fn a_write_is_listed_as_older_versions_list_it_unless_its_outcome_was_let_go() {
+        let write = LastWrite::new(7, WriteOutcome::Put, LogIndex(9));
+        let json = serde_json::to_string(&write).expect("encodes");
+        assert_eq!(json, r#"{"seq":7,"outcome":"Put","index":9}"#);
+        let let_go = LastWrite {
+            let_go: true,
+            ..write
+        };
+        let json = serde_json::to_string(&let_go).expect("encodes");
+        assert!(json.contains(r#""let_go":true"#), "{json}");
+        assert_eq!(serde_json::from_str::<LastWrite>(&json).ok(), Some(let_go));
+    }
+
+    #[test]
     fn recording_what_iter_lists_rebuilds_the_table() {
         // What a snapshot does; it must hold with full windows, writes let go past the
         // byte bound, and clients out of order.
@@ -368,7 +522,7 @@ mod tests {
         let mut next = |sessions: &mut Sessions, client: &str, seq, outcome| {
             index += 1;
             if sessions.check(&session(client, seq)) == Check::New {
-                sessions.record(session(client, seq), outcome, LogIndex(index));
+                record(sessions, session(client, seq), outcome, LogIndex(index));
             }
         };
         for seq in 0..100 {
@@ -379,14 +533,16 @@ mod tests {
             next(&mut sessions, &format!("big{i}"), 1, mismatch(&big));
             next(&mut sessions, &format!("big{i}"), 2, WriteOutcome::Put);
         }
+        // Last writes whose values pass their bound: the oldest outcomes are let go.
+        for i in 0..MAX_LAST_VALUE_BYTES / big.len() + 5 {
+            next(&mut sessions, &format!("last{i}"), 1, mismatch(&big));
+        }
+        next(&mut sessions, "last0", 2, WriteOutcome::Put);
         next(&mut sessions, "a", 100, WriteOutcome::Put);
+        assert_eq!(sessions.check(&session("last1", 1)), Check::LetGo);
         let mut rebuilt = Sessions::default();
         for (client, write) in sessions.iter() {
-            rebuilt.record(
-                session(client, write.seq),
-                write.outcome.clone(),
-                write.index,
-            );
+            rebuilt.record(client.to_owned(), write.clone());
         }
         assert_eq!(rebuilt, sessions);
     }
