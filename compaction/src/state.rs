@@ -31,10 +31,7 @@ pub fn read_state(input: &mut impl Read) -> io::Result<Machine> {
     input.read_exact(&mut json)?;
     let list: Vec<(String, LastWrite)> =
         serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut sessions = Sessions::default();
-    for (client, write) in list {
-        sessions.record(client, write);
-    }
+    let sessions = Sessions::rebuilt(list);
     let map = read_map(input)?;
     Ok(Machine { map, sessions })
 }

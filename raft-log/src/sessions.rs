@@ -40,12 +40,15 @@ pub const WINDOW: usize = 64;
 /// Earlier writes (all but each client's last) kept at most, over all clients.
 pub const MAX_EARLIER: usize = 100_000;
 
-/// Bytes of earlier writes kept at most, over all clients: about what they take in memory.
+/// Bytes of earlier writes kept at most, over all clients, their clients' names included:
+/// about what they take in memory.
 pub const MAX_EARLIER_BYTES: usize = 64 << 20;
 
 /// Bytes of the values that clients' last writes (failed `cas` writes) saw, kept at most.
-/// With the earlier writes', this keeps the table's memory bounded, and its snapshot well
-/// under the 4 GiB the format allows even when JSON escapes every byte.
+/// With the earlier writes' bound, this keeps the table's memory bounded, and its snapshot
+/// under the 4 GiB the format allows even when JSON escapes every byte six-fold: 64 MiB of
+/// last values, 64 MiB of earlier writes with their names, and 100,000 names of at most
+/// 4 KiB (the key limit) with the last writes, about 3.2 GB in all.
 pub const MAX_LAST_VALUE_BYTES: usize = 64 << 20;
 
 /// What one kept write costs in [`MAX_EARLIER_BYTES`], besides a value it holds.
@@ -163,6 +166,24 @@ impl Sessions {
     /// Records `write` of client `name`; [`Sessions::check`] said it was new, so its seq
     /// is above the client's last.
     pub fn record(&mut self, name: String, write: LastWrite) {
+        self.insert(name, write);
+        self.within_bounds();
+    }
+
+    /// The table whose [`Sessions::iter`] listed `writes` (a snapshot's). Every write goes
+    /// in before the bounds are applied: while they go in, a client's earlier write is for a
+    /// moment its last, and the bounds could let go what the listed table kept.
+    pub fn rebuilt(writes: impl IntoIterator<Item = (String, LastWrite)>) -> Sessions {
+        let mut sessions = Sessions::default();
+        for (name, write) in writes {
+            sessions.insert(name, write);
+        }
+        sessions.within_bounds();
+        sessions
+    }
+
+    /// Records `write` of client `name`, whatever the bounds.
+    fn insert(&mut self, name: String, write: LastWrite) {
         if write.value_bytes() > 0 {
             self.last_values.insert(write.index, name.clone());
             self.last_value_bytes += write.value_bytes();
@@ -182,6 +203,11 @@ impl Sessions {
         };
         self.by_index.insert(client.last.index, name.clone());
         self.by_client.insert(name, client);
+    }
+
+    /// Forgets clients, and lets go earlier writes and last writes' outcomes, past the
+    /// bounds, oldest first.
+    fn within_bounds(&mut self) {
         while self.by_client.len() > MAX_SESSIONS {
             let Some((index, oldest)) = self.by_index.get_min().cloned() else {
                 break;
@@ -203,7 +229,10 @@ impl Sessions {
             };
             self.last_values.remove(&index);
             self.last_value_bytes -= last.value_bytes();
-            last.outcome = WriteOutcome::Cas(CasOutcome::Mismatch { current: None });
+            // A placeholder of another kind than the cas it stands for: a version that
+            // does not know `let_go` refuses a retry of it ("a write of another kind")
+            // rather than answer with it.
+            last.outcome = WriteOutcome::Put;
             last.let_go = true;
         }
         while self.earlier.len() > MAX_EARLIER || self.earlier_bytes > MAX_EARLIER_BYTES {
@@ -213,7 +242,7 @@ impl Sessions {
             self.earlier.remove(&index);
             let client = self.by_client.get_mut(&name);
             if let Some(write) = client.and_then(|client| client.earlier.remove(&seq)) {
-                self.earlier_bytes -= write.bytes();
+                self.earlier_bytes -= write.bytes() + name.len();
             }
         }
     }
@@ -222,7 +251,7 @@ impl Sessions {
     fn keep_earlier(&mut self, name: &str, client: &mut Client, write: LastWrite) {
         self.earlier
             .insert(write.index, (name.to_owned(), write.seq));
-        self.earlier_bytes += write.bytes();
+        self.earlier_bytes += write.bytes() + name.len();
         client.earlier.insert(write.seq, write);
         if client.earlier.len() >= WINDOW {
             let oldest = client.earlier.get_min().map(|(seq, _)| *seq);
@@ -241,8 +270,9 @@ impl Sessions {
 
     /// Forgets the earlier write `write` in the global order (its client has let it go).
     fn let_go(&mut self, write: &LastWrite) {
-        self.earlier.remove(&write.index);
-        self.earlier_bytes -= write.bytes();
+        if let Some((name, _)) = self.earlier.remove(&write.index) {
+            self.earlier_bytes -= write.bytes() + name.len();
+        }
     }
 
     /// How many clients are remembered.
@@ -538,12 +568,105 @@ mod tests {
             next(&mut sessions, &format!("last{i}"), 1, mismatch(&big));
         }
         next(&mut sessions, "last0", 2, WriteOutcome::Put);
+        next(&mut sessions, "big3", 3, WriteOutcome::Put);
         next(&mut sessions, "a", 100, WriteOutcome::Put);
         assert_eq!(sessions.check(&session("last1", 1)), Check::LetGo);
-        let mut rebuilt = Sessions::default();
-        for (client, write) in sessions.iter() {
-            rebuilt.record(client.to_owned(), write.clone());
+        assert_eq!(rebuilt(&sessions), sessions);
+    }
+
+    /// What a node restoring `sessions` from its snapshot gets.
+    fn rebuilt(sessions: &Sessions) -> Sessions {
+        Sessions::rebuilt(sessions.iter().map(|(c, w)| (c.to_owned(), w.clone())))
+    }
+
+    #[test]
+    fn rebuilding_lets_go_nothing_the_table_kept() {
+        // While the list goes back in, a client's earlier write is for a moment its last:
+        // applying the bounds then would count its value among the last writes', and let
+        // something go.
+        let mut sessions = Sessions::default();
+        let big = "v".repeat(1 << 20);
+        record(&mut sessions, session("c", 1), mismatch("x"), LogIndex(1));
+        record(
+            &mut sessions,
+            session("c", 2),
+            WriteOutcome::Put,
+            LogIndex(2),
+        );
+        let at_the_bound = (MAX_LAST_VALUE_BYTES / big.len()) as u64;
+        for i in 0..at_the_bound {
+            let name = format!("l{i}");
+            record(
+                &mut sessions,
+                session(&name, 1),
+                mismatch(&big),
+                LogIndex(3 + i),
+            );
         }
+        record(
+            &mut sessions,
+            session("c", 3),
+            WriteOutcome::Put,
+            LogIndex(3 + at_the_bound),
+        );
+        let rebuilt = rebuilt(&sessions);
+        assert_eq!(
+            rebuilt.check(&session("c", 1)),
+            Check::Duplicate(mismatch("x"))
+        );
         assert_eq!(rebuilt, sessions);
+    }
+
+    #[test]
+    fn the_bounds_hold_and_a_rebuild_matches_after_random_writes() {
+        // Failed cas writes on large values and puts, from 150 clients, some seqs repeated;
+        // the counters must match what the table holds, and a snapshot must rebuild it.
+        let mut sessions = Sessions::default();
+        let big = "v".repeat(1 << 20);
+        let mut seqs = StdHashMap::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for index in 1..=400 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let client = format!("c{}", rng % 150);
+            let seq = seqs.entry(client.clone()).or_insert(0);
+            *seq += u64::from(rng % 3 != 0);
+            let outcome = if rng % 5 < 4 {
+                mismatch(&big)
+            } else {
+                WriteOutcome::Put
+            };
+            if sessions.check(&session(&client, *seq)) == Check::New {
+                record(
+                    &mut sessions,
+                    session(&client, *seq),
+                    outcome,
+                    LogIndex(index),
+                );
+            }
+            let (values, bytes) = sessions.by_client.values().fold((0, 0), |(n, b), client| {
+                let value = client.last.value_bytes();
+                (n + usize::from(value > 0), b + value)
+            });
+            assert_eq!(values, sessions.last_values.len(), "at {index}");
+            assert_eq!(bytes, sessions.last_value_bytes, "at {index}");
+            assert!(bytes <= MAX_LAST_VALUE_BYTES, "at {index}");
+            let earlier: usize = sessions.by_client.values().map(|c| c.earlier.len()).sum();
+            assert_eq!(earlier, sessions.earlier.len(), "at {index}");
+            let earlier_bytes: usize = sessions
+                .by_client
+                .iter()
+                .flat_map(|(name, c)| c.earlier.values().map(move |w| w.bytes() + name.len()))
+                .sum();
+            assert_eq!(earlier_bytes, sessions.earlier_bytes, "at {index}");
+            if index % 50 == 0 {
+                assert_eq!(rebuilt(&sessions), sessions, "at {index}");
+            }
+        }
+        assert!(
+            sessions.iter().any(|(_, w)| w.let_go),
+            "the bound was reached"
+        );
     }
 }
