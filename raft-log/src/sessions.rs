@@ -48,7 +48,7 @@ pub const MAX_EARLIER_BYTES: usize = 64 << 20;
 /// With the earlier writes' bound, this keeps the table's memory bounded, and its snapshot
 /// under the 4 GiB the format allows even when JSON escapes every byte six-fold: 64 MiB of
 /// last values, 64 MiB of earlier writes with their names, and 100,000 names of at most
-/// 4 KiB (the key limit) with the last writes, about 3.2 GB in all.
+/// 4 KiB (the key limit) with the last writes, about 3.3 GB in all.
 pub const MAX_LAST_VALUE_BYTES: usize = 64 << 20;
 
 /// What one kept write costs in [`MAX_EARLIER_BYTES`], besides a value it holds.
@@ -287,8 +287,8 @@ impl Sessions {
 
     /// Every kept write with its client: clients by their last write, oldest first, and
     /// each client's writes by seq, its last at the end. The same order on every node;
-    /// recording them in this order into an empty table rebuilds this one (a version that
-    /// keeps the last write alone rebuilds its own table from the same list).
+    /// [`Sessions::rebuilt`] makes this table again from the list (and a version that keeps
+    /// the last write alone makes its own table from it, recording each write in turn).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &LastWrite)> {
         self.by_index
             .values()
@@ -645,21 +645,7 @@ mod tests {
                     LogIndex(index),
                 );
             }
-            let (values, bytes) = sessions.by_client.values().fold((0, 0), |(n, b), client| {
-                let value = client.last.value_bytes();
-                (n + usize::from(value > 0), b + value)
-            });
-            assert_eq!(values, sessions.last_values.len(), "at {index}");
-            assert_eq!(bytes, sessions.last_value_bytes, "at {index}");
-            assert!(bytes <= MAX_LAST_VALUE_BYTES, "at {index}");
-            let earlier: usize = sessions.by_client.values().map(|c| c.earlier.len()).sum();
-            assert_eq!(earlier, sessions.earlier.len(), "at {index}");
-            let earlier_bytes: usize = sessions
-                .by_client
-                .iter()
-                .flat_map(|(name, c)| c.earlier.values().map(move |w| w.bytes() + name.len()))
-                .sum();
-            assert_eq!(earlier_bytes, sessions.earlier_bytes, "at {index}");
+            assert_counters(&sessions);
             if index % 50 == 0 {
                 assert_eq!(rebuilt(&sessions), sessions, "at {index}");
             }
@@ -668,5 +654,32 @@ mod tests {
             sessions.iter().any(|(_, w)| w.let_go),
             "the bound was reached"
         );
+        // One client past its window: its oldest earlier writes are let go one by one.
+        for seq in 1..=70 {
+            let index = LogIndex(1_000 + seq);
+            record(&mut sessions, session("busy", seq), mismatch("seen"), index);
+            assert_counters(&sessions);
+        }
+        assert_eq!(sessions.check(&session("busy", 6)), Check::Stale(70));
+        assert_eq!(rebuilt(&sessions), sessions);
+    }
+
+    /// The counters agree with what the table holds, and the bound on last values holds.
+    fn assert_counters(sessions: &Sessions) {
+        let (values, bytes) = sessions.by_client.values().fold((0, 0), |(n, b), client| {
+            let value = client.last.value_bytes();
+            (n + usize::from(value > 0), b + value)
+        });
+        assert_eq!(values, sessions.last_values.len());
+        assert_eq!(bytes, sessions.last_value_bytes);
+        assert!(bytes <= MAX_LAST_VALUE_BYTES);
+        let earlier: usize = sessions.by_client.values().map(|c| c.earlier.len()).sum();
+        assert_eq!(earlier, sessions.earlier.len());
+        let earlier_bytes: usize = sessions
+            .by_client
+            .iter()
+            .flat_map(|(name, c)| c.earlier.values().map(move |w| w.bytes() + name.len()))
+            .sum();
+        assert_eq!(earlier_bytes, sessions.earlier_bytes);
     }
 }
