@@ -1,5 +1,6 @@
 //! The replicated state as a snapshot's data section: first the session table, as
-//! `len: u32 LE | JSON list of [client, write]`, every write whose outcome is kept, in the
+//! `len: u32 LE | JSON list of [client, write]`, every kept write (one whose outcome was let
+//! go marked `let_go`), in the
 //! order `Sessions::iter` gives (an older version's snapshot lists one write per client,
 //! and reads the same way); then the key/value map, one record per key, in key order,
 //! `key_len: u32 LE | key | value_len: u32 LE | value`, streamed in and out so that neither

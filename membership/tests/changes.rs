@@ -184,8 +184,9 @@ fn a_removed_leader_that_restarts_stops_campaigning_once_told_its_removal_commit
 #[test]
 fn a_voter_that_missed_an_add_still_votes_for_the_added_node() {
     // A voter cut off while node 4 was added knows only the old configuration, committed,
-    // without 4. It must not take 4 for a removed node: here 4 alone has the latest entry,
-    // so only 4 can be elected, and it needs that voter.
+    // without 4. It must not take 4 for a removed node: here the leader's peer (node 4,
+    // unless 4 leads) alone has the latest entry, so only it can be elected, and it needs
+    // that voter.
     for_each_seed(20, |seed| {
         let (mut sim, mut load) = settled(seed, 3);
         let first = stable_leader(&sim).expect("a leader");

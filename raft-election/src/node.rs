@@ -626,9 +626,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn on_request_vote(&mut self, from: NodeId, req: RequestVote, out: &mut Outbox<Message>) {
-        // A candidate that this node's committed configuration, as recent as the candidate's
-        // own, leaves out was removed, and is not needed (§4.2.2): its term is not adopted,
-        // which would depose the leader, and it is told to stop.
+        // A candidate that this node's committed configuration, at least as recent as the
+        // candidate's own, leaves out was removed, and is not needed (§4.2.2): its term is
+        // not adopted, which would depose the leader, and it is told to stop.
         let committed = self.configs.latest_index();
         let removed_by = (!self.membership().contains(from)
             && committed <= self.commit_index()
@@ -1266,7 +1266,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// pre-votes first. Leaders do not replicate to non-members, so a removed node may never
     /// hear that its removal committed (after a restart, or if it stepped down first): the
     /// voters it asks tell it (`RequestVoteResponse::removed_by`), and it stops. Learners,
-    /// nodes whose removal has committed, and nodes that have not joined never campaign;
+    /// nodes that know their removal committed, and nodes that have not joined never
+    /// campaign;
     /// their timer keeps running, so that they stop counting a silent leader as fresh
     /// (§4.2.3) and stop naming it to clients.
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {

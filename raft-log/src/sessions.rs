@@ -231,7 +231,8 @@ impl Sessions {
             self.last_value_bytes -= last.value_bytes();
             // A placeholder of another kind than the cas it stands for: a version that
             // does not know `let_go` refuses a retry of it ("a write of another kind")
-            // rather than answer with it.
+            // rather than answer with it; one older still answers a put, which the cas's
+            // client takes for a protocol error.
             last.outcome = WriteOutcome::Put;
             last.let_go = true;
         }
