@@ -20,6 +20,11 @@ use replication_naive::sim::{NetConfig, for_each_seed};
 /// Waits for a stable leader and commits `count` puts `{prefix}{i}` through it, one after
 /// another (retrying on another leader if one changes).
 fn write(sim: &mut Cluster, prefix: &str, count: usize) {
+    write_values(sim, prefix, count, |key| format!("value of {key}"));
+}
+
+/// [`write`], each key set to `value(key)`.
+fn write_values(sim: &mut Cluster, prefix: &str, count: usize, value: impl Fn(&str) -> String) {
     for i in 0..count {
         let key = format!("{prefix}{i}");
         let mut done = false;
@@ -30,7 +35,7 @@ fn write(sim: &mut Cluster, prefix: &str, count: usize) {
                 sim.seed()
             );
             let leader = stable_leader(sim).expect("a leader");
-            let tag = sim.request(leader, Op::put(&key, &format!("value of {key}")));
+            let tag = sim.request(leader, Op::put(&key, &value(&key)));
             if sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some())
                 && sim.reply(tag) == Some(&Ok(Reply::Write(WriteOutcome::Put)))
             {
@@ -294,17 +299,13 @@ fn a_multi_megabyte_snapshot_crosses_a_lossy_network_intact() {
         let mut sim = cluster(seed, 3, policy);
         check_raft_properties(&mut sim);
         let big = "x".repeat(100 << 10);
-        let leader = {
-            write(&mut sim, "warmup", 1);
-            stable_leader(&sim).unwrap()
-        };
+        write(&mut sim, "warmup", 1);
+        assert!(sim.run_until(50 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
+        let leader = stable_leader(&sim).expect("a leader");
         let follower = sim.ids().into_iter().find(|&id| id != leader).unwrap();
         sim.crash(follower);
-        for i in 0..48 {
-            let leader = stable_leader(&sim).unwrap();
-            let tag = sim.request(leader, Op::put(&format!("big{i}"), &big));
-            assert!(sim.run_until(20 * ELECTION_MS, |sim| sim.reply(tag).is_some()));
-        }
+        // A leader may change meanwhile (seed 2322): each put is retried until it commits.
+        write_values(&mut sim, "big", 48, |_| big.clone());
         write(&mut sim, "pad", 40);
         // A leader that started sending the crashed follower a snapshot defers its own next
         // one until that follower has been silent for ten election timeouts (it could be a
