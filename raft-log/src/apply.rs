@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kv_server::protocol::{Command, Failure, Outcome, Reply, Session, WriteOutcome};
+use kv_server::protocol::{Command, Failure, Outcome, Reply, Session};
 use kv_server::store::KvMap;
 use replication_naive::node::RequestTag;
 
@@ -39,7 +39,9 @@ impl Machine {
                 self.sessions.record(session.client, write);
                 Ok(Reply::Write(outcome))
             }
-            Check::Duplicate(outcome) if same_kind(&command, &outcome) => Ok(Reply::Write(outcome)),
+            Check::Duplicate(outcome) if outcome.kind() == command.kind() => {
+                Ok(Reply::Write(outcome))
+            }
             // The client reused a seq for another write: answering with the first write's
             // outcome would give it an answer of the wrong shape (a cas told `ok` with no
             // `swapped`), and applying it would break "at most once" for the pair.
@@ -61,16 +63,6 @@ impl Machine {
             ))),
         }
     }
-}
-
-/// Whether `outcome` is what a write like `command` answers.
-fn same_kind(command: &Command, outcome: &WriteOutcome) -> bool {
-    matches!(
-        (command, outcome),
-        (Command::Put { .. }, WriteOutcome::Put)
-            | (Command::Delete { .. }, WriteOutcome::Delete { .. })
-            | (Command::Cas { .. }, WriteOutcome::Cas(_))
-    )
 }
 
 /// The state machine and the clients waiting on it.
@@ -219,7 +211,7 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::{self, ThreadId};
 
-    use kv_server::protocol::ErrorCode;
+    use kv_server::protocol::{ErrorCode, WriteOutcome};
 
     use super::*;
 

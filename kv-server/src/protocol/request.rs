@@ -161,7 +161,8 @@ impl Command {
         }
     }
 
-    fn kind(&self) -> OpKind {
+    /// Which operation it is.
+    pub fn kind(&self) -> OpKind {
         match self {
             Command::Put { .. } => OpKind::Put,
             Command::Delete { .. } => OpKind::Delete,

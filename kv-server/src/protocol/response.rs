@@ -124,6 +124,17 @@ pub enum WriteOutcome {
     Cas(CasOutcome),
 }
 
+impl WriteOutcome {
+    /// The operation that answers this way.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            WriteOutcome::Put => OpKind::Put,
+            WriteOutcome::Delete { .. } => OpKind::Delete,
+            WriteOutcome::Cas(_) => OpKind::Cas,
+        }
+    }
+}
+
 /// A successful response's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
