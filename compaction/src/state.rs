@@ -1,21 +1,20 @@
 //! The replicated state as a snapshot's data section: first the session table, as
-//! `len: u32 LE | JSON list of [client, write]`, every kept write (one whose outcome was let
-//! go marked `let_go`), in the
-//! order `Sessions::iter` gives (an older version's snapshot lists one write per client,
-//! and reads the same way); then the key/value map, one record per key, in key order,
-//! `key_len: u32 LE | key | value_len: u32 LE | value`, streamed in and out so that neither
-//! side needs a second copy of the map in memory.
+//! `len: u32 LE | JSON list of [client, write]`, every kept write (one whose outcome was
+//! let go marked `let_go`), in the order `Sessions::iter` gives (an older version's
+//! snapshot lists one write per client, and reads the same way); then the key/value map,
+//! one record per key, in key order, `key_len: u32 LE | key | value_len: u32 LE | value`,
+//! streamed in and out so that neither side needs a second copy of the map in memory.
 
 use std::io::{self, Read, Write};
 
 use kv_server::protocol::Command;
 use kv_server::store::KvMap;
 use raft_log::apply::Machine;
-use raft_log::sessions::{LastWrite, Sessions};
+use raft_log::sessions::{KeptWrite, Sessions};
 
 /// Writes `state`, sessions then map, to `out`.
 pub fn write_state(state: &Machine, out: &mut impl Write) -> io::Result<()> {
-    let sessions: Vec<(&str, &LastWrite)> = state.sessions.iter().collect();
+    let sessions: Vec<(&str, &KeptWrite)> = state.sessions.iter().collect();
     let json = serde_json::to_vec(&sessions).map_err(io::Error::other)?;
     let len = u32::try_from(json.len()).map_err(|_| io::Error::other("sessions over 4 GiB"))?;
     out.write_all(&len.to_le_bytes())?;
@@ -30,7 +29,7 @@ pub fn read_state(input: &mut impl Read) -> io::Result<Machine> {
     input.read_exact(&mut len)?;
     let mut json = vec![0; u32::from_le_bytes(len) as usize];
     input.read_exact(&mut json)?;
-    let list: Vec<(String, LastWrite)> =
+    let list: Vec<(String, KeptWrite)> =
         serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let sessions = Sessions::rebuilt(list);
     let map = read_map(input)?;

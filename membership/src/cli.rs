@@ -199,12 +199,12 @@ fn join_policy() -> RetryPolicy {
 }
 
 /// Before a node with an empty data directory listens and joins: refuses when the cluster
-/// already counts it as a voter. Its data was lost (wiped, or a new disk), and with it its term,
-/// its vote and the entries it acknowledged; joining again would make it a voter that has
-/// none of them, whose vote could elect a leader missing committed entries (§5.4.1
-/// relies on every voter keeping what it acknowledged). Removing it first and then
-/// joining brings it back as a learner that catches up. Asks the leader's view, once a
-/// member answers; a retry of this node's own add cannot be mistaken for this, since it
+/// already counts it as a voter. Its data was lost (wiped, or a new disk), and with it its
+/// term, its vote and the entries it acknowledged; joining again would make it a voter
+/// that has none of them, whose vote could elect a leader missing committed entries
+/// (§5.4.1 relies on every voter keeping what it acknowledged). Removing it first and then
+/// joining brings it back as a learner that catches up. Only the leader's view clears it
+/// ([`lost_voter`]); a retry of this node's own add cannot be mistaken for this, since it
 /// comes later, from the loop in [`join`].
 async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError> {
     loop {

@@ -1267,9 +1267,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// hear that its removal committed (after a restart, or if it stepped down first): the
     /// voters it asks tell it (`RequestVoteResponse::removed_by`), and it stops. Learners,
     /// nodes that know their removal committed, and nodes that have not joined never
-    /// campaign;
-    /// their timer keeps running, so that they stop counting a silent leader as fresh
-    /// (§4.2.3) and stop naming it to clients.
+    /// campaign; their timer keeps running, so that they stop counting a silent leader as
+    /// fresh (§4.2.3) and stop naming it to clients.
     fn tick_election_timer(&mut self, out: &mut Outbox<Message>) {
         self.election_elapsed += 1;
         let membership = self.membership();

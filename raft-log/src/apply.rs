@@ -8,7 +8,7 @@ use kv_server::store::KvMap;
 use replication_naive::node::RequestTag;
 
 use crate::log::RaftLog;
-use crate::sessions::{Check, LastWrite, Sessions};
+use crate::sessions::{Check, KeptWrite, Sessions};
 use crate::storage::Storage;
 use crate::types::{LogIndex, Payload, Term};
 
@@ -35,7 +35,7 @@ impl Machine {
         match self.sessions.check(&session) {
             Check::New => {
                 let outcome = self.map.apply(command);
-                let write = LastWrite::new(session.seq, outcome.clone(), index);
+                let write = KeptWrite::new(session.seq, outcome.clone(), index);
                 self.sessions.record(session.client, write);
                 Ok(Reply::Write(outcome))
             }

@@ -19,10 +19,10 @@
 //! log is. The values failed `cas` writes saw are bounded in bytes among last writes too
 //! ([`MAX_LAST_VALUE_BYTES`]): past it, the oldest such last write keeps its seq but lets
 //! its outcome go, and a retry of it is refused instead of answered. What is applied never
-//! depends on these bounds. Expiry thus depends on the log alone, never on a node's clock (thesis §6.3). A
-//! forgotten client that retries a write of long ago has it applied again, as a client
-//! without a session would: the protocol has no registration that would let the cluster
-//! tell a forgotten client from a new one.
+//! depends on these bounds. Expiry thus depends on the log alone, never on a node's clock
+//! (thesis §6.3). A forgotten client that retries a write of long ago has it applied again,
+//! as a client without a session would: the protocol has no registration that would let
+//! the cluster tell a forgotten client from a new one.
 
 use imbl::{HashMap, OrdMap};
 use kv_server::protocol::{CasOutcome, Session, WriteOutcome};
@@ -54,9 +54,9 @@ pub const MAX_LAST_VALUE_BYTES: usize = 64 << 20;
 /// What one kept write costs in [`MAX_EARLIER_BYTES`], besides a value it holds.
 const WRITE_BYTES: usize = 64;
 
-/// A client's applied write.
+/// A client's applied write whose outcome the table keeps: its last, or an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastWrite {
+pub struct KeptWrite {
     /// Its sequence number.
     pub seq: u64,
     /// What it did.
@@ -69,10 +69,10 @@ pub struct LastWrite {
     pub let_go: bool,
 }
 
-impl LastWrite {
+impl KeptWrite {
     /// A write that did `outcome`, at `index`.
-    pub fn new(seq: u64, outcome: WriteOutcome, index: LogIndex) -> LastWrite {
-        LastWrite {
+    pub fn new(seq: u64, outcome: WriteOutcome, index: LogIndex) -> KeptWrite {
+        KeptWrite {
             seq,
             outcome,
             index,
@@ -123,9 +123,9 @@ pub enum Check {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Client {
     /// Its last write: the highest seq applied.
-    last: LastWrite,
+    last: KeptWrite,
     /// Some of its earlier writes, by seq.
-    earlier: OrdMap<u64, LastWrite>,
+    earlier: OrdMap<u64, KeptWrite>,
 }
 
 /// The session table. Cheap to clone (persistent maps), as a snapshot's copy must be.
@@ -165,7 +165,7 @@ impl Sessions {
 
     /// Records `write` of client `name`; [`Sessions::check`] said it was new, so its seq
     /// is above the client's last.
-    pub fn record(&mut self, name: String, write: LastWrite) {
+    pub fn record(&mut self, name: String, write: KeptWrite) {
         self.insert(name, write);
         self.within_bounds();
     }
@@ -173,7 +173,7 @@ impl Sessions {
     /// The table whose [`Sessions::iter`] listed `writes` (a snapshot's). Every write goes
     /// in before the bounds are applied: while they go in, a client's earlier write is for a
     /// moment its last, and the bounds could let go what the listed table kept.
-    pub fn rebuilt(writes: impl IntoIterator<Item = (String, LastWrite)>) -> Sessions {
+    pub fn rebuilt(writes: impl IntoIterator<Item = (String, KeptWrite)>) -> Sessions {
         let mut sessions = Sessions::default();
         for (name, write) in writes {
             sessions.insert(name, write);
@@ -183,7 +183,7 @@ impl Sessions {
     }
 
     /// Records `write` of client `name`, whatever the bounds.
-    fn insert(&mut self, name: String, write: LastWrite) {
+    fn insert(&mut self, name: String, write: KeptWrite) {
         if write.value_bytes() > 0 {
             self.last_values.insert(write.index, name.clone());
             self.last_value_bytes += write.value_bytes();
@@ -249,7 +249,7 @@ impl Sessions {
     }
 
     /// Keeps `write`, which `name`'s new last write follows, among its earlier ones.
-    fn keep_earlier(&mut self, name: &str, client: &mut Client, write: LastWrite) {
+    fn keep_earlier(&mut self, name: &str, client: &mut Client, write: KeptWrite) {
         self.earlier
             .insert(write.index, (name.to_owned(), write.seq));
         self.earlier_bytes += write.bytes() + name.len();
@@ -263,14 +263,14 @@ impl Sessions {
     }
 
     /// `write` is no longer its client's last: its value, if any, leaves the last writes'.
-    fn no_longer_last(&mut self, write: &LastWrite) {
+    fn no_longer_last(&mut self, write: &KeptWrite) {
         if self.last_values.remove(&write.index).is_some() {
             self.last_value_bytes -= write.value_bytes();
         }
     }
 
     /// Forgets the earlier write `write` in the global order (its client has let it go).
-    fn let_go(&mut self, write: &LastWrite) {
+    fn let_go(&mut self, write: &KeptWrite) {
         if let Some((name, _)) = self.earlier.remove(&write.index) {
             self.earlier_bytes -= write.bytes() + name.len();
         }
@@ -290,7 +290,7 @@ impl Sessions {
     /// each client's writes by seq, its last at the end. The same order on every node;
     /// [`Sessions::rebuilt`] makes this table again from the list (and a version that keeps
     /// the last write alone makes its own table from it, recording each write in turn).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &LastWrite)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &KeptWrite)> {
         self.by_index
             .values()
             .filter_map(|name| self.by_client.get(name).map(|client| (name, client)))
@@ -318,7 +318,7 @@ mod tests {
     }
 
     fn record(sessions: &mut Sessions, session: Session, outcome: WriteOutcome, index: LogIndex) {
-        sessions.record(session.client, LastWrite::new(session.seq, outcome, index));
+        sessions.record(session.client, KeptWrite::new(session.seq, outcome, index));
     }
 
     fn mismatch(value: &str) -> WriteOutcome {
@@ -531,16 +531,16 @@ mod tests {
 
     #[test]
     fn a_write_is_listed_as_older_versions_list_it_unless_its_outcome_was_let_go() {
-        let write = LastWrite::new(7, WriteOutcome::Put, LogIndex(9));
+        let write = KeptWrite::new(7, WriteOutcome::Put, LogIndex(9));
         let json = serde_json::to_string(&write).expect("encodes");
         assert_eq!(json, r#"{"seq":7,"outcome":"Put","index":9}"#);
-        let let_go = LastWrite {
+        let let_go = KeptWrite {
             let_go: true,
             ..write
         };
         let json = serde_json::to_string(&let_go).expect("encodes");
         assert!(json.contains(r#""let_go":true"#), "{json}");
-        assert_eq!(serde_json::from_str::<LastWrite>(&json).ok(), Some(let_go));
+        assert_eq!(serde_json::from_str::<KeptWrite>(&json).ok(), Some(let_go));
     }
 
     #[test]
