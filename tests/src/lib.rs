@@ -294,6 +294,14 @@ impl Drop for ProcessCluster {
     }
 }
 
+/// `child`'s exit status, if it exits within `limit` (it goes on running otherwise).
+pub async fn exit_within(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    tokio::time::timeout(limit, child.wait()).await.ok()?.ok()
+}
+
 /// Polls `check` every 20 ms until it holds, failing after `limit`: for state that changes
 /// inside other processes, where there is no event to await.
 pub async fn eventually<F: std::future::Future<Output = bool>>(

@@ -6,7 +6,7 @@
 //! (`ENOSPC`), and `SIGXFSZ`, which would otherwise kill the process at that write, is
 //! ignored by the shell that starts it, a setting that lasts across `exec`.
 
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
@@ -66,14 +66,6 @@ async fn start(
     (child, lines)
 }
 
-/// `child`'s exit status, if it exits within [`STOP_WITHIN`].
-async fn exited(child: &mut Child) -> Option<ExitStatus> {
-    tokio::time::timeout(STOP_WITHIN, child.wait())
-        .await
-        .ok()?
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_stops_loudly_and_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -103,7 +95,7 @@ async fn a_node_whose_disk_fills_stops_loudly_and_keeps_every_acknowledged_write
     );
 
     // It stops on its own, with exit status 1 and one line that says why.
-    let status = exited(&mut node).await;
+    let status = tests::exit_within(&mut node, STOP_WITHIN).await;
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{status:?}");
     let mut said = Vec::new();
     while let Some(line) = lines.recv().await {

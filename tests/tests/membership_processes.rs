@@ -199,24 +199,19 @@ async fn a_joining_node_listens_only_once_the_cluster_has_answered() {
 /// what it printed once it has stopped with exit code 1.
 async fn refused_join(cluster: &ProcessCluster, id: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let joiner = std::process::Command::new(tests::binary("membership"))
+    let joiner = tokio::process::Command::new(tests::binary("membership"))
         .args(["--id", &id.to_string(), "--listen", &cluster.addrs[&id]])
         .args(["--join", &cluster.addrs[&1]])
         .arg("--data-dir")
         .arg(dir.path().join(format!("n{id}")))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), joiner)
+        .await
+        .expect("the refused node kept running")
         .unwrap();
-    let pid = joiner.id().to_string();
-    let exited = tokio::task::spawn_blocking(move || joiner.wait_with_output());
-    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), exited).await else {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status();
-        panic!("the refused node kept running");
-    };
-    let output = output.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     stderr

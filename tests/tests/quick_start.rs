@@ -4,7 +4,7 @@
 //! started.
 
 use std::net::TcpListener;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tests::eventually;
@@ -42,14 +42,6 @@ impl DevCluster {
         self.0
             .id()
             .is_some_and(|pid| signal("-INT", &pid.to_string()))
-    }
-
-    /// Its exit status, if it exits within [`STOP_WITHIN`].
-    async fn exited(&mut self) -> Option<ExitStatus> {
-        tokio::time::timeout(STOP_WITHIN, self.0.wait())
-            .await
-            .ok()?
-            .ok()
     }
 }
 
@@ -180,7 +172,7 @@ async fn quick_start_from_the_readme_works() {
     restarted.kill().await.unwrap();
 
     assert!(cluster.interrupt());
-    let status = cluster.exited().await;
+    let status = tests::exit_within(&mut cluster.0, STOP_WITHIN).await;
     assert!(
         status.is_some_and(|s| s.success()),
         "dev-cluster should exit 0 within {STOP_WITHIN:?} of Ctrl-C: {status:?}"
