@@ -13,7 +13,7 @@ use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
 use kv_server::protocol::{ErrorCode, NodeId, Role, Status};
-use raft_election::cli::{self, ElectionArgs};
+use raft_election::cli::{ElectionArgs, Opened};
 use raft_election::durable::LOG_FILE;
 use replication_naive::config::parse_peers;
 use replication_naive::driver::DriverConfig;
@@ -63,9 +63,17 @@ impl MemberArgs {
         // (`replication_naive::forward::is_forwarded`).
         config.followers_relay = driver.forward_to_leader;
         tokio::pin!(shutdown);
+        let opened = Opened::open(
+            config,
+            &self.listen,
+            &self.election.data_dir,
+            open_snapshots,
+        )
+        .await?;
         if let (true, Some(through)) = (fresh, &self.founding.join) {
-            // Before the node listens: once it does, its peers' links reach it, and a voter
-            // that lost its data would answer their vote requests at once.
+            // Before the node serves: once it does, its peers' messages reach it, and a
+            // voter that lost its data would answer their vote requests at once. Until then
+            // they wait in the listener's backlog.
             tokio::select! {
                 checked = refuse_a_lost_voter(self.id, through) => checked?,
                 () = &mut shutdown => return Ok(()),
@@ -81,14 +89,7 @@ impl MemberArgs {
             }
             std::future::pending().await
         };
-        let serving = cli::serve(
-            config,
-            &self.listen,
-            &self.election.data_dir,
-            open_snapshots,
-            driver,
-            shutdown,
-        );
+        let serving = opened.serve(driver, shutdown);
         tokio::select! {
             served = serving => served,
             refused = joining => Err(refused),

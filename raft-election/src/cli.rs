@@ -12,6 +12,7 @@ use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use replication_naive::config::NodeArgs;
 use replication_naive::driver::{self, DriverConfig};
+use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::durable::DurableStorage;
@@ -81,48 +82,75 @@ pub async fn run<P: Snapshots + Send + 'static>(
     let driver = DriverConfig::default();
     let mut config = election.config(node.id, node.peers.clone(), &driver)?;
     config.snapshots = policy;
-    serve(
-        config,
-        &node.listen,
-        &election.data_dir,
-        open_snapshots,
-        driver,
-        shutdown,
-    )
-    .await
+    Opened::open(config, &node.listen, &election.data_dir, open_snapshots)
+        .await?
+        .serve(driver, shutdown)
+        .await
 }
 
-/// Runs the node `config` describes, listening at `listen`, with its durable state in
-/// `dir`, until `shutdown`: opens the data directory (its log, and its snapshots through
-/// `open_snapshots`), binds, recovers, serves.
-pub async fn serve<P: Snapshots + Send + 'static>(
-    config: Config,
-    listen: &str,
-    dir: &Path,
-    open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
-    driver: DriverConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
-    let id = config.id;
-    let storage = DurableStorage::open_dir(dir, id)
-        .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
-    let snapshots = open_snapshots(dir)?;
-    let listener = bind(listen).await?;
-    let raft = RaftNode::with_snapshots(config, storage, snapshots)
-        .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
-    // Read from the node, not the storage: a new cluster's bootstrap has written its first
-    // term and entry by now.
-    info!(
-        %id,
-        addr = %listen,
-        term = %raft.term(),
-        last_index = %raft.log().last_index(),
-        last_applied = %raft.last_applied(),
-        data_dir = %dir.display(),
-        "node listening"
-    );
-    let peers = raft.membership().addrs();
-    driver::run(raft, listener, peers, driver, shutdown).await?;
-    info!("node stopped");
-    Ok(())
+/// A node whose data directory is open and recovered and whose address is bound, but that
+/// serves nothing yet: connections wait in the listener's backlog. Opening first reports a
+/// busy port or an unusable data directory at once, before any slower start-up check.
+pub struct Opened<P: Snapshots> {
+    id: NodeId,
+    raft: RaftNode<DurableStorage, P>,
+    listener: TcpListener,
+    listen: String,
+    dir: PathBuf,
+}
+
+impl<P: Snapshots + Send + 'static> Opened<P> {
+    /// Opens the node `config` describes, with its durable state in `dir` (its log, and its
+    /// snapshots through `open_snapshots`), recovers it, and binds `listen`.
+    pub async fn open(
+        config: Config,
+        listen: &str,
+        dir: &Path,
+        open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
+    ) -> Result<Self, StartError> {
+        let id = config.id;
+        let storage = DurableStorage::open_dir(dir, id)
+            .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
+        let snapshots = open_snapshots(dir)?;
+        let listener = bind(listen).await?;
+        let raft = RaftNode::with_snapshots(config, storage, snapshots)
+            .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
+        Ok(Opened {
+            id,
+            raft,
+            listener,
+            listen: listen.to_owned(),
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Serves clients and peers until `shutdown`.
+    pub async fn serve(
+        self,
+        driver: DriverConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let Opened {
+            id,
+            raft,
+            listener,
+            listen,
+            dir,
+        } = self;
+        // Read from the node, not the storage: a new cluster's bootstrap has written its
+        // first term and entry by now.
+        info!(
+            %id,
+            addr = %listen,
+            term = %raft.term(),
+            last_index = %raft.log().last_index(),
+            last_applied = %raft.last_applied(),
+            data_dir = %dir.display(),
+            "node listening"
+        );
+        let peers = raft.membership().addrs();
+        driver::run(raft, listener, peers, driver, shutdown).await?;
+        info!("node stopped");
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use kv_client::{ClusterClient, RetryPolicy};
@@ -161,53 +161,93 @@ async fn a_voter_that_lost_its_data_is_not_let_back_in_by_join() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_joining_node_listens_only_once_the_cluster_has_answered() {
-    // The lost-voter check comes before the node listens: once it listens, the other
-    // voters' links reach it, and an empty voter would answer their vote requests. Here no
-    // member is reachable, so the check waits, and the node must not be listening.
+async fn a_joining_node_serves_nothing_until_the_cluster_has_answered() {
+    // The lost-voter check comes before the node serves: once it does, the other voters'
+    // messages reach it, and an empty voter would answer their vote requests. Here no
+    // member is reachable, so the check retries every second, and a request sent to the
+    // node meanwhile must stay unanswered (it waits in the listener's backlog).
     let addrs = tests::free_addrs(2);
     let (listen, unreachable) = (&addrs[0], &addrs[1]);
     let dir = tempfile::tempdir().unwrap();
-    let mut node = tokio::process::Command::new(tests::binary("membership"))
-        .args(["--id", "2", "--listen", listen, "--join", unreachable])
+    let mut node = joining(2, listen, unreachable, dir.path());
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let mut waited = async || {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("cannot reach the cluster yet") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+    };
+    assert_eq!(
+        waited().await,
+        Ok(true),
+        "the node never said it was waiting"
+    );
+    let mut asking = TcpStream::connect(listen).await.unwrap();
+    asking
+        .write_all(b"{\"id\":1,\"op\":\"status\"}\n")
+        .await
+        .unwrap();
+    // A whole retry later, it still has not answered.
+    assert_eq!(waited().await, Ok(true), "the node stopped waiting");
+    let mut answer = [0u8; 1];
+    assert!(
+        matches!(asking.try_read(&mut answer), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "it served a request before the cluster had answered"
+    );
+    node.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_reports_a_busy_port_without_waiting_for_the_cluster() {
+    let addrs = tests::free_addrs(2);
+    let (listen, unreachable) = (&addrs[0], &addrs[1]);
+    let _taken = std::net::TcpListener::bind(listen).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = joining(2, listen, unreachable, dir.path());
+    let output = tokio::time::timeout(Duration::from_secs(30), node.wait_with_output())
+        .await
+        .expect("the node waited for the cluster instead of reporting its busy port")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {listen}")),
+        "{stderr}"
+    );
+}
+
+/// Node `id` with an empty data directory under `dir`, listening at `listen` and joining
+/// through `through`, its stderr piped.
+fn joining(id: u64, listen: &str, through: &str, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(tests::binary("membership"))
+        .args([
+            "--id",
+            &id.to_string(),
+            "--listen",
+            listen,
+            "--join",
+            through,
+        ])
         .arg("--data-dir")
-        .arg(dir.path().join("n2"))
+        .arg(dir.join(format!("n{id}")))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let waiting = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("cannot reach the cluster yet") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(waiting, Ok(true), "the node never said it was waiting");
-    assert!(
-        TcpStream::connect(listen).await.is_err(),
-        "it listens before the cluster has answered"
-    );
-    node.kill().await.unwrap();
+        .unwrap()
 }
 
 /// Starts node `id` with an empty data directory and `--join` through node 1, and returns
 /// what it printed once it has stopped with exit code 1.
 async fn refused_join(cluster: &ProcessCluster, id: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let joiner = tokio::process::Command::new(tests::binary("membership"))
-        .args(["--id", &id.to_string(), "--listen", &cluster.addrs[&id]])
-        .args(["--join", &cluster.addrs[&1]])
-        .arg("--data-dir")
-        .arg(dir.path().join(format!("n{id}")))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+    let joiner =
+        joining(id, &cluster.addrs[&id], &cluster.addrs[&1], dir.path()).wait_with_output();
     let output = tokio::time::timeout(Duration::from_secs(30), joiner)
         .await
         .expect("the refused node kept running")
