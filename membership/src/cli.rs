@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use compaction::cli::{SnapshotArgs, open_snapshots};
-use kv_client::{ClusterClient, RetryPolicy};
+use kv_client::{Client, ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
-use kv_server::protocol::{ErrorCode, NodeId, Role, Status};
+use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status};
 use raft_election::cli::{ElectionArgs, Opened};
 use raft_election::durable::LOG_FILE;
 use replication_naive::config::parse_peers;
@@ -205,8 +205,9 @@ fn join_policy() -> RetryPolicy {
 /// that has none of them, whose vote could elect a leader missing committed entries
 /// (§5.4.1 relies on every voter keeping what it acknowledged). Removing it first and then
 /// joining brings it back as a learner that catches up. Only the leader's view clears it
-/// ([`lost_voter`]); a retry of this node's own add cannot be mistaken for this, since it
-/// comes later, from the loop in [`join`].
+/// ([`lost_voter`]), once it has confirmed that it still leads ([`still_leads`]); a retry of
+/// this node's own add cannot be mistaken for this, since it comes later, from the loop in
+/// [`join`].
 async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError> {
     loop {
         let mut client = ClusterClient::new(vec![through.to_owned()], join_policy());
@@ -217,13 +218,49 @@ async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError
                         "node {id} is already a voter of the cluster at {through}, but its data directory is empty: what it acknowledged is lost. Remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
                     )));
                 }
-                Some(false) => return Ok(()),
+                Some(false) => match still_leads(&mut client, &status).await {
+                    Ok(()) => return Ok(()),
+                    Err(why) => why,
+                },
                 None => "no member knows a leader".to_owned(),
             },
             Err(error) => error.to_string(),
         };
         warn!(%id, %through, %why, "cannot reach the cluster yet; retrying");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Confirms that the leader whose `status` cleared a joining node still leads: it serves a
+/// linearizable read, then reports itself leader in the same term again. A leader serves
+/// such a read only once a majority has answered a heartbeat of its term sent after the read
+/// arrived (ReadIndex, thesis §6.4), so no later leader existed when `status` was taken, and
+/// the configuration it listed was the newest. A deposed leader cut off from the majority
+/// still calls itself leader for up to an election timeout (for ever with
+/// `--no-check-quorum`), but cannot confirm, and its stale view clears nothing.
+async fn still_leads(client: &mut ClusterClient, status: &Status) -> Result<(), String> {
+    let addr = status
+        .leader_addr
+        .clone()
+        .ok_or("the leader's status names no address")?;
+    let read = async {
+        // Any key: what counts is that the leader serves a linearizable read.
+        let get = Op::Get {
+            key: String::new(),
+            consistency: Consistency::Linearizable,
+        };
+        Client::connect(&addr).await?.request(get).await
+    };
+    match tokio::time::timeout(join_policy().request_timeout, read).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return Err(format!("the leader at {addr} did not confirm: {error}")),
+        Err(_) => return Err(format!("the leader at {addr} did not confirm in time")),
+    }
+    let again = client.status_of(&addr).await.map_err(|e| e.to_string())?;
+    if again.role == status.role && again.term == status.term {
+        Ok(())
+    } else {
+        Err(format!("the leader at {addr} changed while confirming"))
     }
 }
 

@@ -4,10 +4,13 @@
 //! joining node the cluster refuses, which stops with the reason, as does a voter that lost
 //! its data and asks to join again.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::protocol::{Consistency, NodeId, Role};
@@ -219,6 +222,77 @@ async fn a_joining_node_reports_a_busy_port_without_waiting_for_the_cluster() {
         stderr.contains(&format!("cannot listen on {listen}")),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_confirm_it_leads_does_not_clear_a_joining_node() {
+    // A deposed leader cut off from the others still calls itself leader for a while, with
+    // a configuration that may predate this node's promotion to voter. A fake member plays
+    // it: its status says it leads and does not list node 2, but it cannot serve a
+    // linearizable read. The joining node must not take its word, and never asks to join.
+    let addrs = tests::free_addrs(2);
+    let (listen, deposed) = (&addrs[0], &addrs[1]);
+    let ops = fake_deposed_leader(deposed).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = joining(2, listen, deposed, dir.path());
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let unconfirmed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("did not confirm") {
+                seen += 1;
+                if seen == 2 {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(unconfirmed, Ok(true), "the node never tried to confirm");
+    node.kill().await.unwrap();
+    let asked = ops.lock().unwrap().clone();
+    assert!(asked.iter().any(|op| op == "get"), "{asked:?}");
+    assert!(!asked.iter().any(|op| op == "add_member"), "{asked:?}");
+}
+
+/// A member at `addr` that says it leads a cluster of itself alone and answers every other
+/// request `unavailable`, as a leader that has lost its majority does. Returns the ops it
+/// has been sent.
+async fn fake_deposed_leader(addr: &str) -> Arc<Mutex<Vec<String>>> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    let status = json!({
+        "id": 1, "role": "leader", "term": 7, "leader": 1, "leader_addr": addr,
+        "commit_index": 9, "last_applied": 9,
+        "members": [{"id": 1, "addr": addr, "voter": true}],
+    });
+    let seen = ops.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, status) = (seen.clone(), status.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut requests = BufReader::new(read).lines();
+                while let Ok(Some(line)) = requests.next_line().await {
+                    let request: Value = serde_json::from_str(&line).unwrap();
+                    let op = request["op"].as_str().unwrap_or_default().to_owned();
+                    let answer = if op == "status" {
+                        json!({"id": request["id"], "ok": true, "status": status})
+                    } else {
+                        json!({"id": request["id"], "ok": false, "error": "unavailable",
+                               "message": "no quorum"})
+                    };
+                    seen.lock().unwrap().push(op);
+                    let line = format!("{answer}\n");
+                    if write.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    ops
 }
 
 /// Node `id` with an empty data directory under `dir`, listening at `listen` and joining
