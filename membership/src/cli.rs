@@ -3,9 +3,7 @@
 //! running it.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
-use std::io::{ErrorKind, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use kv_client::{Client, ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
 use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status};
 use raft_election::cli::{ElectionArgs, Opened};
-use raft_election::durable::LOG_FILE;
+use raft_election::durable::log_written;
 use replication_naive::config::parse_peers;
 use replication_naive::driver::DriverConfig;
 use tracing::{info, warn};
@@ -148,20 +146,10 @@ impl Founding {
 }
 
 /// Whether the data directory `dir` holds no log yet: a node that has never run there, or
-/// whose first write never reached the disk. The log's first record starts at its first
-/// byte, and no record starts with a sector of zeros (it starts with its length); the file
-/// is zero-filled ahead of its content, so a first write lost in a crash leaves only
-/// zeros, and the node must found (or join) its cluster again. A log that cannot be read
-/// is not fresh: opening it fails with the reason.
+/// whose first write never reached the disk ([`log_written`]). A log that cannot be read is
+/// not fresh: opening it fails with the reason.
 pub fn is_fresh(dir: &Path) -> bool {
-    let mut first = Vec::with_capacity(512);
-    match File::open(dir.join(LOG_FILE)) {
-        Ok(file) => match file.take(512).read_to_end(&mut first) {
-            Ok(_) => first.iter().all(|&b| b == 0),
-            Err(_) => false,
-        },
-        Err(error) => error.kind() == ErrorKind::NotFound,
-    }
+    matches!(log_written(dir), Ok(false))
 }
 
 /// Asks the cluster, through the member at `through`, to add node `id` at `addr`, until it
@@ -281,6 +269,7 @@ fn lost_voter(id: NodeId, status: &Status) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use kv_server::protocol::Member;
+    use raft_election::durable::LOG_FILE;
 
     use super::*;
 

@@ -19,14 +19,14 @@
 //! already written and its fsync has no allocation to commit ([`crate::medium::ZERO_AHEAD`]).
 //! The file is written one batch at a time, and the next batch only once the last one's
 //! fsync has finished: only the last write can be unsynced. Its first record is marked (bit
-//! 31 of its length). A crash can leave the last write's records torn: cut short, failing
-//! their checksum with nothing after them, or with a sector that reads as zeros (the pages
+//! 31 of its length). A crash can leave the last write's records torn: cut short, or with
+//! a sector that reads as zeros (the pages
 //! of a write reach the disk in any order, so intact records may follow that hole). Such a
 //! record, if no marked record follows it, is in the last write, and it and everything after
 //! it are cut from the file (and logged), never applied. Anything else (a header or payload
-//! that fails its checksum with more data after it and no zero sector, or a hole with a later
-//! write after it) is damage to data that was synced, and is refused: silently dropping the
-//! records after it would forget votes and acknowledged entries. The length has its own
+//! that fails its checksum with no zero sector, the last record's included, or a hole with a
+//! later write after it) is damage to data that was synced, and is refused: silently
+//! dropping it, or the records after it, would forget votes and acknowledged entries. The length has its own
 //! checksum so that a damaged length cannot pass for a torn tail.
 //!
 //! One file for everything is what lets one fsync cover a batch of changes. The file grows
@@ -107,6 +107,33 @@ pub enum OpenError {
         /// The node asked to open it.
         me: NodeId,
     },
+    /// Another process holds the directory's lock: two nodes writing one log would
+    /// corrupt it.
+    #[error("{path} is in use by another process (it holds {path}/LOCK)")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory holds a log but says of no node that it is its own: adopting it could
+    /// make this node claim another's votes and log.
+    #[error(
+        "{path} holds a log but no node-id file: it cannot be told whose it is, so it is not adopted"
+    )]
+    Unowned {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory is this node's, but its log is gone, and with it its term, its vote
+    /// and the entries it acknowledged: starting empty could vote twice in a term.
+    #[error(
+        "{path} is missing: node {me} lost its term, vote and log; remove it from the cluster and start it again with an empty data directory"
+    )]
+    LogMissing {
+        /// The log file.
+        path: PathBuf,
+        /// The node asked to open it.
+        me: NodeId,
+    },
     /// A record that passed its checksum could not be replayed: a bug, not a crash.
     #[error("unreadable record at byte {offset}: {reason}")]
     Corrupt {
@@ -149,41 +176,61 @@ pub struct DurableStorage<M: Medium = FileMedium> {
 }
 
 impl DurableStorage<FileMedium> {
-    /// Opens (creating if needed) the data directory `dir` of node `id`.
+    /// Opens (creating if needed) the data directory `dir` of node `id`, and holds its lock
+    /// for as long as the storage lives.
     pub fn open_dir(dir: &Path, id: NodeId) -> Result<DurableStorage<FileMedium>, OpenError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        // A new directory's name is durable only once its parent is synced.
-        crate::medium::sync_parent(dir).map_err(io(dir))?;
+        crate::medium::create_dir_durably(dir).map_err(io(dir))?;
+        // First: a second process in the same directory (a double start) must change
+        // nothing, not even cut what it takes for a torn tail while the first is writing.
+        let lock = lock_dir(dir)?;
         let id_file = dir.join(NODE_ID_FILE);
-        match fs::read_to_string(&id_file) {
-            Ok(owner) if owner.trim() == id.to_string() => {}
-            Ok(owner) => {
-                let owner = owner.trim().to_owned();
+        let log_file = dir.join(LOG_FILE);
+        let owner = match fs::read_to_string(&id_file) {
+            Ok(owner) => Some(owner.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&id_file)(e)),
+        };
+        match &owner {
+            Some(owner) if *owner != id.to_string() => {
                 return Err(OpenError::Foreign {
                     path: dir.to_path_buf(),
-                    owner,
+                    owner: owner.clone(),
                     me: id,
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Written aside, synced, then renamed into place: a crash leaves either no
-                // file or a complete one, never an empty one that would lock the node out.
-                let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
-                fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
-                fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&tmp))?;
-                fs::rename(&tmp, &id_file).map_err(io(&id_file))?;
-                sync_dir(dir).map_err(io(dir))?;
+            // The log is created before the node's id is written: a directory with an id
+            // and no log has lost its log, and with it the node's term and vote.
+            Some(_) if !log_file.exists() => {
+                return Err(OpenError::LogMissing {
+                    path: log_file,
+                    me: id,
+                });
             }
-            Err(e) => return Err(io(&id_file)(e)),
+            None if log_written(dir).map_err(io(&log_file))? => {
+                return Err(OpenError::Unowned {
+                    path: dir.to_path_buf(),
+                });
+            }
+            _ => {}
         }
-        let log_file = dir.join(LOG_FILE);
-        let medium = FileMedium::open(&log_file).map_err(io(&log_file))?;
+        let medium = FileMedium::open(&log_file)
+            .map_err(io(&log_file))?
+            .holding(lock);
+        if owner.is_none() {
+            // Written aside, synced, then renamed into place: a crash leaves either no
+            // file or a complete one, never an empty one that would lock the node out.
+            let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
+            fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            fs::rename(&tmp, &id_file).map_err(io(&id_file))?;
+            sync_dir(dir).map_err(io(dir))?;
+        }
         DurableStorage::open(medium).map_err(|e| match e {
             OpenError::Io { source, .. } => OpenError::Io {
                 path: log_file,
@@ -191,6 +238,51 @@ impl DurableStorage<FileMedium> {
             },
             other => other,
         })
+    }
+}
+
+/// The file whose lock says a process is using the data directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the data directory's lock, or says which directory another process holds. The
+/// operating system lets it go when the process ends, however it ends.
+fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(OpenError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(errno) => Err(OpenError::Io {
+            path,
+            source: errno.into(),
+        }),
+    }
+}
+
+/// Whether the log in the data directory `dir` holds a record: its first bytes are not all
+/// zeros. The first record starts at the first byte, and no record starts with a sector of
+/// zeros (it starts with its length); the file is zero-filled ahead of its content, so a
+/// first write lost in a crash leaves only zeros. No log file holds nothing.
+pub fn log_written(dir: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut first = Vec::with_capacity(512);
+    match fs::File::open(dir.join(LOG_FILE)) {
+        Ok(file) => {
+            file.take(512).read_to_end(&mut first)?;
+            Ok(first.iter().any(|&b| b != 0))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
     }
 }
 
@@ -386,12 +478,11 @@ enum Read<'a> {
     Record(&'a [u8]),
     /// Nothing: the log ends cleanly.
     End,
-    /// What a crash mid-write leaves in the last write: a record cut short, a last payload
-    /// that fails its checksum, or a record that was never wholly written (see
-    /// [`never_written`]) with no later write after it.
+    /// What a crash mid-write leaves in the last write: a record cut short, or one that
+    /// was never wholly written (see [`never_written`]) with no later write after it.
     Torn,
-    /// A header or payload that fails its checksum, with more data after it: no sign of a
-    /// write that never reached the disk, or a later write after it.
+    /// A header or payload that fails its checksum with no sign of a write that never
+    /// reached the disk, or with a later write after it.
     Damaged,
 }
 
@@ -417,9 +508,10 @@ fn read_record(bytes: &[u8], at: usize) -> Read<'_> {
     };
     if crc32fast::hash(payload) == header.payload_crc {
         Read::Record(payload)
-    } else if bytes.len() == HEADER + len {
-        Read::Torn
     } else {
+        // The last record too: a write cut short by a crash leaves a sector of zeros (or
+        // a payload cut short, above), and a whole payload that fails its checksum with
+        // none is damage to a synced record, perhaps the last vote.
         torn_or_damaged(never_written(bytes, at, HEADER, HEADER + len), bytes)
     }
 }
@@ -457,9 +549,9 @@ impl Header {
     }
 }
 
-/// A record that fails its checksum, with more data after it: torn if it was never wholly
-/// written and it is in the last write (no intact record marked as a write's start follows
-/// it in `bytes`); otherwise damage.
+/// A record that fails its checksum: torn if it was never wholly written and it is in the
+/// last write (no intact record marked as a write's start follows it in `bytes`);
+/// otherwise damage.
 fn torn_or_damaged(unwritten: bool, bytes: &[u8]) -> Read<'static> {
     if unwritten && !later_write(&bytes[1..]) {
         Read::Torn
@@ -488,8 +580,8 @@ fn later_write(bytes: &[u8]) -> bool {
 /// holds no zero byte. With `from` 0, a sector holding only header bytes counts too.
 fn never_written(bytes: &[u8], at: usize, from: usize, span: usize) -> bool {
     let end = span.min(bytes.len());
-    // From the sector that holds byte `from`, each sector's part of the span.
-    let mut start = ((at + from) / SECTOR * SECTOR).saturating_sub(at);
+    // Each sector's part of the span, from byte `from`.
+    let mut start = from;
     while start < end {
         let stop = (((at + start) / SECTOR + 1) * SECTOR - at).min(end);
         if bytes[start..stop].iter().all(|&b| b == 0) {
@@ -500,20 +592,29 @@ fn never_written(bytes: &[u8], at: usize, from: usize, span: usize) -> bool {
     false
 }
 
+/// Applies one record to `memory`, refusing what no run of this code writes (a record
+/// that passed its checksum but was written by a bug, or forged) instead of panicking.
 fn replay(memory: &mut MemStorage, record: Record<Vec<Entry>>) -> Result<(), String> {
     match record {
         Record::Entries(entries) => {
-            let next = memory.last_index().next();
-            match entries.first() {
-                Some(first) if first.index != next => {
+            let mut next = memory.last_index().next();
+            for entry in &entries {
+                if entry.index != next {
                     return Err(format!(
-                        "entries start at {} after a log ending at {}",
-                        first.index,
+                        "entry {} where entry {next} should follow a log ending at {}",
+                        entry.index,
                         memory.last_index()
                     ));
                 }
-                _ => memory.append(entries),
+                next = next.next();
             }
+            memory.append(entries);
+        }
+        Record::TruncateAfter(index) if index.next() < memory.first_index() => {
+            return Err(format!(
+                "a truncation after {index}, before the snapshot at {}",
+                LogIndex(memory.first_index().0 - 1)
+            ));
         }
         Record::TruncateAfter(index) => memory.truncate_after(index),
         Record::HardState(state) => memory.save_hard_state(state),

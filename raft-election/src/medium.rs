@@ -89,6 +89,8 @@ pub struct FileMedium {
     /// A replacement with content of this length is under way: once it is done, `file`
     /// must be reopened.
     replacing: Option<u64>,
+    /// The data directory's lock, held as long as the medium is in use.
+    _dir_lock: Option<File>,
 }
 
 impl FileMedium {
@@ -103,7 +105,16 @@ impl FileMedium {
             end: None,
             len,
             replacing: None,
+            _dir_lock: None,
         })
+    }
+
+    /// The medium, holding the lock of its data directory until it is dropped.
+    pub fn holding(self, dir_lock: File) -> FileMedium {
+        FileMedium {
+            _dir_lock: Some(dir_lock),
+            ..self
+        }
     }
 }
 
@@ -140,6 +151,13 @@ fn write_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result<()> {
 impl Medium for FileMedium {
     /// The content: the file without its zero tail.
     fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        // Read what the disk holds, not what the page cache does. After a failed fsync
+        // (the last process panicked on it), Linux may keep the pages it could not write,
+        // marked clean: read back and synced again without error, they would pass for
+        // durable ("fsyncgate"). Sync first (an error refuses the start), then drop the
+        // file's cached pages, so that what follows reads the disk.
+        self.file.sync_data()?;
+        rustix::fs::fadvise(&*self.file, 0, None, rustix::fs::Advice::DontNeed)?;
         let mut bytes = Vec::new();
         (&*self.file).seek(SeekFrom::Start(0))?;
         (&*self.file).read_to_end(&mut bytes)?;
@@ -231,8 +249,26 @@ impl Medium for FileMedium {
 /// Makes a new or renamed file's name durable: its directory must be synced.
 pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
-        _ => Ok(()),
+        // A relative path of one component: its parent is the working directory.
+        Some(dir) if dir.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Creates the directory `dir` and any missing parent, each durably: a directory's name is
+/// durable only once its parent is synced (that of `dir` is synced even if it exists: who
+/// made it may not have).
+pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    if missing.is_empty() {
+        sync_parent(dir)
+    } else {
+        missing.iter().rev().try_for_each(|d| sync_parent(d))
     }
 }
 

@@ -101,10 +101,18 @@ fn a_crash_at_any_byte_recovers_every_completed_change_and_no_torn_one() {
 }
 
 #[test]
-fn a_corrupt_last_record_is_cut() {
+fn a_corrupt_last_record_is_refused_and_a_torn_one_is_cut() {
+    // A byte flipped in the last record, synced (the last vote, say): no crash leaves that,
+    // since a write that never reached the disk leaves zeros. Cutting it would forget it.
     let (disk, history) = scripted_history();
     let last_start = history[history.len() - 2].0;
-    let recovered = DurableStorage::open(disk.corrupted(last_start + 12)).unwrap();
+    let error = DurableStorage::open(disk.corrupted(last_start + 12)).unwrap_err();
+    assert!(
+        matches!(error, OpenError::Corrupt { offset, .. } if offset == last_start),
+        "{error}"
+    );
+    let torn = disk.zeroed(last_start + 12..disk.written());
+    let recovered = DurableStorage::open(torn).unwrap();
     assert_eq!(state(&recovered), history[history.len() - 2].1);
 }
 
@@ -117,6 +125,52 @@ fn a_corrupt_record_with_more_after_it_is_refused() {
         matches!(error, OpenError::Corrupt { offset, .. } if offset == second_start),
         "{error}"
     );
+}
+
+/// One record as the log writes it (the format in `raft_election::durable`), `payload`
+/// its JSON: how a bug, or a hand, could write what the log itself never does.
+fn raw_record(payload: &serde_json::Value) -> Vec<u8> {
+    let payload = serde_json::to_vec(payload).unwrap();
+    let len = payload.len() as u32 | 1 << 31;
+    let mut bytes = len.to_le_bytes().to_vec();
+    bytes.extend(crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
+    bytes.extend(crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
+fn open_raw(records: &[serde_json::Value]) -> Result<DurableStorage<SimDisk>, OpenError> {
+    let mut disk = SimDisk::new();
+    for record in records {
+        disk.append(&raw_record(record)).unwrap();
+    }
+    DurableStorage::open(disk)
+}
+
+#[test]
+fn records_that_pass_their_checksum_but_break_the_log_are_refused_not_replayed() {
+    let entries = |indexes: &[u64]| {
+        let entries: Vec<Entry> = indexes.iter().map(|&i| entry(i, 1)).collect();
+        serde_json::json!({ "Entries": entries })
+    };
+    let compacted = serde_json::json!({ "Compacted": [5, 1] });
+    let truncated = |after: u64| serde_json::json!({ "TruncateAfter": after });
+    // The same records, well formed, open: the refusals below are not decoding errors.
+    let fine = open_raw(&[compacted.clone(), truncated(5), entries(&[6, 7])]).unwrap();
+    assert_eq!(fine.last_index(), LogIndex(7));
+    for (records, why) in [
+        (vec![entries(&[1, 3])], "should follow"),
+        (vec![entries(&[2])], "should follow"),
+        (vec![compacted, truncated(4)], "before the snapshot"),
+    ] {
+        match open_raw(&records) {
+            Err(OpenError::Corrupt { offset, reason }) => {
+                assert!(reason.contains(why), "{records:?}: {reason}");
+                assert_eq!(offset, raw_record(&records[0]).len() * (records.len() - 1));
+            }
+            other => panic!("{records:?} opened: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -394,6 +448,63 @@ fn a_data_directory_survives_reopening_and_refuses_another_node() {
     let error = DurableStorage::open_dir(dir.path(), NodeId(2)).unwrap_err();
     assert!(matches!(error, OpenError::Foreign { .. }), "{error}");
     assert!(error.to_string().contains("belongs to node 1"), "{error}");
+}
+
+#[test]
+fn a_data_directory_in_use_is_refused_and_changed_in_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    first.append(vec![entry(1, 1)]);
+    first.sync();
+    // The first node's next write is under way, not yet synced: a second process
+    // opening the directory would take it for a torn tail and cut it.
+    first.append(vec![entry(2, 1)]);
+    let log = dir.path().join(raft_election::durable::LOG_FILE);
+    let content = std::fs::read(&log).unwrap();
+    let error = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap_err();
+    assert!(matches!(error, OpenError::Locked { .. }), "{error}");
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        content,
+        "the second open changed the log"
+    );
+    // Free again once the first lets it go.
+    first.sync();
+    drop(first);
+    let again = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    assert_eq!(again.last_index(), LogIndex(2));
+}
+
+#[test]
+fn a_log_without_a_node_id_or_a_node_id_without_a_log_is_refused() {
+    use raft_election::durable::{LOG_FILE, NODE_ID_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+    s.save_hard_state(HardState {
+        current_term: Term(4),
+        voted_for: Some(NodeId(1)),
+    });
+    s.sync();
+    drop(s);
+    // Another node's log copied in without its id: whose votes are these?
+    let copied = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join(LOG_FILE), copied.path().join(LOG_FILE)).unwrap();
+    let error = DurableStorage::open_dir(copied.path(), NodeId(2)).unwrap_err();
+    assert!(matches!(error, OpenError::Unowned { .. }), "{error}");
+    // The node's own directory, its log lost: starting at term 0 could vote twice in term 4.
+    std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+    let error = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap_err();
+    assert!(matches!(error, OpenError::LogMissing { .. }), "{error}");
+    // A log of zeros (a first write lost) and no id is a new directory, adopted.
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(fresh.path().join(LOG_FILE), vec![0u8; 4096]).unwrap();
+    DurableStorage::open_dir(fresh.path(), NodeId(3)).unwrap();
+    let owner = std::fs::read_to_string(fresh.path().join(NODE_ID_FILE)).unwrap();
+    assert_eq!(owner.trim(), "3");
 }
 
 #[test]
