@@ -139,18 +139,14 @@ fn older_than(dir: &Path, newest: Option<LogIndex>) -> io::Result<Vec<PathBuf>> 
     Ok(older)
 }
 
-/// Makes a received snapshot durable and reads its state back.
+/// Makes a received snapshot durable and reads its state back; one whose data is not a
+/// state (the sender's data was wrong) is deleted, never put in place.
 fn finish_received(writer: SnapshotWriter) -> io::Result<(SnapshotFile, Machine)> {
-    let mut file = writer.finish()?;
-    let decoded = read_state(&mut file.data()?);
-    match decoded {
-        Ok(state) => Ok((file, state)),
-        Err(error) => {
-            // Not a map: the sender's data was wrong.
-            let _ = fs::remove_file(file.path());
-            Err(io::Error::new(io::ErrorKind::InvalidData, error))
-        }
-    }
+    let decode = |file: &mut SnapshotFile| {
+        let mut data = file.data().map_err(io::Error::other)?;
+        read_state(&mut data).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+    };
+    Ok(writer.finish_if(decode)?)
 }
 
 /// Writes `state` as snapshot `meta` in `dir`.
@@ -219,9 +215,12 @@ impl Snapshots for FileSnapshots {
     }
 
     fn begin_receive(&mut self, meta: &SnapshotMeta) -> io::Result<()> {
-        // A writer dropped unfinished leaves a .tmp file, which the next one with the same
-        // name truncates and `open` removes.
-        self.receiving = Some(SnapshotWriter::create(&self.dir, meta)?);
+        // A transfer given up leaves a .tmp file, which the next one with the same name
+        // truncates and `open` removes.
+        if let Some(given_up) = self.receiving.take() {
+            given_up.abandon();
+        }
+        self.receiving = Some(SnapshotWriter::create_received(&self.dir, meta)?);
         Ok(())
     }
 

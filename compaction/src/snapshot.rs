@@ -97,8 +97,26 @@ const SYNC_EVERY: u64 = 8 << 20;
 impl SnapshotWriter {
     /// Starts the snapshot `meta` in directory `dir`.
     pub fn create(dir: &Path, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
+        SnapshotWriter::create_as(dir, meta, "tmp")
+    }
+
+    /// Starts the snapshot `meta` received from a leader, in directory `dir`: written aside
+    /// under another name than the node's own snapshot of the same index and term, which
+    /// may be saved while a transfer stalls.
+    pub fn create_received(
+        dir: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotWriter, SnapshotError> {
+        SnapshotWriter::create_as(dir, meta, "received.tmp")
+    }
+
+    fn create_as(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        tmp_extension: &str,
+    ) -> Result<SnapshotWriter, SnapshotError> {
         let path = dir.join(file_name(meta));
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(tmp_extension);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -146,6 +164,12 @@ impl SnapshotWriter {
         self.put(bytes)
     }
 
+    /// Gives the snapshot up unfinished, writing nothing more: dropped instead, its buffer
+    /// would be flushed into a file that a new writer of the same name may be writing.
+    pub fn abandon(self) {
+        let (_file, _unwritten) = self.file.into_parts();
+    }
+
     /// Bytes of data written so far (where the next chunk of a transfer must start).
     pub fn data_len(&self) -> u64 {
         self.data_len
@@ -153,7 +177,18 @@ impl SnapshotWriter {
 
     /// Seals the snapshot: trailer, fsync, rename into place, fsync of the directory. Returns
     /// it opened for reading (not verified again: it was just written and synced).
-    pub fn finish(mut self) -> Result<SnapshotFile, SnapshotError> {
+    pub fn finish(self) -> Result<SnapshotFile, SnapshotError> {
+        self.finish_if(|_| Ok(())).map(|(file, ())| file)
+    }
+
+    /// Seals the snapshot as [`SnapshotWriter::finish`] does, but puts it in place only if
+    /// `check` accepts it, read back from the synced file (a received snapshot must decode):
+    /// otherwise the file is deleted, and was never a snapshot that [`latest`] could find,
+    /// even after a crash.
+    pub fn finish_if<T>(
+        mut self,
+        check: impl FnOnce(&mut SnapshotFile) -> std::io::Result<T>,
+    ) -> Result<(SnapshotFile, T), SnapshotError> {
         let data_len = self.data_len.to_le_bytes();
         self.put(&data_len)?;
         let crc = self.crc.clone().finalize().to_le_bytes();
@@ -163,17 +198,30 @@ impl SnapshotWriter {
             source: e.into_error(),
         })?;
         file.sync_all().map_err(io_error(&self.tmp))?;
+        let mut sealed = SnapshotFile {
+            file: File::open(&self.tmp).map_err(io_error(&self.tmp))?,
+            path: self.tmp.clone(),
+            meta: self.meta,
+            data_start: self.data_start,
+            data_len: self.data_len,
+        };
+        let checked = match check(&mut sealed) {
+            Ok(checked) => checked,
+            Err(source) => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(SnapshotError::Io {
+                    path: self.tmp,
+                    source,
+                });
+            }
+        };
         fs::rename(&self.tmp, &self.path).map_err(io_error(&self.path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_error(&self.dir))?;
-        Ok(SnapshotFile {
-            file: File::open(&self.path).map_err(io_error(&self.path))?,
-            path: self.path,
-            meta: self.meta,
-            data_start: self.data_start,
-            data_len: self.data_len,
-        })
+        // The open file follows the rename.
+        sealed.path = self.path;
+        Ok((sealed, checked))
     }
 }
 

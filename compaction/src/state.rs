@@ -27,8 +27,14 @@ pub fn write_state(state: &Machine, out: &mut impl Write) -> io::Result<()> {
 pub fn read_state(input: &mut impl Read) -> io::Result<Machine> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;
-    let mut json = vec![0; u32::from_le_bytes(len) as usize];
-    input.read_exact(&mut json)?;
+    // Read up to the length, not allocated from it: a received snapshot's length is the
+    // sender's word, and a wrong one must fail, not ask for 4 GiB.
+    let len = u64::from(u32::from_le_bytes(len));
+    let mut json = Vec::new();
+    input.take(len).read_to_end(&mut json)?;
+    if json.len() as u64 != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     let list: Vec<(String, KeptWrite)> =
         serde_json::from_slice(&json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let sessions = Sessions::rebuilt(list);

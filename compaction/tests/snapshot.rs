@@ -7,14 +7,17 @@ use std::fs;
 use std::path::Path;
 
 use compaction::file_store::FileSnapshots;
+use compaction::mem_store::MemSnapshots;
 use compaction::snapshot::{SnapshotError, SnapshotFile, SnapshotMeta, SnapshotWriter, latest};
 use compaction::state::{read_map, read_state, write_map, write_state};
 use kv_server::protocol::{Command, NodeId, Session, WriteOutcome};
 use kv_server::store::KvMap;
+use raft_election::node::{Config, RaftNode};
 use raft_log::apply::Machine;
 use raft_log::membership::Membership;
 use raft_log::snapshot::Snapshots;
-use raft_log::types::{LogIndex, Term};
+use raft_log::storage::{MemStorage, Storage};
+use raft_log::types::{Entry, LogIndex, Payload, Term};
 
 fn meta(index: u64) -> SnapshotMeta {
     let members = (1..=3)
@@ -256,4 +259,70 @@ fn a_received_snapshot_that_does_not_decode_is_refused_and_not_kept() {
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
     assert_eq!(store.latest(), None);
     assert_eq!(FileSnapshots::open(dir.path()).unwrap().latest(), None);
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_log_compacted_past_the_newest_snapshot_is_refused_at_start() {
+    let mut storage = MemStorage::new();
+    storage.append(
+        (1..=6)
+            .map(|i| Entry {
+                index: LogIndex(i),
+                term: Term(1),
+                payload: Payload::Noop,
+            })
+            .collect(),
+    );
+    storage.compact(LogIndex(5), Term(1));
+    let config = || {
+        let mut config = Config::new(NodeId(1), meta(0).members.addrs(), 1);
+        config.snapshots = Some(Default::default());
+        config
+    };
+    let missing = RaftNode::with_snapshots(config(), storage.clone(), MemSnapshots::new());
+    let Err(error) = missing else {
+        panic!("a node without the snapshot its log needs started");
+    };
+    assert!(
+        error.to_string().contains("entries between are lost"),
+        "{error}"
+    );
+    // With the snapshot the compaction followed, the same log starts.
+    let mut snapshots = MemSnapshots::new();
+    let mut snapshot = meta(5);
+    snapshot.term = Term(1);
+    snapshots.start_save(snapshot, map(10));
+    snapshots.poll_saved().unwrap().unwrap();
+    let node = RaftNode::with_snapshots(config(), storage, snapshots).unwrap();
+    assert_eq!(node.last_applied(), LogIndex(5));
+}
+
+#[test]
+fn a_stalled_transfer_does_not_write_into_the_node_s_own_snapshot_of_the_same_index() {
+    // A transfer of snapshot 40 stalls (its leader deposed) with a few bytes still in its
+    // writer's buffer; the node then commits up to 40 itself and saves its own snapshot 40;
+    // a new transfer replaces the stalled one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FileSnapshots::open(dir.path()).unwrap();
+    store.begin_receive(&meta(40)).unwrap();
+    store
+        .append_received(b"a few bytes, still buffered")
+        .unwrap();
+    let state = map(100);
+    store.start_save(meta(40), state.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let saved = loop {
+        if let Some(saved) = store.poll_saved() {
+            break saved;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saved");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert_eq!(saved.unwrap(), meta(40));
+    store.begin_receive(&meta(50)).unwrap();
+    drop(store);
+    let mut reopened = FileSnapshots::open(dir.path()).unwrap();
+    assert_eq!(reopened.load_latest().unwrap(), Some((meta(40), state)));
 }

@@ -268,6 +268,21 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let run = config.seed.rotate_left(32) ^ config.id.0.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         let restored = snapshots.load_latest()?;
+        // The log is compacted only once a snapshot covering what it drops is saved: a
+        // newer compaction than the newest snapshot means that snapshot was lost (deleted,
+        // or a partial restore of the directory), and with it the entries between.
+        let snapshot_index = restored
+            .as_ref()
+            .map_or(LogIndex(0), |(meta, _)| meta.index);
+        let compacted = LogIndex(log.storage().first_index().0.saturating_sub(1));
+        if compacted > snapshot_index {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the log starts after entry {compacted}, but the newest snapshot ends at entry {snapshot_index}: the entries between are lost"
+                ),
+            ));
+        }
         let fixed = if config.membership_changes {
             Membership::default()
         } else {
