@@ -241,6 +241,34 @@ fn a_clean_shutdown_hands_leadership_over_first() {
 }
 
 #[test]
+fn a_shutdown_during_a_client_s_transfer_waits_for_it() {
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let target = a_follower(&sim);
+        // A client's transfer to a voter cut off behind a write: no TimeoutNow can go yet.
+        sim.isolate(target);
+        let write = sim.request(leader, Op::put("missed", "v"));
+        sim.run_until(ELECTION_MS, |sim| sim.reply(write).is_some());
+        let asked = sim.request(leader, Op::TransferLeader { id: target });
+        sim.run_for(TICK_MS);
+        // The node is told to stop meanwhile: it stops once the transfer ends, not at once
+        // (the cluster would wait out an election timeout).
+        let stopping = sim.hand_off(leader);
+        sim.run_for(ELECTION_MS / 4);
+        assert_eq!(sim.reply(stopping), None, "seed {seed}");
+        sim.heal();
+        let answered = load.run_until(&mut sim, 10 * ELECTION_MS, |sim| {
+            sim.reply(asked).is_some() && sim.reply(stopping).is_some()
+        });
+        assert!(answered, "seed {seed}");
+        assert_eq!(sim.reply(asked), Some(&Ok(Reply::Done)), "seed {seed}");
+        assert_eq!(sim.reply(stopping), Some(&Ok(Reply::Done)), "seed {seed}");
+        assert_eq!(stable_leader(&sim), Some(target), "seed {seed}");
+    });
+}
+
+#[test]
 fn transfers_under_loss_crashes_and_changes_keep_every_write() {
     for_each_seed(10, |seed| {
         let (mut sim, mut load) = settled(seed, 3);

@@ -1451,5 +1451,8 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
 
     fn hand_off(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {
         self.hand_off_before_stopping(tag, out);
+        // A removed leader steps down as it sends TimeoutNow: its reads are refused now,
+        // not a tick later.
+        self.settle(out);
     }
 }

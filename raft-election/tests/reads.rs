@@ -82,6 +82,32 @@ fn probe_round(term: u64, round: u64) -> Vec<(NodeId, ReadProbe)> {
 }
 
 #[test]
+fn read_acknowledgements_keep_a_leader_whose_followers_hold_their_other_answers() {
+    // Followers whose fsync stalls hold their AppendEntries answers until it ends, but
+    // answer read probes at once (they assert nothing written). An acknowledgement is
+    // contact in the leader's term: check-quorum (§6.2) counts it, or a slow disk would
+    // depose a leader that a majority still follows, failing every read and write in flight.
+    let mut leader = fresh_leader();
+    step(&mut leader, 2, accepted(2, 2));
+    let mut answered = 0;
+    for tag in 0..100 {
+        // Three election timeouts (20 ticks each), a read each tick, and every probe
+        // answered by both followers, nothing else.
+        let mut out = read(&mut leader, tag);
+        leader.tick(&mut out);
+        let mut pending = probes(&out);
+        answered += out.replies.len();
+        while let Some((to, probe)) = pending.pop() {
+            let out = step(&mut leader, to.0, ack(2, probe.round));
+            pending.extend(probes(&out));
+            answered += out.replies.len();
+        }
+        assert!(leader.is_leader(), "deposed at tick {tag}");
+    }
+    assert!(answered >= 99, "{answered} reads answered");
+}
+
+#[test]
 fn reads_wait_for_the_leader_s_first_commit_then_share_one_round_per_batch() {
     let mut leader = fresh_leader();
     // §6.4 step 1: until its no-op commits, a new leader's commit index may be behind the

@@ -353,6 +353,30 @@ fn a_refused_batch_fails_definitely_and_an_unanswered_one_is_unknown() {
 }
 
 #[test]
+fn an_answer_of_the_wrong_kind_gives_the_batch_up_at_once() {
+    // A confused peer answers a batch of writes as if it were reads, and one of reads as
+    // if it were writes: the clients are answered as if the answer was lost (a write's
+    // outcome is unknown), not left to the driver's timeout.
+    let mut node = follower();
+    request(&mut node, 1, Op::put("a", "v"));
+    let writes = proposal(&flush(&mut node)).batch;
+    let as_reads = Message::ReadIndexed(ReadIndexed {
+        term: Term(2),
+        batch: writes,
+        index: Some(LogIndex(0)),
+    });
+    let out = step(&mut node, 1, as_reads);
+    assert_eq!(tags(&out), [1]);
+    assert_eq!(codes(&out), [ErrorCode::Timeout]);
+
+    request(&mut node, 2, Op::get("a"));
+    let reads = read_index(&flush(&mut node)).batch;
+    let out = step(&mut node, 1, proposed(reads, Some(1)));
+    assert_eq!(tags(&out), [2]);
+    assert_eq!(codes(&out), [ErrorCode::Unavailable]);
+}
+
+#[test]
 fn a_batch_is_given_up_when_the_leader_changes_and_stale_answers_are_ignored() {
     let mut node = follower();
     request(&mut node, 1, Op::put("a", "v"));

@@ -34,7 +34,7 @@ use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
 use replication_naive::node::{Outbox, RequestTag};
 
-use super::RaftNode;
+use super::{Duty, RaftNode};
 use crate::message::{BatchId, Message, ReadAck, ReadIndex, ReadIndexed, ReadProbe};
 
 /// A client's read of one key.
@@ -239,6 +239,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         // An answer to this term's probe, from a voter still in this term: it was sent after
         // the round started, and before the voter could help elect anyone else.
         let current = ack.term == self.term && ack.in_reply_to == self.term && self.is_leader();
+        // Contact in this term, for check-quorum (§6.2) too: a follower whose fsync stalls
+        // holds its AppendEntries answers, but not this one.
+        if let (
+            true,
+            Duty::Leader {
+                ticks, last_heard, ..
+            },
+        ) = (current, &mut self.duty)
+        {
+            last_heard.insert(from, *ticks);
+        }
         let Some(round) = &mut self.reads.in_flight else {
             return;
         };

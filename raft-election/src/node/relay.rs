@@ -281,8 +281,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         answer: Proposed,
         out: &mut Outbox<Message>,
     ) {
-        let Some(Clients::Writes(tags)) = self.take_sent(from, answer.batch) else {
-            return;
+        let tags = match self.take_sent(from, answer.batch) {
+            Some(Clients::Writes(tags)) => tags,
+            // An answer of the wrong kind (a confused peer): given up as a lost one is.
+            Some(reads) => return reads.fail(out),
+            None => return,
         };
         let Some(first) = answer.first else {
             let refused = Failure::unavailable("the leader took no writes; retry");
@@ -307,8 +310,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         answer: ReadIndexed,
         out: &mut Outbox<Message>,
     ) {
-        let Some(Clients::Reads(reads)) = self.take_sent(from, answer.batch) else {
-            return;
+        let reads = match self.take_sent(from, answer.batch) {
+            Some(Clients::Reads(reads)) => reads,
+            Some(writes) => return writes.fail(out),
+            None => return,
         };
         match answer.index {
             Some(index) => self.confirmed_reads(index, reads, out),

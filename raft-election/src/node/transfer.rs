@@ -34,8 +34,9 @@ pub(super) struct Handoff {
     elapsed: u64,
     /// Whether TimeoutNow has gone to the target.
     sent: bool,
-    /// Who waits for the outcome: a client, a stopping runner, or no one (a removed leader).
-    tag: Option<RequestTag>,
+    /// Who waits for the outcome: a client, a stopping runner, both, or no one (a removed
+    /// leader).
+    waiting: Vec<RequestTag>,
 }
 
 impl<S: Storage, P: Snapshots> RaftNode<S, P> {
@@ -57,7 +58,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         } else if let Some(busy) = self.handing_off() {
             out.reply(tag, Err(busy));
         } else {
-            self.start_handoff(target, Some(tag), out);
+            self.start_handoff(target, vec![tag], out);
         }
     }
 
@@ -65,10 +66,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     pub(super) fn hand_off_before_stopping(&mut self, tag: RequestTag, out: &mut Outbox<Message>) {
         if !self.is_leader() {
             out.reply(tag, Ok(Reply::Done));
-        } else if let Some(busy) = self.handing_off() {
-            out.reply(tag, Err(busy));
+        } else if let Some(handoff) = &mut self.handoff {
+            // One under way already (asked by a client, or after a removal): the runner
+            // stops once it ends, as it would after its own.
+            handoff.waiting.push(tag);
         } else if let Some(target) = self.most_up_to_date_voter() {
-            self.start_handoff(target, Some(tag), out);
+            self.start_handoff(target, vec![tag], out);
         } else {
             // The only voter: there is no one to hand over to.
             out.reply(tag, Ok(Reply::Done));
@@ -92,7 +95,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         match self.most_up_to_date_voter() {
-            Some(target) => self.start_handoff(target, None, out),
+            Some(target) => self.start_handoff(target, Vec::new(), out),
             None => self.step_down(),
         }
     }
@@ -100,7 +103,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     fn start_handoff(
         &mut self,
         target: NodeId,
-        tag: Option<RequestTag>,
+        waiting: Vec<RequestTag>,
         out: &mut Outbox<Message>,
     ) {
         info!(id = %self.config.id, term = %self.term, %target, "handing leadership over");
@@ -109,7 +112,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             term: self.term,
             elapsed: 0,
             sent: false,
-            tag,
+            waiting,
         });
         self.send_timeout_now(out);
     }
@@ -221,8 +224,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     fn end_handoff(&mut self, outcome: Result<Reply, Failure>, out: &mut Outbox<Message>) {
-        if let Some(Handoff { tag: Some(tag), .. }) = self.handoff.take() {
-            out.reply(tag, outcome);
+        for tag in self.handoff.take().map(|h| h.waiting).unwrap_or_default() {
+            out.reply(tag, outcome.clone());
         }
     }
 }
