@@ -13,7 +13,7 @@ use kv_server::process::StartError;
 use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status};
 use raft_election::cli::{ElectionArgs, Opened};
 use raft_election::durable::log_written;
-use replication_naive::config::parse_peers;
+use replication_naive::config::{parse_host_port, parse_peers};
 use replication_naive::driver::DriverConfig;
 use tracing::{info, warn};
 
@@ -25,12 +25,12 @@ pub struct MemberArgs {
     #[arg(long)]
     pub id: NodeId,
     /// The node's one address, host:port: clients and peers both connect here.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_host_port)]
     pub listen: String,
     /// The address the cluster knows this node by, when it differs from --listen (a node
     /// behind a proxy or NAT): what --peers lists for it, what --join registers, and what
     /// clients are redirected to. Defaults to --listen.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
     pub advertise: Option<String>,
     /// How a new node finds its cluster.
     #[command(flatten)]
@@ -50,7 +50,8 @@ impl MemberArgs {
         driver: DriverConfig,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
-        let fresh = is_fresh(&self.election.data_dir);
+        let data_dir = self.election.data_dir(self.id);
+        let fresh = is_fresh(&data_dir);
         let advertised = self.advertise.as_deref().unwrap_or(&self.listen);
         let founders = self.founding.founders(self.id, advertised, fresh)?;
         let mut config = self.election.config(self.id, founders, &driver)?;
@@ -61,13 +62,7 @@ impl MemberArgs {
         // (`replication_naive::forward::is_forwarded`).
         config.followers_relay = driver.forward_to_leader;
         tokio::pin!(shutdown);
-        let opened = Opened::open(
-            config,
-            &self.listen,
-            &self.election.data_dir,
-            open_snapshots,
-        )
-        .await?;
+        let opened = Opened::open(config, &self.listen, &data_dir, open_snapshots).await?;
         if let (true, Some(through)) = (fresh, &self.founding.join) {
             // Before the node serves: once it does, its peers' messages reach it, and a
             // voter that lost its data would answer their vote requests at once. Until then
@@ -109,7 +104,7 @@ pub struct Founding {
     pub bootstrap: bool,
     /// Join an existing cluster through any of its members (host:port): the node asks to
     /// be added, catches up as a learner, and is promoted to voter.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_host_port)]
     pub join: Option<String>,
 }
 

@@ -22,9 +22,9 @@ use crate::node::{Config, RaftNode, SnapshotPolicy};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ElectionArgs {
     /// Directory for this node's durable state (created if missing; refused if it belongs
-    /// to another node id).
+    /// to another node id, or if another process uses it) [default: data/n<ID>]
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Base election timeout in ms: a follower that hears from no leader for a random time
     /// in [N, 2N) starts an election.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
@@ -41,6 +41,14 @@ pub struct ElectionArgs {
 }
 
 impl ElectionArgs {
+    /// Node `id`'s data directory: `--data-dir`, or `data/n<ID>` under the working
+    /// directory (as in the contract's examples).
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("data").join(format!("n{id}")))
+    }
+
     /// The configuration of node `id` with `members` that the flags describe, with times in
     /// `driver`'s ticks.
     pub fn config(
@@ -82,10 +90,15 @@ pub async fn run<P: Snapshots + Send + 'static>(
     let driver = DriverConfig::default();
     let mut config = election.config(node.id, node.peers.clone(), &driver)?;
     config.snapshots = policy;
-    Opened::open(config, &node.listen, &election.data_dir, open_snapshots)
-        .await?
-        .serve(driver, shutdown)
-        .await
+    Opened::open(
+        config,
+        &node.listen,
+        &election.data_dir(node.id),
+        open_snapshots,
+    )
+    .await?
+    .serve(driver, shutdown)
+    .await
 }
 
 /// A node whose data directory is open and recovered and whose address is bound, but that
@@ -109,10 +122,11 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
         open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
     ) -> Result<Self, StartError> {
         let id = config.id;
+        // Bound first: a node that cannot listen leaves its data directory untouched.
+        let listener = bind(listen).await?;
         let storage = DurableStorage::open_dir(dir, id)
             .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
         let snapshots = open_snapshots(dir)?;
-        let listener = bind(listen).await?;
         let raft = RaftNode::with_snapshots(config, storage, snapshots)
             .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
         Ok(Opened {

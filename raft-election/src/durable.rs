@@ -114,14 +114,17 @@ pub enum OpenError {
         /// The directory.
         path: PathBuf,
     },
-    /// The directory holds a log but says of no node that it is its own: adopting it could
-    /// make this node claim another's votes and log.
+    /// The directory holds a log, or files of something else, but says of no node that it
+    /// is its own: adopting a log could make this node claim another's votes, and anything
+    /// else is likely a mistyped path.
     #[error(
-        "{path} holds a log but no node-id file: it cannot be told whose it is, so it is not adopted"
+        "{path} holds {what} but no node-id file: it is no node's data directory (or lost its id), so it is not adopted"
     )]
     Unowned {
         /// The directory.
         path: PathBuf,
+        /// What it holds.
+        what: String,
     },
     /// The directory is this node's, but its log is gone, and with it its term, its vote
     /// and the entries it acknowledged: starting empty could vote twice in a term.
@@ -184,11 +187,21 @@ impl DurableStorage<FileMedium> {
             move |source| OpenError::Io { path, source }
         };
         crate::medium::create_dir_durably(dir).map_err(io(dir))?;
-        // First: a second process in the same directory (a double start) must change
-        // nothing, not even cut what it takes for a torn tail while the first is writing.
-        let lock = lock_dir(dir)?;
         let id_file = dir.join(NODE_ID_FILE);
         let log_file = dir.join(LOG_FILE);
+        // A directory of something else (a mistyped path) is refused untouched, before the
+        // lock's file is made in it. A node's first start writes its id before any record.
+        if !id_file.exists() {
+            if let Some(what) = foreign_content(dir).map_err(io(dir))? {
+                return Err(OpenError::Unowned {
+                    path: dir.to_path_buf(),
+                    what,
+                });
+            }
+        }
+        // Then the lock: a second process in the same directory (a double start) must
+        // change nothing, not even cut what it takes for a torn tail while the first writes.
+        let lock = lock_dir(dir)?;
         let owner = match fs::read_to_string(&id_file) {
             Ok(owner) => Some(owner.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -208,11 +221,6 @@ impl DurableStorage<FileMedium> {
                 return Err(OpenError::LogMissing {
                     path: log_file,
                     me: id,
-                });
-            }
-            None if log_written(dir).map_err(io(&log_file))? => {
-                return Err(OpenError::Unowned {
-                    path: dir.to_path_buf(),
                 });
             }
             _ => {}
@@ -239,6 +247,24 @@ impl DurableStorage<FileMedium> {
             other => other,
         })
     }
+}
+
+/// What a data directory without a node id holds that a new node's does not: a log with a
+/// record, or any file but the lock, an unwritten log and a half-written id (a first start
+/// that stopped early). `None` when it holds nothing else.
+fn foreign_content(dir: &Path) -> std::io::Result<Option<String>> {
+    if log_written(dir)? {
+        return Ok(Some("a log".to_owned()));
+    }
+    let id_tmp = format!("{NODE_ID_FILE}.tmp");
+    let ours = [LOCK_FILE, LOG_FILE, id_tmp.as_str()];
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if !ours.iter().any(|ours| name == *ours) {
+            return Ok(Some(format!("{name:?}")));
+        }
+    }
+    Ok(None)
 }
 
 /// The file whose lock says a process is using the data directory.

@@ -260,6 +260,12 @@ pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// durable only once its parent is synced (that of `dir` is synced even if it exists: who
 /// made it may not have).
 pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|d| !d.as_os_str().is_empty() && !d.exists())

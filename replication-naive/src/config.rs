@@ -14,7 +14,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub id: NodeId,
     /// The node's one address, host:port: clients and peers both connect here.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_host_port)]
     pub listen: String,
     /// Every member, this node included: `1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`.
     #[arg(long, value_parser = parse_peers)]
@@ -72,6 +72,15 @@ impl FixedLeaderArgs {
     }
 }
 
+/// Parses one `host:port`.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    if is_host_port(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not host:port"))
+    }
+}
+
 /// Parses `1=host:port,2=host:port,...`.
 pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
@@ -80,11 +89,8 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
             .split_once('=')
             .ok_or_else(|| format!("{item:?} is not id=host:port"))?;
         let id: NodeId = id.trim().parse()?;
-        let addr = addr.trim();
-        if !is_host_port(addr) {
-            return Err(format!("{addr:?} is not host:port"));
-        }
-        if peers.insert(id, addr.to_owned()).is_some() {
+        let addr = parse_host_port(addr.trim())?;
+        if peers.insert(id, addr).is_some() {
             return Err(format!("node {id} is listed twice"));
         }
     }

@@ -1,0 +1,172 @@
+//! limecached's command line as a new user meets it: the contract's own command lines run
+//! as written (no `--data-dir`: `data/n<ID>`), and every bad flag, busy port and unusable
+//! data directory gets one line and an exit status, changing nothing.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// limecached with `args`, in the working directory `cwd`, its stderr piped.
+fn limecached(cwd: &Path, args: &[&str]) -> Child {
+    Command::new(tests::binary("limecached"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs limecached with `args` in `cwd` until it exits: its exit status and stderr.
+async fn refused(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        limecached(cwd, args).wait_with_output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("limecached {args:?} kept running"))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // One line; clap adds a hint to its usage errors.
+    let lines = stderr.lines().filter(|line| !line.is_empty());
+    let what = lines.filter(|line| !line.starts_with("For more information"));
+    assert_eq!(what.count(), 1, "one line: {stderr}");
+    (output.status.code(), stderr)
+}
+
+/// Waits until `node` logs that it listens.
+async fn listening(node: &mut Child) {
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("node listening") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the node never listened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_s_bootstrap_line_runs_as_written_with_its_data_in_data_n_id() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut node = limecached(cwd.path(), &["--id", "1", "--listen", addr, "--bootstrap"]);
+    listening(&mut node).await;
+    let owner = std::fs::read_to_string(cwd.path().join("data/n1/node-id")).unwrap();
+    assert_eq!(owner.trim(), "1");
+    // The same directory, while the first node runs: refused, not shared.
+    let other = &tests::free_addrs(1)[0];
+    let (code, stderr) = refused(cwd.path(), &["--id", "1", "--listen", other]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    node.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_addresses_are_usage_errors() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    for (flag, args) in [
+        (
+            "--listen",
+            vec!["--id", "1", "--listen", "nonsense", "--bootstrap"],
+        ),
+        (
+            "--join",
+            vec!["--id", "2", "--listen", addr, "--join", "garbage"],
+        ),
+        (
+            "--advertise",
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                addr,
+                "--advertise",
+                ":80",
+                "--bootstrap",
+            ],
+        ),
+    ] {
+        let (code, stderr) = refused(cwd.path(), &args).await;
+        assert_eq!(code, Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("host:port"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !cwd.path().join("data").exists(),
+        "a usage error created data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_leaves_the_data_directory_unclaimed() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let _taken = std::net::TcpListener::bind(addr).unwrap();
+    let (code, stderr) = refused(cwd.path(), &["--id", "1", "--listen", addr, "--bootstrap"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(!cwd.path().join("data/n1/node-id").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_that_is_a_file_or_holds_something_else_is_refused() {
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    std::fs::write(cwd.path().join("a-file"), "not a directory").unwrap();
+    let (code, stderr) = refused(
+        cwd.path(),
+        &[
+            "--id",
+            "1",
+            "--listen",
+            addr,
+            "--bootstrap",
+            "--data-dir",
+            "a-file",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
+    // A mistyped path to a directory of something else.
+    let photos = cwd.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    std::fs::write(photos.join("cat.jpg"), "meow").unwrap();
+    let (code, stderr) = refused(
+        cwd.path(),
+        &[
+            "--id",
+            "1",
+            "--listen",
+            addr,
+            "--bootstrap",
+            "--data-dir",
+            "photos",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cat.jpg") && stderr.contains("not adopted"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&photos)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left == ["cat.jpg"], "{left:?}");
+}
