@@ -9,13 +9,22 @@ use std::fs::{self, File};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kv_client::Client;
 use kv_server::process::StartError;
+use kv_server::protocol::{Op, Reply};
 use tokio::process::{Child, Command};
 
 /// How long nodes get to stop after SIGTERM (a leader hands over first) before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a starting node is asked whether it serves: a process's readiness is no event
+/// this one can await.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How often the user is told which nodes are still starting.
+const SAY_WAITING_EVERY: Duration = Duration::from_secs(5);
 
 /// The flags of `dev-cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,20 +81,47 @@ impl DevCluster {
         fs::create_dir_all(&self.dir).map_err(|e| {
             StartError::failure(format!("cannot create {}: {e}", self.dir.display()))
         })?;
-        let mut nodes = Vec::new();
+        // Before any node starts: a port already taken (by another dev-cluster, say) could
+        // answer for a node that failed to bind it.
         for id in 1..=self.nodes {
-            match self.start(&exe, id) {
-                Ok(node) => nodes.push(node),
-                Err(error) => {
-                    stop_all(&mut nodes).await;
-                    return Err(error);
+            let addr = self.addr(id);
+            std::net::TcpListener::bind(&addr).map_err(|e| {
+                StartError::failure(format!(
+                    "cannot listen on {addr}: {e} (is another dev-cluster running? pick other ports with --base-port)"
+                ))
+            })?;
+        }
+        tokio::pin!(shutdown);
+        let mut nodes = Vec::new();
+        let started = async {
+            for id in 1..=self.nodes {
+                nodes.push(self.start(&exe, id)?);
+            }
+            self.wait_until_serving(&mut nodes).await
+        };
+        let started = tokio::select! {
+            started = started => Some(started),
+            () = &mut shutdown => None,
+        };
+        let all_exited = match started {
+            Some(Ok(())) => {
+                print!("{}", self.banner(&exe, &nodes));
+                tokio::select! {
+                    () = shutdown => false,
+                    () = report_exits(&mut nodes) => true,
                 }
             }
-        }
-        print!("{}", self.banner(&exe, &nodes));
-        tokio::select! {
-            () = shutdown => {}
-            () = report_exits(&mut nodes) => {}
+            Some(Err(error)) => {
+                stop_all(&mut nodes).await;
+                return Err(error);
+            }
+            None => false,
+        };
+        if all_exited {
+            return Err(StartError::failure(format!(
+                "every node has exited; their logs are in {}",
+                self.dir.display()
+            )));
         }
         println!("stopping the nodes...");
         stop_all(&mut nodes).await;
@@ -93,8 +129,51 @@ impl DevCluster {
         Ok(())
     }
 
+    fn log_path(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("n{id}.log"))
+    }
+
+    /// Waits until every node answers `status`, saying every few seconds which ones it
+    /// still waits for (a node with much data takes a while to load it). A node that exits
+    /// meanwhile fails the start, with the last line of its log: its reason.
+    async fn wait_until_serving(&self, nodes: &mut [Node]) -> Result<(), StartError> {
+        let mut waiting: Vec<u16> = nodes.iter().map(|n| n.id).collect();
+        let mut said = Instant::now();
+        loop {
+            for node in nodes.iter_mut() {
+                if !waiting.contains(&node.id) {
+                    continue;
+                }
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    node.exited = true;
+                    let log = self.log_path(node.id);
+                    let why = fs::read_to_string(&log)
+                        .ok()
+                        .and_then(|text| text.lines().last().map(str::to_owned))
+                        .unwrap_or_default();
+                    return Err(StartError::failure(format!(
+                        "node {} exited while starting ({status}): {why} (log: {})",
+                        node.id,
+                        log.display()
+                    )));
+                }
+                if answers(&self.addr(node.id)).await {
+                    waiting.retain(|&id| id != node.id);
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if said.elapsed() >= SAY_WAITING_EVERY {
+                said = Instant::now();
+                println!("waiting for node(s) {waiting:?} to answer (see their logs)");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     fn start(&self, exe: &Path, id: u16) -> Result<Node, StartError> {
-        let log_path = self.dir.join(format!("n{id}.log"));
+        let log_path = self.log_path(id);
         let log = File::options()
             .create(true)
             .append(true)
@@ -139,7 +218,7 @@ impl DevCluster {
                 node.child
                     .id()
                     .map_or_else(|| "?".into(), |p| p.to_string()),
-                self.dir.join(format!("n{}.log", node.id)).display()
+                self.log_path(node.id).display()
             );
         }
         let addrs = all.join(",");
@@ -158,8 +237,18 @@ impl DevCluster {
     }
 }
 
-/// Tells the user about each node as it exits, and how to restart it; never completes.
-/// (A node restarted by hand is not this process's child, so it is not watched.)
+/// Whether the node at `addr` answers `status`.
+async fn answers(addr: &str) -> bool {
+    let asked = async { Client::connect(addr).await?.request(Op::Status).await };
+    matches!(
+        tokio::time::timeout(POLL * 10, asked).await,
+        Ok(Ok(Reply::Status(_)))
+    )
+}
+
+/// Tells the user about each node as it exits, and how to restart it; completes once every
+/// node has exited. (A node restarted by hand is not this process's child, so it is not
+/// watched.)
 async fn report_exits(nodes: &mut [Node]) {
     loop {
         let exits: Vec<_> = nodes
@@ -173,7 +262,7 @@ async fn report_exits(nodes: &mut [Node]) {
             })
             .collect();
         if exits.is_empty() {
-            return std::future::pending().await;
+            return;
         }
         let ((node, status), _, _) = futures::future::select_all(exits).await;
         let status = match status {

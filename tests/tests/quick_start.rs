@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tests::eventually;
@@ -17,10 +18,13 @@ use tokio::sync::mpsc;
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 /// A base port whose next three ports are free right now: below the range `free_addrs`
-/// hands out and the kernel's ephemeral range both.
+/// hands out and the kernel's ephemeral range both. Each call starts its search further
+/// on, so that tests running at once get different ones.
 fn free_base_port() -> u16 {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
     (10_000..20_000u16)
         .step_by(97)
+        .skip(CALLS.fetch_add(1, Ordering::Relaxed) * 7)
         .find(|base| (1..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
         .expect("three free ports in a row")
 }
@@ -29,6 +33,7 @@ fn free_base_port() -> u16 {
 fn signal(signal: &str, pid: &str) -> bool {
     std::process::Command::new("kill")
         .args([signal, pid])
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -183,4 +188,73 @@ async fn quick_start_from_the_readme_works() {
             "node process {pid} outlived dev-cluster"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_stops_with_the_reason_when_a_node_cannot_start() {
+    // Node 2's data directory belongs to another node: node 2 exits at once. dev-cluster
+    // must say so and stop the others, not print its banner and wait for ever.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("n2")).unwrap();
+    std::fs::write(dir.path().join("n2/node-id"), "9\n").unwrap();
+    let base = free_base_port();
+    let cluster = Command::new(tests::binary("limecached"))
+        .arg("dev-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(STOP_WITHIN, cluster.wait_with_output())
+        .await
+        .expect("dev-cluster kept running")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("node 2 exited while starting") && stderr.contains("belongs to node 9"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("try it"),
+        "the banner was printed: {stdout}"
+    );
+    for i in [1, 3] {
+        assert!(
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok(),
+            "node {i} still runs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_refuses_ports_already_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let _taken = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
+    let output = Command::new(tests::binary("limecached"))
+        .arg("dev-cluster")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(STOP_WITHIN, output)
+        .await
+        .expect("dev-cluster kept running")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{}", base + 2)),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("n1").exists(), "a node was started");
 }
