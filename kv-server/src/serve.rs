@@ -6,7 +6,12 @@
 //!
 //! Within one connection, requests are started as soon as they are read and their futures run
 //! concurrently (a replicated handler may need a round trip to a majority), but responses are
-//! written strictly in request order. Responses are buffered and flushed once nothing more is
+//! written strictly in request order. Reads run together and writes run together, but a read
+//! is started only once the writes sent before it on its connection are answered, and a write
+//! only once the reads before it are: a pipelined `put` then `get` of a key reads what the
+//! put wrote, and a `get` then `put` does not, as if each connection's requests ran one at a
+//! time (Redis pipelines behave so). Requests of one kind overlap; writes keep their order
+//! through the log. Responses are buffered and flushed once nothing more is
 //! ready, so a pipelined burst costs a few syscalls, not one per request.
 
 use std::future::Future;
@@ -153,6 +158,10 @@ pub async fn serve_client<H: Handler>(
     let mut requests = FramedRead::new(reader, encoder.clone());
     let mut responses = FramedWrite::new(writer, encoder.clone());
     let mut in_flight = FuturesOrdered::new();
+    // Program order within a connection: whether the requests in flight change state; a
+    // request of the other kind waits here, unstarted, until they are all answered.
+    let mut in_flight_writes = false;
+    let mut held: Option<Request> = None;
     let mut reading = true;
     let mut overlong = false;
     let mut drain_deadline = None;
@@ -170,12 +179,16 @@ pub async fn serve_client<H: Handler>(
                 reading = false;
                 drain_deadline = Some(Instant::now() + config.drain_timeout);
             }
-            frame = requests.next(), if reading && room && in_flight.len() < config.max_in_flight => {
+            frame = requests.next(), if reading && held.is_none() && room && in_flight.len() < config.max_in_flight => {
                 match frame {
-                    Some(Ok(line)) => {
-                        let request = Request::parse(&line, &config.limits);
-                        in_flight.push_back(respond(&*handler, request));
-                    }
+                    Some(Ok(line)) => match Request::parse(&line, &config.limits) {
+                        Ok(request) if in_flight.is_empty() || request.op.changes_state() == in_flight_writes => {
+                            in_flight_writes = request.op.changes_state();
+                            in_flight.push_back(respond(&*handler, Ok(request)));
+                        }
+                        Ok(request) => held = Some(request),
+                        Err(refused) => in_flight.push_back(respond(&*handler, Err(refused))),
+                    },
                     Some(Err(CodecError::LineTooLong { limit })) => {
                         let failure = Failure::too_large(format!("line longer than {limit} bytes"));
                         in_flight.push_back(respond(&*handler, Err((None, failure))));
@@ -191,6 +204,12 @@ pub async fn serve_client<H: Handler>(
             Some(response) = in_flight.next(), if room => {
                 if let Err(error) = encoder.encode(response, responses.write_buffer_mut()) {
                     break Err(error);
+                }
+                if in_flight.is_empty() {
+                    if let Some(request) = held.take() {
+                        in_flight_writes = request.op.changes_state();
+                        in_flight.push_back(respond(&*handler, Ok(request)));
+                    }
                 }
             }
             flushed = SinkExt::<Response>::flush(&mut responses), if !responses.write_buffer().is_empty() => {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{Conn, Running};
-use kv_server::protocol::{Op, Outcome, Reply};
+use kv_server::protocol::{Command, Op, Outcome, Reply, WriteOutcome};
 use kv_server::serve::{Handler, ServeConfig};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +20,13 @@ struct Gated {
 impl Handler for Gated {
     fn handle(&self, op: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
         let (tx, rx) = oneshot::channel();
+        // A get by its key, a put as "put KEY".
         let key = match op {
             Op::Get { key, .. } => key,
+            Op::Write {
+                command: Command::Put { key, .. },
+                ..
+            } => format!("put {key}"),
             other => panic!("unexpected {other:?}"),
         };
         self.started.send((key, tx)).unwrap();
@@ -61,6 +66,51 @@ async fn answers_completing_out_of_order_are_written_in_request_order() {
             json!({"id":i,"ok":true,"value":i.to_string()})
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_s_reads_and_writes_start_in_the_order_it_sent_them() {
+    // get a, get b, put c, get d in one burst: the two gets run together, the put starts
+    // once both are answered, and get d once the put is (it must read what the put wrote).
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    let mut burst = Vec::new();
+    for line in [
+        json!({"id":1,"op":"get","key":"a"}),
+        json!({"id":2,"op":"get","key":"b"}),
+        json!({"id":3,"op":"put","key":"c","value":"v","client":"x","seq":1}),
+        json!({"id":4,"op":"get","key":"d"}),
+    ] {
+        burst.extend_from_slice(format!("{line}\n").as_bytes());
+    }
+    c.send_raw(&burst).await;
+    let (a, answer_a) = started.recv().await.unwrap();
+    let (b, answer_b) = started.recv().await.unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("a", "b"));
+    answer_a.send(Ok(Reply::Value(None))).unwrap();
+    assert_eq!(c.recv().await["id"], 1);
+    // The whole burst has been read by now (reading comes before answering).
+    assert!(
+        started.try_recv().is_err(),
+        "the put started before get b was answered"
+    );
+    answer_b.send(Ok(Reply::Value(None))).unwrap();
+    assert_eq!(c.recv().await["id"], 2);
+    let (put, answer_put) = started.recv().await.unwrap();
+    assert_eq!(put, "put c");
+    assert!(
+        started.try_recv().is_err(),
+        "get d started before the put was answered"
+    );
+    answer_put
+        .send(Ok(Reply::Write(WriteOutcome::Put)))
+        .unwrap();
+    assert_eq!(c.recv().await["id"], 3);
+    let (d, answer_d) = started.recv().await.unwrap();
+    assert_eq!(d, "d");
+    answer_d.send(Ok(Reply::Value(Some("v".into())))).unwrap();
+    assert_eq!(c.recv().await["id"], 4);
     server.stop().await;
 }
 
