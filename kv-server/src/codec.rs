@@ -71,7 +71,13 @@ impl Decoder for JsonLinesCodec {
                 }
                 Ok(Some(line))
             }
-            None if buf.len() > self.max_line_bytes => Err(too_long),
+            // Past the limit without a newline: too long, unless the one byte past it is the
+            // `\r` of a CRLF line of exactly the limit whose `\n` is still to come.
+            None if buf.len() > self.max_line_bytes
+                && (buf.len() > self.max_line_bytes + 1 || buf.last() != Some(&b'\r')) =>
+            {
+                Err(too_long)
+            }
             None => {
                 self.scanned = buf.len();
                 Ok(None)
@@ -110,6 +116,23 @@ mod tests {
             lines.push(line.to_vec());
         }
         lines
+    }
+
+    #[test]
+    fn a_crlf_line_of_exactly_the_limit_is_taken_even_when_its_cr_comes_first() {
+        let mut codec = JsonLinesCodec::new(5);
+        let mut buf = BytesMut::from(&b"12345\r"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"12345"[..])
+        );
+        // One byte more is still too long, newline or not.
+        let mut buf = BytesMut::from(&b"123456\r"[..]);
+        assert!(codec.decode(&mut buf).is_err());
+        let mut buf = BytesMut::from(&b"123456\n"[..]);
+        assert!(codec.decode(&mut buf).is_err());
     }
 
     #[test]
