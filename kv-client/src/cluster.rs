@@ -13,6 +13,21 @@
 //! | `timeout`, connection lost, no answer | the outcome is unknown: back off, retry, same `seq`  |
 //! | `bad_request`, `too_large`            | give up at once: retrying cannot help                |
 //!
+//! When no leader is known, every member is asked for `status` at once and the first answer
+//! that names a leader wins, so a member that accepts connections and never answers costs no
+//! time while another one answers. The deadline bounds that search as it bounds everything.
+//!
+//! Whether a change given up on may have taken effect follows one rule: **it may once an
+//! attempt was handed to a connection and got no definite answer** (`timeout`, a lost
+//! connection, no answer in time), and from then on it stays unknown whatever later attempts
+//! hear; such a change ends in `timeout`. It cannot have taken effect when no attempt was
+//! ever sent (the deadline passed while members were asked for the leader, or none accepted
+//! a connection) or when every attempt sent got a definite answer (`not_leader`,
+//! `unavailable`): the error is then that answer, or `unavailable` when there was none.
+//! Reporting "unknown" for a write never sent would be safe but useless to a caller deciding
+//! whether to redo it; reporting "nothing happened" for one that reached a silent node would
+//! be a lie.
+//!
 //! Writes of one `ClusterClient` are sequential (`&mut self`): a session has one write in
 //! flight, so a server that keeps only each client's last outcome serves it. Run one
 //! `ClusterClient` per concurrent worker.
@@ -23,8 +38,11 @@
 //! apply any `seq` at or below the last one it applied for that client, not only an equal
 //! one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use kv_server::protocol::{
     CasOutcome, Command, Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, Session, Status,
@@ -39,6 +57,23 @@ use crate::{Client, Error};
 /// How long after the deadline the hard stop of [`ClusterClient::execute`] fires, so that the
 /// retry loop, which knows the last error, normally reports first.
 const HARD_STOP_GRACE: Duration = Duration::from_millis(100);
+
+/// What the attempts of one request may have done. It lives outside the retry loop so that
+/// the hard stop of [`ClusterClient::execute`], which drops the loop mid-attempt, still knows.
+#[derive(Debug, Default)]
+struct Fate {
+    /// An attempt was sent and got no definite answer: a change may have taken effect.
+    unknown: bool,
+    /// An attempt is out now: handed to a connection, not yet answered.
+    in_flight: bool,
+}
+
+impl Fate {
+    /// Whether a change could have taken effect, were the request given up now.
+    fn may_have_happened(&self) -> bool {
+        self.unknown || self.in_flight
+    }
+}
 
 /// How hard [`ClusterClient`] tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +202,9 @@ impl ClusterClient {
 
     /// The status of the node at `addr` (no retries, no redirection).
     pub async fn status_of(&mut self, addr: &str) -> Result<Status, Error> {
-        let client = self.connection(addr).await?;
+        let client = self
+            .connection(addr, Instant::now() + self.policy.request_timeout)
+            .await?;
         match timeout(self.policy.request_timeout, client.request(Op::Status)).await {
             Ok(Ok(Reply::Status(status))) => Ok(*status),
             Ok(Ok(other)) => Err(unexpected(other)),
@@ -203,16 +240,18 @@ impl ClusterClient {
     }
 
     /// Asks the members for the leader's address and remembers it. `None` when no member
-    /// knows one right now.
+    /// that answered within the request timeout knows one.
     pub async fn find_leader(&mut self) -> Option<String> {
-        self.ask_for_leader().await.map(|(addr, _)| addr)
+        let until = Instant::now() + self.policy.deadline;
+        self.ask_for_leader(until).await.map(|(addr, _)| addr)
     }
 
     /// The leader's status: asked of the leader the members name (one request when the
     /// first member that answers is the leader), or of the first member when none knows a
     /// leader.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
-        let at = match self.ask_for_leader().await {
+        let until = Instant::now() + self.policy.deadline;
+        let at = match self.ask_for_leader(until).await {
             Some((_, Some(status))) => return Ok(status),
             Some((leader, None)) => leader,
             None => self.members.first().cloned().unwrap_or_default(),
@@ -222,21 +261,71 @@ impl ClusterClient {
 
     /// The leader's address, as [`ClusterClient::find_leader`], with its status when it was
     /// the leader that answered.
-    async fn ask_for_leader(&mut self) -> Option<(String, Option<Status>)> {
-        for addr in self.members.clone() {
-            let Ok(status) = self.status_of(&addr).await else {
-                continue;
-            };
-            let found = match status.role {
-                Role::Leader | Role::Standalone => Some((addr, Some(status))),
-                _ => status.leader_addr.map(|leader| (leader, None)),
-            };
-            if let Some((leader, _)) = &found {
-                self.leader = Some(leader.clone());
-                return found;
+    ///
+    /// Every member is asked at once and the first answer naming a leader wins: asked in
+    /// turn, a member that accepts connections and never answers held up the search for a
+    /// whole request timeout before the next was tried. The search ends by `until`, and
+    /// within one request timeout.
+    async fn ask_for_leader(&mut self, until: Instant) -> Option<(String, Option<Status>)> {
+        let until = until.min(Instant::now() + self.policy.request_timeout);
+        let mut asks: FuturesUnordered<_> = self
+            .members
+            .iter()
+            .map(|addr| {
+                let cached = self.connections.get(addr).cloned();
+                let addr = addr.clone();
+                async move {
+                    let asked = async {
+                        let client = match cached {
+                            Some(client) => client,
+                            None => Client::connect(&addr).await?,
+                        };
+                        let reply = client.request(Op::Status).await;
+                        Ok::<_, Error>((client, reply))
+                    };
+                    let asked = asked.await;
+                    (addr, asked)
+                }
+            })
+            .collect();
+        let mut unanswered: HashSet<String> = self.members.iter().cloned().collect();
+        let search = async {
+            while let Some((addr, asked)) = asks.next().await {
+                unanswered.remove(&addr);
+                let status = match asked {
+                    Ok((client, Ok(Reply::Status(status)))) => {
+                        self.connections.insert(addr.clone(), client);
+                        *status
+                    }
+                    Ok((client, Err(Error::Server(_)))) => {
+                        self.connections.insert(addr, client);
+                        continue;
+                    }
+                    _ => {
+                        self.connections.remove(&addr);
+                        continue;
+                    }
+                };
+                let found = match status.role {
+                    Role::Leader | Role::Standalone => Some((addr, Some(status))),
+                    _ => status.leader_addr.map(|leader| (leader, None)),
+                };
+                if found.is_some() {
+                    return found;
+                }
             }
+            None
+        };
+        let found = timeout_at(until, search).await.ok().flatten();
+        // A connection with a status request still unanswered is not reused, as after any
+        // request that timed out: the node is slow or silent.
+        for addr in &unanswered {
+            self.connections.remove(addr);
         }
-        None
+        if let Some((leader, _)) = &found {
+            self.leader = Some(leader.clone());
+        }
+        found
     }
 
     async fn write(&mut self, command: Command) -> Result<WriteOutcome, Error> {
@@ -258,37 +347,52 @@ impl ClusterClient {
     }
 
     /// Sends `op` to the leader until it succeeds, fails for good, or the deadline passes.
-    /// Every retry of a write resends the same op, and so the same `seq`.
+    /// Every retry of a write resends the same op, and so the same `seq`. How a change that
+    /// fails is reported (unknown outcome or not) is the module documentation's rule.
     pub async fn execute(&mut self, op: Op) -> Result<Reply, Error> {
         let deadline = Instant::now() + self.policy.deadline;
         let changes = op.changes_state();
+        let mut fate = Fate::default();
         // The loop below keeps every wait within the deadline and reports the last error
-        // when it passes; this is the hard stop, a little later, for what it cannot bound
-        // itself (finding the leader, a slow connect).
-        match timeout_at(deadline + HARD_STOP_GRACE, self.retry(op, deadline)).await {
+        // when it passes; this is the hard stop, a little later, in case something it awaits
+        // overruns its bound anyway.
+        let result = timeout_at(
+            deadline + HARD_STOP_GRACE,
+            self.retry(op, deadline, &mut fate),
+        )
+        .await;
+        match result {
             Ok(result) => result,
-            Err(_) if changes => Err(self.unknown_outcome("no answer")),
-            Err(_) => Err(Error::RequestTimeout(self.policy.deadline)),
+            Err(_) if !changes => Err(Error::RequestTimeout(self.policy.deadline)),
+            Err(_) if fate.may_have_happened() => Err(self.unknown_outcome(&format!(
+                "gave up after {:?} (no answer)",
+                self.policy.deadline
+            ))),
+            Err(_) => Err(self.nothing_happened("no answer")),
         }
     }
 
-    async fn retry(&mut self, op: Op, deadline: Instant) -> Result<Reply, Error> {
+    async fn retry(&mut self, op: Op, deadline: Instant, fate: &mut Fate) -> Result<Reply, Error> {
+        let changes = op.changes_state();
         let mut backoff = self.policy.initial_backoff;
-        let mut outcome_unknown = false;
         let mut redirects = 0;
         // The last error of an attempt the deadline did not cut short.
         let mut earlier: Option<Error> = None;
         if self.leader.is_none() {
-            self.find_leader().await;
+            self.ask_for_leader(deadline).await;
+            if Instant::now() >= deadline {
+                // No attempt was made: an attempt now, with no time left, could still put the
+                // request on the wire and leave its outcome unknown for nothing.
+                return Err(self.nothing_happened("no member named the leader in time"));
+            }
         }
         loop {
             let addr = self.target();
-            let error = match self.attempt(&addr, op.clone(), deadline).await {
+            let error = match self.attempt(&addr, op.clone(), deadline, fate).await {
                 Ok(reply) => return Ok(reply),
                 Err(error) => error,
             };
             debug!(%addr, %error, "attempt failed");
-            outcome_unknown |= error.outcome_unknown();
             let cut_short = matches!(error, Error::RequestTimeout(budget) if budget < self.policy.request_timeout);
             let retry_at_once = match &error {
                 Error::Server(failure) => match failure.code {
@@ -333,11 +437,8 @@ impl ClusterClient {
                     Some(earlier) if cut_short => earlier,
                     _ => error,
                 };
-                return Err(if outcome_unknown && op.changes_state() {
-                    self.unknown_outcome(&error.to_string())
-                } else {
-                    error
-                });
+                let why = format!("gave up after {:?}", self.policy.deadline);
+                return Err(self.final_error(changes, fate, error, &why));
             }
             if !cut_short {
                 earlier = Some(error);
@@ -345,9 +446,29 @@ impl ClusterClient {
         }
     }
 
-    fn unknown_outcome(&self, last_error: &str) -> Error {
+    /// What to report when retries end with `error` (`why` says how they ended): `error`
+    /// itself, unless `op` changes state and an attempt's outcome is unknown, which no
+    /// later answer can settle.
+    fn final_error(&self, changes: bool, fate: &Fate, error: Error, why: &str) -> Error {
+        if changes && fate.may_have_happened() {
+            self.unknown_outcome(&format!("{why} (last error: {error})"))
+        } else {
+            error
+        }
+    }
+
+    /// A change given up on whose outcome is unknown: `timeout`, as the contract names it.
+    fn unknown_outcome(&self, why: &str) -> Error {
         Error::Server(Failure::timeout(format!(
-            "gave up after {:?}; the change may or may not have taken effect (last error: {last_error})",
+            "{why}; an attempt got no answer, so the change may or may not have taken effect"
+        )))
+    }
+
+    /// A request given up on before any attempt of it could take effect: `unavailable`, the
+    /// contract's "nothing happened; retry later or elsewhere".
+    fn nothing_happened(&self, why: &str) -> Error {
+        Error::Server(Failure::unavailable(format!(
+            "gave up after {:?}: {why}; nothing was changed",
             self.policy.deadline
         )))
     }
@@ -362,31 +483,44 @@ impl ClusterClient {
         addr
     }
 
-    async fn attempt(&mut self, addr: &str, op: Op, deadline: Instant) -> Result<Reply, Error> {
+    async fn attempt(
+        &mut self,
+        addr: &str,
+        op: Op,
+        deadline: Instant,
+        fate: &mut Fate,
+    ) -> Result<Reply, Error> {
         if !self.members.iter().any(|m| m == addr) {
             // A leader hint may name a member the user did not list.
             self.members.push(addr.to_owned());
         }
-        let client = self.connection(addr).await?;
+        let client = self.connection(addr, deadline).await?;
         let budget = self
             .policy
             .request_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
+        // From here on the request may reach the node, until an answer says what it did.
+        fate.in_flight = true;
         let result = match timeout(budget, client.request(op)).await {
             Ok(result) => result,
             Err(_) => Err(Error::RequestTimeout(budget)),
         };
+        fate.in_flight = false;
         if let Err(error) = &result {
+            fate.unknown |= error.outcome_unknown();
             self.forget(addr, error);
         }
         result
     }
 
-    async fn connection(&mut self, addr: &str) -> Result<Client, Error> {
+    /// The cached connection to `addr`, or a new one, connecting for a request timeout at
+    /// most and not past `until`.
+    async fn connection(&mut self, addr: &str, until: Instant) -> Result<Client, Error> {
         if let Some(client) = self.connections.get(addr) {
             return Ok(client.clone());
         }
-        let client = timeout(self.policy.request_timeout, Client::connect(addr))
+        let until = until.min(Instant::now() + self.policy.request_timeout);
+        let client = timeout_at(until, Client::connect(addr))
             .await
             .map_err(|_| Error::Connect {
                 addr: addr.to_owned(),

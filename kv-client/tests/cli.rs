@@ -103,6 +103,21 @@ fn errors_are_one_line_on_stderr_with_a_failure_exit() {
 }
 
 #[test]
+fn a_put_reaches_the_healthy_member_past_a_silent_one() {
+    // The first member accepts connections (the kernel completes them; nothing accepts or
+    // answers) and never answers. With a request timeout (3 s) longer than --timeout, asking
+    // the members for the leader in turn used up the deadline and the put was never sent.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let healthy = common::background_standalone();
+    let out = kv_client(&format!("{silent_addr},{healthy}"), &["put", "k", "v"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "OK\n");
+    assert_eq!(stdout(&kv_client(&healthy, &["get", "k"])), "v\n");
+    drop(silent);
+}
+
+#[test]
 fn usage_errors_exit_with_2() {
     let addr = common::background_standalone();
     assert_eq!(kv_client(&addr, &["cas", "k", "v"]).status.code(), Some(2));

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Scripted, Server};
+use common::{Scripted, Server, Silent};
 use futures::future::Either;
 use kv_client::{ClusterClient, Error, RetryPolicy};
 use kv_server::protocol::{
@@ -125,36 +125,94 @@ async fn two_nodes_naming_each_other_do_not_make_the_client_spin() {
 }
 
 #[tokio::test]
-async fn the_deadline_bounds_the_whole_command_even_against_silent_members() {
-    // Three members that accept connections and never answer. Without an overall bound,
-    // finding the leader alone would take 3 × request_timeout.
-    let silent: Vec<tokio::net::TcpListener> =
-        futures::future::join_all((0..3).map(|_| tokio::net::TcpListener::bind("127.0.0.1:0")))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-    let addrs = silent
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
+async fn a_silent_member_does_not_keep_the_client_from_a_healthy_one() {
+    // The first member accepts connections and never answers; the second is healthy. Asked
+    // in turn for the leader, the silent one took the whole deadline (the request timeout is
+    // longer) and the write was never sent; asked together, the healthy one answers at once.
+    let mut silent = Silent::start().await;
+    let healthy = Server::standalone().await;
     let policy = RetryPolicy {
-        deadline: Duration::from_millis(200),
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), healthy.addr()], policy);
+    client.put("k", "v").await.unwrap();
+    assert_eq!(client.leader(), Some(healthy.addr().as_str()));
+    let mut check = ClusterClient::new(vec![healthy.addr()], quick());
+    assert_eq!(
+        check.get("k", Consistency::Stale).await.unwrap().as_deref(),
+        Some("v")
+    );
+    drop(client);
+    let lines = silent.lines_once_closed().await;
+    assert!(
+        lines.iter().all(|l| l.contains(r#""op":"status""#)),
+        "the write went to the silent member too: {lines:?}"
+    );
+}
+
+/// `n` silent members, and a client of them all.
+async fn silent_members(n: usize, policy: RetryPolicy) -> (Vec<Silent>, ClusterClient) {
+    let silent = futures::future::join_all((0..n).map(|_| Silent::start())).await;
+    let addrs = silent.iter().map(|s| s.addr.clone()).collect();
+    (silent, ClusterClient::new(addrs, policy))
+}
+
+/// Every line the silent members read that is not a `status` request.
+async fn non_status_lines(silent: &mut [Silent]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for node in silent {
+        lines.extend(node.lines_once_closed().await);
+    }
+    lines.retain(|l| !l.contains(r#""op":"status""#));
+    lines
+}
+
+#[tokio::test]
+async fn a_write_never_sent_before_the_deadline_fails_as_nothing_happened() {
+    // Three silent members and a request timeout longer than the deadline: the search for
+    // the leader takes the whole deadline (and no more), and the write is never sent, so the
+    // failure is definite: `unavailable`, not the `timeout` of an unknown outcome.
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
         request_timeout: Duration::from_secs(3),
         ..quick()
     };
-    let mut client = ClusterClient::new(addrs, policy);
+    let (mut silent, mut client) = silent_members(3, policy).await;
     let started = tokio::time::Instant::now();
     let error = client.put("k", "v").await.unwrap_err();
-    // Outcome-based, not timing-based: a write that got no answer is reported as unknown.
-    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
-    // Generous bound: the deadline is 200 ms; without the fix this takes 9 s or more.
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    assert!(!error.outcome_unknown(), "{error}");
+    // Generous bound: asked in turn, the members took 3 × 3 s.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(2),
         "took {:?}",
         started.elapsed()
     );
-    drop(silent);
+    drop(client);
+    assert_eq!(non_status_lines(&mut silent).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_write_sent_to_a_silent_member_ends_with_an_unknown_outcome() {
+    // The other side of the rule: with a short request timeout the search gives up early,
+    // the write goes to the silent members, and then nobody can say whether it happened.
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(1),
+        request_timeout: Duration::from_millis(200),
+        ..quick()
+    };
+    let (mut silent, mut client) = silent_members(2, policy).await;
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    assert!(error.outcome_unknown(), "{error}");
+    drop(client);
+    let sent = non_status_lines(&mut silent).await;
+    assert!(
+        !sent.is_empty() && sent.iter().all(|l| l.contains(r#""op":"put""#)),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test]

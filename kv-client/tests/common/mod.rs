@@ -3,13 +3,15 @@
 
 use std::future::{self, Future};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kv_server::protocol::{Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, serve};
 use kv_server::server::Standalone;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 /// A handler answering with a function of the op: a scripted fake node.
 pub struct Scripted<F>(pub F);
@@ -64,4 +66,57 @@ pub fn background_standalone() -> String {
         });
     });
     rx.recv().unwrap()
+}
+
+/// A node that accepts connections and reads requests but never answers one, as a process
+/// stopped with SIGSTOP would. It records every line it reads, to tell what reached it.
+pub struct Silent {
+    pub addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// How many accepted connections are still open.
+    open: watch::Receiver<usize>,
+    accepting: JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (open_tx, open) = watch::channel(0usize);
+        let open_tx = Arc::new(open_tx);
+        let seen = lines.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                open_tx.send_modify(|n| *n += 1);
+                let (seen, open_tx) = (seen.clone(), open_tx.clone());
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = reader.next_line().await {
+                        seen.lock().unwrap().push(line);
+                    }
+                    open_tx.send_modify(|n| *n -= 1);
+                });
+            }
+        });
+        Silent {
+            addr,
+            lines,
+            open,
+            accepting,
+        }
+    }
+
+    /// Every line read, once each connection accepted so far has been closed by its client
+    /// (so nothing still in flight on it is missed).
+    pub async fn lines_once_closed(&mut self) -> Vec<String> {
+        self.open.wait_for(|&open| open == 0).await.unwrap();
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
