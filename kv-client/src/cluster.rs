@@ -11,7 +11,7 @@
 //! | `not_leader` without, `unavailable`   | back off, try the next member                        |
 //! | cannot connect                        | try the next member, backing off after a full round  |
 //! | `timeout`, connection lost, no answer | the outcome is unknown: back off, retry, same `seq`  |
-//! | `bad_request`, `too_large`            | give up at once: retrying cannot help                |
+//! | `bad_request`, `too_large`            | give up at once; `timeout` after an unknown outcome  |
 //!
 //! When no leader is known, every member is asked for `status` at once and the first answer
 //! that names a leader wins, so a member that accepts connections and never answers costs no
@@ -20,13 +20,16 @@
 //! Whether a change given up on may have taken effect follows one rule: **it may once an
 //! attempt was handed to a connection and got no definite answer** (`timeout`, a lost
 //! connection, no answer in time), and from then on it stays unknown whatever later attempts
-//! hear; such a change ends in `timeout`. It cannot have taken effect when no attempt was
-//! ever sent (the deadline passed while members were asked for the leader, or none accepted
-//! a connection) or when every attempt sent got a definite answer (`not_leader`,
-//! `unavailable`): the error is then that answer, or `unavailable` when there was none.
-//! Reporting "unknown" for a write never sent would be safe but useless to a caller deciding
-//! whether to redo it; reporting "nothing happened" for one that reached a silent node would
-//! be a lie.
+//! hear; such a change ends in `timeout`. A retry refused with `bad_request` or `too_large`,
+//! or answered with nonsense, settles nothing about an earlier copy: a server that no longer
+//! keeps the outcome of a retried (client, seq) refuses it with `bad_request`
+//! (docs/EXTENSIONS.md, "Where a retried (client, seq) does not get its first outcome"). A
+//! change cannot have taken effect when no attempt was ever sent (the deadline passed while
+//! members were asked for the leader, or none accepted a connection) or when every attempt
+//! sent got a definite answer (`not_leader`, `unavailable`): the error is then that answer,
+//! or `unavailable` when there was none. Reporting "unknown" for a write never sent would be
+//! safe but useless to a caller deciding whether to redo it; reporting "nothing happened"
+//! for one that reached a silent node would be a lie.
 //!
 //! Writes of one `ClusterClient` are sequential (`&mut self`): a session has one write in
 //! flight, so a server that keeps only each client's last outcome serves it. Run one
@@ -396,7 +399,12 @@ impl ClusterClient {
             let cut_short = matches!(error, Error::RequestTimeout(budget) if budget < self.policy.request_timeout);
             let retry_at_once = match &error {
                 Error::Server(failure) => match failure.code {
-                    ErrorCode::BadRequest | ErrorCode::TooLarge => return Err(error),
+                    // Definite for this attempt only: a retry refused with `bad_request` says
+                    // nothing of an earlier copy (module documentation).
+                    ErrorCode::BadRequest | ErrorCode::TooLarge => {
+                        let why = "the retry was refused";
+                        return Err(self.final_error(changes, fate, error, why));
+                    }
                     ErrorCode::NotLeader => match &failure.leader {
                         Some(leader) if *leader != addr => {
                             self.leader = Some(leader.clone());
@@ -416,7 +424,10 @@ impl ClusterClient {
                     }
                     ErrorCode::Timeout => false,
                 },
-                Error::Protocol(_) => return Err(error),
+                Error::Protocol(_) => {
+                    let why = "the retry's answer broke the protocol";
+                    return Err(self.final_error(changes, fate, error, why));
+                }
                 Error::Connect { .. } | Error::ConnectionLost(_) | Error::RequestTimeout(_) => {
                     self.leader = None;
                     // Another member may answer at once; pause only after a full round.

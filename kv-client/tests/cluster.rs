@@ -305,6 +305,58 @@ async fn bad_requests_are_not_retried() {
     assert_eq!(*calls.lock().unwrap(), 1);
 }
 
+/// A node that answers the first attempt of a write `timeout` and every retry with
+/// `retry_answer`, recording each write's session.
+async fn unknown_then(retry_answer: fn() -> Outcome) -> (Server, Arc<Mutex<Vec<Session>>>) {
+    let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
+    let seen = sessions.clone();
+    let node = Server::start(Scripted(move |op| match op {
+        Op::Write {
+            session: Some(session),
+            ..
+        } => {
+            let mut seen = seen.lock().unwrap();
+            seen.push(session);
+            match seen.len() {
+                1 => Err(Failure::timeout("lost")),
+                _ => retry_answer(),
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    (node, sessions)
+}
+
+#[tokio::test]
+async fn a_retry_refused_with_bad_request_after_an_unknown_outcome_is_still_unknown() {
+    // A limecached node that no longer keeps a retried (client, seq)'s outcome refuses the
+    // retry with `bad_request`: that says nothing of the first attempt, which may have been
+    // applied, so reporting the refusal as a definite failure would be a lie.
+    let (node, sessions) =
+        unknown_then(|| Err(Failure::bad_request("seq 1 is no longer kept"))).await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    assert!(error.outcome_unknown(), "{error}");
+    assert!(error.to_string().contains("no longer kept"), "{error}");
+    let sessions = sessions.lock().unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[0], sessions[1]);
+}
+
+#[tokio::test]
+async fn a_retry_answered_with_nonsense_after_an_unknown_outcome_is_still_unknown() {
+    // The retry of a delete is answered as a membership change would be (no `existed`): a
+    // protocol error, which settles nothing about the first attempt either.
+    let (node, sessions) = unknown_then(|| Ok(Reply::Done)).await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    let error = client.delete("k").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    assert!(error.outcome_unknown(), "{error}");
+    assert_eq!(sessions.lock().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn a_write_whose_outcome_stays_unknown_ends_in_timeout_at_the_deadline() {
     let node = Server::start(Scripted(|_| Err(Failure::timeout("no quorum")))).await;
