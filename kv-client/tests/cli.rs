@@ -144,6 +144,39 @@ fn usage_errors_exit_with_2() {
 }
 
 #[test]
+fn a_malformed_addr_entry_is_a_usage_error_naming_it() {
+    // Accepted, these failed only at run time, after retries, with exit 1 ("cannot connect
+    // to : invalid socket address"). The well-formed entries name a closed port, so reaching
+    // the network would end in exit 1 too, never 2.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ok = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    for (addr, named) in [
+        (String::new(), "''".to_owned()),
+        (format!("{ok},"), "''".to_owned()),
+        (format!("{ok},,{ok}"), "''".to_owned()),
+        (format!("{ok},localhost"), "'localhost'".to_owned()),
+        ("127.0.0.1:x".to_owned(), "'127.0.0.1:x'".to_owned()),
+        ("127.0.0.1:0".to_owned(), "'127.0.0.1:0'".to_owned()),
+        (":7000".to_owned(), "':7000'".to_owned()),
+    ] {
+        let out = kv_client(&addr, &["get", "k"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "--addr {addr:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid value {named} for '--addr")),
+            "{err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kv-client"))
+        .env("KV_ADDR", format!("{ok},"))
+        .args(["--timeout", "0.2", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn bench_reports_a_table_and_a_json_line() {
     let addr = common::background_standalone();
     let out = kv_client(
