@@ -1,9 +1,10 @@
 //! `kv-client status`: asks every member for its status and prints one row per member; and
 //! `kv-client members`' table of the configuration.
 
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Write;
 
-use kv_server::protocol::Status;
+use kv_server::protocol::{NodeId, Status};
 
 use crate::ClusterClient;
 
@@ -16,27 +17,46 @@ pub struct Row {
     pub status: Result<Status, String>,
 }
 
-/// Asks each address in `addrs`, and every member those answers list, for its status.
+/// Asks each address in `addrs`, then every member those answers list, for its status, and
+/// returns one row per node, in table order.
+///
+/// A node is told apart by its id where known, not by the address asked: given as
+/// `localhost:7001` and listed by the members as `127.0.0.1:7001`, node 1 is one row, under
+/// the address the user gave (those are asked first). A listed member whose id already has
+/// a row is not asked again; a node that turns out to have one at another address is left
+/// out. Unreachable addresses have no id and are told apart by address only.
 pub async fn collect(client: &mut ClusterClient, addrs: &[String]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
-    let mut queue: Vec<String> = addrs.to_vec();
-    while let Some(addr) = queue.pop() {
-        if rows.iter().any(|r| r.addr == addr) {
+    let mut asked: HashSet<String> = HashSet::new();
+    let mut ids: HashSet<NodeId> = HashSet::new();
+    let mut queue: VecDeque<(String, Option<NodeId>)> =
+        addrs.iter().map(|addr| (addr.clone(), None)).collect();
+    while let Some((addr, listed_as)) = queue.pop_front() {
+        if listed_as.is_some_and(|id| ids.contains(&id)) || !asked.insert(addr.clone()) {
             continue;
         }
         let status = client.status_of(&addr).await.map_err(|e| e.to_string());
         if let Ok(status) = &status {
+            if status.id.is_some_and(|id| !ids.insert(id)) {
+                continue;
+            }
             let members = status.members.iter().flatten();
-            queue.extend(
-                members
-                    .map(|m| m.addr.clone())
-                    .filter(|a| !addrs.contains(a)),
-            );
+            queue.extend(members.map(|m| (m.addr.clone(), Some(m.id))));
         }
         rows.push(Row { addr, status });
     }
-    rows.sort_by_key(|r| (r.status.as_ref().ok().and_then(|s| s.id), r.addr.clone()));
+    in_table_order(&mut rows);
     rows
+}
+
+/// Sorts `rows` as the table shows them: the nodes that answered by id (one without an id,
+/// a standalone server, first), then the unreachable ones by address, so that the working
+/// cluster is read first and the failures sit next to their reasons below the table.
+fn in_table_order(rows: &mut [Row]) {
+    rows.sort_by_key(|r| {
+        let id = r.status.as_ref().ok().and_then(|s| s.id);
+        (r.status.is_err(), id, r.addr.clone())
+    });
 }
 
 /// The rows as an aligned table, a line naming the leader, and why each unreachable node
@@ -175,6 +195,33 @@ leader: 1 at 127.0.0.1:7001
 127.0.0.1:7003: connection refused
 ";
         assert_eq!(render(&rows), expected);
+    }
+
+    #[test]
+    fn unreachable_rows_sort_after_the_nodes_that_answered_which_sort_by_id() {
+        let row = |addr: &str, status| Row {
+            addr: addr.into(),
+            status,
+        };
+        let mut rows = vec![
+            row("127.0.0.1:7005", Err("connection refused".into())),
+            row("127.0.0.1:7009", Ok(node(10, Role::Follower, 10, 10))),
+            row("127.0.0.1:7004", Err("no answer".into())),
+            row("127.0.0.1:7008", Ok(node(2, Role::Follower, 10, 10))),
+            row("127.0.0.1:7007", Ok(node(1, Role::Leader, 10, 10))),
+        ];
+        in_table_order(&mut rows);
+        let order: Vec<&str> = rows.iter().map(|r| r.addr.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "127.0.0.1:7007",
+                "127.0.0.1:7008",
+                "127.0.0.1:7009",
+                "127.0.0.1:7004",
+                "127.0.0.1:7005"
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! `kv-client status`'s rows against scripted nodes: one row per node, wherever it was
+//! reached, and the unreachable ones last.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::{Scripted, Server};
+use kv_client::status_table::{Row, collect};
+use kv_client::{ClusterClient, RetryPolicy};
+use kv_server::protocol::{Member, NodeId, Reply, Role, Status};
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
+        ..RetryPolicy::default()
+    }
+}
+
+/// A node answering every request with its `status` as node `id`, listing the members `members` holds once set,
+/// and counting the requests it gets.
+async fn node(id: u64, members: Arc<OnceLock<Vec<Member>>>, asked: Arc<AtomicUsize>) -> Server {
+    Server::start(Scripted(move |_| {
+        asked.fetch_add(1, Ordering::SeqCst);
+        Ok(Reply::Status(Box::new(Status {
+            id: Some(NodeId(id)),
+            role: if id == 1 {
+                Role::Leader
+            } else {
+                Role::Follower
+            },
+            term: Some(1),
+            members: members.get().cloned(),
+            ..Status::standalone()
+        })))
+    }))
+    .await
+}
+
+fn member(id: u64, addr: &Server) -> Member {
+    Member {
+        id: NodeId(id),
+        addr: addr.addr(),
+        voter: true,
+    }
+}
+
+fn addrs(rows: &[Row]) -> Vec<&str> {
+    rows.iter().map(|r| r.addr.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_node_reached_at_two_addresses_is_one_row_under_the_address_given() {
+    // `front` and `listed` are the same node 1, reached two ways (as `localhost:P` and
+    // `127.0.0.1:P` are); the members list names it by `listed`. Keyed by address, it was
+    // two rows.
+    let members = Arc::new(OnceLock::new());
+    let (front_asked, listed_asked) = (Arc::default(), Arc::<AtomicUsize>::default());
+    let front = node(1, members.clone(), front_asked).await;
+    let listed = node(1, members.clone(), listed_asked.clone()).await;
+    let other_asked = Arc::<AtomicUsize>::default();
+    let other = node(2, members.clone(), other_asked.clone()).await;
+    members
+        .set(vec![member(1, &listed), member(2, &other)])
+        .unwrap();
+
+    let mut client = ClusterClient::new(vec![front.addr()], quick());
+    let rows = collect(&mut client, &[front.addr()]).await;
+    assert_eq!(addrs(&rows), [front.addr(), other.addr()]);
+    assert_eq!(
+        listed_asked.load(Ordering::SeqCst),
+        0,
+        "a member whose id has a row was asked again"
+    );
+    assert_eq!(other_asked.load(Ordering::SeqCst), 1);
+
+    // Given both ways, both are asked (the user named them), and the node is still one row.
+    let rows = collect(&mut client, &[front.addr(), listed.addr()]).await;
+    assert_eq!(addrs(&rows), [front.addr(), other.addr()]);
+}
+
+#[tokio::test]
+async fn unreachable_members_are_listed_after_the_ones_that_answered() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let members = Arc::new(OnceLock::new());
+    let two = node(2, members.clone(), Arc::default()).await;
+    let one = node(1, members.clone(), Arc::default()).await;
+    members.set(vec![member(1, &one), member(2, &two)]).unwrap();
+
+    let mut client = ClusterClient::new(vec![down.clone(), two.addr()], quick());
+    let rows = collect(&mut client, &[down.clone(), two.addr()]).await;
+    assert_eq!(addrs(&rows), [one.addr(), two.addr(), down.clone()]);
+    assert!(rows[2].status.is_err());
+    let ids: Vec<Option<NodeId>> = rows
+        .iter()
+        .map(|r| r.status.as_ref().ok().and_then(|s| s.id))
+        .collect();
+    assert_eq!(ids, [Some(NodeId(1)), Some(NodeId(2)), None]);
+}
