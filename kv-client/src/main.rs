@@ -242,7 +242,10 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         }
         Cmd::RemoveMember { id } => {
             client.remove_member(id).await?;
-            Ok(format!("node {id} removed\n").into())
+            // The leader answers "done" for a node that is not a member as well (removing is
+            // idempotent, so that a retry after an unknown outcome succeeds): say what is
+            // true either way, not "removed" for a typo'd id.
+            Ok(format!("node {id} is not a member (removed now, or before)\n").into())
         }
         Cmd::TransferLeader { id } => {
             client.transfer_leader(id).await?;

@@ -4,6 +4,9 @@ mod common;
 
 use std::process::{Command, Output};
 
+use common::Scripted;
+use kv_server::protocol::{Failure, NodeId, Op, Reply};
+
 fn kv_client(addr: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kv-client"))
         .args(["--addr", addr, "--timeout", "2"])
@@ -61,6 +64,22 @@ fn add_member_asks_the_cluster_at_addr_not_the_new_node_s_address() {
         stderr(&out).contains("single server without members"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn remove_member_does_not_claim_a_removal_it_cannot_know_of() {
+    // A leader answers `done` whether the node was a member or not (the removal is
+    // idempotent), so "node 77 removed" was false for a node that never was one.
+    let addr = common::background(Scripted(|op| match op {
+        Op::RemoveMember { id: NodeId(77) } => Ok(Reply::Done),
+        other => Err(Failure::bad_request(format!("unexpected {other:?}"))),
+    }));
+    let out = kv_client(&addr, &["remove-member", "77"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "node 77 is not a member (removed now, or before)\n"
     );
 }
 

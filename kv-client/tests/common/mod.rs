@@ -56,11 +56,16 @@ impl Server {
 /// A standalone kv-server on a runtime of its own thread, for tests that block (running the
 /// CLI binary). Lives as long as the test process.
 pub fn background_standalone() -> String {
+    background(Standalone::new())
+}
+
+/// A server with `handler` on a runtime of its own thread, as [`background_standalone`].
+pub fn background<H: Handler>(handler: H) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let server = Server::standalone().await;
+            let server = Server::start(handler).await;
             tx.send(server.addr()).unwrap();
             future::pending::<()>().await;
         });
