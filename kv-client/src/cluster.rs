@@ -19,7 +19,7 @@
 //!
 //! Whether a change given up on may have taken effect follows one rule: **it may once an
 //! attempt was handed to a connection and got no definite answer** (`timeout`, a lost
-//! connection, no answer in time), and from then on it stays unknown whatever later attempts
+//! connection, no answer in time, an answer that cannot be read), and from then on it stays unknown whatever later attempts
 //! hear; such a change ends in `timeout`. A retry refused with `bad_request` or `too_large`,
 //! or answered with nonsense, settles nothing about an earlier copy: a server that no longer
 //! keeps the outcome of a retried (client, seq) refuses it with `bad_request`
@@ -425,7 +425,7 @@ impl ClusterClient {
                     ErrorCode::Timeout => false,
                 },
                 Error::Protocol(_) => {
-                    let why = "the retry's answer broke the protocol";
+                    let why = "an answer broke the protocol";
                     return Err(self.final_error(changes, fate, error, why));
                 }
                 Error::Connect { .. } | Error::ConnectionLost(_) | Error::RequestTimeout(_) => {
@@ -471,7 +471,7 @@ impl ClusterClient {
     /// A change given up on whose outcome is unknown: `timeout`, as the contract names it.
     fn unknown_outcome(&self, why: &str) -> Error {
         Error::Server(Failure::timeout(format!(
-            "{why}; an attempt got no answer, so the change may or may not have taken effect"
+            "{why}; an attempt got no definite answer, so the change may or may not have taken effect"
         )))
     }
 

@@ -39,9 +39,11 @@ impl Error {
     /// Whether a write that failed this way may still have taken effect.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            Error::ConnectionLost(_) | Error::RequestTimeout(_) => true,
+            // An answer that cannot be read answered a request that was sent: it says
+            // nothing of what the request did.
+            Error::ConnectionLost(_) | Error::RequestTimeout(_) | Error::Protocol(_) => true,
             Error::Server(failure) => failure.code == ErrorCode::Timeout,
-            Error::Connect { .. } | Error::Protocol(_) => false,
+            Error::Connect { .. } => false,
         }
     }
 }

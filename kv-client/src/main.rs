@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kv_client::bench::{self, BenchConfig, Length, Workload};
 use kv_client::{ClusterClient, Error, RetryPolicy, status_table};
-use kv_server::protocol::{CasOutcome, Consistency, NodeId};
+use kv_server::protocol::{CasOutcome, Consistency, NodeId, parse_host_port};
 
 /// Talk to a limecached server or cluster.
 ///
@@ -22,7 +22,7 @@ struct Cli {
         env = "KV_ADDR",
         default_value = "127.0.0.1:7000",
         value_delimiter = ',',
-        value_parser = host_port,
+        value_parser = parse_host_port,
         global = true
     )]
     addr: Vec<String>,
@@ -300,60 +300,9 @@ async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
     .into())
 }
 
-/// One `--addr` entry, which must look like `host:port`. Checked when the command line is
-/// read, so that a stray comma or a missing port is a usage error naming the entry, not a
-/// runtime failure ("cannot connect to : invalid socket address") after retries.
-fn host_port(entry: &str) -> Result<String, String> {
-    if entry.is_empty() {
-        return Err("an empty entry (a stray comma?); expected host:port".into());
-    }
-    let (host, port) = entry
-        .rsplit_once(':')
-        .ok_or("no port; expected host:port")?;
-    // An IPv6 address has colons of its own, so it is written in brackets: [::1]:7000.
-    let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
-    if host.is_empty() || host.contains(char::is_whitespace) || bare_ipv6 {
-        return Err("not a host; expected host:port ([addr]:port for IPv6)".into());
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(entry.to_owned()),
-        _ => Err("the port must be a number from 1 to 65535".into()),
-    }
-}
-
 /// A positive, finite number of seconds that fits a `Duration`.
 fn seconds(secs: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_takes_names_and_addresses_with_a_port_and_nothing_else() {
-        for good in [
-            "127.0.0.1:7000",
-            "localhost:7000",
-            "node-12.example.internal:7001",
-            "[::1]:7000",
-        ] {
-            assert_eq!(host_port(good).as_deref(), Ok(good));
-        }
-        for bad in [
-            "",
-            "localhost",
-            ":7000",
-            "127.0.0.1:",
-            "127.0.0.1:x",
-            "127.0.0.1:0",
-            "127.0.0.1:65536",
-            "::1:7000",
-            "my host:7000",
-        ] {
-            assert!(host_port(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 }

@@ -358,6 +358,16 @@ async fn a_retry_answered_with_nonsense_after_an_unknown_outcome_is_still_unknow
 }
 
 #[tokio::test]
+async fn a_first_answer_that_makes_no_sense_leaves_the_outcome_unknown() {
+    // The delete reached the node; an answer of the wrong shape says nothing of what it did.
+    let node = Server::start(Scripted(|_| Ok(Reply::Done))).await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    let error = client.delete("k").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+    assert!(error.outcome_unknown(), "{error}");
+}
+
+#[tokio::test]
 async fn a_write_whose_outcome_stays_unknown_ends_in_timeout_at_the_deadline() {
     let node = Server::start(Scripted(|_| Err(Failure::timeout("no quorum")))).await;
     let policy = RetryPolicy {

@@ -178,6 +178,11 @@ pub async fn serve_client<H: Handler>(
             _ = &mut stopping, if drain_deadline.is_none() => {
                 reading = false;
                 drain_deadline = Some(Instant::now() + config.drain_timeout);
+                // Read but not started: it is not started now, and nothing happened.
+                if let Some(request) = held.take() {
+                    let failure = Failure::unavailable("the server is shutting down; retry elsewhere");
+                    in_flight.push_back(respond(&*handler, Err((request.id, failure))));
+                }
             }
             frame = requests.next(), if reading && held.is_none() && room && in_flight.len() < config.max_in_flight => {
                 match frame {

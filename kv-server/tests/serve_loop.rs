@@ -129,6 +129,36 @@ async fn shutdown_answers_requests_already_started() {
 }
 
 #[tokio::test]
+async fn a_request_held_behind_another_kind_is_refused_at_shutdown_not_started() {
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    let mut burst = Vec::new();
+    for line in [
+        json!({"id":1,"op":"put","key":"k","value":"v","client":"x","seq":1}),
+        json!({"id":2,"op":"get","key":"k"}),
+    ] {
+        burst.extend_from_slice(format!("{line}\n").as_bytes());
+    }
+    c.send_raw(&burst).await;
+    let (put, answer) = started.recv().await.unwrap();
+    assert_eq!(put, "put k");
+    let stopped = server.stop();
+    answer.send(Ok(Reply::Write(WriteOutcome::Put))).unwrap();
+    assert_eq!(c.recv().await, json!({"id":1,"ok":true}));
+    let refused = c.recv().await;
+    assert_eq!(
+        (refused["id"].clone(), refused["error"].clone()),
+        (json!(2), json!("unavailable"))
+    );
+    assert!(
+        started.try_recv().is_err(),
+        "the get was started during shutdown"
+    );
+    c.expect_closed().await;
+    stopped.await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_a_connection_whose_answers_never_come() {
     let config = ServeConfig {
         drain_timeout: Duration::from_millis(50),

@@ -119,7 +119,7 @@ impl DevCluster {
         };
         if all_exited {
             return Err(StartError::failure(format!(
-                "every node has exited; their logs are in {}",
+                "every node dev-cluster started has exited (nodes restarted by hand run on); their logs are in {}",
                 self.dir.display()
             )));
         }
@@ -147,9 +147,16 @@ impl DevCluster {
                 if let Ok(Some(status)) = node.child.try_wait() {
                     node.exited = true;
                     let log = self.log_path(node.id);
+                    // The last line that says something (a panic ends with a hint about
+                    // RUST_BACKTRACE).
                     let why = fs::read_to_string(&log)
                         .ok()
-                        .and_then(|text| text.lines().last().map(str::to_owned))
+                        .and_then(|text| {
+                            text.lines()
+                                .rev()
+                                .find(|line| !line.trim().is_empty() && !line.starts_with("note:"))
+                                .map(str::to_owned)
+                        })
                         .unwrap_or_default();
                     return Err(StartError::failure(format!(
                         "node {} exited while starting ({status}): {why} (log: {})",

@@ -10,10 +10,10 @@ use std::time::Duration;
 use compaction::cli::{SnapshotArgs, open_snapshots};
 use kv_client::{Client, ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
-use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status};
+use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status, parse_host_port};
 use raft_election::cli::{ElectionArgs, Opened};
 use raft_election::durable::log_written;
-use replication_naive::config::{parse_host_port, parse_peers};
+use replication_naive::config::parse_peers;
 use replication_naive::driver::DriverConfig;
 use tracing::{info, warn};
 
@@ -222,6 +222,9 @@ async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError
 /// still calls itself leader for up to an election timeout (for ever with
 /// `--no-check-quorum`), but cannot confirm, and its stale view clears nothing.
 async fn still_leads(client: &mut ClusterClient, status: &Status) -> Result<(), String> {
+    if status.role == Role::Standalone {
+        return Ok(()); // a server without elections: no one else can lead
+    }
     let addr = status
         .leader_addr
         .clone()

@@ -128,7 +128,7 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
             .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
         let snapshots = open_snapshots(dir)?;
         let raft = RaftNode::with_snapshots(config, storage, snapshots)
-            .map_err(|e| StartError::failure(format!("cannot restore from the snapshot: {e}")))?;
+            .map_err(|e| StartError::failure(format!("cannot recover from --data-dir: {e}")))?;
         Ok(Opened {
             id,
             raft,

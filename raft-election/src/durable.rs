@@ -193,6 +193,10 @@ impl DurableStorage<FileMedium> {
         // lock's file is made in it. A node's first start writes its id before any record.
         if !id_file.exists() {
             if let Some(what) = foreign_content(dir).map_err(io(dir))? {
+                // Unless another node's first start, under way, made it: say that instead.
+                if dir.join(LOCK_FILE).exists() {
+                    lock_dir(dir)?;
+                }
                 return Err(OpenError::Unowned {
                     path: dir.to_path_buf(),
                     what,
@@ -251,16 +255,18 @@ impl DurableStorage<FileMedium> {
 
 /// What a data directory without a node id holds that a new node's does not: a log with a
 /// record, or any file but the lock, an unwritten log and a half-written id (a first start
-/// that stopped early). `None` when it holds nothing else.
+/// that stopped early). What a fresh volume or a file manager leaves (`lost+found`, hidden
+/// files) does not count. `None` when it holds nothing else.
 fn foreign_content(dir: &Path) -> std::io::Result<Option<String>> {
     if log_written(dir)? {
         return Ok(Some("a log".to_owned()));
     }
     let id_tmp = format!("{NODE_ID_FILE}.tmp");
-    let ours = [LOCK_FILE, LOG_FILE, id_tmp.as_str()];
+    let expected = [LOCK_FILE, LOG_FILE, id_tmp.as_str(), "lost+found"];
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
-        if !ours.iter().any(|ours| name == *ours) {
+        let hidden = name.as_encoded_bytes().starts_with(b".");
+        if !hidden && !expected.iter().any(|ours| name == *ours) {
             return Ok(Some(format!("{name:?}")));
         }
     }
@@ -313,7 +319,8 @@ pub fn log_written(dir: &Path) -> std::io::Result<bool> {
 }
 
 impl<M: Medium> DurableStorage<M> {
-    /// Replays what `medium` holds, cutting a torn or corrupt tail.
+    /// Replays what `medium` holds, cutting a torn tail (a write a crash cut short) and
+    /// refusing damage.
     pub fn open(mut medium: M) -> Result<DurableStorage<M>, OpenError> {
         let io = |source| OpenError::Io {
             path: PathBuf::new(),
@@ -349,7 +356,7 @@ impl<M: Medium> DurableStorage<M> {
                 Read::Damaged => {
                     return Err(OpenError::Corrupt {
                         offset,
-                        reason: "the record fails its checksum and more data follows it: the log is damaged, not torn; refusing to start".into(),
+                        reason: "the record fails its checksum, and no crash mid-write explains it (no unwritten sector, or a later write after it): the log is damaged, not torn; refusing to start".into(),
                     });
                 }
             }

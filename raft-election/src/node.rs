@@ -233,7 +233,8 @@ pub struct RaftNode<S, P = NoSnapshots> {
 
 impl<S: Storage> RaftNode<S> {
     /// A node recovering its term, vote and log from `storage` (empty for a new node). It
-    /// starts as a follower that knows no leader. It keeps no snapshots.
+    /// starts as a follower that knows no leader. It keeps no snapshots, so `storage` must
+    /// never have been compacted.
     pub fn new(config: Config, storage: S) -> RaftNode<S> {
         assert!(
             config.snapshots.is_none(),
@@ -241,7 +242,9 @@ impl<S: Storage> RaftNode<S> {
         );
         match RaftNode::with_snapshots(config, storage, NoSnapshots) {
             Ok(node) => node,
-            Err(never) => unreachable!("NoSnapshots loads nothing: {never}"),
+            // NoSnapshots loads nothing; only a compacted log, whose snapshot is missing,
+            // can fail.
+            Err(error) => panic!("a node without snapshots given a compacted log: {error}"),
         }
     }
 
@@ -253,7 +256,8 @@ impl<S: Storage> RaftNode<S> {
 
 impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// A node recovering from its newest snapshot in `snapshots` and the log after it in
-    /// `storage`. Fails if the snapshot cannot be read (a damaged one is never loaded).
+    /// `storage`. Fails if the snapshot cannot be read (a damaged one is never loaded), or
+    /// if the log was compacted past it (the entries between are lost).
     pub fn with_snapshots(config: Config, storage: S, mut snapshots: P) -> io::Result<Self> {
         assert!(
             config.election_ticks > config.heartbeat_ticks,

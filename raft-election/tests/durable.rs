@@ -452,15 +452,21 @@ fn a_data_directory_survives_reopening_and_refuses_another_node() {
 
 #[test]
 fn a_data_directory_in_use_is_refused_and_changed_in_nothing() {
+    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let mut first = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
     first.append(vec![entry(1, 1)]);
     first.sync();
-    // The first node's next write is under way, not yet synced: a second process
-    // opening the directory would take it for a torn tail and cut it.
-    first.append(vec![entry(2, 1)]);
+    // The first node's next write is under way: its first bytes are in the file, the rest
+    // not yet. A second process opening the directory would take them for a torn tail and
+    // cut them (under the first node's feet).
     let log = dir.path().join(raft_election::durable::LOG_FILE);
     let content = std::fs::read(&log).unwrap();
+    let end = content.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    file.write_all_at(&[0x40, 0, 0, 0x80, 0x17], end as u64)
+        .unwrap();
+    let writing = std::fs::read(&log).unwrap();
     let error = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap_err();
     assert!(matches!(error, OpenError::Locked { .. }), "{error}");
     assert!(
@@ -469,14 +475,13 @@ fn a_data_directory_in_use_is_refused_and_changed_in_nothing() {
     );
     assert_eq!(
         std::fs::read(&log).unwrap(),
-        content,
+        writing,
         "the second open changed the log"
     );
-    // Free again once the first lets it go.
-    first.sync();
+    // Free again once the first lets it go (here: its write cut short for good).
     drop(first);
     let again = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
-    assert_eq!(again.last_index(), LogIndex(2));
+    assert_eq!(again.last_index(), LogIndex(1));
 }
 
 #[test]
@@ -499,6 +504,12 @@ fn a_log_without_a_node_id_or_a_node_id_without_a_log_is_refused() {
     std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
     let error = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap_err();
     assert!(matches!(error, OpenError::LogMissing { .. }), "{error}");
+    // A fresh volume's lost+found and a file manager's hidden files do not make a
+    // directory someone else's.
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::create_dir(volume.path().join("lost+found")).unwrap();
+    std::fs::write(volume.path().join(".DS_Store"), "x").unwrap();
+    DurableStorage::open_dir(volume.path(), NodeId(4)).unwrap();
     // A log of zeros (a first write lost) and no id is a new directory, adopted.
     let fresh = tempfile::tempdir().unwrap();
     std::fs::write(fresh.path().join(LOG_FILE), vec![0u8; 4096]).unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use kv_server::process::StartError;
-use kv_server::protocol::{NodeId, is_host_port};
+use kv_server::protocol::{NodeId, parse_host_port};
 
 /// `--id`, `--listen` and `--peers`, for every stage's node binary.
 #[derive(Debug, Clone, Args)]
@@ -69,15 +69,6 @@ impl FixedLeaderArgs {
         } else {
             "follower"
         }
-    }
-}
-
-/// Parses one `host:port`.
-pub fn parse_host_port(s: &str) -> Result<String, String> {
-    if is_host_port(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!("{s:?} is not host:port"))
     }
 }
 

@@ -18,6 +18,7 @@ mod status;
 
 pub use request::{
     Command, Consistency, Limits, Op, OpKind, Request, RequestId, Session, is_host_port,
+    parse_host_port,
 };
 pub use response::{
     CasOutcome, ErrorCode, Failure, Outcome, Reply, Response, WireResponse, WireResponseError,

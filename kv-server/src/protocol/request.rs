@@ -483,10 +483,34 @@ fn check_host_port(addr: &str) -> Result<(), Failure> {
     }
 }
 
-/// Whether `addr` has the shape `host:port` (a non-empty host and a valid port number).
+/// `addr` if it has the shape `host:port`, or why not: a host without spaces (an IPv6
+/// address in brackets, `[::1]:7000`, since it has colons of its own) and a port from 1 to
+/// 65535 (port 0 would bind any port, and tell the others a port no one listens on). The
+/// one check of addresses, for command lines and for `add_member`.
+pub fn parse_host_port(addr: &str) -> Result<String, String> {
+    if addr.is_empty() {
+        return Err("an empty address (a stray comma?); expected host:port".into());
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} has no port; expected host:port"))?;
+    let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
+    if host.is_empty() || host.contains(char::is_whitespace) || bare_ipv6 {
+        return Err(format!(
+            "{addr:?} has no valid host; expected host:port ([addr]:port for IPv6)"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(addr.to_owned()),
+        _ => Err(format!(
+            "{addr:?}: the port must be a number from 1 to 65535"
+        )),
+    }
+}
+
+/// Whether `addr` has the shape `host:port` ([`parse_host_port`]).
 pub fn is_host_port(addr: &str) -> bool {
-    addr.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    parse_host_port(addr).is_ok()
 }
 
 impl Request {

@@ -354,3 +354,28 @@ fn writes_membership_changes_and_transfers_change_state_reads_and_status_do_not(
             .all(|op| !op.changes_state())
     );
 }
+
+#[test]
+fn host_port_takes_names_and_addresses_with_a_port_and_nothing_else() {
+    for good in [
+        "127.0.0.1:7000",
+        "localhost:7000",
+        "node-12.example.internal:7001",
+        "[::1]:7000",
+    ] {
+        assert_eq!(parse_host_port(good).as_deref(), Ok(good));
+    }
+    for bad in [
+        "",
+        "localhost",
+        ":7000",
+        "127.0.0.1:",
+        "127.0.0.1:x",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "::1:7000",
+        "my host:7000",
+    ] {
+        assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
+    }
+}
