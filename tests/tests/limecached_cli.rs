@@ -38,6 +38,19 @@ async fn refused(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), stderr)
 }
 
+/// The contract's bootstrap line, at `addr`, with its state in `data_dir`.
+fn bootstrap<'a>(addr: &'a str, data_dir: &'a str) -> [&'a str; 7] {
+    [
+        "--id",
+        "1",
+        "--listen",
+        addr,
+        "--bootstrap",
+        "--data-dir",
+        data_dir,
+    ]
+}
+
 /// Waits until `node` logs that it listens.
 async fn listening(node: &mut Child) {
     let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
@@ -130,38 +143,14 @@ async fn a_data_directory_that_is_a_file_or_holds_something_else_is_refused() {
     let cwd = tempfile::tempdir().unwrap();
     let addr = &tests::free_addrs(1)[0];
     std::fs::write(cwd.path().join("a-file"), "not a directory").unwrap();
-    let (code, stderr) = refused(
-        cwd.path(),
-        &[
-            "--id",
-            "1",
-            "--listen",
-            addr,
-            "--bootstrap",
-            "--data-dir",
-            "a-file",
-        ],
-    )
-    .await;
+    let (code, stderr) = refused(cwd.path(), &bootstrap(addr, "a-file")).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("not a directory"), "{stderr}");
     // A mistyped path to a directory of something else.
     let photos = cwd.path().join("photos");
     std::fs::create_dir(&photos).unwrap();
     std::fs::write(photos.join("cat.jpg"), "meow").unwrap();
-    let (code, stderr) = refused(
-        cwd.path(),
-        &[
-            "--id",
-            "1",
-            "--listen",
-            addr,
-            "--bootstrap",
-            "--data-dir",
-            "photos",
-        ],
-    )
-    .await;
+    let (code, stderr) = refused(cwd.path(), &bootstrap(addr, "photos")).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("cat.jpg") && stderr.contains("not adopted"),
