@@ -4,12 +4,12 @@
 pub mod linearizability;
 pub mod proxy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
@@ -82,7 +82,15 @@ pub struct ProcessCluster {
     /// When set, node `i` gets `--data-dir <this>/n<i>`; removed with the cluster.
     data_dirs: Option<tempfile::TempDir>,
     children: BTreeMap<u64, Child>,
+    /// Node id → the last lines it logged, for the report when it dies unexpectedly.
+    logs: BTreeMap<u64, Arc<Mutex<VecDeque<String>>>>,
 }
+
+/// How many of a node's last log lines are kept for a report.
+const KEPT_LINES: usize = 30;
+
+/// How long a node may take to start listening.
+const START_WITHIN: Duration = Duration::from_secs(30);
 
 impl ProcessCluster {
     /// Starts nodes `1..=n` of `binary` with `--id`, `--listen`, `--peers` and `extra_args`.
@@ -123,6 +131,7 @@ impl ProcessCluster {
             advertised: BTreeMap::new(),
             data_dirs,
             children: BTreeMap::new(),
+            logs: BTreeMap::new(),
         };
         for id in 1..=n {
             cluster.start_node(id);
@@ -196,15 +205,40 @@ impl ProcessCluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn a node");
-        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let mut said = Vec::new();
-        let ready = lines.by_ref().map_while(Result::ok).any(|line| {
-            let listening = line.contains("node listening");
-            said.push(line);
-            listening
+        // A thread drains its log (so the process never blocks on a full pipe), keeps the
+        // last lines, and says when the node listens.
+        let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let (listening, ready) = std::sync::mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("node listening") {
+                    let _ = listening.send(());
+                }
+                let mut kept = kept.lock().expect("no panic holds it");
+                if kept.len() == KEPT_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
         });
-        assert!(ready, "node {id} exited before listening: {said:#?}");
-        std::thread::spawn(move || lines.for_each(drop));
+        let said = || log.lock().expect("no panic holds it").clone();
+        match ready.recv_timeout(START_WITHIN) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {id} did not listen within {START_WITHIN:?}: {:#?}",
+                    said()
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("node {id} exited before listening: {:#?}", said());
+            }
+        }
+        self.logs.insert(id, log);
         self.children.insert(id, child);
     }
 
@@ -255,6 +289,21 @@ impl ProcessCluster {
             let _ = child.kill();
         }
         child.wait().is_ok_and(|s| s.success()) && signalled
+    }
+
+    /// Fails the test if a node it started has exited on its own (a panic, a refusal to
+    /// start), with that node's last log lines: a chaos run must not pass on two nodes
+    /// while the third died.
+    pub fn assert_running(&mut self) {
+        for (id, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = self
+                    .logs
+                    .get(id)
+                    .map(|log| log.lock().expect("no panic holds it").clone());
+                panic!("node {id} exited ({status}); it last said: {said:#?}");
+            }
+        }
     }
 
     /// Pauses node `id` (SIGSTOP): it keeps its sockets and state but does nothing, as a

@@ -50,6 +50,8 @@ pub enum Answer {
     Existed(bool),
     /// A cas succeeded: whether it swapped.
     Swapped(bool),
+    /// A cas did not swap, and said the key held this (`None`: absent).
+    Mismatch(Option<String>),
     /// No answer that says whether it happened.
     Unknown,
 }
@@ -181,6 +183,7 @@ fn step(value: &Option<String>, op: &Operation) -> Option<Option<String>> {
             match answer {
                 Answer::Swapped(true) if swaps => Some(Some(new.clone())),
                 Answer::Swapped(false) if !swaps => Some(value.clone()),
+                Answer::Mismatch(current) if !swaps && current == value => Some(value.clone()),
                 _ if unknown && swaps => Some(Some(new.clone())),
                 _ if unknown => Some(value.clone()),
                 _ => None,
@@ -411,6 +414,28 @@ mod tests {
         assert!(violated(check(&history)));
         // A retried write applied twice shows up the same way: the second copy of a swap
         // that succeeded cannot also succeed.
+    }
+
+    #[test]
+    fn a_cas_that_did_not_swap_must_report_the_value_the_key_held() {
+        let mismatch = |current: Option<&str>| {
+            [
+                op(0, put("a"), Answer::Done, 0, 1),
+                op(
+                    1,
+                    cas(Some("z"), "b"),
+                    Answer::Mismatch(current.map(str::to_owned)),
+                    2,
+                    3,
+                ),
+            ]
+        };
+        assert_eq!(check(&mismatch(Some("a"))), Ok(()));
+        assert!(violated(check(&mismatch(None))), "the key was not absent");
+        assert!(
+            violated(check(&mismatch(Some("z")))),
+            "it would have swapped"
+        );
     }
 
     #[test]

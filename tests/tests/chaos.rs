@@ -11,6 +11,7 @@
 //! soak locally). The nemesis's choices come from a seed, printed at the start and on
 //! failure (`LIMECACHED_SEED` replays the same choices; the processes' timing still varies).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,8 +51,14 @@ fn policy() -> RetryPolicy {
 }
 
 /// How a write's failure enters the history: unknown outcomes stay (the write may have
-/// happened), definite failures (nothing happened) are left out.
+/// happened), definite failures (nothing happened) are left out. An answer that breaks
+/// the protocol (a cas answered as a delete, say) is a server bug, not an unknown outcome.
 fn failed_write(error: &Error) -> Option<Answer> {
+    let text = error.to_string();
+    assert!(
+        !matches!(error, Error::Protocol(_)) && !text.contains("broke the protocol"),
+        "a server broke the protocol: {text}"
+    );
     error.outcome_unknown().then_some(Answer::Unknown)
 }
 
@@ -66,7 +73,8 @@ async fn client(
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ id as u64);
     let mut kv = ClusterClient::new(addrs, policy());
-    let mut last_seen: Option<String> = None;
+    // What this client last read of each key: a cas expects it, so that some swap.
+    let mut last_seen: HashMap<&str, Option<String>> = HashMap::new();
     let mut n = 0;
     while Instant::now() < stop {
         n += 1;
@@ -79,7 +87,7 @@ async fn client(
         let (call, answer) = if roll < 40 {
             let answer = match kv.get(key, Consistency::Linearizable).await {
                 Ok(value) => {
-                    last_seen.clone_from(&value);
+                    last_seen.insert(key, value.clone());
                     Some(Answer::Value(value))
                 }
                 Err(_) => None,
@@ -94,10 +102,10 @@ async fn client(
             (Call::Put(value), answer)
         } else if roll < 85 {
             let new = format!("c{id}-{n}");
-            let expected = last_seen.clone();
+            let expected = last_seen.get(key).cloned().flatten();
             let answer = match kv.cas(key, expected.as_deref(), &new).await {
                 Ok(CasOutcome::Swapped) => Some(Answer::Swapped(true)),
-                Ok(CasOutcome::Mismatch { .. }) => Some(Answer::Swapped(false)),
+                Ok(CasOutcome::Mismatch { current }) => Some(Answer::Mismatch(current)),
                 Err(error) => failed_write(&error),
             };
             (Call::Cas { expected, new }, answer)
@@ -154,17 +162,22 @@ async fn nemesis(
         let victim = rng.gen_range(1..=3u64);
         let leader = cluster.leader().await;
         // Half the time, strike the leader: that is where faults cost the most.
-        let victim = if rng.gen_bool(0.5) {
+        // The first fault, and half the others, strike the leader: that is where faults cost
+        // the most. The first lasts long enough (five election timeouts at least) that the
+        // others must elect a new leader, or the deposed one must step down.
+        let first = done.is_empty();
+        let victim = if first || rng.gen_bool(0.5) {
             leader.unwrap_or(victim)
         } else {
             victim
         };
         // Long enough, at the top, for the others to elect a leader and commit without it.
-        let outage = Duration::from_millis(rng.gen_range(200..2_500));
+        let shortest = if first { 1_000 } else { 200 };
+        let outage = Duration::from_millis(rng.gen_range(shortest..2_500));
         let fault = kinds[rng.gen_range(0..kinds.len())];
         match fault {
             Fault::Kill => cluster.kill(victim),
-            Fault::Pause => _ = cluster.pause(victim),
+            Fault::Pause => assert!(cluster.pause(victim), "node {victim} was not running"),
             Fault::Isolate => network.isolate(&[victim], &NODES),
             Fault::Deafen => {
                 for other in NODES.iter().filter(|&&n| n != victim) {
@@ -175,9 +188,10 @@ async fn nemesis(
         tokio::time::sleep(outage).await;
         match fault {
             Fault::Kill => cluster.start_node(victim),
-            Fault::Pause => _ = cluster.resume(victim),
+            Fault::Pause => assert!(cluster.resume(victim), "node {victim} was not running"),
             Fault::Isolate | Fault::Deafen => network.heal(),
         }
+        cluster.assert_running();
         done.push(format!("{fault:?} {victim} for {outage:?}"));
     }
     done
@@ -215,6 +229,7 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
         cluster.leader().await.is_some()
     })
     .await;
+    let term_before = highest_term(&cluster).await;
 
     let history: History = Arc::default();
     let start = Instant::now();
@@ -237,8 +252,9 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
         client.await.expect("a client panicked");
     }
 
-    // Healed: every node runs. A final read of every key must fit the history too, so a
-    // write acknowledged and then lost would show here.
+    // Healed: every node runs (none died on the way). A final read of every key must fit
+    // the history too, so a write acknowledged and then lost would show here.
+    cluster.assert_running();
     let mut reader = ClusterClient::new(addrs, RetryPolicy::default());
     for key in KEYS {
         let called = start.elapsed().as_nanos() as u64;
@@ -269,6 +285,13 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
         faults.len() >= 3,
         "seed {seed}: too few faults to mean anything"
     );
+    // The first fault struck the leader for five election timeouts or more: some node must
+    // have campaigned, or the faults disturbed nothing.
+    let term_after = highest_term(&cluster).await;
+    assert!(
+        term_after > term_before,
+        "seed {seed}: the term stayed at {term_before}: no fault disturbed the leader"
+    );
     assert!(
         known >= 200,
         "seed {seed}: only {known} operations completed"
@@ -276,4 +299,15 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
     if let Err(violation) = check(&history) {
         panic!("seed {seed}: not linearizable after {faults:?}\n{violation}");
     }
+}
+
+/// The highest term any node reports.
+async fn highest_term(cluster: &ProcessCluster) -> u64 {
+    let mut highest = 0;
+    for id in NODES {
+        if let Some(term) = cluster.status(id).await.and_then(|s| s.term) {
+            highest = highest.max(term);
+        }
+    }
+    highest
 }

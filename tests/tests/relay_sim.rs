@@ -114,8 +114,9 @@ fn answer(outcome: &Outcome) -> Option<Answer> {
         Ok(Reply::Value(value)) => Some(Answer::Value(value.clone())),
         Ok(Reply::Write(WriteOutcome::Put)) => Some(Answer::Done),
         Ok(Reply::Write(WriteOutcome::Delete { existed })) => Some(Answer::Existed(*existed)),
-        Ok(Reply::Write(WriteOutcome::Cas(cas))) => {
-            Some(Answer::Swapped(*cas == CasOutcome::Swapped))
+        Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Swapped))) => Some(Answer::Swapped(true)),
+        Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Mismatch { current }))) => {
+            Some(Answer::Mismatch(current.clone()))
         }
         Ok(other) => panic!("unexpected reply {other:?}"),
         Err(failure) if failure.code == ErrorCode::Timeout => Some(Answer::Unknown),
