@@ -195,6 +195,35 @@ fn a_follower_proposes_a_batch_of_writes_in_one_message_and_answers_once_they_ap
 }
 
 #[test]
+fn large_writes_are_proposed_in_several_batches_each_under_the_frame_budget() {
+    // Three writes of 1.5 MiB: two fit one batch of at most MAX_BATCH_BYTES (4 MiB), the
+    // third goes in the next. One Propose of them all could pass the peer transport's
+    // frame limit with more writes, and end the link.
+    let mut node = follower();
+    let big = "v".repeat(3 << 19);
+    for tag in 1..=3 {
+        request(&mut node, tag, Op::put(&format!("k{tag}"), &big));
+    }
+    let out = flush(&mut node);
+    let proposes: Vec<&Propose> = out
+        .messages
+        .iter()
+        .map(|(to, m)| match m {
+            Message::Propose(p) if *to == NodeId(1) => p,
+            other => panic!("expected Proposes to the leader, got {other:?}"),
+        })
+        .collect();
+    let sizes: Vec<usize> = proposes.iter().map(|p| p.writes.len()).collect();
+    assert_eq!(sizes, [2, 1]);
+    assert!(proposes[0].batch.number < proposes[1].batch.number);
+    // Each is answered on its own.
+    let first = step(&mut node, 1, proposed(proposes[0].batch, Some(1)));
+    let second = step(&mut node, 1, proposed(proposes[1].batch, None));
+    assert!(first.replies.is_empty(), "waits for its entries to apply");
+    assert_eq!(tags(&second), [3]);
+}
+
+#[test]
 fn the_leader_appends_a_batch_once_and_refuses_what_it_cannot_take() {
     let mut leader = leader();
     let batch = |number| BatchId { run: 9, number };

@@ -75,24 +75,17 @@ pub enum Payload {
     Config(Membership),
 }
 
+/// What a payload or relayed write costs on the wire beyond its keys and values (roughly).
+pub const FRAMING: usize = 64;
+
 impl Payload {
     /// About how many bytes the payload takes on the wire (keys and values, plus a little
     /// for framing), for bounding batches.
     pub fn approx_bytes(&self) -> usize {
-        const FRAMING: usize = 64;
-        let command_bytes = |command: &Command| match command {
-            Command::Put { key, value } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
-            Command::Cas {
-                key,
-                expected,
-                value,
-            } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
-        };
         match self {
-            Payload::Command(command) => FRAMING + command_bytes(command),
+            Payload::Command(command) => FRAMING + command.data_bytes(),
             Payload::SessionCommand { session, command } => {
-                FRAMING + session.client.len() + command_bytes(command)
+                FRAMING + session.client.len() + command.data_bytes()
             }
             Payload::Noop => FRAMING,
             Payload::Config(membership) => FRAMING + membership.ids().count() * FRAMING,

@@ -10,7 +10,7 @@ use kv_server::protocol::NodeId;
 use replication_naive::transport::{
     self, AddressBook, Hello, PEER_PREAMBLE, Transport, TransportConfig,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
@@ -111,6 +111,132 @@ async fn a_peer_with_another_protocol_version_is_refused() {
     let _connection = hello_from_5(addr, transport::PROTOCOL_VERSION + 1).await;
     let error = handshake.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("version"), "{error}");
+}
+
+/// The result of `receive` on the server side of a connection to which `greet` writes
+/// its first bytes and then waits (the connection stays open until stopped).
+async fn received_after(
+    greet: &'static [u8],
+    stop: CancellationToken,
+) -> Result<(), transport::InboundError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(greet).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let (tx, _rx) = mpsc::channel::<(NodeId, u64)>(1);
+    let book = AddressBook::default();
+    let received = transport::receive(stream, tx, &book, fast(), stop).await;
+    drop(client);
+    received
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_refused_within_the_connect_timeout() {
+    // A preamble and then nothing (or half a hello): the reader must end, or shutdown,
+    // which waits for every reader, would hang.
+    for greet in [&[PEER_PREAMBLE][..], &[PEER_PREAMBLE, 0, 0]] {
+        let received = received_after(greet, CancellationToken::new());
+        let error = tokio::time::timeout(10 * fast().connect_timeout, received)
+            .await
+            .expect("the reader waited for a hello for ever")
+            .unwrap_err();
+        assert!(error.to_string().contains("no hello"), "{error}");
+    }
+    // Stopping ends it at once.
+    let stop = CancellationToken::new();
+    stop.cancel();
+    assert!(received_after(&[PEER_PREAMBLE], stop).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_hello_frame_larger_than_a_hello_is_refused_at_once() {
+    // Five bytes announcing a 60 MiB frame: refused before any of it is awaited or
+    // reserved, not after the connect timeout.
+    let mut greet = vec![PEER_PREAMBLE];
+    greet.extend_from_slice(&(60u32 << 20).to_be_bytes());
+    let greet: &'static [u8] = greet.leak();
+    let received = received_after(greet, CancellationToken::new());
+    let error = tokio::time::timeout(fast().connect_timeout / 2, received)
+        .await
+        .expect("the reader waited for a 60 MiB hello")
+        .unwrap_err();
+    assert!(matches!(error, transport::InboundError::Io(_)), "{error}");
+}
+
+#[tokio::test]
+async fn a_message_over_the_frame_limit_is_dropped_and_the_link_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = TransportConfig {
+        max_frame_bytes: 100,
+        ..fast()
+    };
+    let stop = CancellationToken::new();
+    let peers = BTreeMap::from([
+        (NodeId(1), "unused:1".to_owned()),
+        (NodeId(2), addr.to_string()),
+    ]);
+    let mut sender: Transport<String> =
+        Transport::start(NodeId(1), "unused:1".into(), &peers, config, stop.clone());
+    sender.send(NodeId(2), "x".repeat(500));
+    sender.send(NodeId(2), "small".to_owned());
+    let (stream, _) = listener.accept().await.unwrap();
+    let (tx, mut inbox) = mpsc::channel::<(NodeId, String)>(8);
+    let book = AddressBook::default();
+    let receiving = tokio::spawn({
+        let stop = stop.clone();
+        async move { transport::receive(stream, tx, &book, config, stop).await }
+    });
+    // On the first connection (the only one accepted): the link did not end over the
+    // large message.
+    let small = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+        .await
+        .expect("the message after the large one never came on the first connection");
+    assert_eq!(small, Some((NodeId(1), "small".to_owned())));
+    stop.cancel();
+    assert!(receiving.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_peer_that_accepts_and_closes_at_once_is_redialled_ever_more_slowly() {
+    // A peer that refuses us after accepting (another protocol version, say): backing off
+    // must not start over at each connection, or the link redials every few milliseconds.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = TransportConfig {
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(1),
+        ..TransportConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let peers = BTreeMap::from([
+        (NodeId(1), "unused:1".to_owned()),
+        (NodeId(2), addr.to_string()),
+    ]);
+    let mut sender: Transport<u64> =
+        Transport::start(NodeId(1), "unused:1".into(), &peers, config, stop.clone());
+    sender.send(NodeId(2), 1);
+    let mut accepted = 0;
+    let _ = tokio::time::timeout(Duration::from_millis(600), async {
+        loop {
+            // Takes the preamble and the hello, then closes: the link was up.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted += 1;
+            let mut greeting = [0u8; 64];
+            let _ = stream.read(&mut greeting).await;
+            drop(stream);
+        }
+    })
+    .await;
+    stop.cancel();
+    // Pauses of at least 5, 10, 20, 40, 80, 160 and 320 ms (half of each backoff, the
+    // jitter's floor): eight connections at most in 600 ms. Starting over each time, it
+    // made dozens.
+    assert!(
+        (2..=8).contains(&accepted),
+        "{accepted} connections in 600 ms"
+    );
 }
 
 #[tokio::test]

@@ -169,6 +169,19 @@ impl Command {
             Command::Cas { .. } => OpKind::Cas,
         }
     }
+
+    /// The bytes of its key and values, for bounding batches of commands.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+        }
+    }
 }
 
 /// The `client`/`seq` pair a write may carry so that a retry is applied at most once.

@@ -27,9 +27,10 @@ use std::collections::BTreeMap;
 
 use kv_server::protocol::{Command, Failure, NodeId, Session};
 use raft_log::apply::Applier;
+use raft_log::replication::MAX_BATCH_BYTES;
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
-use raft_log::types::{LogIndex, Payload, Term};
+use raft_log::types::{FRAMING, LogIndex, Payload, Term};
 use replication_naive::node::{Outbox, RequestTag};
 
 use super::reads::Read;
@@ -174,9 +175,26 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             fail_all(tags, &self.not_leader(), out);
             return;
         };
-        if !writes.is_empty() {
+        // Large writes go in several batches, each, like an AppendEntries, well under the
+        // peer transport's frame limit: one frame over it would end the link.
+        let mut chunks: Vec<Vec<_>> = Vec::new();
+        let mut bytes = 0;
+        for write in writes {
+            let size = FRAMING + write.command.data_bytes();
+            match chunks.last_mut() {
+                Some(chunk) if bytes + size <= MAX_BATCH_BYTES => {
+                    bytes += size;
+                    chunk.push(write);
+                }
+                _ => {
+                    bytes = size;
+                    chunks.push(vec![write]);
+                }
+            }
+        }
+        for chunk in chunks {
             let batch = self.relay.next_batch();
-            let (tags, writes) = writes
+            let (tags, writes) = chunk
                 .into_iter()
                 .map(|w| (w.tag, (w.command, w.session)))
                 .unzip();
