@@ -1297,6 +1297,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             && !self.removal_confirmed
             && self.configs.latest_index() > self.commit_index();
         let alone = voter && self.leader.is_none() && membership.voter_ids().count() == 1;
+        if alone && matches!(self.duty, Duty::Candidate { .. }) {
+            // A lone voter's campaign ends when its own vote is on disk (`synced`), and no
+            // one else can end it sooner. Campaigning again would raise the term and ask
+            // for a new vote to be synced: on a disk slower than a tick, for ever.
+            return;
+        }
         if !alone && self.election_elapsed < self.election_timeout {
             return;
         }

@@ -155,3 +155,28 @@ fn a_lone_voter_leads_only_once_its_vote_is_on_its_disk() {
     node.synced(sync(), &mut out);
     assert!(node.is_leader());
 }
+
+#[test]
+fn a_lone_voter_on_a_disk_slower_than_a_tick_is_still_elected() {
+    // Its vote's sync takes many ticks. Campaigning again at each tick raised the term and
+    // asked for a new vote to be synced: on a disk slower than a tick (10 ms), the node
+    // never led.
+    let storage = DurableStorage::open(SimDisk::default()).expect("an empty disk opens");
+    let mut node = RaftNode::new(Config::new(NodeId(1), members(1), 7), storage);
+    let mut out = Outbox::default();
+    while node.term() == Term(0) {
+        node.tick(&mut out);
+    }
+    let sync = node.start_sync().expect("the term and vote to write");
+    let campaigned = node.term();
+    for _ in 0..100 {
+        node.tick(&mut out);
+    }
+    assert_eq!(
+        node.term(),
+        campaigned,
+        "it campaigned again while its vote was syncing"
+    );
+    node.synced(sync(), &mut out);
+    assert!(node.is_leader());
+}

@@ -368,6 +368,9 @@ async fn drive<N: Node>(
             _ = ticks.tick() => {
                 started = Instant::now();
                 node.tick(&mut out);
+                if let Some(sync) = gate.running() {
+                    sync.warn_if_stuck();
+                }
             }
             Some((from, message)) = inbox.recv() => {
                 started = Instant::now();
@@ -425,11 +428,13 @@ async fn drive<N: Node>(
             &mut node,
             out.messages.drain(..),
             |to, message| transport.send(to, message),
-            |job| {
-                tokio::task::spawn_blocking(move || {
+            |job| Syncing {
+                job: tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     (job(), started.elapsed())
-                })
+                }),
+                started: Instant::now(),
+                warned: None,
             },
         );
     }
@@ -437,15 +442,43 @@ async fn drive<N: Node>(
     transport.stopped().await;
 }
 
-/// A sync running on a blocking thread: its result and how long it took.
-type Syncing = tokio::task::JoinHandle<(std::io::Result<()>, Duration)>;
+/// A sync running on a blocking thread.
+struct Syncing {
+    /// Its result and how long it took.
+    job: tokio::task::JoinHandle<(std::io::Result<()>, Duration)>,
+    started: Instant,
+    /// When it was last said to be stuck.
+    warned: Option<Instant>,
+}
+
+/// A sync running this long is stuck (a failing disk, a full blocking pool): said every
+/// so often while it lasts.
+const STUCK_SYNC: Duration = Duration::from_secs(5);
+
+impl Syncing {
+    /// Says, every [`STUCK_SYNC`], that the sync has not finished. Nothing it covers is
+    /// acknowledged meanwhile, so the node serves nothing that depends on its disk, but
+    /// without this it would do so in silence: a failed fsync stops the node, a hung one
+    /// only holds it.
+    fn warn_if_stuck(&mut self) {
+        let running = self.started.elapsed();
+        let due = self.warned.is_none_or(|at| at.elapsed() >= STUCK_SYNC);
+        if running >= STUCK_SYNC && due {
+            self.warned = Some(Instant::now());
+            warn!(
+                running_ms = running.as_millis() as u64,
+                "an fsync has not finished: acknowledgements and votes wait for it"
+            );
+        }
+    }
+}
 
 /// Waits for the sync under way; never finishes while none runs.
 async fn finished(syncing: Option<&mut Syncing>) -> std::io::Result<()> {
     let Some(running) = syncing else {
         return std::future::pending().await;
     };
-    match running.await {
+    match (&mut running.job).await {
         Ok((result, took)) => {
             if took > SLOW_BATCH {
                 // etcd's "slow fdatasync": acknowledgements and votes wait meanwhile.
