@@ -88,6 +88,11 @@ async fn carry(leader: String, mut queue: mpsc::Receiver<Forwarded>) {
         tokio::select! {
             next = queue.recv() => {
                 let Some((op, reply)) = next else { return };
+                if reply.is_closed() {
+                    // Its client was answered already (the driver's 5 s): no need to send it,
+                    // nor to spend a connect attempt on it.
+                    continue;
+                }
                 if connection.is_none() {
                     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&leader)).await {
                         Ok(Ok(opened)) => connection = Some(opened),
