@@ -160,12 +160,16 @@ async fn nemesis(
     while Instant::now() < stop {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1_000))).await;
         let victim = rng.gen_range(1..=3u64);
-        let leader = cluster.leader().await;
-        // Half the time, strike the leader: that is where faults cost the most.
         // The first fault, and half the others, strike the leader: that is where faults cost
         // the most. The first lasts long enough (five election timeouts at least) that the
-        // others must elect a new leader, or the deposed one must step down.
+        // others must elect a new leader, or the deposed one must step down; it waits for
+        // a leader to strike.
         let first = done.is_empty();
+        let mut leader = cluster.leader().await;
+        while first && leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            leader = cluster.leader().await;
+        }
         let victim = if first || rng.gen_bool(0.5) {
             leader.unwrap_or(victim)
         } else {
