@@ -166,7 +166,8 @@ async fn nemesis(
         // a leader to strike.
         let first = done.is_empty();
         let mut leader = cluster.leader().await;
-        while first && leader.is_none() {
+        let patience = Instant::now() + Duration::from_secs(10);
+        while first && leader.is_none() && Instant::now() < patience {
             tokio::time::sleep(Duration::from_millis(20)).await;
             leader = cluster.leader().await;
         }
