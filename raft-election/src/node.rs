@@ -1274,7 +1274,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// it is the only voter and follows no leader. The timeout gives a leader's heartbeats
     /// time to arrive; with no other voter and no leader known there is none to wait for,
     /// so a one-node cluster (a node started with `--bootstrap`, say) leads from its first
-    /// tick. A node left the only voter by a leader removing itself still follows that
+    /// tick, or as soon as its vote is on disk: a lone candidate waits for that sync rather
+    /// than campaign again. A node left the only voter by a leader removing itself still follows that
     /// leader until it hands over (§4.2.2: the leader manages its own removal).
     ///
     /// A node that its latest configuration leaves out campaigns too, until it knows that

@@ -333,7 +333,7 @@ impl Link {
         let connecting = async {
             let mut stream = TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
-            notice_dead_peers(&stream)?;
+            notice_dead_peers(&stream);
             stream.write_all(&[PEER_PREAMBLE]).await?;
             let (reader, writer) = stream.into_split();
             let mut frames = FramedWrite::new(writer, self.codec());
@@ -416,21 +416,38 @@ impl Link {
 const MAX_HELLO_BYTES: usize = 4 << 10;
 
 /// Makes a peer socket notice a dead or cut-off peer within seconds instead of the
-/// kernel's minutes: keepalive probes on an idle link (after 1 s, every 1 s, 3 of them),
-/// and at most 5 s for sent data to stay unacknowledged. After a partition that silently
-/// dropped packets, the link fails, reconnects with backoff, and is back within seconds of
-/// the network; without this it stayed stuck until TCP's retransmission timer (which
-/// doubles up to 120 s) next fired, or for about 15 minutes until TCP gave up, and a
-/// cut-off peer's inbound readers were never closed.
-fn notice_dead_peers(stream: &TcpStream) -> std::io::Result<()> {
+/// kernel's minutes: keepalive probes on an idle link, and (on Linux) at most
+/// [`PEER_USER_TIMEOUT`] for sent data to stay unacknowledged, or a window to stay closed,
+/// or an idle peer to stay silent to probes. After a partition that silently dropped
+/// packets, the link fails, reconnects with backoff, and is back within seconds of the
+/// network; without this it stayed stuck until TCP's retransmission timer (which doubles up
+/// to 120 s) next fired, or for about 15 minutes until TCP gave up, and a cut-off peer's
+/// inbound readers were never closed. Best effort: an option the system refuses is logged
+/// and left out, and the link works as before.
+fn notice_dead_peers(stream: &TcpStream) {
     use rustix::net::sockopt;
-    sockopt::set_socket_keepalive(stream, true)?;
-    sockopt::set_tcp_keepidle(stream, Duration::from_secs(1))?;
-    sockopt::set_tcp_keepintvl(stream, Duration::from_secs(1))?;
-    sockopt::set_tcp_keepcnt(stream, 3)?;
-    sockopt::set_tcp_user_timeout(stream, 5_000)?;
-    Ok(())
+    let second = Duration::from_secs(1);
+    let applied = sockopt::set_socket_keepalive(stream, true)
+        .and_then(|()| sockopt::set_tcp_keepidle(stream, second))
+        .and_then(|()| sockopt::set_tcp_keepintvl(stream, second));
+    #[cfg(target_os = "linux")]
+    let applied = applied.and_then(|()| {
+        let ms = PEER_USER_TIMEOUT.as_millis() as u32;
+        sockopt::set_tcp_user_timeout(stream, ms)
+    });
+    if let Err(error) = applied {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            warn!(%error, "cannot set keepalive on peer sockets; a silently cut link will be noticed late");
+        });
+    }
 }
+
+/// How long a peer link may go without its data acknowledged, its receive window open, or an
+/// answer to keepalive probes before it is dropped and dialled again. Well above any stall
+/// of a live node's task (the longest seen: about half a second, BENCHMARKS.md), since a
+/// receiver that stops reading closes its window: it must be a dead or cut-off one.
+const PEER_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether `stream` is a peer connection: its first byte is [`PEER_PREAMBLE`]. Waits for that
 /// byte without consuming it.
@@ -469,7 +486,7 @@ pub async fn receive<M: DeserializeOwned>(
     config: TransportConfig,
     stop: CancellationToken,
 ) -> Result<(), InboundError> {
-    notice_dead_peers(&stream)?;
+    notice_dead_peers(&stream);
     // The preamble and hello, small and within the connect timeout: a connection that sends
     // a byte and then nothing must not hold a reader (and shutdown, which waits for the
     // readers) for ever, nor reserve a full frame's memory before it has said who it is.

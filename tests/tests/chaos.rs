@@ -54,12 +54,18 @@ fn policy() -> RetryPolicy {
 /// happened), definite failures (nothing happened) are left out. An answer that breaks
 /// the protocol (a cas answered as a delete, say) is a server bug, not an unknown outcome.
 fn failed_write(error: &Error) -> Option<Answer> {
+    no_protocol_break(error);
+    error.outcome_unknown().then_some(Answer::Unknown)
+}
+
+/// Fails the run on an answer that breaks the protocol (a cas answered as a delete, say): a
+/// server bug, whatever the operation, not an outcome to leave out or call unknown.
+fn no_protocol_break(error: &Error) {
     let text = error.to_string();
     assert!(
         !matches!(error, Error::Protocol(_)) && !text.contains("broke the protocol"),
         "a server broke the protocol: {text}"
     );
-    error.outcome_unknown().then_some(Answer::Unknown)
 }
 
 /// One client: random operations on random keys until `stop`, each recorded.
@@ -90,7 +96,10 @@ async fn client(
                     last_seen.insert(key, value.clone());
                     Some(Answer::Value(value))
                 }
-                Err(_) => None,
+                Err(error) => {
+                    no_protocol_break(&error);
+                    None
+                }
             };
             (Call::Get, answer)
         } else if roll < 70 {

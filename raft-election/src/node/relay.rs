@@ -5,7 +5,8 @@
 //! whole batch as one message, and the follower answers from its own state machine.
 //!
 //! - **Writes.** At the end of a batch ([`super::RaftNode::flush`]) the follower sends the
-//!   writes it took in one [`Propose`]. The leader appends them in its term and answers with
+//!   writes it took in one [`Propose`] (several, for writes of more than [`MAX_BATCH_BYTES`]
+//!   together). The leader appends them in its term and answers with
 //!   the index of the first ([`Proposed`]). The follower then waits for the entry at that
 //!   index and term to be applied, as a leader waits for its own clients' entries
 //!   ([`raft_log::apply::Applier::wait`]), and answers with the outcome its state machine
@@ -153,8 +154,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// End of a batch: sends the writes and reads taken in it to the leader, one message
-    /// each. A node that has become leader meanwhile serves them itself; one that has lost
-    /// its leader refuses them (nothing was sent, so nothing happened).
+    /// for the reads and one for the writes (or several, each under [`MAX_BATCH_BYTES`]).
+    /// A node that has become leader meanwhile serves them itself; one that has lost its
+    /// leader refuses them (nothing was sent, so nothing happened).
     pub(super) fn flush_relay(&mut self, out: &mut Outbox<Message>) {
         let writes = std::mem::take(&mut self.relay.writes);
         let reads = std::mem::take(&mut self.relay.reads);
@@ -180,7 +182,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let mut chunks: Vec<Vec<_>> = Vec::new();
         let mut bytes = 0;
         for write in writes {
-            let size = FRAMING + write.command.data_bytes();
+            let client = write.session.as_ref().map_or(0, |s| s.client.len());
+            let size = FRAMING + client + write.command.data_bytes();
             match chunks.last_mut() {
                 Some(chunk) if bytes + size <= MAX_BATCH_BYTES => {
                     bytes += size;
