@@ -24,6 +24,19 @@ fn fast() -> TransportConfig {
     }
 }
 
+/// Node 1's transport, with node 2 at `addr` its only peer.
+fn node_1_sending_to<M: serde::Serialize + Send + 'static>(
+    addr: std::net::SocketAddr,
+    config: TransportConfig,
+    stop: &CancellationToken,
+) -> Transport<M> {
+    let peers = BTreeMap::from([
+        (NodeId(1), "unused:1".to_owned()),
+        (NodeId(2), addr.to_string()),
+    ]);
+    Transport::start(NodeId(1), "unused:1".into(), &peers, config, stop.clone())
+}
+
 /// Accepts peer connections on `listener` and forwards their messages to the returned inbox.
 fn receiver(listener: TcpListener, stop: CancellationToken) -> mpsc::Receiver<(NodeId, u64)> {
     let (tx, rx) = mpsc::channel(1024);
@@ -50,12 +63,7 @@ async fn messages_queued_while_a_peer_is_down_arrive_in_order_once_it_is_up() {
         .local_addr()
         .unwrap();
     let stop = CancellationToken::new();
-    let peers = BTreeMap::from([
-        (NodeId(1), "unused:1".to_owned()),
-        (NodeId(2), addr.to_string()),
-    ]);
-    let mut sender: Transport<u64> =
-        Transport::start(NodeId(1), "unused:1".into(), &peers, fast(), stop.clone());
+    let mut sender: Transport<u64> = node_1_sending_to(addr, fast(), &stop);
     for n in 0..100 {
         sender.send(NodeId(2), n);
     }
@@ -173,12 +181,7 @@ async fn a_message_over_the_frame_limit_is_dropped_and_the_link_goes_on() {
         ..fast()
     };
     let stop = CancellationToken::new();
-    let peers = BTreeMap::from([
-        (NodeId(1), "unused:1".to_owned()),
-        (NodeId(2), addr.to_string()),
-    ]);
-    let mut sender: Transport<String> =
-        Transport::start(NodeId(1), "unused:1".into(), &peers, config, stop.clone());
+    let mut sender: Transport<String> = node_1_sending_to(addr, config, &stop);
     sender.send(NodeId(2), "x".repeat(500));
     sender.send(NodeId(2), "small".to_owned());
     let (stream, _) = listener.accept().await.unwrap();
@@ -210,12 +213,7 @@ async fn a_peer_that_accepts_and_closes_at_once_is_redialled_ever_more_slowly() 
         ..TransportConfig::default()
     };
     let stop = CancellationToken::new();
-    let peers = BTreeMap::from([
-        (NodeId(1), "unused:1".to_owned()),
-        (NodeId(2), addr.to_string()),
-    ]);
-    let mut sender: Transport<u64> =
-        Transport::start(NodeId(1), "unused:1".into(), &peers, config, stop.clone());
+    let mut sender: Transport<u64> = node_1_sending_to(addr, config, &stop);
     sender.send(NodeId(2), 1);
     let mut accepted = 0;
     let _ = tokio::time::timeout(Duration::from_millis(600), async {
@@ -275,12 +273,7 @@ async fn a_peer_that_never_reads_cannot_hold_up_stopping() {
     let addr = silent.local_addr().unwrap();
     let held = tokio::spawn(async move { silent.accept().await.unwrap() });
     let stop = CancellationToken::new();
-    let peers = BTreeMap::from([
-        (NodeId(1), "unused:1".to_owned()),
-        (NodeId(2), addr.to_string()),
-    ]);
-    let mut sender: Transport<Vec<u8>> =
-        Transport::start(NodeId(1), "unused:1".into(), &peers, fast(), stop.clone());
+    let mut sender: Transport<Vec<u8>> = node_1_sending_to(addr, fast(), &stop);
     for _ in 0..64 {
         sender.send(NodeId(2), vec![7; 1 << 20]);
     }
