@@ -351,6 +351,24 @@ pub async fn exit_within(
     tokio::time::timeout(limit, child.wait()).await.ok()?.ok()
 }
 
+/// Reads `lines` (a child's log) until one contains `needle`, for at most `limit`: whether
+/// one did, before the log ended or the time ran out.
+pub async fn said<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    needle: &str,
+    limit: Duration,
+) -> bool {
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    });
+    found.await.unwrap_or(false)
+}
+
 /// Polls `check` every 20 ms until it holds, failing after `limit`: for state that changes
 /// inside other processes, where there is no event to await.
 pub async fn eventually<F: std::future::Future<Output = bool>>(

@@ -54,16 +54,8 @@ fn bootstrap<'a>(addr: &'a str, data_dir: &'a str) -> [&'a str; 7] {
 /// Waits until `node` logs that it listens.
 async fn listening(node: &mut Child) {
     let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("node listening") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(found, Ok(true), "the node never listened");
+    let found = tests::said(&mut lines, "node listening", Duration::from_secs(30)).await;
+    assert!(found, "the node never listened");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,20 +174,10 @@ async fn a_joining_node_serves_nothing_until_the_cluster_has_answered() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = joining(2, listen, unreachable, dir.path());
     let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let mut waited = async || {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("cannot reach the cluster yet") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-    };
-    assert_eq!(
-        waited().await,
-        Ok(true),
+    let waiting = "cannot reach the cluster yet";
+    let limit = Duration::from_secs(30);
+    assert!(
+        tests::said(&mut lines, waiting, limit).await,
         "the node never said it was waiting"
     );
     let mut asking = TcpStream::connect(listen).await.unwrap();
@@ -196,7 +186,10 @@ async fn a_joining_node_serves_nothing_until_the_cluster_has_answered() {
         .await
         .unwrap();
     // A whole retry later, it still has not answered.
-    assert_eq!(waited().await, Ok(true), "the node stopped waiting");
+    assert!(
+        tests::said(&mut lines, waiting, limit).await,
+        "the node stopped waiting"
+    );
     let mut answer = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_millis(100), asking.read(&mut answer)).await;
     assert!(
@@ -237,20 +230,11 @@ async fn a_leader_that_cannot_confirm_it_leads_does_not_clear_a_joining_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = joining(2, listen, deposed, dir.path());
     let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let unconfirmed = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut seen = 0;
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("did not confirm") {
-                seen += 1;
-                if seen == 2 {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(unconfirmed, Ok(true), "the node never tried to confirm");
+    for attempt in ["first", "second"] {
+        let unconfirmed = "did not confirm";
+        let said = tests::said(&mut lines, unconfirmed, Duration::from_secs(30)).await;
+        assert!(said, "no {attempt} attempt to confirm");
+    }
     node.kill().await.unwrap();
     let asked = ops.lock().unwrap().clone();
     assert!(asked.iter().any(|op| op == "get"), "{asked:?}");
