@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kv_client::Client;
+use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
-use kv_server::protocol::{Op, Reply};
 use tokio::process::{Child, Command};
 
 /// How long nodes get to stop after SIGTERM (a leader hands over first) before SIGKILL.
@@ -246,11 +245,12 @@ impl DevCluster {
 
 /// Whether the node at `addr` answers `status`.
 async fn answers(addr: &str) -> bool {
-    let asked = async { Client::connect(addr).await?.request(Op::Status).await };
-    matches!(
-        tokio::time::timeout(POLL * 10, asked).await,
-        Ok(Ok(Reply::Status(_)))
-    )
+    let policy = RetryPolicy {
+        request_timeout: POLL * 10,
+        ..RetryPolicy::default()
+    };
+    let mut client = ClusterClient::new(vec![addr.to_owned()], policy);
+    client.status_of(addr).await.is_ok()
 }
 
 /// Tells the user about each node as it exits, and how to restart it; completes once every
