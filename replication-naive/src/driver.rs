@@ -429,10 +429,7 @@ async fn drive<N: Node>(
             out.messages.drain(..),
             |to, message| transport.send(to, message),
             |job| Syncing {
-                job: tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
-                    (job(), started.elapsed())
-                }),
+                job: tokio::task::spawn_blocking(job),
                 started: Instant::now(),
                 warned: None,
             },
@@ -444,8 +441,8 @@ async fn drive<N: Node>(
 
 /// A sync running on a blocking thread.
 struct Syncing {
-    /// Its result and how long it took.
-    job: tokio::task::JoinHandle<(std::io::Result<()>, Duration)>,
+    job: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// When it was handed to the blocking pool: the node waits for it from then.
     started: Instant,
     /// When it was last said to be stuck.
     warned: Option<Instant>,
@@ -478,8 +475,10 @@ async fn finished(syncing: Option<&mut Syncing>) -> std::io::Result<()> {
     let Some(running) = syncing else {
         return std::future::pending().await;
     };
-    match (&mut running.job).await {
-        Ok((result, took)) => {
+    let ended = (&mut running.job).await;
+    let took = running.started.elapsed();
+    match ended {
+        Ok(result) => {
             if took > SLOW_BATCH {
                 // etcd's "slow fdatasync": acknowledgements and votes wait meanwhile.
                 warn!(sync_ms = took.as_millis() as u64, "slow fsync");
