@@ -63,7 +63,9 @@ impl MemberArgs {
         config.followers_relay = driver.forward_to_leader;
         tokio::pin!(shutdown);
         let opened = Opened::open(config, &self.listen, &data_dir, open_snapshots).await?;
-        if let (true, Some(through)) = (fresh, &self.founding.join) {
+        // `--join` counts only for a node with no state yet.
+        let joins_through = self.founding.join.as_ref().filter(|_| fresh);
+        if let Some(through) = joins_through {
             // Before the node serves: once it does, its peers' messages reach it, and a
             // voter that lost its data would answer their vote requests at once. Until then
             // they wait in the listener's backlog.
@@ -75,7 +77,7 @@ impl MemberArgs {
         // A node that asks to join serves meanwhile (the leader replicates to it once it is
         // added), and stops if the cluster refuses it for good.
         let joining = async {
-            if let (true, Some(through)) = (fresh, &self.founding.join) {
+            if let Some(through) = joins_through {
                 if let Err(refused) = join(self.id, advertised.to_owned(), through.clone()).await {
                     return refused;
                 }
@@ -182,7 +184,7 @@ fn join_policy() -> RetryPolicy {
     }
 }
 
-/// Before a node with an empty data directory listens and joins: refuses when the cluster
+/// Before a node with an empty data directory serves and joins: refuses when the cluster
 /// already counts it as a voter. Its data was lost (wiped, or a new disk), and with it its
 /// term, its vote and the entries it acknowledged; joining again would make it a voter
 /// that has none of them, whose vote could elect a leader missing committed entries
