@@ -29,6 +29,18 @@ fn free_base_port() -> u16 {
         .expect("three free ports in a row")
 }
 
+/// `limecached dev-cluster` in `dir`, its nodes on the ports after `base`.
+fn dev_cluster(dir: &std::path::Path, base: u16) -> Command {
+    let mut command = Command::new(tests::binary("limecached"));
+    command
+        .arg("dev-cluster")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--base-port", &base.to_string()])
+        .stdin(Stdio::null());
+    command
+}
+
 /// Sends `signal` to `pid` (`kill` is on every Unix; no crate for it).
 fn signal(signal: &str, pid: &str) -> bool {
     std::process::Command::new("kill")
@@ -83,14 +95,8 @@ async fn kv_client(addrs: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_from_the_readme_works() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port().to_string();
     let mut cluster = DevCluster(
-        Command::new(tests::binary("limecached"))
-            .arg("dev-cluster")
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--base-port", &base])
-            .stdin(Stdio::null())
+        dev_cluster(dir.path(), free_base_port())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -198,12 +204,7 @@ async fn dev_cluster_stops_with_the_reason_when_a_node_cannot_start() {
     std::fs::create_dir_all(dir.path().join("n2")).unwrap();
     std::fs::write(dir.path().join("n2/node-id"), "9\n").unwrap();
     let base = free_base_port();
-    let cluster = Command::new(tests::binary("limecached"))
-        .arg("dev-cluster")
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .stdin(Stdio::null())
+    let cluster = dev_cluster(dir.path(), base)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -239,13 +240,7 @@ async fn dev_cluster_refuses_ports_already_taken() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port();
     let _taken = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
-    let output = Command::new(tests::binary("limecached"))
-        .arg("dev-cluster")
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .stdin(Stdio::null())
-        .output();
+    let output = dev_cluster(dir.path(), base).output();
     let output = tokio::time::timeout(STOP_WITHIN, output)
         .await
         .expect("dev-cluster kept running")
