@@ -58,8 +58,9 @@ async fn a_node_reached_at_two_addresses_is_one_row_under_the_address_given() {
     // `127.0.0.1:P` are); the members list names it by `listed`. Keyed by address, it was
     // two rows.
     let members = Arc::new(OnceLock::new());
-    let (front_asked, listed_asked) = (Arc::default(), Arc::<AtomicUsize>::default());
-    let front = node(1, members.clone(), front_asked).await;
+    let (front_asked, listed_asked) =
+        (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+    let front = node(1, members.clone(), front_asked.clone()).await;
     let listed = node(1, members.clone(), listed_asked.clone()).await;
     let other_asked = Arc::<AtomicUsize>::default();
     let other = node(2, members.clone(), other_asked.clone()).await;
@@ -80,6 +81,12 @@ async fn a_node_reached_at_two_addresses_is_one_row_under_the_address_given() {
     // Given both ways, both are asked (the user named them), and the node is still one row.
     let rows = collect(&mut client, &[front.addr(), listed.addr()]).await;
     assert_eq!(addrs(&rows), [front.addr(), other.addr()]);
+    assert_eq!(front_asked.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        listed_asked.load(Ordering::SeqCst),
+        1,
+        "the address given was not asked"
+    );
 }
 
 #[tokio::test]

@@ -175,9 +175,13 @@ async fn nemesis(
         // a leader to strike.
         let first = done.is_empty();
         let mut leader = cluster.leader().await;
-        let patience = Instant::now() + Duration::from_secs(10);
-        while first && leader.is_none() && Instant::now() < patience {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if first && leader.is_none() {
+            eventually(
+                "a leader to strike first",
+                Duration::from_secs(10),
+                || async { cluster.leader().await.is_some() },
+            )
+            .await;
             leader = cluster.leader().await;
         }
         let victim = if first || rng.gen_bool(0.5) {
