@@ -33,6 +33,8 @@ pub struct MemSnapshots {
     /// A received snapshot being finished: the polls left before it is, and its state and
     /// what becomes the newest, or why it fails.
     finishing: Option<(usize, Finished)>,
+    /// How many received snapshots were finished, crashes included.
+    received: usize,
 }
 
 impl MemSnapshots {
@@ -48,7 +50,15 @@ impl MemSnapshots {
             pending: None,
             receiving: None,
             finishing: None,
+            received: self.received,
         }
+    }
+
+    /// How many snapshots received from a leader were finished, over the crashes since
+    /// [`MemSnapshots::new`]: what a simulated test counts to know that followers caught up
+    /// by snapshot.
+    pub fn received(&self) -> usize {
+        self.received
     }
 
     /// The newest snapshot's data size in bytes.
@@ -158,6 +168,7 @@ impl Snapshots for MemSnapshots {
         Some(match finished {
             Ok((state, saved)) => {
                 self.adopt(saved);
+                self.received += 1;
                 Ok(state)
             }
             Err((kind, why)) => Err(io::Error::new(kind, why)),
