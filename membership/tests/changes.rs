@@ -6,10 +6,13 @@
 
 mod common;
 
+use std::cell::Cell;
+
 use common::{ELECTION_MS, Load, add, admin, cluster, cluster_with, remove, settled, voters};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
+use raft_log::storage::Storage;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 #[test]
@@ -187,7 +190,9 @@ fn a_voter_that_missed_an_add_still_votes_for_the_added_node() {
     // without 4. It must not take 4 for a removed node: here the leader's peer (node 4,
     // unless 4 leads) alone has the latest entry, so only it can be elected, and it needs
     // that voter.
+    let (runs, four_needed_the_lagger) = (Cell::new(0), Cell::new(0));
     for_each_seed(20, |seed| {
+        runs.set(runs.get() + 1);
         let (mut sim, mut load) = settled(seed, 3);
         let first = stable_leader(&sim).expect("a leader");
         let lagger = NodeId(first.0 % 3 + 1);
@@ -204,9 +209,28 @@ fn a_voter_that_missed_an_add_still_votes_for_the_added_node() {
             .into_iter()
             .find(|id| ![leader, peer, lagger].contains(id))
             .expect("a fourth node");
+        // Everything up to the promotion of 4 committed on the three: the third voter
+        // knows 4 as a voter, so only the lagger's view is old (without this, the third
+        // could lack the promotion and win with the lagger's vote alone, legitimately).
+        let promoted = sim.node(leader).map(|n| n.log().last_index());
+        let commit = |sim: &common::Cluster, id| sim.node(id).map(|n| n.commit_index());
+        let known = sim.run_until(10 * ELECTION_MS, |sim| {
+            commit(sim, third) >= promoted && commit(sim, peer) >= promoted
+        });
+        assert!(
+            known,
+            "the promotion of 4 never committed on all three (seed {seed})"
+        );
         sim.partition(&[&[leader, peer], &[third], &[lagger]]);
         sim.request(leader, Op::put("latest", "only on two"));
-        sim.run_for(ELECTION_MS / 2);
+        let last = |sim: &common::Cluster, id| sim.node(id).map(|n| n.log().last_index());
+        let reached = sim.run_until(ELECTION_MS, |sim| {
+            last(sim, peer) == last(sim, leader) && last(sim, peer) > last(sim, third)
+        });
+        assert!(
+            reached,
+            "the latest entry never reached the peer (seed {seed})"
+        );
         sim.crash(leader);
         sim.heal();
         assert!(
@@ -214,7 +238,18 @@ fn a_voter_that_missed_an_add_still_votes_for_the_added_node() {
                 .is_some()),
             "no leader (seed {seed})"
         );
+        assert_eq!(stable_leader(&sim), Some(peer), "seed {seed}");
+        if peer == NodeId(4) {
+            four_needed_the_lagger.set(four_needed_the_lagger.get() + 1);
+        }
     });
+    // Node 4 needs the lagger's vote only when it is the peer (not when it led).
+    if runs.get() >= 10 {
+        assert!(
+            four_needed_the_lagger.get() > 0,
+            "node 4 was never the peer"
+        );
+    }
 }
 
 #[test]
