@@ -214,17 +214,22 @@ fn a_record_cut_short_is_an_error_not_part_of_a_map() {
     assert!(read_map(&mut &b""[..]).unwrap().is_empty());
 }
 
-/// Polls `store` until the received snapshot's finishing has ended (it runs on another
-/// thread); gives up after 10 s.
-fn received(store: &mut FileSnapshots) -> std::io::Result<Machine> {
+/// Polls `poll` until it has something: work another thread finishes, which gives nothing
+/// to await; gives up after 10 s.
+fn polled<T>(mut poll: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if let Some(result) = store.poll_received() {
-            return result;
+        if let Some(done) = poll() {
+            return done;
         }
         assert!(std::time::Instant::now() < deadline, "never finished");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// What finishing the received snapshot (on another thread) came to.
+fn received(store: &mut FileSnapshots) -> std::io::Result<Machine> {
+    polled(|| store.poll_received())
 }
 
 #[test]
@@ -312,15 +317,7 @@ fn a_stalled_transfer_does_not_write_into_the_node_s_own_snapshot_of_the_same_in
         .unwrap();
     let state = map(100);
     store.start_save(meta(40), state.clone());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let saved = loop {
-        if let Some(saved) = store.poll_saved() {
-            break saved;
-        }
-        assert!(std::time::Instant::now() < deadline, "never saved");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
-    assert_eq!(saved.unwrap(), meta(40));
+    assert_eq!(polled(|| store.poll_saved()).unwrap(), meta(40));
     store.begin_receive(&meta(50)).unwrap();
     drop(store);
     let mut reopened = FileSnapshots::open(dir.path()).unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Scripted, Server, Silent};
+use common::{Scripted, Server, Silent, quick};
 use futures::future::Either;
 use kv_client::{ClusterClient, Error, RetryPolicy};
 use kv_server::protocol::{
@@ -17,15 +17,6 @@ use kv_server::protocol::{
     WriteOutcome,
 };
 use kv_server::serve::Handler;
-
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        deadline: Duration::from_secs(2),
-        request_timeout: Duration::from_millis(500),
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(5),
-    }
-}
 
 fn status(role: Role, leader_addr: Option<String>) -> Outcome {
     Ok(Reply::Status(Box::new(Status {

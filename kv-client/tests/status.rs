@@ -5,20 +5,11 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use common::{Scripted, Server};
+use common::{Scripted, Server, quick};
+use kv_client::ClusterClient;
 use kv_client::status_table::{Row, collect};
-use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::protocol::{Member, NodeId, Reply, Role, Status};
-
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        deadline: Duration::from_secs(2),
-        request_timeout: Duration::from_millis(500),
-        ..RetryPolicy::default()
-    }
-}
 
 /// A node answering every request with its `status` as node `id`, listing the members `members` holds once set,
 /// and counting the requests it gets.

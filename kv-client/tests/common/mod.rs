@@ -4,7 +4,9 @@
 use std::future::{self, Future};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use kv_client::RetryPolicy;
 use kv_server::protocol::{Op, Outcome};
 use kv_server::serve::{Handler, ServeConfig, serve};
 use kv_server::server::Standalone;
@@ -12,6 +14,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+/// A policy for tests: a short deadline and request timeout, and quick retries.
+pub fn quick() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
 
 /// A handler answering with a function of the op: a scripted fake node.
 pub struct Scripted<F>(pub F);
