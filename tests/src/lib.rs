@@ -343,6 +343,19 @@ impl Drop for ProcessCluster {
     }
 }
 
+/// What `child` printed and its exit status, once it has exited; fails the test, naming
+/// `what`, if it is still running after `limit` (it is killed on drop if spawned so).
+pub async fn output_within(
+    child: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    match tokio::time::timeout(limit, child).await {
+        Ok(output) => output.expect("the child's output can be read"),
+        Err(_) => panic!("{what} kept running"),
+    }
+}
+
 /// `child`'s exit status, if it exits within `limit` (it goes on running otherwise).
 pub async fn exit_within(
     child: &mut tokio::process::Child,

@@ -23,13 +23,9 @@ fn limecached(cwd: &Path, args: &[&str]) -> Child {
 
 /// Runs limecached with `args` in `cwd` until it exits: its exit status and stderr.
 async fn refused(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        limecached(cwd, args).wait_with_output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("limecached {args:?} kept running"))
-    .unwrap();
+    let running = limecached(cwd, args).wait_with_output();
+    let what = format!("limecached {args:?}");
+    let output = tests::output_within(running, Duration::from_secs(30), &what).await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     // One line; clap adds a hint to its usage errors.
     let lines = stderr.lines().filter(|line| !line.is_empty());

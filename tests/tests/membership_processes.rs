@@ -206,10 +206,8 @@ async fn a_joining_node_reports_a_busy_port_without_waiting_for_the_cluster() {
     let _taken = std::net::TcpListener::bind(listen).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = joining(2, listen, unreachable, dir.path());
-    let output = tokio::time::timeout(Duration::from_secs(30), node.wait_with_output())
-        .await
-        .expect("the node waited for the cluster instead of reporting its busy port")
-        .unwrap();
+    let what = "the node that should have reported its busy port";
+    let output = tests::output_within(node.wait_with_output(), Duration::from_secs(30), what).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -307,10 +305,7 @@ async fn refused_join(cluster: &ProcessCluster, id: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
     let joiner =
         joining(id, &cluster.addrs[&id], &cluster.addrs[&1], dir.path()).wait_with_output();
-    let output = tokio::time::timeout(Duration::from_secs(30), joiner)
-        .await
-        .expect("the refused node kept running")
-        .unwrap();
+    let output = tests::output_within(joiner, Duration::from_secs(30), "the refused node").await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     stderr

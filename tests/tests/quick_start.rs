@@ -210,10 +210,7 @@ async fn dev_cluster_stops_with_the_reason_when_a_node_cannot_start() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let output = tokio::time::timeout(STOP_WITHIN, cluster.wait_with_output())
-        .await
-        .expect("dev-cluster kept running")
-        .unwrap();
+    let output = tests::output_within(cluster.wait_with_output(), STOP_WITHIN, "dev-cluster").await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -241,10 +238,7 @@ async fn dev_cluster_refuses_ports_already_taken() {
     let base = free_base_port();
     let _taken = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
     let output = dev_cluster(dir.path(), base).output();
-    let output = tokio::time::timeout(STOP_WITHIN, output)
-        .await
-        .expect("dev-cluster kept running")
-        .unwrap();
+    let output = tests::output_within(output, STOP_WITHIN, "dev-cluster").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
