@@ -75,16 +75,13 @@ async fn a_connection_s_reads_and_writes_start_in_the_order_it_sent_them() {
     // once both are answered, and get d once the put is (it must read what the put wrote).
     let (server, mut started) = gated(ServeConfig::default()).await;
     let mut c = Conn::connect(server.addr).await;
-    let mut burst = Vec::new();
-    for line in [
+    c.send_burst(&[
         json!({"id":1,"op":"get","key":"a"}),
         json!({"id":2,"op":"get","key":"b"}),
         json!({"id":3,"op":"put","key":"c","value":"v","client":"x","seq":1}),
         json!({"id":4,"op":"get","key":"d"}),
-    ] {
-        burst.extend_from_slice(format!("{line}\n").as_bytes());
-    }
-    c.send_raw(&burst).await;
+    ])
+    .await;
     let (a, answer_a) = started.recv().await.unwrap();
     let (b, answer_b) = started.recv().await.unwrap();
     assert_eq!((a.as_str(), b.as_str()), ("a", "b"));
@@ -132,14 +129,11 @@ async fn shutdown_answers_requests_already_started() {
 async fn a_request_held_behind_another_kind_is_refused_at_shutdown_not_started() {
     let (server, mut started) = gated(ServeConfig::default()).await;
     let mut c = Conn::connect(server.addr).await;
-    let mut burst = Vec::new();
-    for line in [
+    c.send_burst(&[
         json!({"id":1,"op":"put","key":"k","value":"v","client":"x","seq":1}),
         json!({"id":2,"op":"get","key":"k"}),
-    ] {
-        burst.extend_from_slice(format!("{line}\n").as_bytes());
-    }
-    c.send_raw(&burst).await;
+    ])
+    .await;
     let (put, answer) = started.recv().await.unwrap();
     assert_eq!(put, "put k");
     let stopped = server.stop();

@@ -91,7 +91,7 @@ fn read_acknowledgements_keep_a_leader_whose_followers_hold_their_other_answers(
     step(&mut leader, 2, accepted(2, 2));
     let mut answered = 0;
     for tag in 0..100 {
-        // Three election timeouts (20 ticks each), a read each tick, and every probe
+        // 100 ticks (five election timeouts of 20), a read each tick, and every probe
         // answered by both followers, nothing else.
         let mut out = read(&mut leader, tag);
         leader.tick(&mut out);

@@ -75,6 +75,16 @@ impl Conn {
         self.writer.write_all(bytes).await.unwrap();
     }
 
+    /// Sends `requests` in one write: they arrive together, and the server reads them as
+    /// one burst.
+    pub async fn send_burst(&mut self, requests: &[Value]) {
+        let mut burst = Vec::new();
+        for request in requests {
+            burst.extend_from_slice(format!("{request}\n").as_bytes());
+        }
+        self.send_raw(&burst).await;
+    }
+
     pub async fn send(&mut self, request: Value) {
         let mut line = serde_json::to_vec(&request).unwrap();
         line.push(b'\n');
