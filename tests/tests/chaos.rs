@@ -3,7 +3,8 @@
 //! nodes with SIGKILL and restarts them from their data directories, pauses them with
 //! SIGSTOP and resumes them, or cuts the network between them (every node sits behind a
 //! proxy, [`tests::proxy`]; clients reach the nodes directly, so a cut-off leader still
-//! hears its clients). Every operation is recorded with its call and return times;
+//! hears its clients). A fault strikes one node, two (no quorum until they are back) or
+//! all three (with kills, the whole cluster crashes at once). Every operation is recorded with its call and return times;
 //! the history must be linearizable ([`tests::linearizability`]), which also means no
 //! acknowledged write is lost: the final reads, after every fault is healed, must fit it.
 //!
@@ -145,19 +146,20 @@ async fn client(
 /// What the nemesis may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
-    /// SIGKILL a node, restart it from its data directory later.
+    /// SIGKILL the victims, restart them from their data directories later.
     Kill,
-    /// SIGSTOP a node, SIGCONT it later.
+    /// SIGSTOP the victims, SIGCONT them later.
     Pause,
-    /// Cut a node off from the others, both ways.
+    /// Cut each victim off from every other node, both ways.
     Isolate,
-    /// Cut what a node hears from the others; it can still speak (a one-way partition).
+    /// Cut what each victim hears from the others; it can still speak (a one-way
+    /// partition).
     Deafen,
 }
 
 const NODES: [u64; 3] = [1, 2, 3];
 
-/// Faults of the kinds in `kinds`, one node at a time, until `stop`. Returns what it did.
+/// Faults of the kinds in `kinds`, until `stop`. Returns what it did.
 async fn nemesis(
     cluster: &mut ProcessCluster,
     network: &Network,
@@ -168,7 +170,6 @@ async fn nemesis(
     let mut done = Vec::new();
     while Instant::now() < stop {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1_000))).await;
-        let victim = rng.gen_range(1..=3u64);
         // The first fault, and half the others, strike the leader: that is where faults cost
         // the most. The first lasts long enough (five election timeouts at least) that the
         // others must elect a new leader, or the deposed one must step down; it waits for
@@ -184,35 +185,59 @@ async fn nemesis(
             .await;
             leader = cluster.leader().await;
         }
-        let victim = if first || rng.gen_bool(0.5) {
-            leader.unwrap_or(victim)
-        } else {
-            victim
-        };
+        let strike_leader = first || rng.gen_bool(0.5);
+        let victims = victims(rng, leader.filter(|_| strike_leader), first);
         // Long enough, at the top, for the others to elect a leader and commit without it.
         let shortest = if first { 1_000 } else { 200 };
         let outage = Duration::from_millis(rng.gen_range(shortest..2_500));
         let fault = kinds[rng.gen_range(0..kinds.len())];
-        match fault {
-            Fault::Kill => cluster.kill(victim),
-            Fault::Pause => assert!(cluster.pause(victim), "node {victim} was not running"),
-            Fault::Isolate => network.isolate(&[victim], &NODES),
-            Fault::Deafen => {
-                for other in NODES.iter().filter(|&&n| n != victim) {
-                    network.cut(*other, victim);
+        for &victim in &victims {
+            match fault {
+                Fault::Kill => cluster.kill(victim),
+                Fault::Pause => assert!(cluster.pause(victim), "node {victim} was not running"),
+                // Each victim alone: two of three cut off leave no majority anywhere.
+                Fault::Isolate => network.isolate(&[victim], &NODES),
+                Fault::Deafen => {
+                    for other in NODES.iter().filter(|&&n| n != victim) {
+                        network.cut(*other, victim);
+                    }
                 }
             }
         }
         tokio::time::sleep(outage).await;
-        match fault {
-            Fault::Kill => cluster.start_node(victim),
-            Fault::Pause => assert!(cluster.resume(victim), "node {victim} was not running"),
-            Fault::Isolate | Fault::Deafen => network.heal(),
+        for &victim in &victims {
+            match fault {
+                Fault::Kill => cluster.start_node(victim),
+                Fault::Pause => assert!(cluster.resume(victim), "node {victim} was not running"),
+                Fault::Isolate | Fault::Deafen => network.heal(),
+            }
         }
         cluster.assert_running();
-        done.push(format!("{fault:?} {victim} for {outage:?}"));
+        done.push(format!("{fault:?} {victims:?} for {outage:?}"));
     }
     done
+}
+
+/// The nodes a fault strikes: `leader` (if given) and others drawn at random. One node most
+/// of the time; now and then two, which leaves no quorum until they are back, or all three:
+/// with kills, a crash of the whole cluster at a random instant under load, which every
+/// acknowledged write must survive. The first fault strikes the leader alone, so the others
+/// must elect.
+fn victims(rng: &mut StdRng, leader: Option<u64>, first: bool) -> Vec<u64> {
+    let count = match rng.gen_range(0..10) {
+        _ if first => 1,
+        0 => 3,
+        1 | 2 => 2,
+        _ => 1,
+    };
+    let mut victims: Vec<u64> = leader.into_iter().collect();
+    while victims.len() < count {
+        let node = rng.gen_range(1..=3u64);
+        if !victims.contains(&node) {
+            victims.push(node);
+        }
+    }
+    victims
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
