@@ -11,7 +11,8 @@
 //! only once the reads before it are: a pipelined `put` then `get` of a key reads what the
 //! put wrote, and a `get` then `put` does not, as if each connection's requests ran one at a
 //! time (Redis pipelines behave so). Requests of one kind overlap; writes keep their order
-//! through the log. Responses are buffered and flushed once nothing more is
+//! through the log. A membership change or a leadership transfer overlaps nothing: what
+//! follows it waits for its answer, and it for what came before. Responses are buffered and flushed once nothing more is
 //! ready, so a pipelined burst costs a few syscalls, not one per request.
 
 use std::future::Future;
@@ -49,6 +50,33 @@ pub trait Handler: Send + Sync + 'static {
         op: Op,
     ) -> impl Future<Output = Outcome> + Send + 'static + use<Self> {
         self.handle(op)
+    }
+}
+
+/// Which requests of one connection may be in flight together: reads with reads, writes with
+/// writes. A membership change or a leadership transfer runs alone, so that what the
+/// connection sends after it (a write to the new leader, say) sees its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Read,
+    Write,
+    Alone,
+}
+
+impl Lane {
+    fn of(op: &Op) -> Lane {
+        match op {
+            Op::Get { .. } | Op::Status => Lane::Read,
+            Op::Write { .. } => Lane::Write,
+            Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {
+                Lane::Alone
+            }
+        }
+    }
+
+    /// Whether `op` may start while requests of this lane are in flight.
+    fn admits(self, op: &Op) -> bool {
+        self != Lane::Alone && Lane::of(op) == self
     }
 }
 
@@ -158,9 +186,9 @@ pub async fn serve_client<H: Handler>(
     let mut requests = FramedRead::new(reader, encoder.clone());
     let mut responses = FramedWrite::new(writer, encoder.clone());
     let mut in_flight = FuturesOrdered::new();
-    // Program order within a connection: whether the requests in flight change state; a
-    // request of the other kind waits here, unstarted, until they are all answered.
-    let mut in_flight_writes = false;
+    // Program order within a connection: the lane of the requests in flight; a request that
+    // may not join them waits here, unstarted, until they are all answered.
+    let mut in_flight_lane = Lane::Read;
     let mut held: Option<Request> = None;
     let mut reading = true;
     let mut overlong = false;
@@ -187,8 +215,8 @@ pub async fn serve_client<H: Handler>(
             frame = requests.next(), if reading && held.is_none() && room && in_flight.len() < config.max_in_flight => {
                 match frame {
                     Some(Ok(line)) => match Request::parse(&line, &config.limits) {
-                        Ok(request) if in_flight.is_empty() || request.op.changes_state() == in_flight_writes => {
-                            in_flight_writes = request.op.changes_state();
+                        Ok(request) if in_flight.is_empty() || in_flight_lane.admits(&request.op) => {
+                            in_flight_lane = Lane::of(&request.op);
                             in_flight.push_back(respond(&*handler, Ok(request)));
                         }
                         Ok(request) => held = Some(request),
@@ -212,7 +240,7 @@ pub async fn serve_client<H: Handler>(
                 }
                 if in_flight.is_empty() {
                     if let Some(request) = held.take() {
-                        in_flight_writes = request.op.changes_state();
+                        in_flight_lane = Lane::of(&request.op);
                         in_flight.push_back(respond(&*handler, Ok(request)));
                     }
                 }

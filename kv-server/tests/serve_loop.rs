@@ -27,6 +27,7 @@ impl Handler for Gated {
                 command: Command::Put { key, .. },
                 ..
             } => format!("put {key}"),
+            Op::TransferLeader { id } => format!("transfer to {id}"),
             other => panic!("unexpected {other:?}"),
         };
         self.started.send((key, tx)).unwrap();
@@ -108,6 +109,58 @@ async fn a_connection_s_reads_and_writes_start_in_the_order_it_sent_them() {
     assert_eq!(d, "d");
     answer_d.send(Ok(Reply::Value(Some("v".into())))).unwrap();
     assert_eq!(c.recv().await["id"], 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_leadership_transfer_runs_alone_on_its_connection() {
+    // put a, put b, transfer, transfer, put c in one burst: the first transfer waits for both
+    // puts, the second for the first, and put c for the second (it must go to the new
+    // leader), though puts overlap puts.
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    let put = |id: u64, key: &str| json!({"id":id,"op":"put","key":key,"value":"v","client":"x","seq":id});
+    c.send_burst(&[
+        put(1, "a"),
+        put(2, "b"),
+        // A transfer's `id` names the node, and its answer echoes it.
+        json!({"op":"transfer_leader","id":2}),
+        json!({"op":"transfer_leader","id":3}),
+        put(5, "c"),
+    ])
+    .await;
+    let (a, answer_a) = started.recv().await.unwrap();
+    let (b, answer_b) = started.recv().await.unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("put a", "put b"));
+    answer_a.send(Ok(Reply::Write(WriteOutcome::Put))).unwrap();
+    assert_eq!(c.recv().await["id"], 1);
+    // The whole burst has been read by now (reading comes before answering).
+    let mut waits_for = |what: &str| {
+        assert!(started.try_recv().is_err(), "{what}");
+    };
+    waits_for("a transfer started before put b was answered");
+    answer_b.send(Ok(Reply::Write(WriteOutcome::Put))).unwrap();
+    assert_eq!(c.recv().await["id"], 2);
+    let (first, answer_first) = started.recv().await.unwrap();
+    assert_eq!(first, "transfer to 2");
+    assert!(
+        started.try_recv().is_err(),
+        "a request started before the first transfer was answered"
+    );
+    answer_first.send(Ok(Reply::Done)).unwrap();
+    assert_eq!(c.recv().await, json!({"id":2,"ok":true}));
+    let (second, answer_second) = started.recv().await.unwrap();
+    assert_eq!(second, "transfer to 3");
+    assert!(
+        started.try_recv().is_err(),
+        "put c started before the second transfer was answered"
+    );
+    answer_second.send(Ok(Reply::Done)).unwrap();
+    assert_eq!(c.recv().await, json!({"id":3,"ok":true}));
+    let (c_put, answer_c) = started.recv().await.unwrap();
+    assert_eq!(c_put, "put c");
+    answer_c.send(Ok(Reply::Write(WriteOutcome::Put))).unwrap();
+    assert_eq!(c.recv().await["id"], 5);
     server.stop().await;
 }
 
