@@ -13,7 +13,9 @@ use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
+use replication_naive::node::Node;
 use replication_naive::sim::{NetConfig, for_each_seed};
+use replication_naive::transport::ClusterId;
 
 #[test]
 fn grow_1_3_5_and_shrink_5_3_1_under_writes() {
@@ -47,15 +49,37 @@ fn grow_1_3_5_and_shrink_5_3_1_under_writes() {
 fn every_original_node_replaced_one_by_one() {
     for_each_seed(10, |seed| {
         let (mut sim, mut load) = settled(seed, 3);
+        let founded = cluster_of(&sim, 1);
         for old in 1..=3 {
             add(&mut sim, &mut load, old + 3);
             remove(&mut sim, &mut load, old);
             sim.crash(NodeId(old));
         }
         assert_eq!(voters(&sim), [4, 5, 6], "seed {seed}");
+        // The new members learned the cluster they joined, from the log or a snapshot.
+        for id in 4..=6 {
+            assert_eq!(cluster_of(&sim, id), founded, "node {id}, seed {seed}");
+        }
         load.assert_kept(&mut sim);
         assert_log_matching(&sim);
     });
+}
+
+fn cluster_of(sim: &common::Cluster, id: u64) -> ClusterId {
+    sim.node(NodeId(id)).expect("the node runs").cluster()
+}
+
+/// Founders started with the same `--peers` name one cluster without talking; a lone
+/// founder (`--bootstrap`) names its own, so two clusters founded at one address differ.
+#[test]
+fn founders_agree_on_their_cluster_and_lone_founders_do_not_collide() {
+    let sim = cluster(1, 3);
+    let founded = cluster_of(&sim, 1);
+    assert!(!founded.is_unknown());
+    assert_eq!([2, 3].map(|id| cluster_of(&sim, id)), [founded, founded]);
+    let lone = |seed| cluster_of(&cluster(seed, 1), 1);
+    assert_ne!(lone(1), lone(2));
+    assert!(!lone(1).is_unknown());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
+use replication_naive::transport::ClusterId;
 use tracing::{debug, info, warn};
 
 use crate::configs::Configs;
@@ -340,7 +341,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// The node starts in term 1 too: no leader of term 1 can exist, so this entry is the
     /// only one of its term.
     fn bootstrap(&mut self) {
-        let founders = Membership::voters(&self.config.members);
+        let salt = match self.config.members.len() {
+            1 => self.rng.r#gen(),
+            _ => 0,
+        };
+        let founders = Membership::founding(&self.config.members, salt);
         self.term = Term(1);
         self.save_hard_state();
         self.log.append_new(Term(1), Payload::Config(founders));
@@ -1378,6 +1383,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Duty::Follower => self.leader.and_then(|id| self.membership().addr(id)),
             _ => None,
         }
+    }
+
+    fn cluster(&self) -> ClusterId {
+        self.membership().cluster()
     }
 
     fn start_sync(&mut self) -> Option<SyncJob> {

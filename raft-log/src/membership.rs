@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use kv_server::protocol::{Member, NodeId};
+use replication_naive::transport::ClusterId;
 use serde::{Deserialize, Serialize};
 
 /// What the cluster knows of one member.
@@ -22,10 +23,44 @@ pub struct MemberInfo {
 /// A cluster configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
+    /// The cluster: set in the founding configuration, kept by every change after it.
+    /// Unknown in fixed configurations, and in logs written before it was recorded.
+    #[serde(default, skip_serializing_if = "ClusterId::is_unknown")]
+    cluster: ClusterId,
     members: BTreeMap<NodeId, MemberInfo>,
 }
 
 impl Membership {
+    /// A new cluster's first configuration: every one of `founders` voting, in a cluster
+    /// named by the founders (each id and address) and `salt`. Founders started with the
+    /// same `--peers` cannot agree on anything else without talking, so they pass no salt and
+    /// name the same cluster; a lone founder (`--bootstrap`) passes a random one, so that
+    /// two clusters founded at one address are told apart.
+    pub fn founding(founders: &BTreeMap<NodeId, String>, salt: u64) -> Membership {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |bytes: &[u8]| {
+            for &byte in bytes {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (id, addr) in founders {
+            mix(&id.0.to_le_bytes());
+            mix(addr.as_bytes());
+            mix(&[0]);
+        }
+        mix(&salt.to_le_bytes());
+        Membership {
+            cluster: ClusterId(hash.max(1)),
+            ..Membership::voters(founders)
+        }
+    }
+
+    /// The cluster this configuration belongs to.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
     /// Every one of `voters` voting, at its address.
     pub fn voters(voters: &BTreeMap<NodeId, String>) -> Membership {
         Membership {
@@ -39,6 +74,7 @@ impl Membership {
                     (id, info)
                 })
                 .collect(),
+            cluster: ClusterId::UNKNOWN,
         }
     }
 
@@ -157,5 +193,45 @@ mod tests {
         assert_eq!(two.majority(), 2);
         assert_eq!(two.without(NodeId(2)).majority(), 1);
         assert_eq!(Membership::default().majority(), 1);
+    }
+
+    fn founders(ports: &[u16]) -> BTreeMap<NodeId, String> {
+        (1..)
+            .zip(ports)
+            .map(|(i, port)| (NodeId(i), format!("127.0.0.1:{port}")))
+            .collect()
+    }
+
+    #[test]
+    fn founders_name_their_cluster_and_every_later_configuration_keeps_it() {
+        let cluster = Membership::founding(&founders(&[7001, 7002, 7003]), 0).cluster();
+        assert!(!cluster.is_unknown());
+        // Every founder computes the same name from the same --peers.
+        assert_eq!(
+            Membership::founding(&founders(&[7001, 7002, 7003]), 0).cluster(),
+            cluster
+        );
+        // Other founders, or another salt, another cluster.
+        for other in [
+            Membership::founding(&founders(&[7001, 7002, 7004]), 0),
+            Membership::founding(&founders(&[7001, 7002]), 0),
+            Membership::founding(&founders(&[7001, 7002, 7003]), 1),
+        ] {
+            assert_ne!(other.cluster(), cluster);
+        }
+        let changed = Membership::founding(&founders(&[7001, 7002, 7003]), 0)
+            .with_learner(NodeId(4), "127.0.0.1:7004".into())
+            .with_promoted(NodeId(4))
+            .without(NodeId(1));
+        assert_eq!(changed.cluster(), cluster);
+        // Kept through the log and snapshots, and unknown in configurations written before.
+        let json = serde_json::to_string(&changed).expect("encodes");
+        let decoded: Membership = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(decoded.cluster(), cluster);
+        let old: Membership =
+            serde_json::from_str(&serde_json::to_string(&three()).expect("encodes"))
+                .expect("decodes");
+        assert!(old.cluster().is_unknown());
+        assert_eq!(old, three());
     }
 }

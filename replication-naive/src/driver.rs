@@ -137,7 +137,16 @@ where
             .local_addr()
             .map_or_else(|_| String::new(), |a| a.to_string()),
     };
-    let transport = Transport::start(node.id(), addr, &peers, config.transport, stop_node.clone());
+    // The cluster is set before any link starts, so that every hello says it.
+    let mut transport = Transport::start(
+        node.id(),
+        addr,
+        &BTreeMap::new(),
+        config.transport,
+        stop_node.clone(),
+    );
+    transport.set_cluster(node.cluster());
+    transport.set_peers(&peers);
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let inbound = Inbound {
         inbox: inbox_tx,
@@ -408,6 +417,7 @@ async fn drive<N: Node>(
         }
         if let Some(peers) = out.peers.take() {
             transport.set_peers(&peers);
+            transport.set_cluster(node.cluster());
         }
         if let Some(leader) = &leader {
             leader.send_if_modified(|published| {

@@ -13,6 +13,8 @@ use kv_server::protocol::{NodeId, Op, Outcome, Reply};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::transport::ClusterId;
+
 /// Names one client request inside a node, so the reply can find its way back. Assigned by
 /// whoever runs the node (driver or simulator), unique per node run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +91,12 @@ pub trait Node {
     /// forwarding, [`crate::forward`]). `None` when this node leads, or knows no leader.
     fn leader_elsewhere(&self) -> Option<&str> {
         None
+    }
+
+    /// The cluster this node belongs to, as its configuration says: the runner's transport
+    /// refuses peers of another. Unknown for nodes whose log holds no configuration.
+    fn cluster(&self) -> ClusterId {
+        ClusterId::UNKNOWN
     }
 
     /// The runner has taken every input waiting for now: the node sends what is worth

@@ -3,7 +3,8 @@
 //!
 //! A node has one address (`--listen`) for clients and peers alike. A peer connection opens
 //! with the byte [`PEER_PREAMBLE`] (`\0`, which never starts a JSON line), then a [`Hello`]
-//! frame naming the sender and the protocol version; after that, every frame is one message.
+//! frame naming the sender, its cluster and the protocol version (a hello from another
+//! cluster, or another version, is refused); after that, every frame is one message.
 //! Frames are length-prefixed (`LengthDelimitedCodec`) and hold JSON, which keeps the peer
 //! protocol readable in a packet capture and versionable by adding fields.
 //!
@@ -22,6 +23,8 @@
 //! its learned link with a configured one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,11 +66,76 @@ pub struct Hello {
     /// Where the sender listens: how a node that does not know the sender yet (one that is
     /// joining the cluster) can answer it.
     pub addr: String,
+    /// The sender's cluster (absent when unknown, and from senders older than the field).
+    #[serde(default, skip_serializing_if = "ClusterId::is_unknown")]
+    pub cluster: ClusterId,
 }
 
-/// Addresses learned from the hellos of inbound connections, shared by the receiving tasks
-/// and the [`Transport`].
-pub type AddressBook = Arc<Mutex<HashMap<NodeId, String>>>;
+/// Which cluster a node belongs to. Chosen when the cluster is founded and carried by every
+/// configuration after it (from the membership stage on), it lets a node refuse the peer
+/// connections of another cluster's nodes: a node added to the wrong cluster, or a cluster
+/// started on the addresses of one whose nodes still run. Without it, such a peer's
+/// messages of a later term would make a node follow the other cluster's leader and take
+/// its log. [`ClusterId::UNKNOWN`] matches any: a node that has not learned its cluster yet
+/// (one joining), or a stage without configurations in its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClusterId(pub u64);
+
+impl ClusterId {
+    /// Not known: matches any cluster.
+    pub const UNKNOWN: ClusterId = ClusterId(0);
+
+    /// Whether this is [`ClusterId::UNKNOWN`].
+    pub fn is_unknown(&self) -> bool {
+        *self == ClusterId::UNKNOWN
+    }
+
+    /// Whether a node of this cluster may take messages from a peer of cluster `peer`.
+    pub fn admits(self, peer: ClusterId) -> bool {
+        self.is_unknown() || peer.is_unknown() || self == peer
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What the receiving tasks share with the [`Transport`]: the addresses learned from the
+/// hellos of inbound connections, and the node's cluster, which every hello must match.
+#[derive(Debug, Default)]
+pub struct Introductions {
+    addrs: Mutex<HashMap<NodeId, String>>,
+    cluster: AtomicU64,
+}
+
+impl Introductions {
+    /// The node's cluster, as last set.
+    pub fn cluster(&self) -> ClusterId {
+        ClusterId(self.cluster.load(Ordering::Relaxed))
+    }
+
+    /// Where `id` said it listens, if it has connected.
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.addrs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    fn learn(&self, id: NodeId, addr: String) {
+        self.addrs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, addr);
+    }
+}
+
+/// [`Introductions`], shared.
+pub type AddressBook = Arc<Introductions>;
 
 /// Tuning of the transport.
 #[derive(Debug, Clone, Copy)]
@@ -155,9 +223,20 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         transport
     }
 
-    /// Where inbound connections record the addresses their hellos carry.
+    /// Where inbound connections record the addresses their hellos carry, and find the
+    /// node's cluster.
     pub fn address_book(&self) -> AddressBook {
         self.learned.clone()
+    }
+
+    /// Sets the node's cluster: said in every hello from now on, and checked against every
+    /// inbound hello. A node learns it from its configuration (a joining node, once the
+    /// leader's reaches it).
+    pub fn set_cluster(&self, cluster: ClusterId) {
+        let previous = self.learned.cluster.swap(cluster.0, Ordering::Relaxed);
+        if previous != cluster.0 {
+            info!(%cluster, "this node's cluster");
+        }
     }
 
     /// Makes `peers` the set of peers: links start to new ones (and restart to ones whose
@@ -196,6 +275,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         let link = Link {
             me: self.me,
             me_addr: self.addr.clone(),
+            introductions: self.learned.clone(),
             to,
             addr: addr.clone(),
             config: self.config,
@@ -230,13 +310,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             self.links.remove(&to);
         }
         if !self.links.contains_key(&to) {
-            let learned = self
-                .learned
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&to)
-                .cloned();
-            match learned {
+            match self.learned.addr_of(to) {
                 Some(addr) => self.open(to, addr, Lifetime::Learned),
                 None => {
                     debug!(%to, "message for an unknown peer dropped");
@@ -273,6 +347,8 @@ struct Outbound {
 struct Link {
     me: NodeId,
     me_addr: String,
+    /// Where the node's cluster is found, for the hello.
+    introductions: AddressBook,
     to: NodeId,
     addr: String,
     config: TransportConfig,
@@ -341,6 +417,7 @@ impl Link {
                 version: PROTOCOL_VERSION,
                 from: self.me,
                 addr: self.me_addr.clone(),
+                cluster: self.introductions.cluster(),
             };
             frames
                 .send(Bytes::from(serde_json::to_vec(&hello)?))
@@ -529,10 +606,15 @@ pub async fn receive<M: DeserializeOwned>(
         )));
     }
     let from = hello.from;
+    let ours = book.cluster();
+    if !ours.admits(hello.cluster) {
+        return Err(InboundError::Hello(format!(
+            "node {from} at {} belongs to another cluster ({}, this node's is {ours})",
+            hello.addr, hello.cluster
+        )));
+    }
     debug!(%from, addr = %hello.addr, "peer connected");
-    book.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(from, hello.addr);
+    book.learn(from, hello.addr);
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),

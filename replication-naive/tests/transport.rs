@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use kv_server::protocol::NodeId;
 use replication_naive::transport::{
-    self, AddressBook, Hello, PEER_PREAMBLE, Transport, TransportConfig,
+    self, AddressBook, ClusterId, Hello, PEER_PREAMBLE, Transport, TransportConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,6 +98,7 @@ async fn hello_from(
         version,
         from,
         addr: from_addr,
+        cluster: ClusterId::UNKNOWN,
     };
     frames
         .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
@@ -119,6 +120,66 @@ async fn a_peer_with_another_protocol_version_is_refused() {
     let _connection = hello_from_5(addr, transport::PROTOCOL_VERSION + 1).await;
     let error = handshake.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("version"), "{error}");
+}
+
+/// Node 1 of cluster `sender` sends 42 to node 2 of cluster `receiver`: what node 2's reader
+/// hands on, or why it refused the connection.
+async fn sent_across(sender: ClusterId, receiver: ClusterId) -> Result<(NodeId, u64), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node2_addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let node2: Transport<u64> = Transport::start(
+        NodeId(2),
+        node2_addr.clone(),
+        &BTreeMap::new(),
+        fast(),
+        stop.clone(),
+    );
+    node2.set_cluster(receiver);
+    let mut node1: Transport<u64> = Transport::start(
+        NodeId(1),
+        "127.0.0.1:1".into(),
+        &BTreeMap::new(),
+        fast(),
+        stop.clone(),
+    );
+    node1.set_cluster(sender);
+    node1.set_peers(&BTreeMap::from([(NodeId(2), node2_addr)]));
+    node1.send(NodeId(2), 42);
+    let (stream, _) = guard("a connection", listener.accept()).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    let book = node2.address_book();
+    let reader = tokio::spawn({
+        let stop = stop.clone();
+        async move { transport::receive(stream, tx, &book, fast(), stop).await }
+    });
+    let heard = match guard("a message or a refusal", rx.recv()).await {
+        Some(message) => Ok(message),
+        None => Err(guard("the reader's end", reader)
+            .await
+            .unwrap()
+            .expect_err("the reader ended without a message and without an error")
+            .to_string()),
+    };
+    stop.cancel();
+    heard
+}
+
+#[tokio::test]
+async fn a_peer_of_another_cluster_is_refused() {
+    let refused = sent_across(ClusterId(7), ClusterId(8)).await.unwrap_err();
+    assert!(refused.contains("another cluster"), "{refused}");
+    for (sender, receiver) in [
+        (ClusterId(7), ClusterId(7)),
+        (ClusterId::UNKNOWN, ClusterId(7)),
+        (ClusterId(7), ClusterId::UNKNOWN),
+    ] {
+        assert_eq!(
+            sent_across(sender, receiver).await,
+            Ok((NodeId(1), 42)),
+            "from {sender} to {receiver}"
+        );
+    }
 }
 
 /// The result of `receive` on the server side of a connection to which `greet` writes
