@@ -255,7 +255,12 @@ impl Replication {
                     // is a failure Raft does not mask, which is why stage 8 replaces a
                     // node through membership changes instead.
                     if self.logs == FollowerLogs::Durable {
-                        warn!(%follower, match_index = %p.match_index, %next, "follower lost entries it had acknowledged");
+                        warn!(
+                            %follower,
+                            match_index = %p.match_index,
+                            %next,
+                            "follower lost entries it had acknowledged: its data directory was lost or replaced, and writes it acknowledged may now be on a minority"
+                        );
                     }
                     p.match_index = next.prev();
                 }
