@@ -150,3 +150,33 @@ async fn a_data_directory_that_is_a_file_or_holds_something_else_is_refused() {
         .collect();
     assert!(left == ["cat.jpg"], "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_nothing() {
+    // A walk-through gave two ids one address: the node opened a peer link to itself,
+    // stayed candidate for ever, and saved that configuration in its data directory. A
+    // stray comma was accepted silently, where kv-client's --addr refuses one.
+    let cwd = tempfile::tempdir().unwrap();
+    let addrs = tests::free_addrs(2);
+    let (a, b) = (&addrs[0], &addrs[1]);
+    for (peers, says) in [
+        (
+            format!("1={a},2={a}"),
+            format!("nodes 1 and 2 are both at {a}"),
+        ),
+        (format!("1={a},,2={b}"), "stray comma".to_owned()),
+        (format!("1={a},1={b}"), "node 1 is listed twice".to_owned()),
+    ] {
+        let args = ["--id", "1", "--listen", a, "--peers", &peers];
+        let (code, stderr) = refused(cwd.path(), &args).await;
+        assert_eq!(code, Some(2), "{peers}: {stderr}");
+        assert!(
+            stderr.contains("--peers") && stderr.contains(&says),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !cwd.path().join("data").exists(),
+        "a refused --peers created data"
+    );
+}
