@@ -180,3 +180,28 @@ async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_
         "a refused --peers created data"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_whose_log_was_emptied_is_refused_whatever_the_flags() {
+    // A walk-through truncated a node's raft.log to 0 bytes, its node-id file kept: started
+    // with --bootstrap, it founded a new one-node cluster, forgetting its term, vote and
+    // log. A node writes its log's first record before its id, so this is damage.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
+    listening(&mut node).await;
+    node.kill().await.unwrap();
+    let log = cwd.path().join("n1/raft.log");
+    std::fs::write(&log, b"").unwrap();
+    for founding in [&["--bootstrap"][..], &[]] {
+        let mut args = vec!["--id", "1", "--listen", addr, "--data-dir", "n1"];
+        args.extend(founding);
+        let (code, stderr) = refused(cwd.path(), &args).await;
+        assert_eq!(code, Some(1), "{founding:?}: {stderr}");
+        assert!(
+            stderr.contains("does not start with an intact record"),
+            "{founding:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&log).unwrap(), b"", "the log was changed");
+}
