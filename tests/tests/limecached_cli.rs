@@ -205,3 +205,38 @@ async fn a_data_directory_whose_log_was_emptied_is_refused_whatever_the_flags() 
     }
     assert_eq!(std::fs::read(&log).unwrap(), b"", "the log was changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_of_asking_for_help_mentions_dev_cluster() {
+    // A walk-through found no mention of `dev-cluster` in `-h` or in the usage error, and
+    // `limecached help` was an error.
+    let cwd = tempfile::tempdir().unwrap();
+    for (args, success) in [
+        (&["-h"][..], true),
+        (&["--help"], true),
+        (&["help"], true),
+        (&[], false),
+    ] {
+        let running = Command::new(tests::binary("limecached"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output();
+        let output = tests::output_within(running, Duration::from_secs(30), "limecached").await;
+        assert_eq!(output.status.success(), success, "{args:?}");
+        let text = String::from_utf8_lossy(if success {
+            &output.stdout
+        } else {
+            &output.stderr
+        });
+        assert!(text.contains("limecached dev-cluster"), "{args:?}: {text}");
+    }
+    let running = Command::new(tests::binary("limecached"))
+        .args(["help", "dev-cluster"])
+        .output();
+    let output = tests::output_within(running, Duration::from_secs(30), "limecached").await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("Usage: limecached dev-cluster"),
+        "{text}"
+    );
+}
