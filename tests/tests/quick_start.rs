@@ -257,7 +257,7 @@ async fn dev_cluster_refuses_ports_already_taken_creating_nothing() {
     let dir = parent.path().join("dev");
     let base = free_base_port();
     let _taken = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
-    let output = dev_cluster(&dir, base).output();
+    let output = dev_cluster(&dir, base).kill_on_drop(true).output();
     let output = tests::output_within(output, STOP_WITHIN, "dev-cluster").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -281,8 +281,10 @@ async fn dev_cluster_refuses_a_node_count_other_than_the_cluster_in_its_dir() {
         std::fs::write(data_dir.join("raft.log"), "").unwrap();
     }
     let base = free_base_port();
+    // Killed if it outlives the test (without the refusal, it starts five nodes).
     let output = dev_cluster(dir.path(), base)
         .args(["--nodes", "5"])
+        .kill_on_drop(true)
         .output();
     let output = tests::output_within(output, STOP_WITHIN, "dev-cluster").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
