@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
+use raft_election::durable::LOG_FILE;
 use tokio::process::{Child, Command};
 
 /// How long nodes get to stop after SIGTERM (a leader hands over first) before SIGKILL.
@@ -73,28 +74,71 @@ impl DevCluster {
         ]
     }
 
-    /// Starts the nodes, waits for `shutdown`, stops them.
+    /// Starts the nodes, waits for `shutdown`, stops them. Refuses, creating nothing, when a
+    /// port is taken or `--dir` holds a cluster of another size.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let exe = std::env::current_exe()
             .map_err(|e| StartError::failure(format!("cannot find this program's path: {e}")))?;
-        fs::create_dir_all(&self.dir).map_err(|e| {
-            StartError::failure(format!("cannot create {}: {e}", self.dir.display()))
-        })?;
+        let this = self.with_absolute_dir()?;
+        this.check_existing_cluster()?;
         // Before any node starts: a port already taken (by another dev-cluster, say) could
-        // answer for a node that failed to bind it.
-        for id in 1..=self.nodes {
-            let addr = self.addr(id);
+        // answer for a node that failed to bind it. And before --dir is created: a refused
+        // start leaves nothing behind.
+        for id in 1..=this.nodes {
+            let addr = this.addr(id);
             std::net::TcpListener::bind(&addr).map_err(|e| {
                 StartError::failure(format!(
                     "cannot listen on {addr}: {e} (is another dev-cluster running? pick other ports with --base-port)"
                 ))
             })?;
         }
+        fs::create_dir_all(&this.dir).map_err(|e| {
+            StartError::failure(format!("cannot create {}: {e}", this.dir.display()))
+        })?;
+        this.serve(&exe, shutdown).await
+    }
+
+    /// The same cluster with `--dir` made absolute (against the working directory): every
+    /// path it prints, in the banner and in the command that restarts a node, then names
+    /// the same directory from wherever the user runs it. A relative `--data-dir` run from
+    /// another directory would start the node on an empty data directory, as a new voter
+    /// that has lost what it acknowledged.
+    fn with_absolute_dir(self) -> Result<DevCluster, StartError> {
+        let dir = std::path::absolute(&self.dir).map_err(|e| {
+            StartError::failure(format!("cannot resolve {}: {e}", self.dir.display()))
+        })?;
+        Ok(DevCluster { dir, ..self })
+    }
+
+    /// Refuses a `--nodes` other than the size of the cluster `--dir` already holds. Its
+    /// nodes would keep their saved configuration, and the nodes added by a larger
+    /// `--nodes` would campaign for ever in a cluster that does not count them (the flags
+    /// that found a cluster are ignored once a node has a data directory).
+    fn check_existing_cluster(&self) -> Result<(), StartError> {
+        let existing = existing_nodes(&self.dir)
+            .map_err(|e| StartError::failure(format!("cannot read {}: {e}", self.dir.display())))?;
+        match existing {
+            Some(n) if n != self.nodes => Err(StartError::usage(format!(
+                "{} holds a cluster of {} (n1..n{n}): run it with --nodes {n}, or give another --dir for a new cluster of {}",
+                self.dir.display(),
+                nodes(n),
+                nodes(self.nodes)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the nodes in `--dir`, which exists, waits for `shutdown`, stops them.
+    async fn serve(
+        &self,
+        exe: &Path,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
         tokio::pin!(shutdown);
         let mut nodes = Vec::new();
         let started = async {
             for id in 1..=self.nodes {
-                nodes.push(self.start(&exe, id)?);
+                nodes.push(self.start(exe, id)?);
             }
             self.wait_until_serving(&mut nodes).await
         };
@@ -104,7 +148,7 @@ impl DevCluster {
         };
         let all_exited = match started {
             Some(Ok(())) => {
-                print!("{}", self.banner(&exe, &nodes));
+                print!("{}", self.banner(exe, &nodes));
                 tokio::select! {
                     () = shutdown => false,
                     () = report_exits(&mut nodes) => true,
@@ -214,7 +258,7 @@ impl DevCluster {
         let all: Vec<String> = (1..=self.nodes).map(|i| self.addr(i)).collect();
         let client = shell_quoted(&exe.with_file_name("kv-client").display().to_string());
         let mut text = String::new();
-        let _ = writeln!(text, "limecached dev cluster: {} nodes", nodes.len());
+        let _ = writeln!(text, "limecached dev cluster: {}", self::nodes(nodes.len()));
         for node in nodes {
             let _ = writeln!(
                 text,
@@ -241,6 +285,38 @@ impl DevCluster {
         );
         text
     }
+}
+
+/// "1 node", "3 nodes".
+fn nodes(n: impl Into<usize>) -> String {
+    match n.into() {
+        1 => "1 node".to_owned(),
+        n => format!("{n} nodes"),
+    }
+}
+
+/// How many nodes the dev cluster in `dir` has: the highest `i` of its data directories
+/// `n<i>` where a node has run (they hold its log); `None` if it has none yet, or if `dir`
+/// does not exist.
+fn existing_nodes(dir: &Path) -> std::io::Result<Option<u16>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let mut highest = None;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|name| name.strip_prefix('n'))
+            .and_then(|id| id.parse::<u16>().ok());
+        if let Some(id) = id.filter(|_| entry.path().join(LOG_FILE).is_file()) {
+            highest = highest.max(Some(id));
+        }
+    }
+    Ok(highest)
 }
 
 /// Whether the node at `addr` answers `status`.

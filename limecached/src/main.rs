@@ -19,7 +19,11 @@ use replication_naive::driver::DriverConfig;
 /// `limecached dev-cluster` starts three nodes on this machine to try it out (see
 /// `limecached dev-cluster --help`).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    override_usage = "limecached [OPTIONS] --id <ID> --listen <LISTEN>\n       limecached dev-cluster [--dir <DIR>] [--nodes <N>] [--base-port <PORT>]",
+    after_help = "limecached dev-cluster starts a local cluster to try it out: limecached dev-cluster --help"
+)]
 struct NodeCli {
     #[command(flatten)]
     node: MemberArgs,
@@ -48,10 +52,20 @@ struct DevClusterCli {
 /// The subcommand that runs a local cluster instead of one node.
 const DEV_CLUSTER: &str = "dev-cluster";
 
+/// The word that asks for help, as clap's own `help` subcommand would.
+const HELP: &str = "help";
+
 fn main() -> ExitCode {
     // One program, two command lines: a node's flags, or the subcommand. Two parsers keep
     // the node's flags required (a clap subcommand would make them optional for both).
     let mut args: Vec<_> = std::env::args_os().collect();
+    // `limecached help` and `limecached help dev-cluster`, as with a clap subcommand.
+    if args.get(1).is_some_and(|a| a == HELP) {
+        args[1] = "--help".into();
+        if args.get(2).is_some_and(|a| a == DEV_CLUSTER) {
+            args.swap(1, 2);
+        }
+    }
     let result = if args.get(1).is_some_and(|a| a == DEV_CLUSTER) {
         args.remove(1);
         let cli = DevClusterCli::parse_from(args);

@@ -12,7 +12,7 @@ use kv_client::{Client, ClusterClient, RetryPolicy};
 use kv_server::process::StartError;
 use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Role, Status, parse_host_port};
 use raft_election::cli::{ElectionArgs, Opened};
-use raft_election::durable::log_written;
+use raft_election::durable::{log_emptied, log_written};
 use replication_naive::config::parse_peers;
 use replication_naive::driver::DriverConfig;
 use tracing::{info, warn};
@@ -143,10 +143,12 @@ impl Founding {
 }
 
 /// Whether the data directory `dir` holds no log yet: a node that has never run there, or
-/// whose first write never reached the disk ([`log_written`]). A log that cannot be read is
-/// not fresh: opening it fails with the reason.
+/// that stopped before it wrote anything past its log's first record ([`log_written`]). A
+/// log that cannot be read, and one that was emptied after the node's first start
+/// ([`log_emptied`]), are not fresh: opening them fails with the reason, whatever the
+/// founding flags say.
 pub fn is_fresh(dir: &Path) -> bool {
-    matches!(log_written(dir), Ok(false))
+    matches!(log_written(dir), Ok(false)) && matches!(log_emptied(dir), Ok(false))
 }
 
 /// Asks the cluster, through the member at `through`, to add node `id` at `addr`, until it
@@ -313,5 +315,19 @@ mod tests {
         record[3] = 0x80; // a length with the write-start bit
         std::fs::write(&log, record).unwrap();
         assert!(!is_fresh(dir.path()), "a record");
+    }
+
+    #[test]
+    fn a_first_start_s_own_record_is_fresh_and_an_emptied_log_with_an_id_is_not() {
+        use raft_election::durable::DurableStorage;
+        let dir = tempfile::tempdir().unwrap();
+        // A first start that stopped before writing anything past its log's first record:
+        // its founding flags still count.
+        drop(DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap());
+        assert!(is_fresh(dir.path()), "only the first record");
+        // Its log emptied since: not a new directory (opening it is refused), whatever
+        // --peers, --bootstrap or --join say.
+        std::fs::write(dir.path().join(LOG_FILE), b"").unwrap();
+        assert!(!is_fresh(dir.path()), "an id and an emptied log");
     }
 }

@@ -9,6 +9,11 @@
 //!          | Compacted(index, term)  (first in a file rewritten after compaction)
 //! ```
 //!
+//! A data directory's log starts with the record its node wrote on its first start, before
+//! its id file: a hard state of term 0 (which changes nothing). A directory with an id then
+//! always has a record in its log; one without any (a log truncated to nothing) has lost
+//! the node's term, vote and entries, and is refused rather than taken for a new one.
+//!
 //! Every change is encoded into a buffer at once, and made durable by `sync`: one write and
 //! one fsync for every change since the last (group commit). The node's runner syncs before
 //! anything that depends on a change leaves the node, so nothing is acknowledged (a vote
@@ -137,6 +142,20 @@ pub enum OpenError {
         /// The node asked to open it.
         me: NodeId,
     },
+    /// The directory is this node's, but its log does not start with an intact record.
+    /// A node's first start writes and syncs the log's first record before its id, so the
+    /// log was emptied or cut short since, and with it went the node's term, vote and the
+    /// entries it acknowledged: starting empty could vote twice in a term, or found a new
+    /// cluster with `--bootstrap`.
+    #[error(
+        "{path} does not start with an intact record, but node {me} has run here (its node-id file is there): the log was emptied, cut short or damaged, and node {me} lost its term, vote and log; remove it from the cluster and start it again with an empty data directory"
+    )]
+    LogEmptied {
+        /// The log file.
+        path: PathBuf,
+        /// The node asked to open it.
+        me: NodeId,
+    },
     /// A record that passed its checksum could not be replayed: a bug, not a crash.
     #[error("unreadable record at byte {offset}: {reason}")]
     Corrupt {
@@ -190,7 +209,9 @@ impl DurableStorage<FileMedium> {
         let id_file = dir.join(NODE_ID_FILE);
         let log_file = dir.join(LOG_FILE);
         // A directory of something else (a mistyped path) is refused untouched, before the
-        // lock's file is made in it. A node's first start writes its id before any record.
+        // lock's file is made in it. A node's first start creates the log, writes and syncs
+        // its first record (`first_record`), then writes its id: a directory without an id
+        // holds at most that record.
         if !id_file.exists() {
             if let Some(what) = foreign_content(dir).map_err(io(dir))? {
                 // Unless another node's first start, under way, made it: say that instead.
@@ -227,12 +248,23 @@ impl DurableStorage<FileMedium> {
                     me: id,
                 });
             }
+            Some(_) if !first_record_intact(&log_file).map_err(io(&log_file))? => {
+                return Err(OpenError::LogEmptied {
+                    path: log_file,
+                    me: id,
+                });
+            }
             _ => {}
         }
-        let medium = FileMedium::open(&log_file)
+        let mut medium = FileMedium::open(&log_file)
             .map_err(io(&log_file))?
             .holding(lock);
         if owner.is_none() {
+            // The log's first record, synced before the id is written: from then on, a log
+            // with no record in a directory with an id is damage, not a new directory
+            // (`LogEmptied`). Whatever the log held is a first start's that stopped early
+            // (`foreign_content` found nothing else): at most this record, or part of it.
+            write_first_record(&mut medium).map_err(io(&log_file))?;
             // Written aside, synced, then renamed into place: a crash leaves either no
             // file or a complete one, never an empty one that would lock the node out.
             let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
@@ -301,21 +333,76 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
     }
 }
 
-/// Whether the log in the data directory `dir` holds a record: its first bytes are not all
-/// zeros. The first record starts at the first byte, and no record starts with a sector of
-/// zeros (it starts with its length); the file is zero-filled ahead of its content, so a
-/// first write lost in a crash leaves only zeros. No log file holds nothing.
+/// Whether the log in the data directory `dir` holds a record other than the one every
+/// node writes first ([`first_record`]): its first bytes are neither all zeros nor that
+/// record (or part of it, a first write cut short) followed by zeros. The first record
+/// starts at the first byte, and no record starts with a sector of zeros (it starts with
+/// its length); the file is zero-filled ahead of its content, so a first write lost in a
+/// crash leaves only zeros. No log file holds nothing.
 pub fn log_written(dir: &Path) -> std::io::Result<bool> {
     use std::io::Read;
-    let mut first = Vec::with_capacity(512);
+    let mut first = Vec::with_capacity(SECTOR);
     match fs::File::open(dir.join(LOG_FILE)) {
         Ok(file) => {
-            file.take(512).read_to_end(&mut first)?;
-            Ok(first.iter().any(|&b| b != 0))
+            file.take(SECTOR as u64).read_to_end(&mut first)?;
+            let content = first
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |last| last + 1);
+            Ok(!first_record().starts_with(&first[..content]))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(error),
     }
+}
+
+/// Whether the data directory `dir` has an owner (a node-id file) but a log that does not
+/// start with an intact record: a log emptied or cut short, which opening refuses
+/// ([`OpenError::LogEmptied`]). Such a directory is not a new one.
+pub fn log_emptied(dir: &Path) -> std::io::Result<bool> {
+    let log = dir.join(LOG_FILE);
+    Ok(dir.join(NODE_ID_FILE).exists() && log.exists() && !first_record_intact(&log)?)
+}
+
+/// The record a node writes first in its log, before its id: a hard state of term 0 and no
+/// vote, which changes nothing when replayed. Its bytes are always the same, so a log that
+/// holds only it (or part of it) is known for a log in which nothing else was written.
+fn first_record() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_into(&mut bytes, &Record::HardState(HardState::default()));
+    bytes
+}
+
+/// Makes [`first_record`] the log's whole content, synced. Only for a log in which nothing
+/// else was written: whatever `medium` holds is replaced.
+fn write_first_record(medium: &mut FileMedium) -> std::io::Result<()> {
+    medium.read_all()?;
+    medium.truncate(0)?;
+    medium.append(&first_record())?;
+    medium.sync_job()()?;
+    medium.synced()
+}
+
+/// Whether the log file at `path` starts with an intact record (its length and payload
+/// pass their checksums).
+fn first_record_intact(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut header = [0; HEADER];
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    let Some(header) = Header::read(&header) else {
+        return Ok(false);
+    };
+    let Some(len) = header.len() else {
+        return Ok(false);
+    };
+    let mut payload = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut payload)?;
+    Ok(payload.len() == len && crc32fast::hash(&payload) == header.payload_crc)
 }
 
 impl<M: Medium> DurableStorage<M> {

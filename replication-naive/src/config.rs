@@ -72,21 +72,35 @@ impl FixedLeaderArgs {
     }
 }
 
-/// Parses `1=host:port,2=host:port,...`.
+/// Parses `1=host:port,2=host:port,...`: every item an id and an address, each id and
+/// each address listed once. An empty item (a stray comma) is refused, as `kv-client
+/// --addr` refuses one; so is a second id at an address already listed, which would give
+/// one process two votes' worth of peer links to itself (and a node that campaigns for
+/// ever, waiting for a vote from itself under another id). Addresses are compared as
+/// written: `localhost:7001` and `127.0.0.1:7001` are not recognised as one.
 pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    if s.trim().is_empty() {
+        return Err("no peers given".into());
+    }
     let mut peers = BTreeMap::new();
-    for item in s.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in s.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err("an empty item (a stray comma?); expected id=host:port,...".into());
+        }
         let (id, addr) = item
             .split_once('=')
             .ok_or_else(|| format!("{item:?} is not id=host:port"))?;
         let id: NodeId = id.trim().parse()?;
         let addr = parse_host_port(addr.trim())?;
-        if peers.insert(id, addr).is_some() {
+        if peers.contains_key(&id) {
             return Err(format!("node {id} is listed twice"));
         }
-    }
-    if peers.is_empty() {
-        return Err("no peers given".into());
+        if let Some((other, _)) = peers.iter().find(|(_, known)| **known == addr) {
+            return Err(format!(
+                "nodes {other} and {id} are both at {addr}; each node needs its own address"
+            ));
+        }
+        peers.insert(id, addr);
     }
     Ok(peers)
 }
@@ -117,5 +131,29 @@ mod tests {
         ] {
             assert!(parse_peers(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn a_stray_comma_is_refused_as_kv_client_refuses_it() {
+        // An empty item anywhere: between two peers, first, last, or alone.
+        for bad in ["1=h:1,,2=h:2", ",1=h:1", "1=h:1,", "1=h:1, ,2=h:2", ","] {
+            let error = parse_peers(bad).expect_err(bad);
+            assert!(error.contains("stray comma"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn two_nodes_at_one_address_are_refused() {
+        // A node listed twice at its own address would open a peer link to itself and
+        // wait for ever for that "peer's" vote.
+        let error = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7001").unwrap_err();
+        assert_eq!(
+            error,
+            "nodes 1 and 2 are both at 127.0.0.1:7001; each node needs its own address"
+        );
+        assert!(
+            parse_peers("1=h:1,2=h:2,3=g:1").is_ok(),
+            "same host, or port, is fine"
+        );
     }
 }

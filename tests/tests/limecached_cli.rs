@@ -150,3 +150,93 @@ async fn a_data_directory_that_is_a_file_or_holds_something_else_is_refused() {
         .collect();
     assert!(left == ["cat.jpg"], "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_nothing() {
+    // A walk-through gave two ids one address: the node opened a peer link to itself,
+    // stayed candidate for ever, and saved that configuration in its data directory. A
+    // stray comma was accepted silently, where kv-client's --addr refuses one.
+    let cwd = tempfile::tempdir().unwrap();
+    let addrs = tests::free_addrs(2);
+    let (a, b) = (&addrs[0], &addrs[1]);
+    for (peers, says) in [
+        (
+            format!("1={a},2={a}"),
+            format!("nodes 1 and 2 are both at {a}"),
+        ),
+        (format!("1={a},,2={b}"), "stray comma".to_owned()),
+        (format!("1={a},1={b}"), "node 1 is listed twice".to_owned()),
+    ] {
+        let args = ["--id", "1", "--listen", a, "--peers", &peers];
+        let (code, stderr) = refused(cwd.path(), &args).await;
+        assert_eq!(code, Some(2), "{peers}: {stderr}");
+        assert!(
+            stderr.contains("--peers") && stderr.contains(&says),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !cwd.path().join("data").exists(),
+        "a refused --peers created data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_whose_log_was_emptied_is_refused_whatever_the_flags() {
+    // A walk-through truncated a node's raft.log to 0 bytes, its node-id file kept: started
+    // with --bootstrap, it founded a new one-node cluster, forgetting its term, vote and
+    // log. A node writes its log's first record before its id, so this is damage.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
+    listening(&mut node).await;
+    node.kill().await.unwrap();
+    let log = cwd.path().join("n1/raft.log");
+    std::fs::write(&log, b"").unwrap();
+    for founding in [&["--bootstrap"][..], &[]] {
+        let mut args = vec!["--id", "1", "--listen", addr, "--data-dir", "n1"];
+        args.extend(founding);
+        let (code, stderr) = refused(cwd.path(), &args).await;
+        assert_eq!(code, Some(1), "{founding:?}: {stderr}");
+        assert!(
+            stderr.contains("does not start with an intact record"),
+            "{founding:?}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&log).unwrap(), b"", "the log was changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_of_asking_for_help_mentions_dev_cluster() {
+    // A walk-through found no mention of `dev-cluster` in `-h` or in the usage error, and
+    // `limecached help` was an error.
+    let cwd = tempfile::tempdir().unwrap();
+    for (args, success) in [
+        (&["-h"][..], true),
+        (&["--help"], true),
+        (&["help"], true),
+        (&[], false),
+    ] {
+        let running = Command::new(tests::binary("limecached"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output();
+        let output = tests::output_within(running, Duration::from_secs(30), "limecached").await;
+        assert_eq!(output.status.success(), success, "{args:?}");
+        let text = String::from_utf8_lossy(if success {
+            &output.stdout
+        } else {
+            &output.stderr
+        });
+        assert!(text.contains("limecached dev-cluster"), "{args:?}: {text}");
+    }
+    let running = Command::new(tests::binary("limecached"))
+        .args(["help", "dev-cluster"])
+        .output();
+    let output = tests::output_within(running, Duration::from_secs(30), "limecached").await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("Usage: limecached dev-cluster"),
+        "{text}"
+    );
+}

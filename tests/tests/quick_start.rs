@@ -4,6 +4,7 @@
 //! started.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ fn free_base_port() -> u16 {
 }
 
 /// `limecached dev-cluster` in `dir`, its nodes on the ports after `base`.
-fn dev_cluster(dir: &std::path::Path, base: u16) -> Command {
+fn dev_cluster(dir: &Path, base: u16) -> Command {
     let mut command = Command::new(tests::binary("limecached"));
     command
         .arg("dev-cluster")
@@ -94,9 +95,14 @@ async fn kv_client(addrs: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_from_the_readme_works() {
-    let dir = tempfile::tempdir().unwrap();
+    // As the README runs it: a relative --dir (the default is one), from a working
+    // directory; the node is restarted from another.
+    let cwd = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dir = cwd.path().join("limecached-dev");
     let mut cluster = DevCluster(
-        dev_cluster(dir.path(), free_base_port())
+        dev_cluster(Path::new("limecached-dev"), free_base_port())
+            .current_dir(cwd.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -162,8 +168,16 @@ async fn quick_start_from_the_readme_works() {
     let report = next().await;
     assert!(report.starts_with("node 2 exited (signal: 9"), "{report}");
     let command = next().await;
+    // Run from another directory, a relative --data-dir would start node 2 on an empty
+    // one: a new voter that lost what it acknowledged.
+    let data_dir = dir.join("n2");
+    assert!(
+        command.ends_with(&format!("--data-dir {}", data_dir.display())),
+        "the restart command names node 2's data directory absolutely: {command}"
+    );
     let mut restarted = Command::new("sh")
         .args(["-c", &format!("exec {command}")])
+        .current_dir(elsewhere.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -181,6 +195,11 @@ async fn quick_start_from_the_readme_works() {
     })
     .await;
     restarted.kill().await.unwrap();
+    let left: Vec<_> = std::fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the restarted node wrote elsewhere: {left:?}"
+    );
 
     assert!(cluster.interrupt());
     let status = tests::exit_within(&mut cluster.0, STOP_WITHIN).await;
@@ -233,11 +252,12 @@ async fn dev_cluster_stops_with_the_reason_when_a_node_cannot_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_cluster_refuses_ports_already_taken() {
-    let dir = tempfile::tempdir().unwrap();
+async fn dev_cluster_refuses_ports_already_taken_creating_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("dev");
     let base = free_base_port();
     let _taken = TcpListener::bind(("127.0.0.1", base + 2)).unwrap();
-    let output = dev_cluster(dir.path(), base).output();
+    let output = dev_cluster(&dir, base).kill_on_drop(true).output();
     let output = tests::output_within(output, STOP_WITHIN, "dev-cluster").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -245,5 +265,67 @@ async fn dev_cluster_refuses_ports_already_taken() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{}", base + 2)),
         "{stderr}"
     );
-    assert!(!dir.path().join("n1").exists(), "a node was started");
+    assert!(!dir.exists(), "--dir was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_refuses_a_node_count_other_than_the_cluster_in_its_dir() {
+    // A 3-node cluster's --dir run with --nodes 5: nodes 1-3 keep their saved
+    // configuration, and nodes 4 and 5 would campaign for ever under a banner saying
+    // "5 nodes". Refused before anything starts or is created.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=3 {
+        let data_dir = dir.path().join(format!("n{i}"));
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::write(data_dir.join("node-id"), format!("{i}\n")).unwrap();
+        std::fs::write(data_dir.join("raft.log"), "").unwrap();
+    }
+    let base = free_base_port();
+    // Killed if it outlives the test (without the refusal, it starts five nodes).
+    let output = dev_cluster(dir.path(), base)
+        .args(["--nodes", "5"])
+        .kill_on_drop(true)
+        .output();
+    let output = tests::output_within(output, STOP_WITHIN, "dev-cluster").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("holds a cluster of 3 nodes") && stderr.contains("--nodes 3"),
+        "{stderr}"
+    );
+    for i in 1..=5 {
+        assert!(
+            !dir.path().join(format!("n{i}.log")).exists(),
+            "node {i} was started"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_dev_cluster_says_1_node_with_absolute_paths() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster(
+        dev_cluster(Path::new("one"), free_base_port())
+            .args(["--nodes", "1"])
+            .current_dir(cwd.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(cluster.0.stdout.take().unwrap()).lines();
+    let read = tokio::time::timeout(STOP_WITHIN, async {
+        let title = lines.next_line().await.unwrap();
+        let node = lines.next_line().await.unwrap();
+        (title, node)
+    });
+    let (title, node) = read.await.expect("dev-cluster prints its banner");
+    assert_eq!(title.as_deref(), Some("limecached dev cluster: 1 node"));
+    let log = cwd.path().join("one/n1.log");
+    let node = node.unwrap_or_default();
+    assert!(node.ends_with(&format!("log {}", log.display())), "{node}");
+    assert!(cluster.interrupt());
+    let status = tests::exit_within(&mut cluster.0, STOP_WITHIN).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
