@@ -463,6 +463,16 @@ fn bad_changes_are_refused_and_retries_are_harmless() {
         matches!(&moved, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("already a member")),
         "{moved:?}"
     );
+    // Another id at a member's address too: both would be one node to every peer.
+    let shared = Op::AddMember {
+        id: NodeId(3),
+        addr: common::addr(2),
+    };
+    let shared = admin(&mut sim, &mut load, shared);
+    assert!(
+        matches!(&shared, Err(f) if f.code == ErrorCode::BadRequest && f.message.contains("node 2 is already a member at")),
+        "{shared:?}"
+    );
     // Removing a node that is not a member is a no-op.
     let absent = Op::RemoveMember { id: NodeId(9) };
     assert_eq!(admin(&mut sim, &mut load, absent), Ok(Reply::Done));

@@ -52,7 +52,18 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                     out.reply(tag, Err(Failure::bad_request(why)));
                     return;
                 }
-                None => Some(current.with_learner(*id, addr.clone())),
+                None => match current
+                    .ids()
+                    .find(|&other| current.addr(other) == Some(addr))
+                {
+                    // Two ids at one address: every message to either would reach one node.
+                    Some(other) => {
+                        let why = format!("node {other} is already a member at {addr}");
+                        out.reply(tag, Err(Failure::bad_request(why)));
+                        return;
+                    }
+                    None => Some(current.with_learner(*id, addr.clone())),
+                },
             },
             Change::Remove(id) if !current.contains(*id) => None,
             Change::Remove(id) if current.is_voter(*id) && current.voter_ids().count() == 1 => {
