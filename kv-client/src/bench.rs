@@ -6,23 +6,34 @@
 //! `mixed` run first writes every key once, outside the measurement, so reads find values.
 //!
 //! Latency is measured per request, from the moment it is queued on its connection to the
-//! moment its answer is read, and recorded in an HDR histogram (microsecond resolution).
-//! Using [`Connection`] directly, with no task per request, keeps the generator's own cost
-//! low: on a 2-core machine it shares the CPU with the server it measures.
+//! moment its answer is read, retries included, and recorded in an HDR histogram
+//! (microsecond resolution). Using [`crate::Connection`] directly, with no task per request,
+//! keeps the generator's own cost low: on a 2-core machine it shares the CPU with the server
+//! it measures.
+//!
+//! What goes wrong goes to a [`ClusterClient`], one per bench client (module `lane`): a
+//! killed leader, a lost connection or a node that stops answering costs a pause while it
+//! finds the new leader and retries, as `kv-client put` would, and the run goes on. The
+//! retry policy's deadline bounds each request from its first send, retries included; a
+//! request that fails for good is counted under its error's kind (`timeout`, `unavailable`,
+//! `no_answer`, ...), and the report is printed all the same.
 
-use std::collections::{BTreeMap, VecDeque};
+mod lane;
+
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use kv_server::protocol::{Command, Consistency, Op, Request, RequestId};
+use kv_server::protocol::{Command, Consistency, Op};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::{ClusterClient, Connection, Error, RetryPolicy};
+use crate::{ClusterClient, Error, RetryPolicy};
+use lane::Lane;
 
 /// Which requests a run sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,7 +79,8 @@ pub enum Length {
 /// A benchmark run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Members to benchmark; the leader among them is the target.
+    /// Members to benchmark: each bench client sends to the leader among them, and follows
+    /// it when it changes.
     pub addrs: Vec<String>,
     /// Concurrent connections.
     pub clients: usize,
@@ -84,6 +96,9 @@ pub struct BenchConfig {
     pub workload: Workload,
     /// Send gets with `"consistency":"stale"`.
     pub stale_reads: bool,
+    /// How each request is retried: its `deadline` bounds one request, from its first send
+    /// to its final answer, retries included.
+    pub retry: RetryPolicy,
 }
 
 /// What a run measured.
@@ -97,11 +112,15 @@ pub struct BenchReport {
     latency_us: Histogram<u64>,
 }
 
-/// Runs the benchmark described by `config`.
+/// Runs the benchmark described by `config`. Requests that fail are counted in the report;
+/// the run itself fails only if the preload of a `get` or `mixed` run does.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, Error> {
-    let target = find_target(&config.addrs).await?;
+    let leader = find_leader(&config).await;
+    // The addresses given, not the leader found: a leader named at the start may be stale,
+    // or replaced during the run.
+    let target = config.addrs.join(",");
     if config.workload != Workload::Put {
-        preload(&target, &config).await?;
+        preload(leader.as_deref(), &config).await?;
     }
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -111,14 +130,15 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Error> {
     };
     let workers: Vec<_> = (0..config.clients)
         .map(|i| {
-            let (target, config, issued) = (target.clone(), config.clone(), issued.clone());
+            let (leader, config, issued) = (leader.clone(), config.clone(), issued.clone());
             tokio::spawn(async move {
                 let budget = Budget {
                     issued,
                     deadline,
                     length: config.length,
                 };
-                worker(&target, &config, budget, i as u64).await
+                let lane = Lane::open(config.addrs.clone(), leader.as_deref(), config.retry).await;
+                worker(lane, &config, budget, i as u64).await
             })
         })
         .collect();
@@ -128,7 +148,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Error> {
     for worker in workers {
         let result = worker
             .await
-            .map_err(|e| Error::Protocol(format!("worker panicked: {e}")))??;
+            .map_err(|e| Error::Protocol(format!("worker panicked: {e}")))?;
         latency_us
             .add(&result.latency_us)
             .expect("histograms share bounds");
@@ -147,37 +167,33 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Error> {
     })
 }
 
-async fn find_target(addrs: &[String]) -> Result<String, Error> {
-    if let [only] = addrs {
-        return Ok(only.clone());
+/// The leader among `config.addrs` (the only address, when there is one), or `None` when
+/// no member named one in time: the lanes then start without a connection, and their
+/// cluster clients look for it.
+async fn find_leader(config: &BenchConfig) -> Option<String> {
+    if let [only] = config.addrs.as_slice() {
+        return Some(only.clone());
     }
-    let mut cluster = ClusterClient::new(addrs.to_vec(), RetryPolicy::default());
-    cluster
-        .find_leader()
-        .await
-        .ok_or_else(|| Error::Protocol(format!("no member of {} knows a leader", addrs.join(","))))
+    let mut cluster = ClusterClient::new(config.addrs.clone(), config.retry);
+    cluster.find_leader().await
 }
 
-/// Writes every key once so that reads find values.
-async fn preload(target: &str, config: &BenchConfig) -> Result<(), Error> {
-    let mut conn = Connection::connect(target).await?;
+/// Writes every key once so that reads find values, up to 256 writes in flight. A write that
+/// fails for good (retries included) ends the run with its error: reads would miss its key.
+async fn preload(leader: Option<&str>, config: &BenchConfig) -> Result<(), Error> {
+    let mut lane = Lane::open(config.addrs.clone(), leader, config.retry).await;
     let value = "x".repeat(config.value_size);
     for key in 0..config.keys {
-        let command = Command::Put {
-            key: key_name(key),
-            value: value.clone(),
-        };
-        conn.send(&Request {
-            id: None,
-            op: Op::Write {
-                command,
-                session: None,
+        lane.send(Op::Write {
+            command: Command::Put {
+                key: key_name(key),
+                value: value.clone(),
             },
-            forwarded: false,
-        })?;
-        if conn.outstanding() >= 256 || key + 1 == config.keys {
-            while conn.outstanding() > 0 {
-                conn.recv().await??;
+            session: None,
+        });
+        if lane.len() >= 256 || key + 1 == config.keys {
+            while let Some((_, outcome)) = lane.recv().await {
+                outcome?;
             }
         }
     }
@@ -215,13 +231,7 @@ struct WorkerResult {
     latency_us: Histogram<u64>,
 }
 
-async fn worker(
-    target: &str,
-    config: &BenchConfig,
-    budget: Budget,
-    seed: u64,
-) -> Result<WorkerResult, Error> {
-    let mut conn = Connection::connect(target).await?;
+async fn worker(mut lane: Lane, config: &BenchConfig, budget: Budget, seed: u64) -> WorkerResult {
     let mut rng = SmallRng::seed_from_u64(seed ^ rand::random::<u64>());
     let value = "x".repeat(config.value_size);
     let consistency = if config.stale_reads {
@@ -230,16 +240,16 @@ async fn worker(
         Consistency::Linearizable
     };
     let read_ratio = config.workload.read_ratio();
-    let mut sent_at = VecDeque::with_capacity(config.pipeline);
     let mut result = WorkerResult {
         ok: 0,
         failed: BTreeMap::new(),
         latency_us: new_histogram(),
     };
-    let mut next_id = 0u64;
     loop {
-        while sent_at.len() < config.pipeline && budget.take() {
+        while lane.len() < config.pipeline && budget.take() {
             let key = key_name(rng.gen_range(0..config.keys));
+            // Puts go without a `client`/`seq`: a put applied twice after a retry leaves the
+            // same value, and the servers' session tables stay out of the measurement.
             let op = if rng.gen_bool(read_ratio) {
                 Op::Get { key, consistency }
             } else {
@@ -251,26 +261,31 @@ async fn worker(
                     session: None,
                 }
             };
-            next_id += 1;
-            conn.send(&Request {
-                id: Some(RequestId::from(next_id)),
-                op,
-                forwarded: false,
-            })?;
-            sent_at.push_back(Instant::now());
+            lane.send(op);
         }
-        let Some(sent) = sent_at.pop_front() else {
+        let Some((issued, outcome)) = lane.recv().await else {
             break;
         };
-        let outcome = conn.recv().await?;
-        let micros = sent.elapsed().as_micros().max(1) as u64;
+        let micros = issued.elapsed().as_micros().max(1) as u64;
         result.latency_us.saturating_record(micros);
         match outcome {
             Ok(_) => result.ok += 1,
-            Err(failure) => *result.failed.entry(failure.code.to_string()).or_insert(0) += 1,
+            Err(error) => *result.failed.entry(failure_kind(&error)).or_insert(0) += 1,
         }
     }
-    Ok(result)
+    result
+}
+
+/// The name a failed request is counted under: the server's error code when it answered
+/// with one (a change whose outcome is unknown is `timeout`), else what kept an answer away.
+fn failure_kind(error: &Error) -> String {
+    match error {
+        Error::Server(failure) => failure.code.to_string(),
+        Error::Connect { .. } => "cannot_connect".into(),
+        Error::ConnectionLost(_) => "connection_lost".into(),
+        Error::RequestTimeout(_) => "no_answer".into(),
+        Error::Protocol(_) => "protocol_error".into(),
+    }
 }
 
 impl BenchReport {
@@ -289,9 +304,21 @@ impl BenchReport {
         ]
     }
 
+    /// How many requests succeeded.
+    pub fn ok(&self) -> u64 {
+        self.ok
+    }
+
     /// How many requests failed, all codes together.
     pub fn failed(&self) -> u64 {
         self.failed.values().sum()
+    }
+
+    /// How many requests failed, by kind: the server's error code (`timeout` for a write
+    /// whose outcome is unknown), or `no_answer`, `connection_lost`, `cannot_connect`,
+    /// `protocol_error` for a read that got none.
+    pub fn failures(&self) -> &BTreeMap<String, u64> {
+        &self.failed
     }
 
     /// The report as a table for people.

@@ -55,6 +55,7 @@ use rand::Rng;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
 
+use crate::error::Rounded;
 use crate::{Client, Error};
 
 /// How long after the deadline the hard stop of [`ClusterClient::execute`] fires, so that the
@@ -203,12 +204,20 @@ impl ClusterClient {
         }
     }
 
-    /// The status of the node at `addr` (no retries, no redirection).
+    /// The status of the node at `addr` (no retries, no redirection), waiting for it no longer
+    /// than the policy's request timeout, nor than its deadline: a single request, so the
+    /// deadline that bounds a whole command bounds it too (`kv-client status` sets both to
+    /// its per-node wait).
     pub async fn status_of(&mut self, addr: &str) -> Result<Status, Error> {
-        let client = self
-            .connection(addr, Instant::now() + self.policy.request_timeout)
-            .await?;
-        match timeout(self.policy.request_timeout, client.request(Op::Status)).await {
+        let wait = self.policy.request_timeout.min(self.policy.deadline);
+        self.status_until(addr, Instant::now() + wait).await
+    }
+
+    /// [`ClusterClient::status_of`], connecting and waiting for the answer until `until`.
+    async fn status_until(&mut self, addr: &str, until: Instant) -> Result<Status, Error> {
+        let client = self.connection(addr, until).await?;
+        let wait = until.saturating_duration_since(Instant::now());
+        match timeout_at(until, client.request(Op::Status)).await {
             Ok(Ok(Reply::Status(status))) => Ok(*status),
             Ok(Ok(other)) => Err(unexpected(other)),
             Ok(Err(error)) => {
@@ -217,7 +226,7 @@ impl ClusterClient {
             }
             Err(_) => {
                 self.connections.remove(addr);
-                Err(Error::RequestTimeout(self.policy.request_timeout))
+                Err(Error::RequestTimeout(wait))
             }
         }
     }
@@ -252,6 +261,8 @@ impl ClusterClient {
     /// The leader's status: asked of the leader the members name (one request when the
     /// first member that answers is the leader), or of the first member when none knows a
     /// leader.
+    ///
+    /// The policy's deadline bounds it all, the search and the last request included.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
         let until = Instant::now() + self.policy.deadline;
         let at = match self.ask_for_leader(until).await {
@@ -259,7 +270,12 @@ impl ClusterClient {
             Some((leader, None)) => leader,
             None => self.members.first().cloned().unwrap_or_default(),
         };
-        self.status_of(&at).await
+        if Instant::now() >= until {
+            // The search used it all: say so, not "cannot connect" to a node never tried.
+            return Err(Error::RequestTimeout(self.policy.deadline));
+        }
+        let until = until.min(Instant::now() + self.policy.request_timeout);
+        self.status_until(&at, until).await
     }
 
     /// The leader's address, as [`ClusterClient::find_leader`], with its status when it was
@@ -354,39 +370,75 @@ impl ClusterClient {
     /// fails is reported (unknown outcome or not) is the module documentation's rule.
     pub async fn execute(&mut self, op: Op) -> Result<Reply, Error> {
         let deadline = Instant::now() + self.policy.deadline;
+        self.execute_until(op, deadline, None).await
+    }
+
+    /// [`ClusterClient::execute`] with a deadline of the caller's, for a request the caller
+    /// may already have sent once on a connection of its own: `earlier` is what that attempt
+    /// got. The load generator sends on pipelined [`crate::Connection`]s for speed and hands
+    /// a request here when its attempt fails, so that leader finding and retries are this
+    /// client's, with the request's deadline counted from its first send.
+    ///
+    /// An `earlier` attempt whose outcome is unknown counts as one of this client's own: a
+    /// change that then fails ends in `timeout`, whatever later attempts hear. A deadline
+    /// already past makes no attempt and reports `earlier` (or `unavailable`).
+    pub async fn execute_until(
+        &mut self,
+        op: Op,
+        deadline: Instant,
+        earlier: Option<Error>,
+    ) -> Result<Reply, Error> {
         let changes = op.changes_state();
-        let mut fate = Fate::default();
+        let mut fate = Fate {
+            unknown: earlier.as_ref().is_some_and(Error::outcome_unknown),
+            in_flight: false,
+        };
+        if Instant::now() >= deadline {
+            let error = earlier.unwrap_or_else(|| self.nothing_happened("no time was left"));
+            let why = format!("gave up after {}", Rounded(self.policy.deadline));
+            return Err(self.final_error(changes, &fate, error, &why));
+        }
         // The loop below keeps every wait within the deadline and reports the last error
         // when it passes; this is the hard stop, a little later, in case something it awaits
         // overruns its bound anyway.
         let result = timeout_at(
             deadline + HARD_STOP_GRACE,
-            self.retry(op, deadline, &mut fate),
+            self.retry(op, deadline, earlier, &mut fate),
         )
         .await;
         match result {
             Ok(result) => result,
             Err(_) if !changes => Err(Error::RequestTimeout(self.policy.deadline)),
             Err(_) if fate.may_have_happened() => Err(self.unknown_outcome(&format!(
-                "gave up after {:?} (no answer)",
-                self.policy.deadline
+                "gave up after {} (no answer)",
+                Rounded(self.policy.deadline)
             ))),
             Err(_) => Err(self.nothing_happened("no answer")),
         }
     }
 
-    async fn retry(&mut self, op: Op, deadline: Instant, fate: &mut Fate) -> Result<Reply, Error> {
+    async fn retry(
+        &mut self,
+        op: Op,
+        deadline: Instant,
+        mut earlier: Option<Error>,
+        fate: &mut Fate,
+    ) -> Result<Reply, Error> {
         let changes = op.changes_state();
         let mut backoff = self.policy.initial_backoff;
         let mut redirects = 0;
-        // The last error of an attempt the deadline did not cut short.
-        let mut earlier: Option<Error> = None;
+        // `earlier`: the last error of an attempt the deadline did not cut short (the
+        // caller's own attempt, at first, if it made one).
         if self.leader.is_none() {
             self.ask_for_leader(deadline).await;
             if Instant::now() >= deadline {
-                // No attempt was made: an attempt now, with no time left, could still put the
-                // request on the wire and leave its outcome unknown for nothing.
-                return Err(self.nothing_happened("no member named the leader in time"));
+                // No attempt was made here: an attempt now, with no time left, could still put
+                // the request on the wire and leave its outcome unknown for nothing. (The
+                // caller's own attempt, if it made one, may have left it unknown already.)
+                let error = earlier
+                    .unwrap_or_else(|| self.nothing_happened("no member named the leader in time"));
+                let why = "no member named the leader in time";
+                return Err(self.final_error(changes, fate, error, why));
             }
         }
         loop {
@@ -448,7 +500,7 @@ impl ClusterClient {
                     Some(earlier) if cut_short => earlier,
                     _ => error,
                 };
-                let why = format!("gave up after {:?}", self.policy.deadline);
+                let why = format!("gave up after {}", Rounded(self.policy.deadline));
                 return Err(self.final_error(changes, fate, error, &why));
             }
             if !cut_short {
@@ -479,8 +531,8 @@ impl ClusterClient {
     /// contract's "nothing happened; retry later or elsewhere".
     fn nothing_happened(&self, why: &str) -> Error {
         Error::Server(Failure::unavailable(format!(
-            "gave up after {:?}: {why}; nothing was changed",
-            self.policy.deadline
+            "gave up after {}: {why}; nothing was changed",
+            Rounded(self.policy.deadline)
         )))
     }
 

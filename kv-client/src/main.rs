@@ -26,9 +26,11 @@ struct Cli {
         global = true
     )]
     addr: Vec<String>,
-    /// Give up after this many seconds, retries included.
-    #[arg(long, default_value_t = 10.0, global = true)]
-    timeout: f64,
+    /// Give up after this many seconds, retries included [default: 10]. For `status`: how
+    /// long to wait for each node's answer [default: 3]. For `bench`: the limit of each
+    /// request, retries included; one that fails is counted, and the run goes on.
+    #[arg(long, value_name = "SECS", global = true)]
+    timeout: Option<f64>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -174,16 +176,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<Output, Failure> {
-    let Some(deadline) = seconds(cli.timeout) else {
-        return Err(Failure(
-            "--timeout must be a positive number of seconds".into(),
-            2,
-        ));
-    };
-    let policy = RetryPolicy {
-        deadline,
-        ..RetryPolicy::default()
-    };
+    let policy = retry_policy(&cli)?;
     let mut client = ClusterClient::new(cli.addr.clone(), policy);
     match cli.command {
         Cmd::Get { key, stale } => {
@@ -235,7 +228,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             }
             Ok(status_table::render(&rows).into())
         }
-        Cmd::Bench(args) => bench(cli.addr, args).await,
+        Cmd::Bench(args) => bench(cli.addr, args, policy).await,
         Cmd::AddMember { id, addr } => {
             client.add_member(id, &addr).await?;
             Ok(format!("node {id} added as a learner; it becomes a voter once caught up\n").into())
@@ -258,7 +251,45 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
     }
 }
 
-async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
+/// What `--timeout` means for the command: the deadline of a command (of each request, for
+/// `bench`), retries included; for `status`, which asks each node once, how long it waits
+/// for each.
+fn retry_policy(cli: &Cli) -> Result<RetryPolicy, Failure> {
+    let default = RetryPolicy::default();
+    let Some(timeout) = cli.timeout else {
+        return Ok(match cli.command {
+            // Unchanged from before --timeout applied to it: 3 s per node.
+            Cmd::Status => RetryPolicy {
+                deadline: STATUS_WAIT,
+                ..default
+            },
+            _ => default,
+        });
+    };
+    let Some(timeout) = seconds(timeout) else {
+        return Err(Failure(
+            "--timeout must be a positive number of seconds".into(),
+            2,
+        ));
+    };
+    Ok(match cli.command {
+        // `status_of` waits the shorter of the request timeout and the deadline.
+        Cmd::Status => RetryPolicy {
+            deadline: timeout,
+            request_timeout: timeout,
+            ..default
+        },
+        _ => RetryPolicy {
+            deadline: timeout,
+            ..default
+        },
+    })
+}
+
+/// How long `status` waits for each node without `--timeout`.
+const STATUS_WAIT: Duration = Duration::from_secs(3);
+
+async fn bench(addrs: Vec<String>, args: BenchArgs, retry: RetryPolicy) -> Result<Output, Failure> {
     let usage = |m: &str| Err(Failure(m.into(), 2));
     if args.clients == 0 || args.pipeline == 0 || args.keys == 0 {
         return usage("--clients, --pipeline and --keys must be at least 1");
@@ -290,6 +321,7 @@ async fn bench(addrs: Vec<String>, args: BenchArgs) -> Result<Output, Failure> {
         value_size: args.value_size,
         workload,
         stale_reads: args.stale,
+        retry,
     };
     let report = bench::run(config).await?;
     Ok(if args.json {

@@ -2,7 +2,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::Scripted;
 use kv_server::protocol::{Failure, NodeId, Op, Reply};
@@ -269,4 +271,77 @@ fn bench_for_a_duration_stops_by_itself() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(report["ok"].as_u64().unwrap() > 0);
     assert!(report["seconds"].as_f64().unwrap() >= 0.3);
+}
+
+/// Runs `kv-client --addr addr args` and waits for it at most `limit`: its output and how
+/// long it took, or a failed test naming the command (the process killed) if it overran.
+fn kv_client_within(addr: &str, args: &[&str], limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_kv-client"))
+        .args(["--addr", addr])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => (output.unwrap(), started.elapsed()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("kv-client {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn status_waits_for_each_node_as_long_as_timeout_says() {
+    // A node that accepts connections and never answers, as one stopped with SIGSTOP. status
+    // waited a fixed 3 s whatever --timeout said (1 or 10), and members 3 s after its search.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let limit = Duration::from_secs(10);
+    let (out, took) = kv_client_within(&addr, &["--timeout", "1.5", "status"], limit);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "kv-client: no answer within 1.5s\n");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(2800),
+        "{took:?}"
+    );
+    let (out, took) = kv_client_within(&addr, &["--timeout", "0.5", "members"], limit);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "kv-client: no answer within 500ms\n");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    drop(silent);
+}
+
+#[test]
+fn bench_gives_each_request_timeout_seconds_and_reports() {
+    // Against a node that never answers, bench waited for the first answer forever. Each
+    // request now fails after --timeout (0.5 s, retries included), counted as `timeout` (a
+    // put whose outcome is unknown), and the report is printed: 4 requests over 2 clients,
+    // two after another on each, take about 1 s.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let args = [
+        "--timeout",
+        "0.5",
+        "bench",
+        "--clients",
+        "2",
+        "--requests",
+        "4",
+        "--json",
+    ];
+    let (out, took) = kv_client_within(&addr, &args, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], 0);
+    assert_eq!(report["failed"], serde_json::json!({"timeout": 4}));
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(silent);
 }
