@@ -1,10 +1,10 @@
 //! `kv-client status`: asks every member for its status and prints one row per member; and
 //! `kv-client members`' table of the configuration.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 
-use kv_server::protocol::{NodeId, Status};
+use kv_server::protocol::{NodeId, Role, Status};
 
 use crate::ClusterClient;
 
@@ -61,12 +61,15 @@ fn in_table_order(rows: &mut [Row]) {
 
 /// The rows as an aligned table, a line naming the leader, and why each unreachable node
 /// was (kept out of the table, whose ROLE column would widen to the longest error). Lag is
-/// how far a node's applied index trails the highest commit index any node reported.
+/// how far a node's applied index trails the highest commit index any node reported. An
+/// unreachable node shows the id the others' member lists give its address.
 pub fn render(rows: &[Row]) -> String {
-    let top_commit = rows
-        .iter()
-        .filter_map(|r| r.status.as_ref().ok()?.commit_index)
-        .max();
+    let answered = || rows.iter().filter_map(|r| r.status.as_ref().ok());
+    let top_commit = answered().filter_map(|s| s.commit_index).max();
+    let listed: HashMap<&str, NodeId> = answered()
+        .flat_map(|s| s.members.iter().flatten())
+        .map(|m| (m.addr.as_str(), m.id))
+        .collect();
     let dash = || "-".to_owned();
     let show = |n: Option<u64>| n.map_or_else(dash, |n| n.to_string());
     let mut table =
@@ -87,7 +90,9 @@ pub fn render(rows: &[Row]) -> String {
                 ),
             ],
             Err(_) => [
-                dash(),
+                listed
+                    .get(row.addr.as_str())
+                    .map_or_else(dash, |id| id.to_string()),
                 row.addr.clone(),
                 "unreachable".to_owned(),
                 dash(),
@@ -98,18 +103,30 @@ pub fn render(rows: &[Row]) -> String {
         });
     }
     let mut out = aligned(&table);
-    let leader = rows
-        .iter()
-        .filter_map(|r| r.status.as_ref().ok())
-        .find_map(|s| {
-            Some(format!(
-                "leader: {} at {}",
-                s.leader?,
-                s.leader_addr.as_deref().unwrap_or("?")
-            ))
+    // The leader as a node that leads says, in the latest term; else as the followers of the
+    // latest term say, who may still name a leader that has just died.
+    let view = answered()
+        .filter(|s| s.role == Role::Leader)
+        .max_by_key(|s| s.term)
+        .or_else(|| {
+            answered()
+                .filter(|s| s.leader.is_some())
+                .max_by_key(|s| s.term)
         });
-    if let Some(leader) = leader {
-        let _ = writeln!(out, "{leader}");
+    if let Some((leader, addr)) = view.and_then(|s| Some((s.leader?, s.leader_addr.as_deref()))) {
+        let silent = rows
+            .iter()
+            .any(|r| r.status.is_err() && Some(r.addr.as_str()) == addr);
+        let _ = writeln!(
+            out,
+            "leader: {leader} at {}{}",
+            addr.unwrap_or("?"),
+            if silent {
+                " (as the others last heard; it does not answer)"
+            } else {
+                ""
+            }
+        );
     } else if rows
         .iter()
         .all(|r| r.status.as_ref().is_ok_and(|s| s.term.is_some()))
@@ -153,7 +170,7 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use kv_server::protocol::{Member, NodeId, Role};
+    use kv_server::protocol::Member;
 
     use super::*;
 
@@ -195,6 +212,60 @@ leader: 1 at 127.0.0.1:7001
 127.0.0.1:7003: connection refused
 ";
         assert_eq!(render(&rows), expected);
+    }
+
+    #[test]
+    fn an_unreachable_node_shows_its_listed_id_and_a_dead_leader_is_named_as_such() {
+        let members = Some(
+            (1..=3)
+                .map(|i| Member {
+                    id: NodeId(i),
+                    addr: format!("127.0.0.1:700{i}"),
+                    voter: true,
+                })
+                .collect(),
+        );
+        let follower = |id| Status {
+            leader: Some(NodeId(2)),
+            leader_addr: Some("127.0.0.1:7002".into()),
+            members: members.clone(),
+            ..node(id, Role::Follower, 10, 10)
+        };
+        let mut rows = vec![
+            Row {
+                addr: "127.0.0.1:7001".into(),
+                status: Ok(follower(1)),
+            },
+            Row {
+                addr: "127.0.0.1:7002".into(),
+                status: Err("connection refused".into()),
+            },
+            Row {
+                addr: "127.0.0.1:7003".into(),
+                status: Ok(follower(3)),
+            },
+        ];
+        let expected = "\
+ID  ADDRESS         ROLE         TERM  COMMIT  APPLIED  LAG
+1   127.0.0.1:7001  follower     3     10      10       0
+2   127.0.0.1:7002  unreachable  -     -       -        -
+3   127.0.0.1:7003  follower     3     10      10       0
+leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
+127.0.0.1:7002: connection refused
+";
+        assert_eq!(render(&rows), expected);
+        // Node 3 now leads, in a later term; node 1 has not heard yet.
+        rows[2].status = Ok(Status {
+            term: Some(4),
+            leader: Some(NodeId(3)),
+            leader_addr: Some("127.0.0.1:7003".into()),
+            ..node(3, Role::Leader, 11, 11)
+        });
+        assert!(
+            render(&rows).contains("\nleader: 3 at 127.0.0.1:7003\n"),
+            "{}",
+            render(&rows)
+        );
     }
 
     #[test]
