@@ -8,20 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Scripted, Server, quick};
+use common::{Scripted, Server, quick, status};
 use kv_client::RetryPolicy;
 use kv_client::bench::{self, BenchConfig, BenchReport, Length, Workload};
-use kv_server::protocol::{Command, Failure, Op, Outcome, Reply, Role, Status, WriteOutcome};
+use kv_server::protocol::{Command, Failure, Op, Reply, Role, WriteOutcome};
 use tokio::sync::oneshot;
-
-fn status(role: Role, leader_addr: Option<String>) -> Outcome {
-    Ok(Reply::Status(Box::new(Status {
-        role,
-        leader_addr,
-        term: Some(1),
-        ..Status::standalone()
-    })))
-}
 
 fn puts(addrs: Vec<String>, clients: usize, requests: u64, retry: RetryPolicy) -> BenchConfig {
     BenchConfig {

@@ -9,23 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Scripted, Server, Silent, quick};
+use common::{Scripted, Server, Silent, quick, status};
 use futures::future::Either;
 use kv_client::{ClusterClient, Error, RetryPolicy};
 use kv_server::protocol::{
-    Command, Consistency, ErrorCode, Failure, NodeId, Op, Outcome, Reply, Role, Session, Status,
+    Command, Consistency, ErrorCode, Failure, NodeId, Op, Outcome, Reply, Role, Session,
     WriteOutcome,
 };
 use kv_server::serve::Handler;
-
-fn status(role: Role, leader_addr: Option<String>) -> Outcome {
-    Ok(Reply::Status(Box::new(Status {
-        role,
-        leader_addr,
-        term: Some(1),
-        ..Status::standalone()
-    })))
-}
 
 #[tokio::test]
 async fn follows_a_not_leader_hint_to_the_leader() {

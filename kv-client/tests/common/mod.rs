@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kv_client::RetryPolicy;
-use kv_server::protocol::{Op, Outcome};
+use kv_server::protocol::{Op, Outcome, Reply, Role, Status};
 use kv_server::serve::{Handler, ServeConfig, serve};
 use kv_server::server::Standalone;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -23,6 +23,16 @@ pub fn quick() -> RetryPolicy {
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
     }
+}
+
+/// A scripted node's answer to `status`: its role, and the leader's address it knows.
+pub fn status(role: Role, leader_addr: Option<String>) -> Outcome {
+    Ok(Reply::Status(Box::new(Status {
+        role,
+        leader_addr,
+        term: Some(1),
+        ..Status::standalone()
+    })))
 }
 
 /// A handler answering with a function of the op: a scripted fake node.
