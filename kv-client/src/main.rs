@@ -246,6 +246,10 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         }
         Cmd::Members => {
             let status = client.leader_status().await?;
+            if status.members.is_none() {
+                let why = "the server keeps no member list: it is a single server without members";
+                return Err(Failure(why.into(), 1));
+            }
             Ok(status_table::members(&status).into())
         }
     }

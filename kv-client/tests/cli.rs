@@ -70,6 +70,18 @@ fn add_member_asks_the_cluster_at_addr_not_the_new_node_s_address() {
 }
 
 #[test]
+fn members_of_a_single_server_is_an_error_not_an_empty_table() {
+    let addr = common::background_standalone();
+    let out = kv_client(&addr, &["members"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("single server without members"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn remove_member_does_not_claim_a_removal_it_cannot_know_of() {
     // A leader answers `done` whether the node was a member or not (the removal is
     // idempotent), so "node 77 removed" was false for a node that never was one.
