@@ -416,8 +416,9 @@ async fn drive<N: Node>(
             );
         }
         if let Some(peers) = out.peers.take() {
-            transport.set_peers(&peers);
+            // The cluster first, so that links to new peers say it in their hellos.
             transport.set_cluster(node.cluster());
+            transport.set_peers(&peers);
         }
         if let Some(leader) = &leader {
             leader.send_if_modified(|published| {

@@ -73,11 +73,13 @@ pub struct Hello {
 
 /// Which cluster a node belongs to. Chosen when the cluster is founded and carried by every
 /// configuration after it (from the membership stage on), it lets a node refuse the peer
-/// connections of another cluster's nodes: a node added to the wrong cluster, or a cluster
-/// started on the addresses of one whose nodes still run. Without it, such a peer's
-/// messages of a later term would make a node follow the other cluster's leader and take
-/// its log. [`ClusterId::UNKNOWN`] matches any: a node that has not learned its cluster yet
-/// (one joining), or a stage without configurations in its log.
+/// connections of another cluster's nodes: a node added to the wrong cluster, say. Without
+/// it, such a peer's messages of a later term would make a node follow the other cluster's
+/// leader and take its log. Founders started with the same `--peers` name the same cluster
+/// (they cannot agree on anything else without talking), so two clusters founded with the
+/// same `--peers` are not told apart. [`ClusterId::UNKNOWN`] matches any: a node that has
+/// not learned its cluster yet (one joining), a stage without configurations in its log, or
+/// a log written before the name existed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ClusterId(pub u64);
@@ -606,15 +608,20 @@ pub async fn receive<M: DeserializeOwned>(
         )));
     }
     let from = hello.from;
-    let ours = book.cluster();
-    if !ours.admits(hello.cluster) {
-        return Err(InboundError::Hello(format!(
-            "node {from} at {} belongs to another cluster ({}, this node's is {ours})",
-            hello.addr, hello.cluster
-        )));
+    let foreign = || {
+        let ours = book.cluster();
+        (!ours.admits(hello.cluster)).then(|| {
+            InboundError::Hello(format!(
+                "node {from} at {} belongs to another cluster ({}, this node's is {ours})",
+                hello.addr, hello.cluster
+            ))
+        })
+    };
+    if let Some(refused) = foreign() {
+        return Err(refused);
     }
     debug!(%from, addr = %hello.addr, "peer connected");
-    book.learn(from, hello.addr);
+    book.learn(from, hello.addr.clone());
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -623,6 +630,11 @@ pub async fn receive<M: DeserializeOwned>(
                 None => return Ok(()),
             },
         };
+        // A node that did not know its cluster at the hello (one joining) may have learned
+        // it since: a connection from another cluster ends then.
+        if let Some(refused) = foreign() {
+            return Err(refused);
+        }
         let message = serde_json::from_slice(&frame)
             .map_err(|error| InboundError::Message { from, error })?;
         if inbox.send((from, message)).await.is_err() {

@@ -122,9 +122,17 @@ async fn a_peer_with_another_protocol_version_is_refused() {
     assert!(error.to_string().contains("version"), "{error}");
 }
 
-/// Node 1 of cluster `sender` sends 42 to node 2 of cluster `receiver`: what node 2's reader
-/// hands on, or why it refused the connection.
-async fn sent_across(sender: ClusterId, receiver: ClusterId) -> Result<(NodeId, u64), String> {
+/// Node 1 of cluster `sender`, linked to node 2 of cluster `receiver`, and node 2's reader of
+/// the connection once node 1 has sent 42: what it hands on, and how it ended.
+struct Across {
+    node1: Transport<u64>,
+    node2: Transport<u64>,
+    heard: mpsc::Receiver<(NodeId, u64)>,
+    reader: tokio::task::JoinHandle<Result<(), transport::InboundError>>,
+    stop: CancellationToken,
+}
+
+async fn across(sender: ClusterId, receiver: ClusterId) -> Across {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node2_addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
@@ -147,22 +155,55 @@ async fn sent_across(sender: ClusterId, receiver: ClusterId) -> Result<(NodeId, 
     node1.set_peers(&BTreeMap::from([(NodeId(2), node2_addr)]));
     node1.send(NodeId(2), 42);
     let (stream, _) = guard("a connection", listener.accept()).await.unwrap();
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, heard) = mpsc::channel(8);
     let book = node2.address_book();
     let reader = tokio::spawn({
         let stop = stop.clone();
         async move { transport::receive(stream, tx, &book, fast(), stop).await }
     });
-    let heard = match guard("a message or a refusal", rx.recv()).await {
-        Some(message) => Ok(message),
-        None => Err(guard("the reader's end", reader)
-            .await
-            .unwrap()
-            .expect_err("the reader ended without a message and without an error")
-            .to_string()),
-    };
-    stop.cancel();
+    Across {
+        node1,
+        node2,
+        heard,
+        reader,
+        stop,
+    }
+}
+
+impl Across {
+    /// The next message node 2 hands on, or why its reader ended without one.
+    async fn next(&mut self) -> Result<(NodeId, u64), String> {
+        match guard("a message or a refusal", self.heard.recv()).await {
+            Some(message) => Ok(message),
+            None => Err(guard("the reader's end", &mut self.reader)
+                .await
+                .unwrap()
+                .expect_err("the reader ended without a message and without an error")
+                .to_string()),
+        }
+    }
+}
+
+/// Node 1 of cluster `sender` sends 42 to node 2 of cluster `receiver`: what node 2's reader
+/// hands on, or why it refused the connection.
+async fn sent_across(sender: ClusterId, receiver: ClusterId) -> Result<(NodeId, u64), String> {
+    let mut link = across(sender, receiver).await;
+    let heard = link.next().await;
+    link.stop.cancel();
     heard
+}
+
+#[tokio::test]
+async fn a_connection_admitted_before_the_node_knew_its_cluster_ends_once_it_knows_another() {
+    // Node 2 is joining: it knows no cluster yet, and admits node 1's. Once its first
+    // configuration names another, node 1's next message ends the connection.
+    let mut link = across(ClusterId(7), ClusterId::UNKNOWN).await;
+    assert_eq!(link.next().await, Ok((NodeId(1), 42)));
+    link.node2.set_cluster(ClusterId(8));
+    link.node1.send(NodeId(2), 43);
+    let refused = link.next().await.unwrap_err();
+    assert!(refused.contains("another cluster"), "{refused}");
+    link.stop.cancel();
 }
 
 #[tokio::test]
