@@ -55,7 +55,8 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Which requests of one connection may be in flight together: reads with reads, writes with
 /// writes. A membership change or a leadership transfer runs alone, so that what the
-/// connection sends after it (a write to the new leader, say) sees its effect.
+/// connection sends after it (a write to the new leader, say) sees its effect; unless
+/// another node forwarded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
     Read,
@@ -64,19 +65,22 @@ enum Lane {
 }
 
 impl Lane {
-    fn of(op: &Op) -> Lane {
-        match op {
+    fn of(request: &Request) -> Lane {
+        match request.op {
             Op::Get { .. } | Op::Status => Lane::Read,
             Op::Write { .. } => Lane::Write,
+            // Another node's forwarder sends its clients' changes on one connection, each
+            // client's in its order: unrelated clients' changes need not wait for each other.
+            _ if request.forwarded => Lane::Write,
             Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {
                 Lane::Alone
             }
         }
     }
 
-    /// Whether `op` may start while requests of this lane are in flight.
-    fn admits(self, op: &Op) -> bool {
-        self != Lane::Alone && Lane::of(op) == self
+    /// Whether `request` may start while requests of this lane are in flight.
+    fn admits(self, request: &Request) -> bool {
+        self != Lane::Alone && Lane::of(request) == self
     }
 }
 
@@ -215,8 +219,8 @@ pub async fn serve_client<H: Handler>(
             frame = requests.next(), if reading && held.is_none() && room && in_flight.len() < config.max_in_flight => {
                 match frame {
                     Some(Ok(line)) => match Request::parse(&line, &config.limits) {
-                        Ok(request) if in_flight.is_empty() || in_flight_lane.admits(&request.op) => {
-                            in_flight_lane = Lane::of(&request.op);
+                        Ok(request) if in_flight.is_empty() || in_flight_lane.admits(&request) => {
+                            in_flight_lane = Lane::of(&request);
                             in_flight.push_back(respond(&*handler, Ok(request)));
                         }
                         Ok(request) => held = Some(request),
@@ -240,7 +244,7 @@ pub async fn serve_client<H: Handler>(
                 }
                 if in_flight.is_empty() {
                     if let Some(request) = held.take() {
-                        in_flight_lane = Lane::of(&request.op);
+                        in_flight_lane = Lane::of(&request);
                         in_flight.push_back(respond(&*handler, Ok(request)));
                     }
                 }

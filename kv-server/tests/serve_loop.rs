@@ -165,6 +165,34 @@ async fn a_leadership_transfer_runs_alone_on_its_connection() {
 }
 
 #[tokio::test]
+async fn transfers_another_node_forwarded_overlap() {
+    // A follower's forwarder sends its clients' transfers on one connection: one client's
+    // transfer must not wait for another's.
+    let (server, mut started) = gated(ServeConfig::default()).await;
+    let mut c = Conn::connect(server.addr).await;
+    c.send_burst(&[
+        json!({"op":"transfer_leader","id":2,"forwarded":true}),
+        json!({"op":"transfer_leader","id":3,"forwarded":true}),
+    ])
+    .await;
+    let (first, answer_first) = started.recv().await.unwrap();
+    // Bounds a wait that, with the bug, never ends.
+    let (second, answer_second) = tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the second transfer waited for the first to be answered")
+        .unwrap();
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("transfer to 2", "transfer to 3")
+    );
+    answer_first.send(Ok(Reply::Done)).unwrap();
+    answer_second.send(Ok(Reply::Done)).unwrap();
+    assert_eq!(c.recv().await, json!({"id":2,"ok":true}));
+    assert_eq!(c.recv().await, json!({"id":3,"ok":true}));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_answers_requests_already_started() {
     let (server, mut started) = gated(ServeConfig::default()).await;
     let mut c = Conn::connect(server.addr).await;
