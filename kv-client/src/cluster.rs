@@ -215,8 +215,9 @@ impl ClusterClient {
 
     /// [`ClusterClient::status_of`], connecting and waiting for the answer until `until`.
     async fn status_until(&mut self, addr: &str, until: Instant) -> Result<Status, Error> {
-        let client = self.connection(addr, until).await?;
+        // The wait as given, connecting included: what a timeout reports.
         let wait = until.saturating_duration_since(Instant::now());
+        let client = self.connection(addr, until).await?;
         match timeout_at(until, client.request(Op::Status)).await {
             Ok(Ok(Reply::Status(status))) => Ok(*status),
             Ok(Ok(other)) => Err(unexpected(other)),
