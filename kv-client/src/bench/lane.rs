@@ -49,7 +49,10 @@ struct Pending {
 #[derive(Debug)]
 enum Where {
     /// Sent on the lane's current connection.
-    OnConnection,
+    OnConnection {
+        /// When it was written there: its wait for the answer counts from here.
+        sent: Instant,
+    },
     /// Sent on a connection the lane has dropped since, which left it with this error.
     Abandoned(Error),
     /// Not sent yet: it came while the lane had no connection.
@@ -90,7 +93,7 @@ impl Lane {
             Some(conn) => {
                 self.next_id += 1;
                 match write(conn, self.next_id, &op) {
-                    Ok(()) => Where::OnConnection,
+                    Ok(()) => Where::OnConnection { sent: issued },
                     Err(error) => {
                         self.abandon_connection();
                         Where::Abandoned(error)
@@ -107,8 +110,12 @@ impl Lane {
     pub(super) async fn recv(&mut self) -> Option<(Instant, Result<Reply, Error>)> {
         let pending = self.queue.pop_front()?;
         let earlier = match (pending.at, &mut self.conn) {
-            (Where::OnConnection, Some(conn)) => {
-                let wait = self.policy.request_timeout.min(self.policy.deadline);
+            (Where::OnConnection { sent }, Some(conn)) => {
+                // A request queued during an outage and sent since gets a whole request
+                // timeout on the new connection, within its deadline.
+                let wait = (sent + self.policy.request_timeout)
+                    .min(pending.issued + self.policy.deadline)
+                    .saturating_duration_since(pending.issued);
                 // `recv` is cancel-safe: a timeout loses no answer that a later read needs,
                 // and the connection is dropped anyway.
                 match timeout_at(pending.issued + wait, conn.recv()).await {
@@ -128,7 +135,7 @@ impl Lane {
                 }
             }
             // Kept from happening by the invariant; the cluster client copes either way.
-            (Where::OnConnection, None) => None,
+            (Where::OnConnection { .. }, None) => None,
             (Where::Abandoned(error), _) => Some(error),
             (Where::Unsent, _) => None,
         };
@@ -152,7 +159,7 @@ impl Lane {
             return;
         }
         for pending in &mut self.queue {
-            if matches!(pending.at, Where::OnConnection) {
+            if matches!(pending.at, Where::OnConnection { .. }) {
                 pending.at = Where::Abandoned(Error::ConnectionLost(
                     "abandoned after an earlier request on it failed".into(),
                 ));
@@ -189,7 +196,9 @@ impl Lane {
                     self.abandon_connection();
                     return;
                 }
-                pending.at = Where::OnConnection;
+                pending.at = Where::OnConnection {
+                    sent: Instant::now(),
+                };
             }
         }
     }
