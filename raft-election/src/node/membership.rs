@@ -58,7 +58,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 {
                     // Two ids at one address: every message to either would reach one node.
                     Some(other) => {
-                        let why = format!("node {other} is already a member at {addr}");
+                        let why =
+                            format!("node {other} is already a member at {addr}; remove it first");
                         out.reply(tag, Err(Failure::bad_request(why)));
                         return;
                     }
