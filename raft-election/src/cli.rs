@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kv_server::process::{StartError, bind};
 use kv_server::protocol::NodeId;
@@ -12,6 +13,7 @@ use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use replication_naive::config::NodeArgs;
 use replication_naive::driver::{self, DriverConfig};
+use replication_naive::incarnation::Incarnations;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -121,11 +123,18 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
         dir: &Path,
         open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
     ) -> Result<Self, StartError> {
+        let mut config = config;
         let id = config.id;
         // Bound first: a node that cannot listen leaves its data directory untouched.
         let listener = bind(listen).await?;
         let storage = DurableStorage::open_dir(dir, id)
             .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
+        if config.membership_changes {
+            // Only where a member whose data was lost can be removed and added again.
+            let incarnations = Incarnations::open(dir)
+                .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
+            config.incarnations = Some(Arc::new(incarnations));
+        }
         let snapshots = open_snapshots(dir)?;
         let raft = RaftNode::with_snapshots(config, storage, snapshots)
             .map_err(|e| StartError::failure(format!("cannot recover from --data-dir: {e}")))?;

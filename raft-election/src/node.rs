@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::sync::Arc;
 
 use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
@@ -19,6 +20,7 @@ use raft_log::storage::{HardState, Storage};
 use raft_log::types::{LogIndex, Payload, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use replication_naive::incarnation::Incarnations;
 use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
 use replication_naive::transport::ClusterId;
 use tracing::{debug, info, warn};
@@ -72,6 +74,10 @@ pub struct Config {
     /// relays them to the leader over the peer link (limecached; `node/relay.rs`). Off, it
     /// answers them with `not_leader`.
     pub followers_relay: bool,
+    /// This node's data directory's incarnation and the members' it remembers, checked by
+    /// the runner's transport (membership changes on, with a data directory). None:
+    /// nothing checked.
+    pub incarnations: Option<Arc<Incarnations>>,
 }
 
 /// When a node snapshots its state and compacts its log, and how it sends snapshots (§7).
@@ -127,6 +133,7 @@ impl Config {
             snapshots: None,
             membership_changes: false,
             followers_relay: false,
+            incarnations: None,
         }
     }
 }
@@ -1387,6 +1394,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
 
     fn cluster(&self) -> ClusterId {
         self.membership().cluster()
+    }
+
+    fn incarnations(&self) -> Option<Arc<Incarnations>> {
+        self.config.incarnations.clone()
     }
 
     fn start_sync(&mut self) -> Option<SyncJob> {

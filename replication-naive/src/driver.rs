@@ -146,6 +146,9 @@ where
         stop_node.clone(),
     );
     transport.set_cluster(node.cluster());
+    if let Some(incarnations) = node.incarnations() {
+        transport.set_incarnations(incarnations);
+    }
     transport.set_peers(&peers);
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let inbound = Inbound {
@@ -419,6 +422,13 @@ async fn drive<N: Node>(
             // The cluster first, so that links to new peers say it in their hellos.
             transport.set_cluster(node.cluster());
             transport.set_peers(&peers);
+            // A removed member is forgotten: added again, it may come with a new data
+            // directory.
+            if let Some(incarnations) = node.incarnations() {
+                if let Err(error) = incarnations.keep_only(&peers.keys().copied().collect()) {
+                    warn!(%error, "cannot forget the incarnations of removed members");
+                }
+            }
         }
         if let Some(leader) = &leader {
             leader.send_if_modified(|published| {

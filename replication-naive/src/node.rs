@@ -8,11 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use kv_server::protocol::{NodeId, Op, Outcome, Reply};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::incarnation::Incarnations;
 use crate::transport::ClusterId;
 
 /// Names one client request inside a node, so the reply can find its way back. Assigned by
@@ -97,6 +99,13 @@ pub trait Node {
     /// refuses peers of another. Unknown for nodes whose log holds no configuration.
     fn cluster(&self) -> ClusterId {
         ClusterId::UNKNOWN
+    }
+
+    /// This node's data directory's incarnation and the members' it remembers
+    /// ([`crate::incarnation`]): the runner's transport says the one and checks the others.
+    /// None for nodes that do not check them.
+    fn incarnations(&self) -> Option<Arc<Incarnations>> {
+        None
     }
 
     /// The runner has taken every input waiting for now: the node sends what is worth

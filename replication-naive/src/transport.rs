@@ -22,10 +22,10 @@
 //! nothing behind that retries it for ever. A configuration that names the node replaces
 //! its learned link with a configured one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +41,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::incarnation::{Incarnation, Incarnations};
 use tracing::{debug, info, warn};
 
 /// The first byte of every peer connection; client connections start with `{`.
@@ -69,6 +71,9 @@ pub struct Hello {
     /// The sender's cluster (absent when unknown, and from senders older than the field).
     #[serde(default, skip_serializing_if = "ClusterId::is_unknown")]
     pub cluster: ClusterId,
+    /// The sender's data directory ([`crate::incarnation`]; absent without one).
+    #[serde(default, skip_serializing_if = "Incarnation::is_none")]
+    pub incarnation: Incarnation,
 }
 
 /// Which cluster a node belongs to. Chosen when the cluster is founded and carried by every
@@ -111,6 +116,10 @@ impl fmt::Display for ClusterId {
 pub struct Introductions {
     addrs: Mutex<HashMap<NodeId, String>>,
     cluster: AtomicU64,
+    /// The members, as last configured: only they are held to their incarnation.
+    members: Mutex<BTreeSet<NodeId>>,
+    /// This node's incarnation and the members' (none without a data directory).
+    incarnations: OnceLock<Arc<Incarnations>>,
 }
 
 impl Introductions {
@@ -126,6 +135,30 @@ impl Introductions {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
+    }
+
+    /// This node's incarnation, said in its hellos.
+    fn own_incarnation(&self) -> Incarnation {
+        self.incarnations
+            .get()
+            .map_or(Incarnation::NONE, |known| known.own())
+    }
+
+    /// Whether member `id` connecting as `incarnation` is admitted: a node that is not a
+    /// member is not checked, nor is any on a node without a data directory.
+    async fn admit(&self, id: NodeId, incarnation: Incarnation) -> Result<(), String> {
+        let member = self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id);
+        let Some(known) = self.incarnations.get().filter(|_| member).cloned() else {
+            return Ok(());
+        };
+        // A first incarnation is saved (a file write and two fsyncs), off the runtime.
+        tokio::task::spawn_blocking(move || known.admit(id, incarnation))
+            .await
+            .map_err(|e| format!("cannot check node {id}'s incarnation: {e}"))?
     }
 
     fn learn(&self, id: NodeId, addr: String) {
@@ -231,6 +264,13 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         self.learned.clone()
     }
 
+    /// Gives the transport this node's incarnation (said in every hello from now on) and
+    /// the members' it remembers (each member's hello is checked against them). Once: a
+    /// node has one data directory.
+    pub fn set_incarnations(&self, incarnations: Arc<Incarnations>) {
+        let _ = self.learned.incarnations.set(incarnations);
+    }
+
     /// Sets the node's cluster: said in every hello from now on, and checked against every
     /// inbound hello. A node learns it from its configuration (a joining node, once the
     /// leader's reaches it).
@@ -247,6 +287,11 @@ impl<M: Serialize + Send + 'static> Transport<M> {
     /// joining node replaying old configurations that lack its leader keeps the link it
     /// answers that leader over.
     pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
+        *self
+            .learned
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = peers.keys().copied().collect();
         let peers: BTreeMap<NodeId, String> = peers
             .iter()
             .filter(|&(&id, _)| id != self.me)
@@ -420,6 +465,7 @@ impl Link {
                 from: self.me,
                 addr: self.me_addr.clone(),
                 cluster: self.introductions.cluster(),
+                incarnation: self.introductions.own_incarnation(),
             };
             frames
                 .send(Bytes::from(serde_json::to_vec(&hello)?))
@@ -620,6 +666,9 @@ pub async fn receive<M: DeserializeOwned>(
     if let Some(refused) = foreign() {
         return Err(refused);
     }
+    book.admit(from, hello.incarnation)
+        .await
+        .map_err(InboundError::Hello)?;
     debug!(%from, addr = %hello.addr, "peer connected");
     book.learn(from, hello.addr.clone());
     loop {

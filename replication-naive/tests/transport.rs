@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::SinkExt;
 use kv_server::protocol::NodeId;
+use replication_naive::incarnation::Incarnation;
 use replication_naive::transport::{
     self, AddressBook, ClusterId, Hello, PEER_PREAMBLE, Transport, TransportConfig,
 };
@@ -99,6 +100,7 @@ async fn hello_from(
         from,
         addr: from_addr,
         cluster: ClusterId::UNKNOWN,
+        incarnation: Incarnation::NONE,
     };
     frames
         .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))

@@ -291,6 +291,16 @@ impl ProcessCluster {
         child.wait().is_ok_and(|s| s.success()) && signalled
     }
 
+    /// Whether one of the last lines node `id` logged contains `text`.
+    pub fn logged(&self, id: u64, text: &str) -> bool {
+        self.logs.get(&id).is_some_and(|log| {
+            log.lock()
+                .expect("no panic holds it")
+                .iter()
+                .any(|line| line.contains(text))
+        })
+    }
+
     /// Fails the test if a node it started has exited on its own (a panic, a refusal to
     /// start), with that node's last log lines: a chaos run must not pass on two nodes
     /// while the third died.

@@ -222,3 +222,84 @@ async fn a_wiped_follower_is_replaced_by_a_new_member_that_catches_up_by_snapsho
         Some("before".into())
     );
 }
+
+/// The walk-through's lost write: leader L and follower A commit a write while B is down;
+/// L and A crash, A's data directory is lost, and A (with the founding `--peers`) and B
+/// restart. A, empty, cannot tell it ever ran, and its vote would let B, which lacks the
+/// write, lead and overwrite it. B remembers the data directory A first connected with and
+/// refuses the new one, so no one leads until L is back, and the write is kept. Removed and
+/// started again with `--join`, A rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_on_a_lost_data_directory_is_refused_and_no_write_is_lost() {
+    let mut cluster = ProcessCluster::unstarted("limecached", 3, &[]);
+    let founders: Vec<String> = (1..=3)
+        .map(|id| format!("{id}={}", cluster.addrs[&id]))
+        .collect();
+    let founders = founders.join(",");
+    for id in 1..=3 {
+        cluster.start_node_with(id, &["--peers", &founders]);
+    }
+    let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
+    client.put("before", "1").await.expect("a healthy cluster");
+    let l = cluster.leader().await.expect("a leader after a put");
+    let mut followers = (1..=3).filter(|&id| id != l);
+    let (a, b) = (
+        followers.next().expect("3 nodes"),
+        followers.next().expect("3 nodes"),
+    );
+
+    cluster.kill(b);
+    client.put("w", "acked").await.expect("L and A commit");
+    cluster.kill(l);
+    cluster.kill(a);
+    std::fs::remove_dir_all(cluster.data_dir(a).expect("durable")).expect("wipe A");
+    cluster.start_node_with(a, &["--peers", &founders]);
+    cluster.start_node(b);
+    eventually(
+        "B refusing the wiped A",
+        Duration::from_secs(20),
+        || async { cluster.logged(b, "came back with another data directory") },
+    )
+    .await;
+    assert_eq!(
+        cluster.leader().await,
+        None,
+        "B and the wiped A elected a leader"
+    );
+
+    cluster.start_node(l);
+    let mut client = ClusterClient::new(cluster.all_addrs(), RetryPolicy::default());
+    assert_eq!(
+        client
+            .get("w", Consistency::Linearizable)
+            .await
+            .expect("L and B elect a leader"),
+        Some("acked".into()),
+        "the acknowledged write was lost"
+    );
+
+    // The way back: removed (which forgets its data directory) and added again.
+    client
+        .remove_member(kv_server::protocol::NodeId(a))
+        .await
+        .expect("remove A");
+    cluster.kill(a);
+    std::fs::remove_dir_all(cluster.data_dir(a).expect("durable")).expect("wipe A again");
+    cluster.start_node_with(a, &["--join", &cluster.addrs[&l].clone()]);
+    eventually(
+        "A a voter again, with the write",
+        Duration::from_secs(30),
+        || async {
+            cluster.stale_get(a, "w").await.as_deref() == Some("acked")
+                && cluster
+                    .status(l)
+                    .await
+                    .and_then(|s| s.members)
+                    .is_some_and(|m| {
+                        m.iter()
+                            .any(|m| m.id == kv_server::protocol::NodeId(a) && m.voter)
+                    })
+        },
+    )
+    .await;
+}
