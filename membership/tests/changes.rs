@@ -56,9 +56,27 @@ fn every_original_node_replaced_one_by_one() {
             sim.crash(NodeId(old));
         }
         assert_eq!(voters(&sim), [4, 5, 6], "seed {seed}");
-        // The new members learned the cluster they joined, from the log or a snapshot.
+        // The new members learned the cluster they joined, from the log or a snapshot, and
+        // every member records the change that made each one a member.
         for id in 4..=6 {
             assert_eq!(cluster_of(&sim, id), founded, "node {id}, seed {seed}");
+        }
+        let since = |id: u64| sim.node(NodeId(id)).expect("runs").membership().since();
+        let added = since(4);
+        assert!(
+            added[&NodeId(4)] > 1 && added[&NodeId(4)] < added[&NodeId(5)],
+            "seed {seed}: {added:?}"
+        );
+        assert!(
+            added[&NodeId(5)] < added[&NodeId(6)],
+            "seed {seed}: {added:?}"
+        );
+        for id in [5, 6] {
+            let theirs = since(id);
+            for member in 4..=6 {
+                let member = NodeId(member);
+                assert_eq!(theirs.get(&member), added.get(&member), "seed {seed}");
+            }
         }
         load.assert_kept(&mut sim);
         assert_log_matching(&sim);
@@ -77,6 +95,8 @@ fn founders_agree_on_their_cluster_and_lone_founders_do_not_collide() {
     let founded = cluster_of(&sim, 1);
     assert!(!founded.is_unknown());
     assert_eq!([2, 3].map(|id| cluster_of(&sim, id)), [founded, founded]);
+    let since = sim.node(NodeId(1)).expect("runs").membership().since();
+    assert_eq!(since.into_values().collect::<Vec<_>>(), [1, 1, 1]);
     let lone = |seed| cluster_of(&cluster(seed, 1), 1);
     assert_ne!(lone(1), lone(2));
     assert!(!lone(1).is_unknown());

@@ -58,7 +58,6 @@ use raft_log::types::{Entry, LogIndex, Term};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use replication_naive::incarnation;
 use replication_naive::node::SyncJob;
 
 use crate::medium::{FileMedium, Medium, Replacement, sync_dir};
@@ -295,15 +294,10 @@ fn foreign_content(dir: &Path) -> std::io::Result<Option<String>> {
         return Ok(Some("a log".to_owned()));
     }
     let id_tmp = format!("{NODE_ID_FILE}.tmp");
-    let incarnations_tmp = format!("{}.tmp", incarnation::FILE);
-    let expected = [
-        LOCK_FILE,
-        LOG_FILE,
-        id_tmp.as_str(),
-        incarnation::FILE,
-        incarnations_tmp.as_str(),
-        "lost+found",
-    ];
+    // Not the incarnations file: written after the id, it makes a directory without one a
+    // node's whose log and id were deleted, which must not start anew with its old
+    // incarnation.
+    let expected = [LOCK_FILE, LOG_FILE, id_tmp.as_str(), "lost+found"];
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let hidden = name.as_encoded_bytes().starts_with(b".");

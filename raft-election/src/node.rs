@@ -1400,6 +1400,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         self.config.incarnations.clone()
     }
 
+    fn members_since(&self) -> BTreeMap<NodeId, u64> {
+        self.membership().since()
+    }
+
     fn start_sync(&mut self) -> Option<SyncJob> {
         self.log.start_sync()
     }

@@ -18,6 +18,16 @@ pub struct MemberInfo {
     /// Whether it votes and counts toward majorities. A member that does not is a learner:
     /// it receives the log (or a snapshot) until it has caught up, and is then promoted.
     pub voter: bool,
+    /// The index of the configuration that made it a member: 1 for a founder, the change's
+    /// own for one added later (again, if it was removed before). 0 in fixed configurations
+    /// and in ones written before it was recorded. A member added again may come back with
+    /// a new data directory ([`replication_naive::incarnation`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub since: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A cluster configuration.
@@ -50,10 +60,14 @@ impl Membership {
             mix(&[0]);
         }
         mix(&salt.to_le_bytes());
-        Membership {
+        let mut founding = Membership {
             cluster: ClusterId(hash.max(1)),
             ..Membership::voters(founders)
+        };
+        for member in founding.members.values_mut() {
+            member.since = 1;
         }
+        founding
     }
 
     /// The cluster this configuration belongs to.
@@ -70,6 +84,7 @@ impl Membership {
                     let info = MemberInfo {
                         addr: addr.clone(),
                         voter: true,
+                        since: 0,
                     };
                     (id, info)
                 })
@@ -139,11 +154,23 @@ impl Membership {
             .collect()
     }
 
-    /// This configuration with `id` added as a learner at `addr`.
-    pub fn with_learner(&self, id: NodeId, addr: String) -> Membership {
+    /// This configuration with `id` added as a learner at `addr`, by the configuration that
+    /// will be at index `at`.
+    pub fn with_learner(&self, id: NodeId, addr: String, at: u64) -> Membership {
         let mut next = self.clone();
-        next.members.insert(id, MemberInfo { addr, voter: false });
+        let info = MemberInfo {
+            addr,
+            voter: false,
+            since: at,
+        };
+        next.members.insert(id, info);
         next
+    }
+
+    /// Every member with the index of the configuration that made it one
+    /// ([`MemberInfo::since`]).
+    pub fn since(&self) -> BTreeMap<NodeId, u64> {
+        self.members.iter().map(|(&id, m)| (id, m.since)).collect()
     }
 
     /// This configuration with learner `id` made a voter.
@@ -177,7 +204,7 @@ mod tests {
 
     #[test]
     fn learners_are_members_but_not_voters_and_do_not_change_the_majority() {
-        let config = three().with_learner(NodeId(4), "127.0.0.1:7004".into());
+        let config = three().with_learner(NodeId(4), "127.0.0.1:7004".into(), 9);
         assert!(config.contains(NodeId(4)) && !config.is_voter(NodeId(4)));
         assert_eq!(config.majority(), 2);
         assert_eq!(config.learner_ids().collect::<Vec<_>>(), [NodeId(4)]);
@@ -220,7 +247,7 @@ mod tests {
             assert_ne!(other.cluster(), cluster);
         }
         let changed = Membership::founding(&founders(&[7001, 7002, 7003]), 0)
-            .with_learner(NodeId(4), "127.0.0.1:7004".into())
+            .with_learner(NodeId(4), "127.0.0.1:7004".into(), 9)
             .with_promoted(NodeId(4))
             .without(NodeId(1));
         assert_eq!(changed.cluster(), cluster);

@@ -149,6 +149,7 @@ where
     if let Some(incarnations) = node.incarnations() {
         transport.set_incarnations(incarnations);
     }
+    transport.set_members(node.members_since());
     transport.set_peers(&peers);
     let (inbox_tx, inbox) = mpsc::channel(config.transport.queue);
     let inbound = Inbound {
@@ -421,14 +422,8 @@ async fn drive<N: Node>(
         if let Some(peers) = out.peers.take() {
             // The cluster first, so that links to new peers say it in their hellos.
             transport.set_cluster(node.cluster());
+            transport.set_members(node.members_since());
             transport.set_peers(&peers);
-            // A removed member is forgotten: added again, it may come with a new data
-            // directory.
-            if let Some(incarnations) = node.incarnations() {
-                if let Err(error) = incarnations.keep_only(&peers.keys().copied().collect()) {
-                    warn!(%error, "cannot forget the incarnations of removed members");
-                }
-            }
         }
         if let Some(leader) = &leader {
             leader.send_if_modified(|published| {

@@ -7,10 +7,12 @@
 //! entries it acknowledged are gone, and its vote can elect a node that lacks a committed
 //! write. So every data directory gets a random *incarnation* at its first start, said in
 //! the peer hello, and every node remembers, durably, the incarnation each member first
-//! connected with. A member that connects with another one is refused until it has been
-//! removed from the cluster (which forgets its incarnation) and added again.
+//! connected with. A member that connects with another one is refused, unless the
+//! configuration made it a member again since (it was removed and added back: the
+//! configuration records, for each member, the index of the change that added it, which
+//! every node learns through the log or a snapshot, even one that was down meanwhile).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,15 @@ impl Incarnation {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
     own: Incarnation,
-    members: BTreeMap<NodeId, Incarnation>,
+    members: BTreeMap<NodeId, Remembered>,
+}
+
+/// A member's incarnation, and the configuration that had made it a member when it was
+/// first seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    incarnation: Incarnation,
+    since: u64,
 }
 
 /// This node's incarnation and the members' it remembers, kept in a file of its data
@@ -83,39 +93,41 @@ impl Incarnations {
         self.lock().own
     }
 
-    /// Whether member `id`, connecting as `incarnation`, is the member this node knows: the
-    /// first incarnation a member connects with is remembered (saved before this returns),
-    /// and another one is refused, with the reason.
-    pub fn admit(&self, id: NodeId, incarnation: Incarnation) -> Result<(), String> {
-        if incarnation.is_none() {
-            return Ok(());
-        }
+    /// Whether member `id`, connecting as `incarnation` while the configuration says the
+    /// change at index `since` made it a member, is the member this node knows. The first
+    /// incarnation a member connects with is remembered (saved before this returns), and
+    /// so is a new one if a later change made it a member again; another one is refused,
+    /// with the reason.
+    pub fn admit(&self, id: NodeId, incarnation: Incarnation, since: u64) -> Result<(), String> {
         let mut saved = self.lock();
-        match saved.members.get(&id) {
-            Some(&known) if known == incarnation => Ok(()),
-            Some(_) => Err(format!(
+        let known = saved.members.get(&id).copied();
+        if incarnation.is_none() {
+            // A binary without incarnations: a member known by one must keep saying it.
+            return match known {
+                Some(_) => Err(format!(
+                    "node {id} says no incarnation, but this node knows it by one (an older binary?)"
+                )),
+                None => Ok(()),
+            };
+        }
+        match known {
+            Some(known) if known.incarnation == incarnation => Ok(()),
+            Some(known) if known.since >= since => Err(format!(
                 "node {id} came back with another data directory: what it acknowledged is lost, and it may not vote as if nothing happened; remove it from the cluster (kv-client ... remove-member {id}), then start it with --join on an empty directory"
             )),
-            None => {
-                saved.members.insert(id, incarnation);
+            // First seen, or made a member again since it was.
+            _ => {
+                let remembered = Remembered { incarnation, since };
+                saved.members.insert(id, remembered);
                 save(&self.path, &saved).map_err(|e| {
-                    saved.members.remove(&id);
+                    match known {
+                        Some(known) => saved.members.insert(id, known),
+                        None => saved.members.remove(&id),
+                    };
                     format!("cannot remember node {id}'s incarnation: {e}")
                 })
             }
         }
-    }
-
-    /// Forgets the members not in `members`: removed, they may come back with a new data
-    /// directory once added again.
-    pub fn keep_only(&self, members: &BTreeSet<NodeId>) -> std::io::Result<()> {
-        let mut saved = self.lock();
-        let before = saved.members.len();
-        saved.members.retain(|id, _| members.contains(id));
-        if saved.members.len() == before {
-            return Ok(());
-        }
-        save(&self.path, &saved)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
@@ -141,24 +153,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_is_known_by_its_first_incarnation_until_it_is_removed() {
+    fn a_member_is_known_by_its_first_incarnation_until_it_is_made_a_member_again() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let memory = Incarnations::open(dir.path()).expect("made");
         let own = memory.own();
         assert!(!own.is_none());
-        assert_eq!(memory.admit(NodeId(2), Incarnation(7)), Ok(()));
-        assert_eq!(memory.admit(NodeId(2), Incarnation(7)), Ok(()));
-        assert_eq!(memory.admit(NodeId(3), Incarnation::NONE), Ok(()));
+        // A founder (made a member by the founding configuration, index 1).
+        assert_eq!(memory.admit(NodeId(2), Incarnation(7), 1), Ok(()));
+        assert_eq!(memory.admit(NodeId(2), Incarnation(7), 1), Ok(()));
+        assert_eq!(memory.admit(NodeId(3), Incarnation::NONE, 1), Ok(()));
         // Remembered across restarts.
         drop(memory);
         let memory = Incarnations::open(dir.path()).expect("loaded");
         assert_eq!(memory.own(), own);
-        let refused = memory.admit(NodeId(2), Incarnation(8)).unwrap_err();
+        let refused = memory.admit(NodeId(2), Incarnation(8), 1).unwrap_err();
         assert!(refused.contains("another data directory"), "{refused}");
-        // Removed, it is forgotten, and may come back anew.
-        memory
-            .keep_only(&BTreeSet::from([NodeId(1), NodeId(3)]))
-            .expect("saved");
-        assert_eq!(memory.admit(NodeId(2), Incarnation(8)), Ok(()));
+        // Removed and added again by the change at index 40: its new directory is admitted,
+        // and from then on it is the one known.
+        assert_eq!(memory.admit(NodeId(2), Incarnation(8), 40), Ok(()));
+        assert!(memory.admit(NodeId(2), Incarnation(7), 40).is_err());
+        assert!(memory.admit(NodeId(2), Incarnation(9), 40).is_err());
     }
 }

@@ -108,6 +108,13 @@ pub trait Node {
         None
     }
 
+    /// The members, each with the index of the configuration that made it one: a member
+    /// made one again (after a removal) may come with a new data directory. Empty for nodes
+    /// whose configuration is fixed.
+    fn members_since(&self) -> BTreeMap<NodeId, u64> {
+        BTreeMap::new()
+    }
+
     /// The runner has taken every input waiting for now: the node sends what is worth
     /// sending once per batch of inputs rather than once per input (a leader, the entries
     /// proposed in the batch, in one AppendEntries per follower). The runner calls it before

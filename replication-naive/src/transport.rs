@@ -22,7 +22,7 @@
 //! nothing behind that retries it for ever. A configuration that names the node replaces
 //! its learned link with a configured one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -116,8 +116,9 @@ impl fmt::Display for ClusterId {
 pub struct Introductions {
     addrs: Mutex<HashMap<NodeId, String>>,
     cluster: AtomicU64,
-    /// The members, as last configured: only they are held to their incarnation.
-    members: Mutex<BTreeSet<NodeId>>,
+    /// The members, each with the index of the configuration that made it one, as last
+    /// configured: only they are held to their incarnation.
+    members: Mutex<BTreeMap<NodeId, u64>>,
     /// This node's incarnation and the members' (none without a data directory).
     incarnations: OnceLock<Arc<Incarnations>>,
 }
@@ -144,21 +145,38 @@ impl Introductions {
             .map_or(Incarnation::NONE, |known| known.own())
     }
 
-    /// Whether member `id` connecting as `incarnation` is admitted: a node that is not a
-    /// member is not checked, nor is any on a node without a data directory.
-    async fn admit(&self, id: NodeId, incarnation: Incarnation) -> Result<(), String> {
-        let member = self
+    /// Holds a connection from `id`, which said it runs as `incarnation`, to what this node
+    /// remembers, once `id` is a member: at the hello, and again at a message if the
+    /// configuration has made `id` a member since the connection was last checked (`checked`
+    /// holds the index of the change it was checked against). A node that is not a member
+    /// is not checked, nor is any on a node without a data directory.
+    async fn hold(
+        &self,
+        id: NodeId,
+        incarnation: Incarnation,
+        checked: &mut Option<u64>,
+    ) -> Result<(), InboundError> {
+        let Some(known) = self.incarnations.get() else {
+            return Ok(());
+        };
+        let since = self
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&id);
-        let Some(known) = self.incarnations.get().filter(|_| member).cloned() else {
+            .get(&id)
+            .copied();
+        let Some(since) = since.filter(|&since| Some(since) != *checked) else {
             return Ok(());
         };
+        let known = known.clone();
         // A first incarnation is saved (a file write and two fsyncs), off the runtime.
-        tokio::task::spawn_blocking(move || known.admit(id, incarnation))
+        tokio::task::spawn_blocking(move || known.admit(id, incarnation, since))
             .await
-            .map_err(|e| format!("cannot check node {id}'s incarnation: {e}"))?
+            .map_err(|e| format!("cannot check node {id}'s incarnation: {e}"))
+            .and_then(|admitted| admitted)
+            .map_err(InboundError::Hello)?;
+        *checked = Some(since);
+        Ok(())
     }
 
     fn learn(&self, id: NodeId, addr: String) {
@@ -264,6 +282,16 @@ impl<M: Serialize + Send + 'static> Transport<M> {
         self.learned.clone()
     }
 
+    /// Sets the members whose hellos are checked against their incarnation, each with the
+    /// index of the configuration that made it a member.
+    pub fn set_members(&self, members: BTreeMap<NodeId, u64>) {
+        *self
+            .learned
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = members;
+    }
+
     /// Gives the transport this node's incarnation (said in every hello from now on) and
     /// the members' it remembers (each member's hello is checked against them). Once: a
     /// node has one data directory.
@@ -287,11 +315,6 @@ impl<M: Serialize + Send + 'static> Transport<M> {
     /// joining node replaying old configurations that lack its leader keeps the link it
     /// answers that leader over.
     pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
-        *self
-            .learned
-            .members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = peers.keys().copied().collect();
         let peers: BTreeMap<NodeId, String> = peers
             .iter()
             .filter(|&(&id, _)| id != self.me)
@@ -666,9 +689,8 @@ pub async fn receive<M: DeserializeOwned>(
     if let Some(refused) = foreign() {
         return Err(refused);
     }
-    book.admit(from, hello.incarnation)
-        .await
-        .map_err(InboundError::Hello)?;
+    let mut checked = None;
+    book.hold(from, hello.incarnation, &mut checked).await?;
     debug!(%from, addr = %hello.addr, "peer connected");
     book.learn(from, hello.addr.clone());
     loop {
@@ -684,6 +706,9 @@ pub async fn receive<M: DeserializeOwned>(
         if let Some(refused) = foreign() {
             return Err(refused);
         }
+        // Made a member since the hello (the connection of a node being added, say, opened
+        // before this node knew of the change): checked now.
+        book.hold(from, hello.incarnation, &mut checked).await?;
         let message = serde_json::from_slice(&frame)
             .map_err(|error| InboundError::Message { from, error })?;
         if inbox.send((from, message)).await.is_err() {

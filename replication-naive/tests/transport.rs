@@ -2,12 +2,13 @@
 //! order over one link, and refuses connections that do not speak its handshake.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
 use kv_server::protocol::NodeId;
-use replication_naive::incarnation::Incarnation;
+use replication_naive::incarnation::{Incarnation, Incarnations};
 use replication_naive::transport::{
     self, AddressBook, ClusterId, Hello, PEER_PREAMBLE, Transport, TransportConfig,
 };
@@ -92,9 +93,6 @@ async fn hello_from(
     from: NodeId,
     from_addr: String,
 ) -> FramedWrite<TcpStream, LengthDelimitedCodec> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
-    let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
     let hello = Hello {
         version,
         from,
@@ -102,6 +100,17 @@ async fn hello_from(
         cluster: ClusterId::UNKNOWN,
         incarnation: Incarnation::NONE,
     };
+    say(addr, &hello).await
+}
+
+/// Connects to `addr` and says `hello`.
+async fn say(
+    addr: std::net::SocketAddr,
+    hello: &Hello,
+) -> FramedWrite<TcpStream, LengthDelimitedCodec> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&[PEER_PREAMBLE]).await.unwrap();
+    let mut frames = FramedWrite::new(stream, LengthDelimitedCodec::new());
     frames
         .send(Bytes::from(serde_json::to_vec(&hello).unwrap()))
         .await
@@ -206,6 +215,73 @@ async fn a_connection_admitted_before_the_node_knew_its_cluster_ends_once_it_kno
     let refused = link.next().await.unwrap_err();
     assert!(refused.contains("another cluster"), "{refused}");
     link.stop.cancel();
+}
+
+/// Node 2 (which keeps incarnations in `dir`) reading a connection from node 1 running as
+/// `incarnation`: node 2's transport, node 1's end, and what node 2 hands on or why it ended.
+async fn from_node_1_as(
+    node2: &Transport<u64>,
+    incarnation: u64,
+) -> (
+    FramedWrite<TcpStream, LengthDelimitedCodec>,
+    mpsc::Receiver<(NodeId, u64)>,
+    tokio::task::JoinHandle<Result<(), transport::InboundError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hello = Hello {
+        version: transport::PROTOCOL_VERSION,
+        from: NodeId(1),
+        addr: "127.0.0.1:1".into(),
+        cluster: ClusterId::UNKNOWN,
+        incarnation: Incarnation(incarnation),
+    };
+    let node1 = say(listener.local_addr().unwrap(), &hello).await;
+    let (stream, _) = guard("a connection", listener.accept()).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let book = node2.address_book();
+    let reader = tokio::spawn(async move {
+        transport::receive(stream, tx, &book, fast(), CancellationToken::new()).await
+    });
+    (node1, rx, reader)
+}
+
+#[tokio::test]
+async fn a_member_back_with_another_data_directory_is_refused_even_if_it_connected_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let node2: Transport<u64> = Transport::start(
+        NodeId(2),
+        "127.0.0.1:2".into(),
+        &BTreeMap::new(),
+        fast(),
+        stop.clone(),
+    );
+    node2.set_incarnations(Arc::new(Incarnations::open(dir.path()).unwrap()));
+    // Node 1 connects before node 2 knows it as a member (node 2 is joining, say): admitted
+    // unchecked; once node 2's configuration names it, its next message records it.
+    let (mut node1, mut heard, _reader) = from_node_1_as(&node2, 7).await;
+    node1.send(Bytes::from_static(b"42")).await.unwrap();
+    assert_eq!(guard("42", heard.recv()).await, Some((NodeId(1), 42)));
+    node2.set_members(BTreeMap::from([(NodeId(1), 1)]));
+    node1.send(Bytes::from_static(b"43")).await.unwrap();
+    assert_eq!(guard("43", heard.recv()).await, Some((NodeId(1), 43)));
+    // Back with another data directory: refused.
+    let (_node1, mut heard, reader) = from_node_1_as(&node2, 8).await;
+    assert_eq!(guard("the refusal", heard.recv()).await, None);
+    let refused = guard("the reader's end", reader)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("another data directory"),
+        "{refused}"
+    );
+    // Made a member again by a later change: its new directory is taken.
+    node2.set_members(BTreeMap::from([(NodeId(1), 9)]));
+    let (mut node1, mut heard, _reader) = from_node_1_as(&node2, 8).await;
+    node1.send(Bytes::from_static(b"44")).await.unwrap();
+    assert_eq!(guard("44", heard.recv()).await, Some((NodeId(1), 44)));
+    stop.cancel();
 }
 
 #[tokio::test]

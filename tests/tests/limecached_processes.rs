@@ -248,6 +248,12 @@ async fn a_voter_restarted_on_a_lost_data_directory_is_refused_and_no_write_is_l
         followers.next().expect("3 nodes"),
     );
 
+    // B knows A's data directory (its file names A) before B goes down.
+    let b_knows = cluster.data_dir(b).expect("durable").join("incarnations");
+    eventually("B to remember A", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&b_knows).is_ok_and(|saved| saved.contains(&format!("\"{a}\":")))
+    })
+    .await;
     cluster.kill(b);
     client.put("w", "acked").await.expect("L and A commit");
     cluster.kill(l);

@@ -63,7 +63,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                         out.reply(tag, Err(Failure::bad_request(why)));
                         return;
                     }
-                    None => Some(current.with_learner(*id, addr.clone())),
+                    // Made a member by the entry about to be appended.
+                    None => Some(current.with_learner(
+                        *id,
+                        addr.clone(),
+                        self.log.last_index().next().0,
+                    )),
                 },
             },
             Change::Remove(id) if !current.contains(*id) => None,
