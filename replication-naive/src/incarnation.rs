@@ -70,7 +70,10 @@ impl Incarnations {
         let path = dir.join(FILE);
         let saved = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::other(format!("{} is unreadable: {e}", path.display()))
+                std::io::Error::other(format!(
+                    "{} is unreadable ({e}): restore it from a copy, or remove this node from the cluster and start it again with --join on an empty data directory",
+                    path.display()
+                ))
             })?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let saved = Saved {

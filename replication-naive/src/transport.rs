@@ -516,7 +516,8 @@ impl Link {
         stop: &CancellationToken,
     ) -> std::io::Result<()> {
         let mut encoder = self.codec();
-        let mut probe = [0u8; 1];
+        // A peer never writes here, except why it refuses this node (`receive`).
+        let mut probe = [0u8; MAX_REFUSAL_BYTES];
         let learned = self.lifetime == Lifetime::Learned;
         let idle = tokio::time::sleep(self.config.learned_idle);
         tokio::pin!(idle);
@@ -529,7 +530,11 @@ impl Link {
                     return Ok(());
                 }
                 closed = link.reader.read(&mut probe) => {
-                    closed?;
+                    let said = closed?;
+                    if said > 0 {
+                        let why = String::from_utf8_lossy(&probe[..said]);
+                        warn!(peer = %self.to, %why, "the peer refuses this node");
+                    }
                     return Err(std::io::ErrorKind::ConnectionAborted.into());
                 }
                 message = queue.recv(), if room => match message {
@@ -687,10 +692,12 @@ pub async fn receive<M: DeserializeOwned>(
         })
     };
     if let Some(refused) = foreign() {
-        return Err(refused);
+        return Err(refusing(frames.get_mut(), refused).await);
     }
     let mut checked = None;
-    book.hold(from, hello.incarnation, &mut checked).await?;
+    if let Err(refused) = book.hold(from, hello.incarnation, &mut checked).await {
+        return Err(refusing(frames.get_mut(), refused).await);
+    }
     debug!(%from, addr = %hello.addr, "peer connected");
     book.learn(from, hello.addr.clone());
     loop {
@@ -704,17 +711,39 @@ pub async fn receive<M: DeserializeOwned>(
         // A node that did not know its cluster at the hello (one joining) may have learned
         // it since: a connection from another cluster ends then.
         if let Some(refused) = foreign() {
-            return Err(refused);
+            return Err(refusing(frames.get_mut(), refused).await);
         }
         // Made a member since the hello (the connection of a node being added, say, opened
         // before this node knew of the change): checked now.
-        book.hold(from, hello.incarnation, &mut checked).await?;
+        if let Err(refused) = book.hold(from, hello.incarnation, &mut checked).await {
+            return Err(refusing(frames.get_mut(), refused).await);
+        }
         let message = serde_json::from_slice(&frame)
             .map_err(|error| InboundError::Message { from, error })?;
         if inbox.send((from, message)).await.is_err() {
             return Ok(());
         }
     }
+}
+
+/// The most of a refusal's reason sent back to the refused node.
+const MAX_REFUSAL_BYTES: usize = 1024;
+
+/// Tells the node at the other end of `stream` why this node refuses it (another cluster,
+/// a lost data directory), on the direction it otherwise never reads, so that its own log
+/// says so too; best effort, within a second. Returns `refused`.
+async fn refusing(stream: &mut TcpStream, refused: InboundError) -> InboundError {
+    let why = refused.to_string();
+    let mut end = why.len().min(MAX_REFUSAL_BYTES);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    let said = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(&why.as_bytes()[..end]),
+    );
+    let _ = said.await;
+    refused
 }
 
 /// Logs why an inbound peer connection ended, at a level that fits.

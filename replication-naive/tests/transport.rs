@@ -265,17 +265,20 @@ async fn a_member_back_with_another_data_directory_is_refused_even_if_it_connect
     node2.set_members(BTreeMap::from([(NodeId(1), 1)]));
     node1.send(Bytes::from_static(b"43")).await.unwrap();
     assert_eq!(guard("43", heard.recv()).await, Some((NodeId(1), 43)));
-    // Back with another data directory: refused.
-    let (_node1, mut heard, reader) = from_node_1_as(&node2, 8).await;
+    // Back with another data directory: refused, and told why.
+    let (mut node1, mut heard, reader) = from_node_1_as(&node2, 8).await;
     assert_eq!(guard("the refusal", heard.recv()).await, None);
     let refused = guard("the reader's end", reader)
         .await
         .unwrap()
-        .unwrap_err();
-    assert!(
-        refused.to_string().contains("another data directory"),
-        "{refused}"
-    );
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("another data directory"), "{refused}");
+    let mut told = String::new();
+    guard("the reason", node1.get_mut().read_to_string(&mut told))
+        .await
+        .unwrap();
+    assert_eq!(told, refused);
     // Made a member again by a later change: its new directory is taken.
     node2.set_members(BTreeMap::from([(NodeId(1), 9)]));
     let (mut node1, mut heard, _reader) = from_node_1_as(&node2, 8).await;
