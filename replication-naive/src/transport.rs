@@ -119,6 +119,9 @@ pub struct Introductions {
     /// The members, each with the index of the configuration that made it one, as last
     /// configured: only they are held to their incarnation.
     members: Mutex<BTreeMap<NodeId, u64>>,
+    /// Bumped by each change of `members`: a connection looks at them again only when it
+    /// has moved, not at every message.
+    members_version: AtomicU64,
     /// This node's incarnation and the members' (none without a data directory).
     incarnations: OnceLock<Arc<Incarnations>>,
 }
@@ -148,24 +151,30 @@ impl Introductions {
     /// Holds a connection from `id`, which said it runs as `incarnation`, to what this node
     /// remembers, once `id` is a member: at the hello, and again at a message if the
     /// configuration has made `id` a member since the connection was last checked (`checked`
-    /// holds the index of the change it was checked against). A node that is not a member
-    /// is not checked, nor is any on a node without a data directory.
+    /// says against what; the members are looked at only when they have changed). A node
+    /// that is not a member is not checked, nor is any on a node without a data directory.
     async fn hold(
         &self,
         id: NodeId,
         incarnation: Incarnation,
-        checked: &mut Option<u64>,
+        checked: &mut Checked,
     ) -> Result<(), InboundError> {
         let Some(known) = self.incarnations.get() else {
             return Ok(());
         };
+        // Read before the members, so that a change made meanwhile is looked at next time.
+        let version = self.members_version.load(Ordering::Acquire);
+        if checked.version == Some(version) {
+            return Ok(());
+        }
+        checked.version = Some(version);
         let since = self
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .copied();
-        let Some(since) = since.filter(|&since| Some(since) != *checked) else {
+        let Some(since) = since.filter(|&since| Some(since) != checked.since) else {
             return Ok(());
         };
         let known = known.clone();
@@ -175,7 +184,7 @@ impl Introductions {
             .map_err(|e| format!("cannot check node {id}'s incarnation: {e}"))
             .and_then(|admitted| admitted)
             .map_err(InboundError::Hello)?;
-        *checked = Some(since);
+        checked.since = Some(since);
         Ok(())
     }
 
@@ -290,6 +299,7 @@ impl<M: Serialize + Send + 'static> Transport<M> {
             .members
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = members;
+        self.learned.members_version.fetch_add(1, Ordering::Release);
     }
 
     /// Gives the transport this node's incarnation (said in every hello from now on) and
@@ -694,7 +704,7 @@ pub async fn receive<M: DeserializeOwned>(
     if let Some(refused) = foreign() {
         return Err(refusing(frames.get_mut(), refused).await);
     }
-    let mut checked = None;
+    let mut checked = Checked::default();
     if let Err(refused) = book.hold(from, hello.incarnation, &mut checked).await {
         return Err(refusing(frames.get_mut(), refused).await);
     }
@@ -724,6 +734,15 @@ pub async fn receive<M: DeserializeOwned>(
             return Ok(());
         }
     }
+}
+
+/// What a connection's reader last held its sender to ([`Introductions::hold`]).
+#[derive(Debug, Default)]
+struct Checked {
+    /// The version of the members it looked at.
+    version: Option<u64>,
+    /// The change that made the sender a member, when it was one then.
+    since: Option<u64>,
 }
 
 /// The most of a refusal's reason sent back to the refused node.
