@@ -168,6 +168,11 @@ enum Duty {
 /// follower that is receiving one ([`RaftNode::sending_snapshot`]).
 const SNAPSHOT_TRANSFER_PATIENCE: u64 = 10;
 
+/// Election timeouts without a leader after which a node stops calling it "an election
+/// under way" and says that a majority of the voters cannot be reached: a first election
+/// with a split vote or two takes a few.
+const LEADERLESS_TIMEOUTS: u64 = 5;
+
 /// How a node campaigns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Campaign {
@@ -227,6 +232,9 @@ pub struct RaftNode<S, P = NoSnapshots> {
     /// This round's randomized timeout, in `[election_ticks, 2 × election_ticks)`.
     election_timeout: u64,
     heartbeat_elapsed: u64,
+    /// Ticks since this node last knew a leader (itself included): how long its elections
+    /// have gone without one.
+    leaderless_ticks: u64,
     /// The leadership transfer under way, if any.
     handoff: Option<Handoff>,
     /// Linearizable reads being confirmed (leader) and waiting to be applied.
@@ -317,6 +325,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             election_elapsed: 0,
             election_timeout: 0,
             heartbeat_elapsed: 0,
+            leaderless_ticks: 0,
             handoff: None,
             reads: Reads::default(),
             relay: Relay::new(run),
@@ -451,11 +460,23 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// Why a node that is not the leader cannot take a write: the leader's address when it
-    /// knows one, or an election under way.
+    /// knows one, or an election under way, or, once elections have gone on without a
+    /// leader for [`LEADERLESS_TIMEOUTS`] election timeouts, that a majority is missing.
     fn not_leader(&self) -> Failure {
         match self.duty {
             Duty::PreCandidate { .. } | Duty::Candidate { .. } => {
-                Failure::unavailable("an election is under way; retry shortly")
+                let timeouts = self.leaderless_ticks / self.config.election_ticks;
+                if timeouts < LEADERLESS_TIMEOUTS {
+                    return Failure::unavailable("an election is under way; retry shortly");
+                }
+                let membership = self.membership();
+                Failure::unavailable(format!(
+                    "no leader for {timeouts} election timeouts: electing one takes {} of the \
+                     {} voters able to reach each other; check that they are running and \
+                     connected",
+                    membership.majority(),
+                    membership.voter_ids().count()
+                ))
             }
             _ => Failure::not_leader(self.leader.and_then(|id| self.addr(id))),
         }
@@ -1342,6 +1363,11 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     }
 
     fn tick(&mut self, out: &mut Outbox<Message>) {
+        if self.is_leader() || self.leader.is_some() {
+            self.leaderless_ticks = 0;
+        } else {
+            self.leaderless_ticks += 1;
+        }
         self.finish_snapshot();
         self.finish_install(out);
         self.tick_handoff(out);

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{TICK_MS, check_election_safety, cluster, leaders, stable_leader};
-use kv_server::protocol::{ErrorCode, NodeId, Op, Reply};
+use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role};
 use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
 use rand::Rng;
-use replication_naive::sim::{NetConfig, for_each_seed};
+use replication_naive::sim::{NetConfig, Sim, for_each_seed};
 
 /// The base election timeout of the default configuration, in simulated ms.
 const ELECTION_MS: u64 = 20 * TICK_MS;
@@ -147,6 +147,40 @@ fn candidates_answer_unavailable_and_followers_name_the_leader() {
     );
     let tag = sim.request(follower, Op::Status);
     assert!(matches!(sim.reply(tag), Some(Ok(Reply::Status(_)))));
+}
+
+#[test]
+fn a_node_without_a_leader_for_long_says_a_majority_is_missing() {
+    for_each_seed(20, |seed| {
+        let mut sim = cluster(seed, 3);
+        assert!(sim.run_until(10 * ELECTION_MS, |sim| stable_leader(sim).is_some()));
+        let leader = stable_leader(&sim).unwrap();
+        let follower = sim.ids().into_iter().find(|&id| id != leader).unwrap();
+        assert!(sim.run_until(10 * ELECTION_MS, |sim| {
+            sim.node(follower).unwrap().leader() == Some(leader)
+        }));
+        sim.isolate(follower);
+        assert!(sim.run_until(10 * ELECTION_MS, |sim| {
+            sim.node(follower).unwrap().role() == Role::Candidate
+        }));
+        let message = |sim: &mut Sim<_>| {
+            let tag = sim.request(follower, Op::put("k", "v"));
+            let failure = sim.reply(tag).unwrap().clone().unwrap_err();
+            assert_eq!(failure.code, ErrorCode::Unavailable);
+            failure.message
+        };
+        assert_eq!(message(&mut sim), "an election is under way; retry shortly");
+
+        // Five election timeouts later, it still has no leader, and says why.
+        sim.run_for(5 * ELECTION_MS);
+        assert!(sim.node(follower).unwrap().leader().is_none());
+        let said = message(&mut sim);
+        assert!(
+            said.starts_with("no leader for 5 election timeouts"),
+            "{said}"
+        );
+        assert!(said.contains("takes 2 of the 3 voters"), "{said}");
+    });
 }
 
 #[test]
