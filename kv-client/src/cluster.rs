@@ -42,6 +42,7 @@
 //! one.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -76,6 +77,30 @@ impl Fate {
     /// Whether a change could have taken effect, were the request given up now.
     fn may_have_happened(&self) -> bool {
         self.unknown || self.in_flight
+    }
+}
+
+/// Why a search for the leader ([`ClusterClient::ask_for_leader`]) found none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NoLeaderNamed {
+    /// Members that answered in time.
+    answered: usize,
+    /// Members asked.
+    asked: usize,
+}
+
+impl fmt::Display for NoLeaderNamed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no member named the leader in time ({} of {} answered",
+            self.answered, self.asked
+        )?;
+        match self.answered {
+            0 => write!(f, ")"),
+            1 => write!(f, ", and knew of none)"),
+            _ => write!(f, ", and none knew of one)"),
+        }
     }
 }
 
@@ -256,7 +281,7 @@ impl ClusterClient {
     /// that answered within the request timeout knows one.
     pub async fn find_leader(&mut self) -> Option<String> {
         let until = Instant::now() + self.policy.deadline;
-        self.ask_for_leader(until).await.map(|(addr, _)| addr)
+        self.ask_for_leader(until).await.ok().map(|(addr, _)| addr)
     }
 
     /// The leader's status: asked of the leader the members name (one request when the
@@ -267,9 +292,9 @@ impl ClusterClient {
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
         let until = Instant::now() + self.policy.deadline;
         let at = match self.ask_for_leader(until).await {
-            Some((_, Some(status))) => return Ok(status),
-            Some((leader, None)) => leader,
-            None => self.members.first().cloned().unwrap_or_default(),
+            Ok((_, Some(status))) => return Ok(status),
+            Ok((leader, None)) => leader,
+            Err(_) => self.members.first().cloned().unwrap_or_default(),
         };
         if Instant::now() >= until {
             // The search used it all: say so, not "cannot connect" to a node never tried.
@@ -286,7 +311,10 @@ impl ClusterClient {
     /// turn, a member that accepts connections and never answers held up the search for a
     /// whole request timeout before the next was tried. The search ends by `until`, and
     /// within one request timeout.
-    async fn ask_for_leader(&mut self, until: Instant) -> Option<(String, Option<Status>)> {
+    async fn ask_for_leader(
+        &mut self,
+        until: Instant,
+    ) -> Result<(String, Option<Status>), NoLeaderNamed> {
         let until = until.min(Instant::now() + self.policy.request_timeout);
         let mut asks: FuturesUnordered<_> = self
             .members
@@ -342,10 +370,12 @@ impl ClusterClient {
         for addr in &unanswered {
             self.connections.remove(addr);
         }
-        if let Some((leader, _)) = &found {
-            self.leader = Some(leader.clone());
-        }
-        found
+        let (leader, status) = found.ok_or(NoLeaderNamed {
+            answered: self.members.len() - unanswered.len(),
+            asked: self.members.len(),
+        })?;
+        self.leader = Some(leader.clone());
+        Ok((leader, status))
     }
 
     async fn write(&mut self, command: Command) -> Result<WriteOutcome, Error> {
@@ -431,15 +461,17 @@ impl ClusterClient {
         // `earlier`: the last error of an attempt the deadline did not cut short (the
         // caller's own attempt, at first, if it made one).
         if self.leader.is_none() {
-            self.ask_for_leader(deadline).await;
+            let search = self.ask_for_leader(deadline).await;
             if Instant::now() >= deadline {
                 // No attempt was made here: an attempt now, with no time left, could still put
                 // the request on the wire and leave its outcome unknown for nothing. (The
                 // caller's own attempt, if it made one, may have left it unknown already.)
-                let error = earlier
-                    .unwrap_or_else(|| self.nothing_happened("no member named the leader in time"));
-                let why = "no member named the leader in time";
-                return Err(self.final_error(changes, fate, error, why));
+                let why = search.err().map_or_else(
+                    || "the leader was found with no time left".to_owned(),
+                    |none| none.to_string(),
+                );
+                let error = earlier.unwrap_or_else(|| self.nothing_happened(&why));
+                return Err(self.final_error(changes, fate, error, &why));
             }
         }
         loop {

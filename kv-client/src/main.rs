@@ -218,7 +218,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             }
         }
         Cmd::Status => {
-            let rows = status_table::collect(&mut client, &cli.addr).await;
+            let rows = status_table::collect(policy, &cli.addr).await;
             if rows.iter().all(|r| r.status.is_err()) {
                 let why = rows.first().and_then(|r| r.status.as_ref().err()).cloned();
                 return Err(Failure(

@@ -1,12 +1,14 @@
 //! `kv-client status`: asks every member for its status and prints one row per member; and
 //! `kv-client members`' table of the configuration.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use kv_server::protocol::{NodeId, Role, Status};
 
-use crate::ClusterClient;
+use futures::future::join_all;
+
+use crate::{ClusterClient, RetryPolicy};
 
 /// One member's answer, or why there was none.
 #[derive(Debug)]
@@ -20,33 +22,64 @@ pub struct Row {
 /// Asks each address in `addrs`, then every member those answers list, for its status, and
 /// returns one row per node, in table order.
 ///
+/// The addresses given are asked all at once, then the members their answers list, so a
+/// silent node costs one wait (`policy`'s request timeout), however many there are.
+///
 /// A node is told apart by its id where known, not by the address asked: given as
 /// `localhost:7001` and listed by the members as `127.0.0.1:7001`, node 1 is one row, under
 /// the address the user gave (those are asked first). A listed member whose id already has
 /// a row is not asked again; a node that turns out to have one at another address is left
 /// out. Unreachable addresses have no id and are told apart by address only.
-pub async fn collect(client: &mut ClusterClient, addrs: &[String]) -> Vec<Row> {
+pub async fn collect(policy: RetryPolicy, addrs: &[String]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut asked: HashSet<String> = HashSet::new();
     let mut ids: HashSet<NodeId> = HashSet::new();
-    let mut queue: VecDeque<(String, Option<NodeId>)> =
+    let mut wave: Vec<(String, Option<NodeId>)> =
         addrs.iter().map(|addr| (addr.clone(), None)).collect();
-    while let Some((addr, listed_as)) = queue.pop_front() {
-        if listed_as.is_some_and(|id| ids.contains(&id)) || !asked.insert(addr.clone()) {
-            continue;
-        }
-        let status = client.status_of(&addr).await.map_err(|e| e.to_string());
-        if let Ok(status) = &status {
-            if status.id.is_some_and(|id| !ids.insert(id)) {
-                continue;
+    while !wave.is_empty() {
+        let to_ask: Vec<String> = wave
+            .into_iter()
+            .filter(|(addr, listed_as)| {
+                !listed_as.is_some_and(|id| ids.contains(&id)) && asked.insert(addr.clone())
+            })
+            .map(|(addr, _)| addr)
+            .collect();
+        let answers = join_all(to_ask.iter().map(|addr| status_of(policy, addr))).await;
+        wave = Vec::new();
+        for (addr, status) in to_ask.into_iter().zip(answers) {
+            if let Ok(status) = &status {
+                if status.id.is_some_and(|id| !ids.insert(id)) {
+                    continue;
+                }
+                let members = status.members.iter().flatten();
+                wave.extend(members.map(|m| (m.addr.clone(), Some(m.id))));
             }
-            let members = status.members.iter().flatten();
-            queue.extend(members.map(|m| (m.addr.clone(), Some(m.id))));
+            rows.push(Row { addr, status });
         }
-        rows.push(Row { addr, status });
     }
     in_table_order(&mut rows);
     rows
+}
+
+/// The status of the node at `addr`, asked on a connection of its own.
+async fn status_of(policy: RetryPolicy, addr: &str) -> Result<Status, String> {
+    let mut client = ClusterClient::new(vec![addr.to_owned()], policy);
+    client.status_of(addr).await.map_err(|e| e.to_string())
+}
+
+/// A node's ROLE: the role it reports, or `non-member` for a node that lists members
+/// without itself among them (removed, or started with `--join` and not yet added), which
+/// goes on reporting `follower`.
+fn role(status: &Status) -> String {
+    let outside = status
+        .id
+        .zip(status.members.as_ref())
+        .is_some_and(|(id, members)| members.iter().all(|m| m.id != id));
+    if outside {
+        "non-member".to_owned()
+    } else {
+        status.role.to_string()
+    }
 }
 
 /// Sorts `rows` as the table shows them: the nodes that answered by id (one without an id,
@@ -79,7 +112,7 @@ pub fn render(rows: &[Row]) -> String {
             Ok(s) => [
                 s.id.map_or_else(dash, |id| id.to_string()),
                 row.addr.clone(),
-                s.role.to_string(),
+                role(s),
                 show(s.term),
                 show(s.commit_index),
                 show(s.last_applied),
@@ -266,6 +299,38 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
             "{}",
             render(&rows)
         );
+    }
+
+    #[test]
+    fn a_node_missing_from_its_own_member_list_is_shown_as_a_non_member() {
+        let two_members: Vec<Member> = (1..=2)
+            .map(|i| Member {
+                id: NodeId(i),
+                addr: format!("127.0.0.1:700{i}"),
+                voter: true,
+            })
+            .collect();
+        let with_members = |status: Status| Status {
+            members: Some(two_members.clone()),
+            ..status
+        };
+        let rows: Vec<Row> = [
+            with_members(node(1, Role::Leader, 10, 10)),
+            with_members(node(3, Role::Follower, 8, 8)),
+        ]
+        .into_iter()
+        .map(|status| Row {
+            addr: format!("127.0.0.1:700{}", status.id.unwrap()),
+            status: Ok(status),
+        })
+        .collect();
+        let expected = "\
+ID  ADDRESS         ROLE        TERM  COMMIT  APPLIED  LAG
+1   127.0.0.1:7001  leader      3     10      10       0
+3   127.0.0.1:7003  non-member  3     8       8        2
+leader: 1 at 127.0.0.1:7001
+";
+        assert_eq!(render(&rows), expected);
     }
 
     #[test]

@@ -483,3 +483,26 @@ async fn a_node_that_never_answers_is_abandoned_after_the_request_timeout() {
     assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_search_that_finds_no_leader_says_how_many_members_answered() {
+    let candidate = Server::start(Scripted(|op| match op {
+        Op::Status => status(Role::Candidate, None),
+        _ => Err(Failure::unavailable("no leader")),
+    }))
+    .await;
+    let silent = Silent::start().await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(10),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![candidate.addr(), silent.addr.clone()], policy);
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    let said = error.to_string();
+    assert!(
+        said.contains("no member named the leader in time (1 of 2 answered, and knew of none)"),
+        "{said}"
+    );
+}

@@ -3,13 +3,15 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use common::{Scripted, Server, quick};
-use kv_client::ClusterClient;
 use kv_client::status_table::{Row, collect};
-use kv_server::protocol::{Member, NodeId, Reply, Role, Status};
+use kv_server::protocol::{Member, NodeId, Op, Outcome, Reply, Role, Status};
+use kv_server::serve::Handler;
+use tokio::sync::Barrier;
 
 /// A node answering every request with its `status` as node `id`, listing the members `members` holds once set,
 /// and counting the requests it gets.
@@ -59,8 +61,7 @@ async fn a_node_reached_at_two_addresses_is_one_row_under_the_address_given() {
         .set(vec![member(1, &listed), member(2, &other)])
         .unwrap();
 
-    let mut client = ClusterClient::new(vec![front.addr()], quick());
-    let rows = collect(&mut client, &[front.addr()]).await;
+    let rows = collect(quick(), &[front.addr()]).await;
     assert_eq!(addrs(&rows), [front.addr(), other.addr()]);
     assert_eq!(
         listed_asked.load(Ordering::SeqCst),
@@ -70,7 +71,7 @@ async fn a_node_reached_at_two_addresses_is_one_row_under_the_address_given() {
     assert_eq!(other_asked.load(Ordering::SeqCst), 1);
 
     // Given both ways, both are asked (the user named them), and the node is still one row.
-    let rows = collect(&mut client, &[front.addr(), listed.addr()]).await;
+    let rows = collect(quick(), &[front.addr(), listed.addr()]).await;
     assert_eq!(addrs(&rows), [front.addr(), other.addr()]);
     assert_eq!(front_asked.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -90,8 +91,7 @@ async fn unreachable_members_are_listed_after_the_ones_that_answered() {
     let one = node(1, members.clone(), Arc::default()).await;
     members.set(vec![member(1, &one), member(2, &two)]).unwrap();
 
-    let mut client = ClusterClient::new(vec![down.clone(), two.addr()], quick());
-    let rows = collect(&mut client, &[down.clone(), two.addr()]).await;
+    let rows = collect(quick(), &[down.clone(), two.addr()]).await;
     assert_eq!(addrs(&rows), [one.addr(), two.addr(), down.clone()]);
     assert!(rows[2].status.is_err());
     let ids: Vec<Option<NodeId>> = rows
@@ -99,4 +99,43 @@ async fn unreachable_members_are_listed_after_the_ones_that_answered() {
         .map(|r| r.status.as_ref().ok().and_then(|s| s.id))
         .collect();
     assert_eq!(ids, [Some(NodeId(1)), Some(NodeId(2)), None]);
+}
+
+/// A node that answers `status` only once every node sharing `all_asked` has been asked.
+struct Rendezvous {
+    id: u64,
+    all_asked: Arc<Barrier>,
+}
+
+impl Handler for Rendezvous {
+    fn handle(&self, _: Op) -> impl Future<Output = Outcome> + Send + 'static + use<> {
+        let (id, all_asked) = (self.id, self.all_asked.clone());
+        async move {
+            all_asked.wait().await;
+            Ok(Reply::Status(Box::new(Status {
+                id: Some(NodeId(id)),
+                term: Some(1),
+                ..Status::standalone()
+            })))
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_nodes_given_are_asked_at_once() {
+    // Each answers only once the other has been asked: asked one after the other, the first
+    // would be given up on (after `quick()`'s 500 ms) before the second was asked.
+    let all_asked = Arc::new(Barrier::new(2));
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        let all_asked = all_asked.clone();
+        nodes.push(Server::start(Rendezvous { id, all_asked }).await);
+    }
+    let given: Vec<String> = nodes.iter().map(Server::addr).collect();
+    let rows = collect(quick(), &given).await;
+    let ids: Vec<Option<NodeId>> = rows
+        .iter()
+        .map(|r| r.status.as_ref().ok().and_then(|s| s.id))
+        .collect();
+    assert_eq!(ids, [Some(NodeId(1)), Some(NodeId(2))], "{rows:?}");
 }
