@@ -337,15 +337,19 @@ impl ClusterClient {
             })
             .collect();
         let mut unanswered: HashSet<String> = self.members.iter().cloned().collect();
+        // Members whose answer came, a status or an error of theirs (not one of connecting).
+        let mut answered = 0;
         let search = async {
             while let Some((addr, asked)) = asks.next().await {
                 unanswered.remove(&addr);
                 let status = match asked {
                     Ok((client, Ok(Reply::Status(status)))) => {
+                        answered += 1;
                         self.connections.insert(addr.clone(), client);
                         *status
                     }
                     Ok((client, Err(Error::Server(_)))) => {
+                        answered += 1;
                         self.connections.insert(addr, client);
                         continue;
                     }
@@ -371,7 +375,7 @@ impl ClusterClient {
             self.connections.remove(addr);
         }
         let (leader, status) = found.ok_or(NoLeaderNamed {
-            answered: self.members.len() - unanswered.len(),
+            answered,
             asked: self.members.len(),
         })?;
         self.leader = Some(leader.clone());

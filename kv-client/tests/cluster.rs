@@ -492,17 +492,21 @@ async fn a_search_that_finds_no_leader_says_how_many_members_answered() {
     }))
     .await;
     let silent = Silent::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap().to_string();
+    drop(closed);
     let policy = RetryPolicy {
         deadline: Duration::from_millis(300),
         request_timeout: Duration::from_secs(10),
         ..quick()
     };
-    let mut client = ClusterClient::new(vec![candidate.addr(), silent.addr.clone()], policy);
+    let members = vec![candidate.addr(), silent.addr.clone(), down];
+    let mut client = ClusterClient::new(members, policy);
     let error = client.put("k", "v").await.unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
     let said = error.to_string();
     assert!(
-        said.contains("no member named the leader in time (1 of 2 answered, and knew of none)"),
+        said.contains("no member named the leader in time (1 of 3 answered, and knew of none)"),
         "{said}"
     );
 }
