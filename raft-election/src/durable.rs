@@ -336,26 +336,65 @@ fn lock_dir(dir: &Path) -> Result<fs::File, OpenError> {
     }
 }
 
-/// Whether the log in the data directory `dir` holds a record other than the one every
-/// node writes first ([`first_record`]): its first bytes are neither all zeros nor that
-/// record (or part of it, a first write cut short) followed by zeros. The first record
-/// starts at the first byte, and no record starts with a sector of zeros (it starts with
-/// its length); the file is zero-filled ahead of its content, so a first write lost in a
-/// crash leaves only zeros. No log file holds nothing.
+/// Whether the log in the data directory `dir` holds something a first start would lose:
+/// an intact record past the one every node writes first ([`first_record`]), other than
+/// the hard state a new cluster's founder writes with its founding entry (term 1, no vote),
+/// before the log's end or a torn tail.
+///
+/// So a log is not written when it holds only zeros (a first write lost in a crash: the
+/// file is zero-filled ahead of its content), the first record or part of it, or that
+/// record and a founding write that a crash cut short (its hard state whole, its entry
+/// torn): nothing was synced past the first record, no vote was given and nothing was
+/// acknowledged, and the next start founds the cluster again from its flags. A record that
+/// fails its checksum with no sign of a crash counts as written: opening the log then
+/// refuses it as damaged.
 pub fn log_written(dir: &Path) -> std::io::Result<bool> {
     use std::io::Read;
-    let mut first = Vec::with_capacity(SECTOR);
-    match fs::File::open(dir.join(LOG_FILE)) {
-        Ok(file) => {
-            file.take(SECTOR as u64).read_to_end(&mut first)?;
-            let content = first
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |last| last + 1);
-            Ok(!first_record().starts_with(&first[..content]))
+    let mut file = match fs::File::open(dir.join(LOG_FILE)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    // The start of the log tells, unless a torn tail has to be told from damage further on.
+    let mut bytes = Vec::new();
+    (&mut file).take(WRITTEN_PREFIX).read_to_end(&mut bytes)?;
+    if let Some(written) = written_past_first_record(&bytes, false) {
+        return Ok(written);
+    }
+    file.read_to_end(&mut bytes)?;
+    Ok(written_past_first_record(&bytes, true).unwrap_or(true))
+}
+
+/// How much of a log [`log_written`] reads first.
+const WRITTEN_PREFIX: u64 = 64 * 1024;
+
+/// [`log_written`] for a log that starts with `bytes` (the whole log when `whole`): `None`
+/// when the rest of the log is needed to tell.
+fn written_past_first_record(bytes: &[u8], whole: bool) -> Option<bool> {
+    let first = first_record();
+    let content = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    if first.starts_with(&bytes[..content]) {
+        return Some(false);
+    }
+    if !bytes.starts_with(&first) {
+        return Some(true);
+    }
+    let mut at = first.len();
+    loop {
+        match read_record(&bytes[at..], at) {
+            Read::Record(payload) => match serde_json::from_slice(payload) {
+                Ok(Record::<Vec<Entry>>::HardState(HardState {
+                    current_term,
+                    voted_for: None,
+                })) if current_term <= Term(1) => at += HEADER + payload.len(),
+                _ => return Some(true),
+            },
+            Read::Damaged => return Some(true),
+            Read::End | Read::Torn => return whole.then_some(false),
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(error),
     }
 }
 

@@ -1001,3 +1001,65 @@ fn a_first_start_that_stopped_before_or_after_writing_its_id_starts_cleanly() {
         assert_eq!(std::fs::read(&log).unwrap()[..end], first[..end]);
     }
 }
+
+#[test]
+fn a_founding_write_cut_short_by_a_crash_leaves_a_new_data_directory() {
+    use raft_election::durable::{LOG_FILE, log_written};
+    use raft_election::node::{Config, RaftNode};
+    use std::collections::BTreeMap;
+    // Founders with long names, so that the founding entry spans several sectors.
+    let members: BTreeMap<NodeId, String> = (1..=16)
+        .map(|i| {
+            let addr = format!("node-{i}.a-rather-long-host-name.example.internal:7001");
+            (NodeId(i), addr)
+        })
+        .collect();
+    let found = |dir: &std::path::Path| {
+        let storage = DurableStorage::open_dir(dir, NodeId(1)).unwrap();
+        let mut config = Config::new(NodeId(1), members.clone(), 7);
+        config.membership_changes = true;
+        let storage = RaftNode::new(config, storage).into_storage();
+        (storage.last_index(), storage.hard_state().current_term)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(found(dir.path()), (LogIndex(1), Term(1)));
+    assert!(log_written(dir.path()).unwrap());
+    let log = dir.path().join(LOG_FILE);
+    let whole = std::fs::read(&log).unwrap();
+    let end = whole.iter().rposition(|&b| b != 0).unwrap() + 1;
+    const SECTOR: usize = 512;
+    let sectors = end.div_ceil(SECTOR);
+    assert!(sectors >= 3, "the founding write spans {sectors} sectors");
+    // A crash inside the founding write: each sector holds what was last written to it or
+    // what it held before (zeros past the first record, which was synced before). The
+    // first sector written holds the founder's hard state (term 1, no vote) whole, and
+    // the founding entry after it is torn.
+    for kept in 1..sectors {
+        let mut torn = whole.clone();
+        torn[kept * SECTOR..].fill(0);
+        std::fs::write(&log, &torn).unwrap();
+        assert!(!log_written(dir.path()).unwrap(), "{kept} sectors kept");
+        // The next start founds the cluster again, as the first would have.
+        assert_eq!(
+            found(dir.path()),
+            (LogIndex(1), Term(1)),
+            "{kept} sectors kept"
+        );
+        assert!(log_written(dir.path()).unwrap(), "{kept} sectors kept");
+    }
+    // A vote, or a later term, is something a new start must not forget.
+    for (term, vote) in [(1, Some(NodeId(2))), (2, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+        storage.save_hard_state(HardState {
+            current_term: Term(term),
+            voted_for: vote,
+        });
+        storage.sync();
+        drop(storage);
+        assert!(
+            log_written(dir.path()).unwrap(),
+            "term {term}, vote {vote:?}"
+        );
+    }
+}
