@@ -67,15 +67,18 @@ async fn status_of(policy: RetryPolicy, addr: &str) -> Result<Status, String> {
     client.status_of(addr).await.map_err(|e| e.to_string())
 }
 
-/// A node's ROLE: the role it reports, or `non-member` for a node that lists members
-/// without itself among them (removed, or started with `--join` and not yet added), which
-/// goes on reporting `follower`.
+/// A node's ROLE: the role it reports, `removed` for a node that knows a committed
+/// configuration leaves it out, or `non-member` for one whose member list leaves it out
+/// (started with `--join` and not yet added, say). Either goes on reporting `follower`, the
+/// contract's word for it.
 fn role(status: &Status) -> String {
     let outside = status
         .id
         .zip(status.members.as_ref())
         .is_some_and(|(id, members)| members.iter().all(|m| m.id != id));
-    if outside {
+    if status.removed {
+        "removed".to_owned()
+    } else if outside {
         "non-member".to_owned()
     } else {
         status.role.to_string()
@@ -217,6 +220,7 @@ mod tests {
             commit_index: Some(commit),
             last_applied: Some(applied),
             members: None,
+            removed: false,
         }
     }
 
@@ -302,7 +306,7 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
     }
 
     #[test]
-    fn a_node_missing_from_its_own_member_list_is_shown_as_a_non_member() {
+    fn a_removed_node_and_one_missing_from_its_own_member_list_are_shown_so() {
         let two_members: Vec<Member> = (1..=2)
             .map(|i| Member {
                 id: NodeId(i),
@@ -314,8 +318,15 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
             members: Some(two_members.clone()),
             ..status
         };
+        // Node 2 knows its removal committed, though its own list (it missed the entry)
+        // still names it.
+        let removed = Status {
+            removed: true,
+            ..with_members(node(2, Role::Follower, 8, 8))
+        };
         let rows: Vec<Row> = [
             with_members(node(1, Role::Leader, 10, 10)),
+            removed,
             with_members(node(3, Role::Follower, 8, 8)),
         ]
         .into_iter()
@@ -327,6 +338,7 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
         let expected = "\
 ID  ADDRESS         ROLE        TERM  COMMIT  APPLIED  LAG
 1   127.0.0.1:7001  leader      3     10      10       0
+2   127.0.0.1:7002  removed     3     8       8        2
 3   127.0.0.1:7003  non-member  3     8       8        2
 leader: 1 at 127.0.0.1:7001
 ";

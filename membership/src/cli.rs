@@ -290,6 +290,7 @@ mod tests {
                 addr: "127.0.0.1:7004".into(),
                 voter,
             }]),
+            removed: false,
         };
         let (node, other) = (NodeId(4), NodeId(5));
         assert_eq!(lost_voter(node, &view(Role::Leader, true)), Some(true));

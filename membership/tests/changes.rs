@@ -118,6 +118,7 @@ fn the_leader_removes_itself_and_steps_down() {
             Role::Follower,
             "not a learner: not a member at all"
         );
+        assert!(says_removed(&mut sim, leader), "seed {seed}");
         let term = sim.node(new_leader).expect("runs").term();
         load.run_for(&mut sim, 50 * ELECTION_MS);
         assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");
@@ -338,6 +339,7 @@ fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
         remove(&mut sim, &mut load, gone.0);
         load.run_for(&mut sim, 20 * ELECTION_MS);
         assert!(sim.node(gone).expect("runs").membership().is_voter(gone));
+        assert!(!says_removed(&mut sim, gone), "seed {seed}");
         sim.heal();
         let leader = stable_leader(&sim).expect("a leader");
         let term = sim.node(leader).expect("runs").term();
@@ -349,7 +351,21 @@ fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
             "the removed node forced a new term (seed {seed})"
         );
         load.assert_kept(&mut sim);
+        // Its first pre-vote after the heal was answered with its removal: it knows, and
+        // has stopped campaigning, though its own configuration still names it a voter.
+        assert!(sim.node(gone).expect("runs").membership().is_voter(gone));
+        assert!(says_removed(&mut sim, gone), "seed {seed}");
+        assert_eq!(sim.node(gone).expect("runs").role(), Role::Follower);
     });
+}
+
+/// Whether node `id`'s `status` says it was removed.
+fn says_removed(sim: &mut common::Cluster, id: NodeId) -> bool {
+    let tag = sim.request(id, Op::Status);
+    match sim.reply(tag) {
+        Some(Ok(Reply::Status(status))) => status.removed,
+        other => panic!("status answered {other:?}"),
+    }
 }
 
 #[test]

@@ -456,7 +456,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             commit_index: Some(self.commit_index().0),
             last_applied: Some(self.last_applied().0),
             members: Some(self.membership().to_members()),
+            removed: self.removal_confirmed || self.removal_committed(),
         }
+    }
+
+    /// Whether this node's own configuration, committed, leaves it out: it applied its
+    /// removal. (A node that has not been added yet has no configuration.)
+    fn removal_committed(&self) -> bool {
+        let membership = self.membership();
+        membership.ids().next().is_some()
+            && !membership.contains(self.config.id)
+            && self.configs.latest_index() <= self.commit_index()
     }
 
     /// Why a node that is not the leader cannot take a write: the leader's address when it
@@ -749,11 +759,15 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         out: &mut Outbox<Message>,
     ) {
         // Checked against this node's configuration now, not when it asked: a late answer
-        // about an older configuration proves nothing about the current one.
+        // about an older configuration proves nothing about the current one. A committed
+        // configuration at least as recent as this node's latest that leaves it out means
+        // it was removed (§4.2.2), even if it never received the entry that removed it (it
+        // was down, or cut off): adding it again takes a later entry, which a leader then
+        // sends it, and which makes it campaign again (`membership_changed`).
         let removed = resp
             .removed_by
             .is_some_and(|at| at >= self.configs.latest_index());
-        if removed && !self.membership().contains(self.config.id) {
+        if removed {
             info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
             self.removal_confirmed = true;
             // A leader managing its own removal hands over as it would (a late answer to
@@ -1326,7 +1340,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.election_elapsed += 1;
         let membership = self.membership();
         let me = self.config.id;
-        let voter = membership.is_voter(me);
+        // A voter told that its removal committed is one no more, whatever its own
+        // configuration (which may lack the entry that removed it) says.
+        let voter = membership.is_voter(me) && !self.removal_confirmed;
         let maybe_needed = !membership.contains(me)
             && !self.removal_confirmed
             && self.configs.latest_index() > self.commit_index();

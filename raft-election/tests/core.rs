@@ -4,14 +4,14 @@
 mod common;
 
 use common::{accepted, members, step};
-use kv_server::protocol::{NodeId, Role};
+use kv_server::protocol::{NodeId, Op, Reply, Role, Status};
 use raft_election::message::{Message, RequestVote, RequestVoteResponse, TimeoutNow};
 use raft_election::node::{Config, RaftNode};
 use raft_log::membership::Membership;
 use raft_log::message::{AppendEntries, AppendEntriesResponse};
 use raft_log::storage::{HardState, MemStorage, Storage};
 use raft_log::types::{Entry, LogIndex, Payload, Term};
-use replication_naive::node::{Node, Outbox};
+use replication_naive::node::{Node, Outbox, RequestTag};
 
 fn node(id: u64, log_terms: &[u64], term: u64, pre_vote: bool) -> RaftNode<MemStorage> {
     let entries = log_terms
@@ -235,7 +235,15 @@ fn a_node_outside_a_committed_configuration_is_refused_without_its_term_and_told
 /// (index 2), neither known to be committed.
 fn left_out(pre_vote: bool) -> RaftNode<MemStorage> {
     let founders = Membership::voters(&members(3));
-    let entries = [founders.clone(), founders.without(NodeId(1))]
+    with_configs(
+        vec![founders.clone(), founders.without(NodeId(1))],
+        pre_vote,
+    )
+}
+
+/// Node 1, whose log holds `configs` at indexes 1, 2, ..., in term 1.
+fn with_configs(configs: Vec<Membership>, pre_vote: bool) -> RaftNode<MemStorage> {
+    let entries = configs
         .into_iter()
         .enumerate()
         .map(|(i, membership)| Entry {
@@ -298,6 +306,44 @@ fn a_node_left_out_stops_campaigning_only_when_told_of_a_configuration_as_recent
         assert!(out.messages.is_empty(), "it still campaigns");
     }
     assert_eq!(n.role(), Role::Follower);
+}
+
+#[test]
+fn a_voter_that_missed_its_own_removal_stops_campaigning_when_told_it_committed() {
+    // Node 1 was down while {2, 3} removed it at index 2: its log ends at the founding
+    // configuration, which it is a voter of. A voter's committed configuration as recent
+    // as that (index 1) says nothing; one at index 2 says it was removed.
+    let mut n = with_configs(vec![Membership::voters(&members(3))], true);
+    let removed_by = |index| {
+        Message::RequestVoteResponse(RequestVoteResponse {
+            term: Term(1),
+            granted: false,
+            pre_vote: true,
+            removed_by: Some(LogIndex(index)),
+        })
+    };
+    tick_until_it_speaks(&mut n);
+    answer(&mut n, 2, removed_by(0));
+    assert!(!status(&mut n).removed);
+    tick_until_it_speaks(&mut n);
+    answer(&mut n, 2, removed_by(2));
+    for _ in 0..1_000 {
+        let mut out = Outbox::default();
+        n.tick(&mut out);
+        assert!(out.messages.is_empty(), "it still campaigns");
+    }
+    assert_eq!(n.role(), Role::Follower);
+    assert!(status(&mut n).removed);
+}
+
+/// What `status` says of `node`.
+fn status(node: &mut RaftNode<MemStorage>) -> Status {
+    let mut out = Outbox::default();
+    node.request(RequestTag(1), Op::Status, &mut out);
+    match out.replies.pop() {
+        Some((_, Ok(Reply::Status(status)))) => *status,
+        other => panic!("status answered {other:?}"),
+    }
 }
 
 #[test]

@@ -158,6 +158,7 @@ impl<S: Storage> RaftLogNode<S> {
                     })
                     .collect(),
             ),
+            removed: false,
         }
     }
 

@@ -122,6 +122,7 @@ impl NaiveNode {
                     })
                     .collect(),
             ),
+            removed: false,
         }
     }
 

@@ -85,6 +85,12 @@ pub struct Status {
     pub last_applied: Option<u64>,
     /// The cluster's members.
     pub members: Option<Vec<Member>>,
+    /// Whether this node knows that a committed configuration leaves it out: it was
+    /// removed, and serves no more as a member (it may not hold the entry that removed
+    /// it, so `members` can still list it). Beyond the contract's fields; on the wire only
+    /// when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 impl Status {
@@ -99,6 +105,7 @@ impl Status {
             commit_index: None,
             last_applied: None,
             members: None,
+            removed: false,
         }
     }
 }

@@ -325,6 +325,23 @@ fn responses_read_back_into_the_same_outcome() {
 }
 
 #[test]
+fn a_status_says_removed_only_when_true_and_reads_back_without_it() {
+    let status = |removed| {
+        serde_json::to_value(Status {
+            removed,
+            ..Status::standalone()
+        })
+        .unwrap()
+    };
+    assert_eq!(status(true)["removed"], json!(true));
+    let kept = status(false);
+    assert!(kept.get("removed").is_none(), "{kept}");
+    // The contract's fields alone (an older server's answer) read back as not removed.
+    let read: Status = serde_json::from_value(kept).unwrap();
+    assert!(!read.removed);
+}
+
+#[test]
 fn a_response_missing_its_fields_is_reported_not_guessed() {
     let wire: WireResponse = serde_json::from_value(json!({"ok":true})).unwrap();
     assert!(wire.into_outcome(OpKind::Get).is_err());
