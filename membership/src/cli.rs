@@ -143,7 +143,8 @@ impl Founding {
 }
 
 /// Whether the data directory `dir` holds no log yet: a node that has never run there, or
-/// that stopped before it wrote anything past its log's first record ([`log_written`]). A
+/// that stopped before it wrote anything past its log's first record but a founding write
+/// that a crash cut short ([`log_written`]). A
 /// log that cannot be read, and one that was emptied after the node's first start
 /// ([`log_emptied`]), are not fresh: opening them fails with the reason, whatever the
 /// founding flags say.
@@ -330,5 +331,33 @@ mod tests {
         // --peers, --bootstrap or --join say.
         std::fs::write(dir.path().join(LOG_FILE), b"").unwrap();
         assert!(!is_fresh(dir.path()), "an id and an emptied log");
+    }
+
+    #[test]
+    fn a_founding_start_cut_short_inside_its_founding_write_is_fresh() {
+        use raft_election::durable::DurableStorage;
+        use raft_election::node::{Config, RaftNode};
+        // Long addresses: the founding entry spans more than its first sector.
+        let founders: BTreeMap<NodeId, String> = (1..=16)
+            .map(|i| {
+                (
+                    NodeId(i),
+                    format!("node-{i}.a-long-host-name.example.internal:7001"),
+                )
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = DurableStorage::open_dir(dir.path(), NodeId(1)).unwrap();
+        let mut config = Config::new(NodeId(1), founders, 1);
+        config.membership_changes = true;
+        drop(RaftNode::new(config, storage));
+        assert!(!is_fresh(dir.path()), "founded");
+        // A crash kept the first sector of that write (the first record, the founder's
+        // hard state, the entry's start) and lost the rest: the flags found it again.
+        let log = dir.path().join(LOG_FILE);
+        let mut torn = std::fs::read(&log).unwrap();
+        torn[512..].fill(0);
+        std::fs::write(&log, torn).unwrap();
+        assert!(is_fresh(dir.path()), "the founding entry torn");
     }
 }

@@ -211,7 +211,7 @@ impl DurableStorage<FileMedium> {
         // A directory of something else (a mistyped path) is refused untouched, before the
         // lock's file is made in it. A node's first start creates the log, writes and syncs
         // its first record (`first_record`), then writes its id: a directory without an id
-        // holds at most that record.
+        // holds at most that record, or nothing else `log_written` counts.
         if !id_file.exists() {
             if let Some(what) = foreign_content(dir).map_err(io(dir))? {
                 // Unless another node's first start, under way, made it: say that instead.
@@ -263,7 +263,8 @@ impl DurableStorage<FileMedium> {
             // The log's first record, synced before the id is written: from then on, a log
             // with no record in a directory with an id is damage, not a new directory
             // (`LogEmptied`). Whatever the log held is a first start's that stopped early
-            // (`foreign_content` found nothing else): at most this record, or part of it.
+            // (`foreign_content` found nothing else): nothing `log_written` counts, so
+            // nothing that was synced, voted or acknowledged.
             write_first_record(&mut medium).map_err(io(&log_file))?;
             // Written aside, synced, then renamed into place: a crash leaves either no
             // file or a complete one, never an empty one that would lock the node out.

@@ -564,6 +564,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let leader_changed = self.leader != leader;
         self.duty = Duty::Follower;
         self.leader = leader;
+        if leader.is_some() {
+            self.leaderless_ticks = 0;
+        }
         self.reset_election_timer();
         if was != Role::Follower || leader_changed {
             let leader = leader.map_or_else(|| "unknown".to_owned(), |l| l.to_string());
@@ -670,6 +673,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             commit_sent: self.log.commit_index(),
         };
         self.leader = Some(self.config.id);
+        self.leaderless_ticks = 0;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         info!(id = %self.config.id, term = %self.term, "leader");
@@ -763,10 +767,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         // configuration at least as recent as this node's latest that leaves it out means
         // it was removed (§4.2.2), even if it never received the entry that removed it (it
         // was down, or cut off): adding it again takes a later entry, which a leader then
-        // sends it, and which makes it campaign again (`membership_changed`).
-        let removed = resp
-            .removed_by
-            .is_some_and(|at| at >= self.configs.latest_index());
+        // sends it, and which makes it campaign again (`membership_changed`). A
+        // configuration at index 0 is a fixed one, in no log: a peer's that leaves out a
+        // node whose own lists it is a misconfiguration (different `--peers`), not a removal.
+        let me = self.config.id;
+        let removed = resp.removed_by.is_some_and(|at| {
+            at >= self.configs.latest_index()
+                && (at > LogIndex(0) || !self.membership().contains(me))
+        });
         if removed {
             info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
             self.removal_confirmed = true;

@@ -334,6 +334,14 @@ fn a_voter_that_missed_its_own_removal_stops_campaigning_when_told_it_committed(
     }
     assert_eq!(n.role(), Role::Follower);
     assert!(status(&mut n).removed);
+
+    // A fixed configuration (index 0, in no log) that leaves a node out is another
+    // `--peers`, not a removal: a voter of its own fixed configuration goes on.
+    let mut fixed = node(1, &[], 0, true);
+    tick_until_it_speaks(&mut fixed);
+    answer(&mut fixed, 2, removed_by(0));
+    tick_until_it_speaks(&mut fixed);
+    assert!(!status(&mut fixed).removed);
 }
 
 /// What `status` says of `node`.
