@@ -478,6 +478,9 @@ impl ClusterClient {
                 return Err(self.final_error(changes, fate, error, &why));
             }
         }
+        // The last error answer a member gave, which says more than one that cannot be
+        // reached.
+        let mut answered: Option<Failure> = None;
         loop {
             let addr = self.target();
             let error = match self.attempt(&addr, op.clone(), deadline, fate).await {
@@ -485,6 +488,9 @@ impl ClusterClient {
                 Err(error) => error,
             };
             debug!(%addr, %error, "attempt failed");
+            if let Error::Server(failure) = &error {
+                answered = Some(failure.clone());
+            }
             let cut_short = matches!(error, Error::RequestTimeout(budget) if budget < self.policy.request_timeout);
             let retry_at_once = match &error {
                 Error::Server(failure) => match failure.code {
@@ -532,10 +538,13 @@ impl ClusterClient {
                 backoff = (backoff * 2).min(self.policy.max_backoff);
             }
             if Instant::now() >= deadline {
-                // An attempt cut short by the deadline says less than the answer before it.
-                let error = match earlier {
-                    Some(earlier) if cut_short => earlier,
-                    _ => error,
+                // An attempt cut short by the deadline says less than the answer before it,
+                // and a member that could not be reached (nothing was sent to it) less than
+                // what another answered.
+                let error = match (earlier, error, answered) {
+                    (Some(earlier), _, _) if cut_short => earlier,
+                    (_, Error::Connect { .. }, Some(failure)) => Error::Server(failure),
+                    (_, error, _) => error,
                 };
                 let why = format!("gave up after {}", Rounded(self.policy.deadline));
                 return Err(self.final_error(changes, fate, error, &why));

@@ -22,8 +22,9 @@ pub struct Row {
 /// Asks each address in `addrs`, then every member those answers list, for its status, and
 /// returns one row per node, in table order.
 ///
-/// The addresses given are asked all at once, then the members their answers list, so a
-/// silent node costs one wait (`policy`'s request timeout), however many there are.
+/// The addresses given are asked all at once, then the members their answers list, all at
+/// once, and so on: a round waits (`policy`'s request timeout) for its silent nodes
+/// together, however many there are.
 ///
 /// A node is told apart by its id where known, not by the address asked: given as
 /// `localhost:7001` and listed by the members as `127.0.0.1:7001`, node 1 is one row, under
@@ -37,15 +38,24 @@ pub async fn collect(policy: RetryPolicy, addrs: &[String]) -> Vec<Row> {
     let mut wave: Vec<(String, Option<NodeId>)> =
         addrs.iter().map(|addr| (addr.clone(), None)).collect();
     while !wave.is_empty() {
-        let to_ask: Vec<String> = wave
-            .into_iter()
-            .filter(|(addr, listed_as)| {
-                !listed_as.is_some_and(|id| ids.contains(&id)) && asked.insert(addr.clone())
-            })
-            .map(|(addr, _)| addr)
-            .collect();
+        // One address per listed id in a round: another listed for the same id is asked
+        // in the next round only if this one gives the id no row.
+        let mut listed_now: HashSet<NodeId> = HashSet::new();
+        let mut deferred = Vec::new();
+        let mut to_ask = Vec::new();
+        for (addr, listed_as) in wave {
+            if listed_as.is_some_and(|id| ids.contains(&id)) || asked.contains(&addr) {
+                continue;
+            }
+            if listed_as.is_some_and(|id| !listed_now.insert(id)) {
+                deferred.push((addr, listed_as));
+                continue;
+            }
+            asked.insert(addr.clone());
+            to_ask.push(addr);
+        }
         let answers = join_all(to_ask.iter().map(|addr| status_of(policy, addr))).await;
-        wave = Vec::new();
+        wave = deferred;
         for (addr, status) in to_ask.into_iter().zip(answers) {
             if let Ok(status) = &status {
                 if status.id.is_some_and(|id| !ids.insert(id)) {
@@ -67,21 +77,20 @@ async fn status_of(policy: RetryPolicy, addr: &str) -> Result<Status, String> {
     client.status_of(addr).await.map_err(|e| e.to_string())
 }
 
-/// A node's ROLE: the role it reports, `removed` for a node that knows a committed
-/// configuration leaves it out, or `non-member` for one whose member list leaves it out
-/// (started with `--join` and not yet added, say). Either goes on reporting `follower`, the
-/// contract's word for it.
+/// A node's ROLE: the role it reports, except for a follower that says it was removed
+/// (`removed`) or whose member list leaves it out (`non-member`: started with `--join` and
+/// not yet added, say), which the contract can only call a follower. A leader or a
+/// candidate shows as one, removed or not: a leader that removed itself leads until it
+/// has handed over.
 fn role(status: &Status) -> String {
     let outside = status
         .id
         .zip(status.members.as_ref())
         .is_some_and(|(id, members)| members.iter().all(|m| m.id != id));
-    if status.removed {
-        "removed".to_owned()
-    } else if outside {
-        "non-member".to_owned()
-    } else {
-        status.role.to_string()
+    match status.role {
+        Role::Follower if status.removed => "removed".to_owned(),
+        Role::Follower if outside => "non-member".to_owned(),
+        role => role.to_string(),
     }
 }
 
@@ -324,10 +333,18 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
             removed: true,
             ..with_members(node(2, Role::Follower, 8, 8))
         };
+        // Node 4 leads, handing over after removing itself.
+        let leaving = Status {
+            removed: true,
+            leader: Some(NodeId(4)),
+            leader_addr: Some("127.0.0.1:7004".into()),
+            ..with_members(node(4, Role::Leader, 10, 10))
+        };
         let rows: Vec<Row> = [
-            with_members(node(1, Role::Leader, 10, 10)),
+            with_members(node(1, Role::Follower, 10, 10)),
             removed,
             with_members(node(3, Role::Follower, 8, 8)),
+            leaving,
         ]
         .into_iter()
         .map(|status| Row {
@@ -337,10 +354,11 @@ leader: 2 at 127.0.0.1:7002 (as the others last heard; it does not answer)
         .collect();
         let expected = "\
 ID  ADDRESS         ROLE        TERM  COMMIT  APPLIED  LAG
-1   127.0.0.1:7001  leader      3     10      10       0
+1   127.0.0.1:7001  follower    3     10      10       0
 2   127.0.0.1:7002  removed     3     8       8        2
 3   127.0.0.1:7003  non-member  3     8       8        2
-leader: 1 at 127.0.0.1:7001
+4   127.0.0.1:7004  leader      3     10      10       0
+leader: 4 at 127.0.0.1:7004
 ";
         assert_eq!(render(&rows), expected);
     }

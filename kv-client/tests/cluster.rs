@@ -510,3 +510,28 @@ async fn a_search_that_finds_no_leader_says_how_many_members_answered() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn a_member_that_answered_says_more_than_one_that_cannot_be_reached() {
+    // Eight of nine members down: the survivor's answer is what the user needs, whichever
+    // member the last attempt went to (most likely one that is down).
+    let survivor = Server::start(Scripted(|op| match op {
+        Op::Status => status(Role::Candidate, None),
+        _ => Err(Failure::unavailable("no leader for 5 election timeouts")),
+    }))
+    .await;
+    let down = || {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.local_addr().unwrap().to_string()
+    };
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let mut members: Vec<String> = (0..8).map(|_| down()).collect();
+    members.insert(1, survivor.addr());
+    let mut client = ClusterClient::new(members, policy);
+    let error = client.put("k", "v").await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    assert!(error.to_string().contains("no leader for 5"), "{error}");
+}

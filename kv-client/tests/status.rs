@@ -139,3 +139,42 @@ async fn the_nodes_given_are_asked_at_once() {
         .collect();
     assert_eq!(ids, [Some(NodeId(1)), Some(NodeId(2))], "{rows:?}");
 }
+
+#[tokio::test]
+async fn of_two_addresses_listed_for_one_id_the_second_is_asked_only_if_the_first_fails() {
+    // Member lists disagree about node 2's address (one is stale). Asked at once, both
+    // would be, and a dead stale one would add an unreachable row for a node that has one.
+    let members = Arc::new(OnceLock::new());
+    let (first_asked, second_asked) =
+        (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+    let one = node(1, members.clone(), Arc::default()).await;
+    let first = node(2, members.clone(), first_asked.clone()).await;
+    let second = node(2, members.clone(), second_asked.clone()).await;
+    members
+        .set(vec![member(1, &one), member(2, &first), member(2, &second)])
+        .unwrap();
+    let rows = collect(quick(), &[one.addr()]).await;
+    assert_eq!(addrs(&rows), [one.addr(), first.addr()]);
+    assert_eq!(first_asked.load(Ordering::SeqCst), 1);
+    assert_eq!(second_asked.load(Ordering::SeqCst), 0);
+
+    // With the first down, the second is asked, in the next round.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let members = Arc::new(OnceLock::new());
+    let second_asked = Arc::<AtomicUsize>::default();
+    let one = node(1, members.clone(), Arc::default()).await;
+    let second = node(2, members.clone(), second_asked.clone()).await;
+    let dead = Member {
+        id: NodeId(2),
+        addr: down.clone(),
+        voter: true,
+    };
+    members
+        .set(vec![member(1, &one), dead, member(2, &second)])
+        .unwrap();
+    let rows = collect(quick(), &[one.addr()]).await;
+    assert_eq!(addrs(&rows), [one.addr(), second.addr(), down]);
+    assert_eq!(second_asked.load(Ordering::SeqCst), 1);
+}
