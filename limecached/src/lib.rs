@@ -6,7 +6,9 @@
 //! durability, linearizable reads and leadership transfer (`raft_election`), snapshots
 //! (`compaction`), and membership changes with the command line that starts a member
 //! (`membership`). What this crate adds is the product around them: the `limecached`
-//! binary, and [`dev_cluster`], which runs a local cluster with one command.
+//! binary, [`dev_cluster`], which runs a local cluster with one command, and
+//! [`open_files`], which lets a node take as many connections as the system allows.
 #![warn(missing_docs)]
 
 pub mod dev_cluster;
+pub mod open_files;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kv_server::process::{StartError, init_tracing, shutdown_signal};
 use limecached::dev_cluster::DevCluster;
+use limecached::open_files;
 use membership::cli::MemberArgs;
 use replication_naive::driver::DriverConfig;
 
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
     } else {
         let cli = NodeCli::parse_from(args);
         init_tracing();
+        open_files::raise_to_hard_limit();
         // Any member serves any client: a follower relays writes and linearizable reads to
         // the leader over the peer link, and forwards membership changes and transfers
         // (`MemberArgs::run` turns relaying on with forwarding).

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// limecached with `args`, in the working directory `cwd`, its stderr piped.
@@ -239,4 +239,50 @@ async fn every_way_of_asking_for_help_mentions_dev_cluster() {
         output.status.success() && text.contains("Usage: limecached dev-cluster"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_raises_its_open_files_limit_and_takes_more_clients_than_the_soft_one() {
+    // Many systems start a process with a soft limit of 1,024 open files and a far higher
+    // hard one. Started with 128 and 4,096, the node serves 200 clients at once.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut node = Command::new("prlimit")
+        .arg("--nofile=128:4096")
+        .arg("--")
+        .arg(tests::binary("limecached"))
+        .args(bootstrap(addr, "data"))
+        .current_dir(cwd.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    listening(&mut node).await;
+    // prlimit sets the limits and then becomes the node (exec).
+    let pid = node.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
+    let words: Vec<&str> = open_files.unwrap().split_whitespace().collect();
+    assert_eq!(words[3..5], ["4096", "4096"], "{limits}");
+
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        clients.push(BufReader::new(stream));
+    }
+    for client in &mut clients {
+        client
+            .get_mut()
+            .write_all(b"{\"op\":\"status\"}\n")
+            .await
+            .unwrap();
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_line(&mut line));
+        read.await.expect("an answer").unwrap();
+        assert!(line.contains("\"ok\":true"), "client {i}: {line:?}");
+    }
+    node.kill().await.unwrap();
 }
