@@ -474,22 +474,28 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// leader for [`LEADERLESS_TIMEOUTS`] election timeouts, that a majority is missing.
     fn not_leader(&self) -> Failure {
         match self.duty {
-            Duty::PreCandidate { .. } | Duty::Candidate { .. } => {
-                let timeouts = self.leaderless_ticks / self.config.election_ticks;
-                if timeouts < LEADERLESS_TIMEOUTS {
-                    return Failure::unavailable("an election is under way; retry shortly");
-                }
-                let membership = self.membership();
-                Failure::unavailable(format!(
-                    "no leader for {timeouts} election timeouts: electing one takes {} of the \
-                     {} voters able to reach each other; check that they are running and \
-                     connected",
-                    membership.majority(),
-                    membership.voter_ids().count()
-                ))
-            }
+            Duty::PreCandidate { .. } | Duty::Candidate { .. } => Failure::unavailable(
+                self.majority_missing()
+                    .unwrap_or_else(|| "an election is under way; retry shortly".to_owned()),
+            ),
             _ => Failure::not_leader(self.leader.and_then(|id| self.addr(id))),
         }
+    }
+
+    /// What a node campaigning without a leader for [`LEADERLESS_TIMEOUTS`] election
+    /// timeouts or more says of it; `None` before that.
+    fn majority_missing(&self) -> Option<String> {
+        let timeouts = self.leaderless_ticks / self.config.election_ticks;
+        if timeouts < LEADERLESS_TIMEOUTS {
+            return None;
+        }
+        let membership = self.membership();
+        Some(format!(
+            "no leader for {timeouts} election timeouts: electing one takes {} of the {} \
+             voters able to reach each other; check that they are running and connected",
+            membership.majority(),
+            membership.voter_ids().count()
+        ))
     }
 
     /// Leader: appends `payload` to the log in the current term; `tag`, if any, is answered
@@ -1391,6 +1397,18 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             self.leaderless_ticks = 0;
         } else {
             self.leaderless_ticks += 1;
+            // Said once per stretch without a leader; clients hear it with every request.
+            let campaigning = matches!(
+                self.duty,
+                Duty::PreCandidate { .. } | Duty::Candidate { .. }
+            );
+            if campaigning
+                && self.leaderless_ticks == LEADERLESS_TIMEOUTS * self.config.election_ticks
+            {
+                if let Some(why) = self.majority_missing() {
+                    warn!(id = %self.config.id, term = %self.term, "{why}");
+                }
+            }
         }
         self.finish_snapshot();
         self.finish_install(out);
