@@ -50,7 +50,7 @@ use futures::stream::FuturesUnordered;
 
 use kv_server::protocol::{
     CasOutcome, Command, Consistency, ErrorCode, Failure, NodeId, Op, Reply, Role, Session, Status,
-    WriteOutcome,
+    Text, WriteOutcome,
 };
 use rand::Rng;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -183,7 +183,7 @@ impl ClusterClient {
             })
             .await?
         {
-            Reply::Value(value) => Ok(value),
+            Reply::Value(value) => Ok(value.map(Text::into_string)),
             other => Err(unexpected(other)),
         }
     }

@@ -76,7 +76,10 @@ async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
         })
         .collect();
     for (i, task) in tasks.into_iter().enumerate() {
-        assert_eq!(task.await.unwrap(), Reply::Value(Some(i.to_string())));
+        assert_eq!(
+            task.await.unwrap(),
+            Reply::Value(Some(i.to_string().into()))
+        );
     }
 }
 

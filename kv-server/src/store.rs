@@ -44,6 +44,12 @@ impl KvMap {
         self.entries.get(key.as_bytes()).map(Pair::value)
     }
 
+    /// The value of `key`, if present, as a `get` answer holds it: shared with the map, not
+    /// copied.
+    pub fn get_shared(&self, key: &str) -> Option<SharedValue> {
+        self.entries.get(key.as_bytes()).cloned().map(SharedValue)
+    }
+
     /// Applies a write and says what it did.
     pub fn apply(&mut self, command: Command) -> WriteOutcome {
         match command {
@@ -122,6 +128,32 @@ impl Eq for KvMap {}
 impl fmt::Debug for KvMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A value held by a [`KvMap`], shared: a handle on the allocation that holds its key and
+/// it, counted once more. It lives on if the map replaces or removes the key.
+#[derive(Clone)]
+pub struct SharedValue(Pair);
+
+impl SharedValue {
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        self.0.value()
+    }
+}
+
+impl PartialEq for SharedValue {
+    fn eq(&self, other: &SharedValue) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedValue {}
+
+impl fmt::Debug for SharedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -224,8 +256,8 @@ impl Store {
     }
 
     /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(str::to_owned)
+    pub fn get(&self, key: &str) -> Option<SharedValue> {
+        self.lock().get_shared(key)
     }
 
     /// Applies a write atomically and says what it did.

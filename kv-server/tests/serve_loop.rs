@@ -59,7 +59,7 @@ async fn answers_completing_out_of_order_are_written_in_request_order() {
     }
     // ... and are released last-first.
     for (key, answer) in pending.into_iter().rev() {
-        answer.send(Ok(Reply::Value(Some(key)))).unwrap();
+        answer.send(Ok(Reply::Value(Some(key.into())))).unwrap();
     }
     for i in 0..10 {
         assert_eq!(
@@ -266,7 +266,7 @@ async fn in_flight_limit_applies_backpressure_without_losing_requests() {
         if i < 7 {
             assert!(started.len() <= 2, "more than 3 requests in flight");
         }
-        answer.send(Ok(Reply::Value(Some(key)))).unwrap();
+        answer.send(Ok(Reply::Value(Some(key.into())))).unwrap();
         assert_eq!(c.recv().await["id"], i);
     }
     server.stop().await;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
-use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status};
+use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status, Text};
 use kv_server::store::KvMap;
 use raft_log::apply::{Applier, Machine};
 use raft_log::log::RaftLog;
@@ -1528,7 +1528,9 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 consistency: Consistency::Stale,
             } => out.reply(
                 tag,
-                Ok(Reply::Value(self.state().get(&key).map(str::to_owned))),
+                Ok(Reply::Value(
+                    self.state().get_shared(&key).map(Text::Shared),
+                )),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
             Op::Write { command, session } => self.write(

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use compaction::mem_store::MemSnapshots;
 use kv_server::protocol::{
-    CasOutcome, Command, ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome,
+    CasOutcome, Command, ErrorCode, NodeId, Op, Outcome, Reply, Text, WriteOutcome,
 };
 use raft_election::durable::DurableStorage;
 use raft_election::medium::SimDisk;
@@ -111,7 +111,7 @@ fn random_op(rng: &mut impl Rng, client: usize, n: u64) -> (String, Call, Op) {
 /// What the checker makes of an answer; `None` for a definite "nothing happened".
 fn answer(outcome: &Outcome) -> Option<Answer> {
     match outcome {
-        Ok(Reply::Value(value)) => Some(Answer::Value(value.clone())),
+        Ok(Reply::Value(value)) => Some(Answer::Value(value.clone().map(Text::into_string))),
         Ok(Reply::Write(WriteOutcome::Put)) => Some(Answer::Done),
         Ok(Reply::Write(WriteOutcome::Delete { existed })) => Some(Answer::Existed(*existed)),
         Ok(Reply::Write(WriteOutcome::Cas(CasOutcome::Swapped))) => Some(Answer::Swapped(true)),

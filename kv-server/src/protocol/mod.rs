@@ -11,10 +11,12 @@
 //! | `request.rs`  | [`Request`], [`Op`], [`Command`], parsing and the size limits        |
 //! | `response.rs` | [`Reply`], [`Failure`], [`ErrorCode`], [`Response`], [`WireResponse`] |
 //! | `status.rs`   | the `status` payload: [`Status`], [`Role`], [`Member`]               |
+//! | `text.rs`     | [`Text`], a `get` answer's value, owned or shared with the map       |
 
 mod request;
 mod response;
 mod status;
+mod text;
 
 pub use request::{
     Command, Consistency, Limits, Op, OpKind, Request, RequestId, Session, is_host_port,
@@ -25,6 +27,7 @@ pub use response::{
     WriteOutcome,
 };
 pub use status::{Member, NodeId, Role, Status};
+pub use text::Text;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::request::{OpKind, RequestId, present};
 use super::status::Status;
+use super::text::Text;
 
 /// The contract's error codes, and no others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,7 +140,7 @@ impl WriteOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// `get`: the value, or `None` when the key is absent.
-    Value(Option<String>),
+    Value(Option<Text>),
     /// `put`, `delete`, `cas`.
     Write(WriteOutcome),
     /// `status`.
@@ -235,7 +236,7 @@ impl WireResponse {
             }));
         }
         let reply = match kind {
-            OpKind::Get => Reply::Value(self.value.ok_or(missing("no `value`"))?),
+            OpKind::Get => Reply::Value(self.value.ok_or(missing("no `value`"))?.map(Text::Owned)),
             OpKind::Put => Reply::Write(WriteOutcome::Put),
             OpKind::Delete => Reply::Write(WriteOutcome::Delete {
                 existed: self.existed.ok_or(missing("no `existed`"))?,
