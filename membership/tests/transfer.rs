@@ -150,6 +150,38 @@ fn a_transfer_to_a_dead_voter_is_given_up_and_the_leader_serves_again() {
 }
 
 #[test]
+fn a_transfer_to_a_voter_not_heard_from_is_refused_at_once_and_stops_nothing() {
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let term = sim.node(leader).expect("runs").term();
+        let target = a_follower(&sim);
+        sim.crash(target);
+        load.run_for(&mut sim, 2 * ELECTION_MS);
+        let (outcome, took) = transfer(&mut sim, &mut load, target);
+        match outcome {
+            Err(f) if f.code == ErrorCode::Unavailable => {
+                assert!(f.message.contains("has not answered"), "{}", f.message);
+            }
+            other => panic!("{other:?} (seed {seed})"),
+        }
+        assert_eq!(took, 0, "refused at once (seed {seed})");
+        // No handover was started: writes were never refused.
+        let tag = sim.request(leader, Op::put("during", "refusal"));
+        assert_eq!(
+            sim.reply(tag).map(|o| o.as_ref().map_err(|f| f.code)),
+            None,
+            "seed {seed}"
+        );
+        let write = admin(&mut sim, &mut load, Op::put("after", "refusal"));
+        assert_eq!(write, Ok(Reply::Write(WriteOutcome::Put)), "seed {seed}");
+        assert_eq!(stable_leader(&sim), Some(leader), "seed {seed}");
+        assert_eq!(sim.node(leader).expect("runs").term(), term, "seed {seed}");
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
 fn a_transfer_to_a_learner_a_stranger_or_the_leader_itself() {
     let (mut sim, mut load) = settled(7, 3);
     let leader = stable_leader(&sim).expect("a leader");
@@ -236,6 +268,31 @@ fn a_clean_shutdown_hands_leadership_over_first() {
             Some(next),
             "no election after the stop (seed {seed})"
         );
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_clean_shutdown_hands_over_to_a_voter_that_answers_not_to_a_dead_one() {
+    // In an idle cluster both followers' logs match the leader's; the dead one has the
+    // lower id, which used to break the tie.
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let dead = a_follower(&sim);
+        // Idle (no load): nothing new reaches the live follower either.
+        sim.run_for(ELECTION_MS);
+        sim.crash(dead);
+        sim.run_for(2 * ELECTION_MS);
+        let tag = sim.hand_off(leader);
+        let answered = load.run_until(&mut sim, ELECTION_MS / 2, |sim| sim.reply(tag).is_some());
+        assert!(
+            answered,
+            "no handover within half an election timeout (seed {seed})"
+        );
+        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+        let next = stable_leader(&sim).expect("a new leader");
+        assert!(next != leader && next != dead, "{next} leads (seed {seed})");
         load.assert_kept(&mut sim);
     });
 }

@@ -57,6 +57,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             out.reply(tag, Err(Failure::bad_request(why)));
         } else if let Some(busy) = self.handing_off() {
             out.reply(tag, Err(busy));
+        } else if !self.heard_lately(target) {
+            // It could not take over, and trying would stop writes for an election
+            // timeout: refused at once, with nothing stopped.
+            let why = format!(
+                "node {target} has not answered the leader for over an election timeout (down, \
+                 paused or cut off?); it cannot take over"
+            );
+            out.reply(tag, Err(Failure::unavailable(why)));
         } else {
             self.start_handoff(target, vec![tag], out);
         }
@@ -117,8 +125,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.send_timeout_now(out);
     }
 
-    /// The voter (other than this node) whose log matches the leader's furthest, the
-    /// lowest id among equals.
+    /// The voter (other than this node) to hand over to: one the leader has heard from
+    /// lately before one it has not (a dead voter cannot take over, however up to date its
+    /// log), then the one whose log matches the leader's furthest, the lowest id among
+    /// equals.
     fn most_up_to_date_voter(&self) -> Option<NodeId> {
         let Duty::Leader { replication, .. } = &self.duty else {
             return None;
@@ -128,8 +138,22 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             .filter(|&id| id != self.config.id)
             .max_by_key(|&id| {
                 let matched = replication.progress(id).map_or(0, |p| p.match_index.0);
-                (matched, std::cmp::Reverse(id))
+                (self.heard_lately(id), matched, std::cmp::Reverse(id))
             })
+    }
+
+    /// Leader: whether `peer` has answered within the last election timeout (the window
+    /// check-quorum uses). A new leader counts every peer as heard at its election.
+    fn heard_lately(&self, peer: NodeId) -> bool {
+        let Duty::Leader {
+            ticks, last_heard, ..
+        } = &self.duty
+        else {
+            return false;
+        };
+        last_heard
+            .get(&peer)
+            .is_some_and(|&at| ticks - at < self.config.election_ticks)
     }
 
     /// Leader: sends TimeoutNow once the target's log matches its own. The target can then
