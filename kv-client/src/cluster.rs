@@ -12,6 +12,7 @@
 //! | cannot connect                        | try the next member, backing off after a full round  |
 //! | `timeout`, connection lost, no answer | the outcome is unknown: back off, retry, same `seq`  |
 //! | `bad_request`, `too_large`            | give up at once; `timeout` after an unknown outcome  |
+//! | `unavailable` to `transfer_leader`    | give up at once: it is about that transfer           |
 //!
 //! When no leader is known, every member is asked for `status` at once and the first answer
 //! that names a leader wins, so a member that accepts connections and never answers costs no
@@ -513,6 +514,13 @@ impl ClusterClient {
                             false
                         }
                     },
+                    // A leader refuses a transfer with `unavailable` when the target cannot take
+                    // over (silent, or did not within an election timeout) or another is under
+                    // way: retried, each try would stop its writes again.
+                    ErrorCode::Unavailable if matches!(op, Op::TransferLeader { .. }) => {
+                        let why = "the transfer was refused";
+                        return Err(self.final_error(changes, fate, error, why));
+                    }
                     ErrorCode::Unavailable => {
                         self.leader = None;
                         false

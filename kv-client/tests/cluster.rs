@@ -535,3 +535,25 @@ async fn a_member_that_answered_says_more_than_one_that_cannot_be_reached() {
     assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
     assert!(error.to_string().contains("no leader for 5"), "{error}");
 }
+
+#[tokio::test]
+async fn a_transfer_refused_with_unavailable_is_not_retried() {
+    // Each try would stop the leader's writes again (for an election timeout, when the
+    // target is slow to take over).
+    let tries = Arc::new(Mutex::new(0));
+    let counted = tries.clone();
+    let leader = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Leader, None),
+        Op::TransferLeader { .. } => {
+            *counted.lock().unwrap() += 1;
+            Err(Failure::unavailable("node 2 has not answered the leader"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![leader.addr()], quick());
+    let error = client.transfer_leader(NodeId(2)).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    assert!(error.to_string().contains("has not answered"), "{error}");
+    assert_eq!(*tries.lock().unwrap(), 1);
+}
