@@ -81,6 +81,10 @@ impl Fate {
     }
 }
 
+/// What asking one member came to ([`ClusterClient::ask_every_member`]): its address, and
+/// the connection with the answer, or why no connection opened.
+type Asked = (String, Result<(Client, Result<Reply, Error>), Error>);
+
 /// Why a search for the leader ([`ClusterClient::ask_for_leader`]) found none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NoLeaderNamed {
@@ -171,22 +175,85 @@ impl ClusterClient {
         self.leader.as_deref()
     }
 
-    /// Reads `key`; `consistency` says whether a stale local read is acceptable.
+    /// Reads `key`; `consistency` says whether a stale local read is acceptable. A stale
+    /// read is served by whichever member answers first: every member is asked at once.
     pub async fn get(
         &mut self,
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, Error> {
-        match self
-            .execute(Op::Get {
-                key: key.to_owned(),
-                consistency,
-            })
-            .await?
-        {
+        let op = Op::Get {
+            key: key.to_owned(),
+            consistency,
+        };
+        let reply = match consistency {
+            Consistency::Linearizable => self.execute(op).await?,
+            Consistency::Stale => self.read_anywhere(op).await?,
+        };
+        match reply {
             Reply::Value(value) => Ok(value.map(Text::into_string)),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// `op`, a read any member serves, asked of every member at once: the first answer,
+    /// or, if none comes by the deadline, the most telling error (a member's own answer
+    /// over a connection refused). A member that takes connections and never answers (a
+    /// paused node) then costs nothing while another answers.
+    async fn read_anywhere(&mut self, op: Op) -> Result<Reply, Error> {
+        let until = Instant::now() + self.policy.deadline;
+        let mut asks = self.ask_every_member(op);
+        let mut best: Option<Error> = None;
+        let read = async {
+            while let Some((addr, asked)) = asks.next().await {
+                let error = match asked {
+                    Ok((client, Ok(reply))) => {
+                        self.connections.insert(addr, client);
+                        return Some(reply);
+                    }
+                    Ok((client, Err(error))) => {
+                        if matches!(error, Error::Server(_)) {
+                            self.connections.insert(addr, client);
+                        }
+                        error
+                    }
+                    Err(error) => error,
+                };
+                if !matches!(best, Some(Error::Server(_))) {
+                    best = Some(error);
+                }
+            }
+            None
+        };
+        match timeout_at(until, read).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) | Err(_) => Err(best.unwrap_or(Error::RequestTimeout(self.policy.deadline))),
+        }
+    }
+
+    /// Sends `op` to every member at once, on its cached connection or a new one: each
+    /// member's address, with the connection and the answer, or why none could be opened,
+    /// as they come.
+    fn ask_every_member(&self, op: Op) -> FuturesUnordered<impl Future<Output = Asked> + use<>> {
+        self.members
+            .iter()
+            .map(|addr| {
+                let cached = self.connections.get(addr).cloned();
+                let (addr, op) = (addr.clone(), op.clone());
+                async move {
+                    let asked = async {
+                        let client = match cached {
+                            Some(client) => client,
+                            None => Client::connect(&addr).await?,
+                        };
+                        let reply = client.request(op).await;
+                        Ok::<_, Error>((client, reply))
+                    };
+                    let asked = asked.await;
+                    (addr, asked)
+                }
+            })
+            .collect()
     }
 
     /// Sets `key` to `value`.
@@ -317,26 +384,7 @@ impl ClusterClient {
         until: Instant,
     ) -> Result<(String, Option<Status>), NoLeaderNamed> {
         let until = until.min(Instant::now() + self.policy.request_timeout);
-        let mut asks: FuturesUnordered<_> = self
-            .members
-            .iter()
-            .map(|addr| {
-                let cached = self.connections.get(addr).cloned();
-                let addr = addr.clone();
-                async move {
-                    let asked = async {
-                        let client = match cached {
-                            Some(client) => client,
-                            None => Client::connect(&addr).await?,
-                        };
-                        let reply = client.request(Op::Status).await;
-                        Ok::<_, Error>((client, reply))
-                    };
-                    let asked = asked.await;
-                    (addr, asked)
-                }
-            })
-            .collect();
+        let mut asks = self.ask_every_member(Op::Status);
         let mut unanswered: HashSet<String> = self.members.iter().cloned().collect();
         // Members whose answer came, a status or an error of theirs (not one of connecting).
         let mut answered = 0;

@@ -557,3 +557,28 @@ async fn a_transfer_refused_with_unavailable_is_not_retried() {
     assert!(error.to_string().contains("has not answered"), "{error}");
     assert_eq!(*tries.lock().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_stale_read_is_served_by_whichever_member_answers_while_another_is_silent() {
+    // The silent member is listed first; asked in turn, it would hold the read for the
+    // whole deadline.
+    let silent = Silent::start().await;
+    let follower = Server::start(Scripted(|op| match op {
+        Op::Status => status(Role::Candidate, None),
+        Op::Get {
+            consistency: Consistency::Stale,
+            ..
+        } => Ok(Reply::Value(Some("old".into()))),
+        other => Err(Failure::unavailable(format!("no leader for {other:?}"))),
+    }))
+    .await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), follower.addr()], policy);
+    let read = tokio::time::timeout(Duration::from_secs(4), client.get("k", Consistency::Stale));
+    let value = read.await.expect("answered before the deadline");
+    assert_eq!(value.unwrap().as_deref(), Some("old"));
+}
