@@ -250,6 +250,15 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
                 let why = "the server keeps no member list: it is a single server without members";
                 return Err(Failure(why.into(), 1));
             }
+            if status.removed {
+                let id = status
+                    .id
+                    .map_or_else(|| "?".to_owned(), |id| id.to_string());
+                let why = format!(
+                    "node {id} was removed from the cluster, and its member list is out of date; give --addr a current member"
+                );
+                return Err(Failure(why, 1));
+            }
             Ok(status_table::members(&status).into())
         }
     }

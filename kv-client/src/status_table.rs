@@ -186,14 +186,25 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-/// `kv-client members`: the configuration in `status`, one row per member.
+/// `kv-client members`: the configuration in `status`, one row per member, and a line
+/// saying so when `status` is not the leader's (no leader answered).
 pub fn members(status: &Status) -> String {
     let mut table = vec![["ID", "ADDRESS", "VOTER"].map(String::from)];
     for m in status.members.iter().flatten() {
         let voter = if m.voter { "yes" } else { "no (learner)" };
         table.push([m.id.to_string(), m.addr.clone(), voter.to_owned()]);
     }
-    aligned(&table)
+    let mut out = aligned(&table);
+    if status.role != Role::Leader {
+        let id = status
+            .id
+            .map_or_else(|| "?".to_owned(), |id| id.to_string());
+        let _ = writeln!(
+            out,
+            "no leader answered: this is node {id}'s view, which may be out of date"
+        );
+    }
+    out
 }
 
 /// `rows` as lines of columns, each as wide as its widest cell, two spaces apart.
@@ -426,5 +437,16 @@ ID  ADDRESS                        VOTER
 12  node-12.example.internal:7001  no (learner)
 ";
         assert_eq!(members(&status), expected);
+        // A follower's view, when no leader answered, says whose it is.
+        let view = Status {
+            role: Role::Candidate,
+            ..status
+        };
+        assert_eq!(
+            members(&view),
+            format!(
+                "{expected}no leader answered: this is node 1's view, which may be out of date\n"
+            )
+        );
     }
 }

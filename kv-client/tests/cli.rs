@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::Scripted;
-use kv_server::protocol::{Failure, NodeId, Op, Reply};
+use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
 
 fn kv_client(addr: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kv-client"))
@@ -64,6 +64,34 @@ fn add_member_asks_the_cluster_at_addr_not_the_new_node_s_address() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("single server without members"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn members_through_a_removed_node_is_an_error_not_its_stale_list() {
+    // Node 1 missed the entry that removed it: its list still names it, and it knows no
+    // leader, so its view is the only one kv-client gets.
+    let addr = common::background(Scripted(|op| match op {
+        Op::Status => Ok(Reply::Status(Box::new(Status {
+            id: Some(NodeId(1)),
+            role: Role::Follower,
+            term: Some(3),
+            members: Some(vec![Member {
+                id: NodeId(1),
+                addr: "127.0.0.1:7001".into(),
+                voter: true,
+            }]),
+            removed: true,
+            ..Status::standalone()
+        }))),
+        other => panic!("unexpected {other:?}"),
+    }));
+    let out = kv_client(&addr, &["members"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("node 1 was removed"),
         "{}",
         stderr(&out)
     );
