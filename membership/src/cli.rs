@@ -63,6 +63,15 @@ impl MemberArgs {
         config.followers_relay = driver.forward_to_leader;
         tokio::pin!(shutdown);
         let opened = Opened::open(config, &self.listen, &data_dir, open_snapshots).await?;
+        // A member's address is in its configuration, which peers and clients go by: a
+        // restart elsewhere would leave the node cut off for good, and its clients sent to
+        // where it no longer is.
+        if let Some(known) = opened.member_addr().filter(|&known| known != advertised) {
+            let id = self.id;
+            return Err(StartError::usage(format!(
+                "the cluster knows node {id} at {known} (its data directory's configuration), but it listens at (or advertises) {advertised}: restart it with --listen {known} (or --advertise {known}, behind a proxy); to move it, remove it (kv-client ... remove-member {id}) and start it at the new address with --join on an empty directory"
+            )));
+        }
         // `--join` counts only for a node with no state yet.
         let joins_through = self.founding.join.as_ref().filter(|_| fresh);
         if let Some(through) = joins_through {

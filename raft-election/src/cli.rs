@@ -147,6 +147,12 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
         })
     }
 
+    /// The address this node's configuration gives it, if it is a member: what peers and
+    /// clients are told to use.
+    pub fn member_addr(&self) -> Option<&str> {
+        self.raft.membership().addr(self.id)
+    }
+
     /// Serves clients and peers until `shutdown`.
     pub async fn serve(
         self,

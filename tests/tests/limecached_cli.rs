@@ -286,3 +286,29 @@ async fn a_node_raises_its_open_files_limit_and_takes_more_clients_than_the_soft
     }
     node.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_at_another_address_is_refused_with_what_to_do() {
+    // Its peers and clients go by the address in its configuration: listening elsewhere,
+    // it was cut off for good, and a lone node sent its clients to where it no longer was.
+    let cwd = tempfile::tempdir().unwrap();
+    let addrs = tests::free_addrs(2);
+    let mut node = limecached(cwd.path(), &bootstrap(&addrs[0], "data"));
+    listening(&mut node).await;
+    node.kill().await.unwrap();
+    let log = cwd.path().join("data/raft.log");
+    let before = std::fs::read(&log).unwrap();
+    let (code, stderr) = refused(cwd.path(), &bootstrap(&addrs[1], "data")).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    let knows = format!("the cluster knows node 1 at {}", addrs[0]);
+    assert!(stderr.contains(&knows), "{stderr}");
+    assert!(
+        stderr.contains(&format!("restart it with --listen {}", addrs[0])),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), before, "the log was changed");
+    // At its own address, it starts.
+    let mut node = limecached(cwd.path(), &bootstrap(&addrs[0], "data"));
+    listening(&mut node).await;
+    node.kill().await.unwrap();
+}
