@@ -72,7 +72,7 @@ enum Cmd {
     /// Add node ID, listening at ADDR, to the cluster: it catches up as a learner and is
     /// promoted to voter automatically (start it with `--join` to have it ask by itself).
     AddMember {
-        /// The new node's id (never one a removed node had).
+        /// The new node's id: not a current member's (a removed node's may serve again).
         id: NodeId,
         /// Where it listens, host:port.
         // An id apart from the global --addr's: sharing it, this value replaced the
@@ -231,7 +231,12 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         Cmd::Bench(args) => bench(cli.addr, args, policy).await,
         Cmd::AddMember { id, addr } => {
             client.add_member(id, &addr).await?;
-            Ok(format!("node {id} added as a learner; it becomes a voter once caught up\n").into())
+            // The leader answers the same when node `id` was a member at `addr` already (a
+            // retry must succeed), so this says what holds either way.
+            Ok(format!(
+                "node {id} at {addr} is a member: added now, it catches up as a learner and becomes a voter by itself\n"
+            )
+            .into())
         }
         Cmd::RemoveMember { id } => {
             client.remove_member(id).await?;

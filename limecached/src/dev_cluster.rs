@@ -279,11 +279,21 @@ impl DevCluster {
         let _ = writeln!(text, "  {client} --addr {addrs} put greeting hello");
         let _ = writeln!(text, "  {client} --addr {addrs} get greeting");
         let _ = writeln!(text, "  {client} --addr {addrs} status");
-        let _ = writeln!(
-            text,
-            "kill a node to watch the others elect a new leader: kill -9 <pid>; Ctrl-C stops them all"
-        );
+        let _ = writeln!(text, "{}", survival_hint(nodes.len()));
         text
+    }
+}
+
+/// What losing a node does to a cluster of `n`: the banner's last line.
+fn survival_hint(n: usize) -> String {
+    let stop = "Ctrl-C stops them all";
+    match n {
+        0 | 1 => format!("one node is its own majority; {stop}"),
+        2 => format!(
+            "a leader needs both of 2 nodes (a majority), so killing either stops writes; \
+             --nodes 3 survives one loss. {stop}"
+        ),
+        _ => format!("kill a node to watch the others elect a new leader: kill -9 <pid>; {stop}"),
     }
 }
 
@@ -394,6 +404,14 @@ async fn stop_all(nodes: &mut [Node]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_banner_says_what_losing_a_node_does_to_a_cluster_of_that_size() {
+        assert!(survival_hint(1).starts_with("one node is its own majority"));
+        assert!(survival_hint(2).contains("killing either stops writes"));
+        assert!(survival_hint(3).starts_with("kill a node to watch the others elect"));
+        assert!(survival_hint(5).starts_with("kill a node to watch the others elect"));
+    }
 
     #[test]
     fn a_shell_reads_quoted_words_back_as_they_were() {

@@ -21,7 +21,9 @@ use tracing::{info, warn};
 /// timing, its data directory and its snapshots.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MemberArgs {
-    /// This node's id (a positive integer, unique in the cluster, never reused).
+    /// This node's id: a positive integer, unique among the members. A removed node's id
+    /// may serve again, for that node or a replacement, started with --join on an empty
+    /// data directory.
     #[arg(long)]
     pub id: NodeId,
     /// The node's one address, host:port: clients and peers both connect here.
@@ -211,8 +213,14 @@ async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError
         let why = match client.leader_status().await {
             Ok(status) => match lost_voter(id, &status) {
                 Some(true) => {
+                    let at = status
+                        .members
+                        .iter()
+                        .flatten()
+                        .find(|m| m.id == id)
+                        .map_or_else(String::new, |m| format!(" at {}", m.addr));
                     return Err(StartError::failure(format!(
-                        "node {id} is already a voter of the cluster at {through}, but its data directory is empty: what it acknowledged is lost. Remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
+                        "node {id} is already a voter of the cluster at {through}{at}, and this data directory is empty. If another node runs as {id}{at}, this --id is a mistake: give this node an unused one. If node {id} lost its data, what it acknowledged is lost: remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
                     )));
                 }
                 Some(false) => match still_leads(&mut client, &status).await {

@@ -173,8 +173,8 @@ async fn a_wiped_follower_is_replaced_by_a_new_member_that_catches_up_by_snapsho
             .expect("a healthy cluster");
     }
 
-    // Node 3's disk is lost: it is removed, and a new node (ids are never reused) joins in
-    // its place with an empty data directory.
+    // Node 3's disk is lost: it is removed, and a new node, with a new id, joins in its
+    // place with an empty data directory.
     cluster.kill(3);
     let wiped = cluster.data_dir(3).expect("durable");
     std::fs::remove_dir_all(&wiped).expect("wipe node 3");
