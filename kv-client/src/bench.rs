@@ -356,8 +356,10 @@ impl BenchReport {
             .iter()
             .map(|(_, us)| format!("{:>9.3}", *us as f64 / 1000.0))
             .collect();
-        let _ = writeln!(out, "latency ms {}", header.join(""));
-        let _ = writeln!(out, "           {}", values.join(""));
+        // A space between columns, so that a latency of 10 s or more (9 digits and more)
+        // does not run into the next.
+        let _ = writeln!(out, "latency ms {}", header.join(" "));
+        let _ = writeln!(out, "           {}", values.join(" "));
         out
     }
 
