@@ -196,39 +196,55 @@ impl ClusterClient {
         }
     }
 
-    /// `op`, a read any member serves, asked of every member at once: the first answer,
-    /// or, if none comes by the deadline, the most telling error (a member's own answer
-    /// over a connection refused). A member that takes connections and never answers (a
-    /// paused node) then costs nothing while another answers.
+    /// `op`, a read any member serves, asked of every member at once: the first answer.
+    /// A round in which every member failed (refused connections, error answers) is
+    /// followed by another after a backoff, until the deadline; then the error is the most
+    /// telling one (a member's own answer, else no answer in time if a member stayed
+    /// silent, else the last failure). A member that takes connections and never answers
+    /// (a paused node) costs nothing while another answers.
     async fn read_anywhere(&mut self, op: Op) -> Result<Reply, Error> {
         let until = Instant::now() + self.policy.deadline;
-        let mut asks = self.ask_every_member(op);
-        let mut best: Option<Error> = None;
+        let mut backoff = self.policy.initial_backoff;
+        let mut answered: Option<Failure> = None;
+        let mut failed: Option<Error> = None;
+        let mut silent: HashSet<String> = HashSet::new();
         let read = async {
-            while let Some((addr, asked)) = asks.next().await {
-                let error = match asked {
-                    Ok((client, Ok(reply))) => {
-                        self.connections.insert(addr, client);
-                        return Some(reply);
-                    }
-                    Ok((client, Err(error))) => {
-                        if matches!(error, Error::Server(_)) {
+            loop {
+                silent = self.members.iter().cloned().collect();
+                let mut asks = self.ask_every_member(op.clone());
+                while let Some((addr, asked)) = asks.next().await {
+                    silent.remove(&addr);
+                    match asked {
+                        Ok((client, Ok(reply))) => {
                             self.connections.insert(addr, client);
+                            return reply;
                         }
-                        error
+                        Ok((_, Err(Error::Server(failure)))) => answered = Some(failure),
+                        Ok((_, Err(error))) | Err(error) => {
+                            // Broken or never opened: not to be reused.
+                            self.connections.remove(&addr);
+                            failed = Some(error);
+                        }
                     }
-                    Err(error) => error,
-                };
-                if !matches!(best, Some(Error::Server(_))) {
-                    best = Some(error);
                 }
+                let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                tokio::time::sleep(jittered).await;
+                backoff = (backoff * 2).min(self.policy.max_backoff);
             }
-            None
         };
-        match timeout_at(until, read).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) | Err(_) => Err(best.unwrap_or(Error::RequestTimeout(self.policy.deadline))),
+        if let Ok(reply) = timeout_at(until, read).await {
+            return Ok(reply);
         }
+        // A connection with a request still unanswered is not reused (as after any timeout).
+        for addr in &silent {
+            self.connections.remove(addr);
+        }
+        Err(match (answered, failed) {
+            (Some(failure), _) => Error::Server(failure),
+            (None, _) if !silent.is_empty() => Error::RequestTimeout(self.policy.deadline),
+            (None, Some(error)) => error,
+            (None, None) => Error::RequestTimeout(self.policy.deadline),
+        })
     }
 
     /// Sends `op` to every member at once, on its cached connection or a new one: each
@@ -562,10 +578,15 @@ impl ClusterClient {
                             false
                         }
                     },
-                    // A leader refuses a transfer with `unavailable` when the target cannot take
-                    // over (silent, or did not within an election timeout) or another is under
-                    // way: retried, each try would stop its writes again.
-                    ErrorCode::Unavailable if matches!(op, Op::TransferLeader { .. }) => {
+                    // The leader itself refuses a transfer with `unavailable` when the target
+                    // cannot take over (silent, or did not within an election timeout) or
+                    // another transfer is under way: retried, each try could stop its writes
+                    // again. (It joins a retry of the same transfer to the one under way.)
+                    // Another node's `unavailable` (an election under way) is retried.
+                    ErrorCode::Unavailable
+                        if matches!(op, Op::TransferLeader { .. })
+                            && self.leader.as_deref() == Some(addr.as_str()) =>
+                    {
                         let why = "the transfer was refused";
                         return Err(self.final_error(changes, fate, error, why));
                     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kv_client::bench::{self, BenchConfig, Length, Workload};
 use kv_client::{ClusterClient, Error, RetryPolicy, status_table};
-use kv_server::protocol::{CasOutcome, Consistency, NodeId, parse_host_port};
+use kv_server::protocol::{CasOutcome, Consistency, NodeId, Role, parse_host_port};
 
 /// Talk to a limecached server or cluster.
 ///
@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
                 let why = "the server keeps no member list: it is a single server without members";
                 return Err(Failure(why.into(), 1));
             }
-            if status.removed {
+            if status.removed && status.role != Role::Leader {
                 let id = status
                     .id
                     .map_or_else(|| "?".to_owned(), |id| id.to_string());

@@ -582,3 +582,67 @@ async fn a_stale_read_is_served_by_whichever_member_answers_while_another_is_sil
     let value = read.await.expect("answered before the deadline");
     assert_eq!(value.unwrap().as_deref(), Some("old"));
 }
+
+#[tokio::test]
+async fn a_stale_read_reconnects_to_a_member_whose_connection_broke() {
+    // A member that answers one request per connection and then closes it, as a node
+    // restarted between two reads leaves the client's cached connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                continue;
+            }
+            let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let answer = serde_json::json!({"id": request["id"], "ok": true, "value": "v"});
+            let _ = stream
+                .get_mut()
+                .write_all(format!("{answer}\n").as_bytes())
+                .await;
+        }
+    });
+    let mut client = ClusterClient::new(vec![addr], quick());
+    for read in 0..3 {
+        let value = client.get("k", Consistency::Stale).await;
+        assert_eq!(value.unwrap().as_deref(), Some("v"), "read {read}");
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_answered_unavailable_by_a_node_that_is_not_the_leader_is_retried() {
+    // An election under way: the leader's refusals are final, a candidate's are not.
+    let tries = Arc::new(Mutex::new(0));
+    let mut candidates = Vec::new();
+    for _ in 0..2 {
+        let counted = tries.clone();
+        candidates.push(
+            Server::start(Scripted(move |op| match op {
+                Op::Status => status(Role::Candidate, None),
+                Op::TransferLeader { .. } => {
+                    *counted.lock().unwrap() += 1;
+                    Err(Failure::unavailable(
+                        "an election is under way; retry shortly",
+                    ))
+                }
+                other => panic!("unexpected {other:?}"),
+            }))
+            .await,
+        );
+    }
+    let policy = RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..quick()
+    };
+    let addrs = candidates.iter().map(Server::addr).collect();
+    let mut client = ClusterClient::new(addrs, policy);
+    let error = client.transfer_leader(NodeId(2)).await.unwrap_err();
+    assert!(
+        error.to_string().contains("election is under way"),
+        "{error}"
+    );
+    assert!(*tries.lock().unwrap() > 1, "tried once");
+}

@@ -220,7 +220,7 @@ async fn refuse_a_lost_voter(id: NodeId, through: &str) -> Result<(), StartError
                         .find(|m| m.id == id)
                         .map_or_else(String::new, |m| format!(" at {}", m.addr));
                     return Err(StartError::failure(format!(
-                        "node {id} is already a voter of the cluster at {through}{at}, and this data directory is empty. If another node runs as {id}{at}, this --id is a mistake: give this node an unused one. If node {id} lost its data, what it acknowledged is lost: remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
+                        "node {id} is already a voter of the cluster (asked through {through}){at}, and this data directory is empty. If another node runs as {id}{at}, this --id is a mistake: give this node an unused one. If node {id} lost its data, what it acknowledged is lost: remove it first (kv-client --addr {through} remove-member {id}), then start it again with --join"
                     )));
                 }
                 Some(false) => match still_leads(&mut client, &status).await {

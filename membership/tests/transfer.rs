@@ -182,6 +182,26 @@ fn a_transfer_to_a_voter_not_heard_from_is_refused_at_once_and_stops_nothing() {
 }
 
 #[test]
+fn the_same_transfer_asked_again_hears_how_the_first_ends() {
+    // A client that lost its connection asks again: before, it got "leadership is moving
+    // to node N" for its own transfer.
+    for_each_seed(10, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let target = a_follower(&sim);
+        let first = sim.request(leader, Op::TransferLeader { id: target });
+        let again = sim.request(leader, Op::TransferLeader { id: target });
+        let answered = load.run_until(&mut sim, 10 * ELECTION_MS, |sim| {
+            sim.reply(first).is_some() && sim.reply(again).is_some()
+        });
+        assert!(answered, "seed {seed}");
+        assert_eq!(sim.reply(first), Some(&Ok(Reply::Done)), "seed {seed}");
+        assert_eq!(sim.reply(again), Some(&Ok(Reply::Done)), "seed {seed}");
+        assert_eq!(stable_leader(&sim), Some(target), "seed {seed}");
+    });
+}
+
+#[test]
 fn a_transfer_to_a_learner_a_stranger_or_the_leader_itself() {
     let (mut sim, mut load) = settled(7, 3);
     let leader = stable_leader(&sim).expect("a leader");

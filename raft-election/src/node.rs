@@ -235,6 +235,8 @@ pub struct RaftNode<S, P = NoSnapshots> {
     /// Ticks since this node last knew a leader (itself included): how long its elections
     /// have gone without one.
     leaderless_ticks: u64,
+    /// Whether this stretch without a leader has been logged ([`RaftNode::majority_missing`]).
+    leaderless_logged: bool,
     /// The leadership transfer under way, if any.
     handoff: Option<Handoff>,
     /// Linearizable reads being confirmed (leader) and waiting to be applied.
@@ -326,6 +328,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             election_timeout: 0,
             heartbeat_elapsed: 0,
             leaderless_ticks: 0,
+            leaderless_logged: false,
             handoff: None,
             reads: Reads::default(),
             relay: Relay::new(run),
@@ -1395,18 +1398,19 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     fn tick(&mut self, out: &mut Outbox<Message>) {
         if self.is_leader() || self.leader.is_some() {
             self.leaderless_ticks = 0;
+            self.leaderless_logged = false;
         } else {
             self.leaderless_ticks += 1;
-            // Said once per stretch without a leader; clients hear it with every request.
+            // Said once per stretch without a leader, by a node that campaigns (a learner or
+            // a removed node does not); clients hear it with every request.
             let campaigning = matches!(
                 self.duty,
                 Duty::PreCandidate { .. } | Duty::Candidate { .. }
             );
-            if campaigning
-                && self.leaderless_ticks == LEADERLESS_TIMEOUTS * self.config.election_ticks
-            {
+            if campaigning && !self.leaderless_logged {
                 if let Some(why) = self.majority_missing() {
                     warn!(id = %self.config.id, term = %self.term, "{why}");
+                    self.leaderless_logged = true;
                 }
             }
         }

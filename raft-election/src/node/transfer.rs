@@ -55,6 +55,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         } else if !self.membership().is_voter(target) {
             let why = format!("node {target} is not a voter; only a voter can lead");
             out.reply(tag, Err(Failure::bad_request(why)));
+        } else if let Some(handoff) = self.handoff.as_mut().filter(|h| h.target == target) {
+            // The same transfer asked again (a client's retry after a lost connection): it
+            // hears how the one under way ends.
+            handoff.waiting.push(tag);
         } else if let Some(busy) = self.handing_off() {
             out.reply(tag, Err(busy));
         } else if !self.heard_lately(target) {
