@@ -9,7 +9,7 @@ mod common;
 use std::cell::Cell;
 
 use common::{ELECTION_MS, Load, add, admin, cluster, cluster_with, remove, settled, voters};
-use kv_server::protocol::{ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
+use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
@@ -356,6 +356,16 @@ fn a_removed_node_that_missed_its_removal_does_not_disrupt_the_cluster() {
         assert!(sim.node(gone).expect("runs").membership().is_voter(gone));
         assert!(says_removed(&mut sim, gone), "seed {seed}");
         assert_eq!(sim.node(gone).expect("runs").role(), Role::Follower);
+        // Its state is out of date for good: it serves no stale read either.
+        let stale = Op::Get {
+            key: "k".into(),
+            consistency: Consistency::Stale,
+        };
+        let tag = sim.request(gone, stale);
+        match sim.reply(tag) {
+            Some(Err(f)) if f.code == ErrorCode::Unavailable => {}
+            other => panic!("a removed node answered a stale read with {other:?}"),
+        }
     });
 }
 

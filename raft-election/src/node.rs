@@ -1526,7 +1526,18 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
                 key,
                 consistency: Consistency::Linearizable,
             } => self.read(tag, key, out),
-            // A local read, possibly stale: any node serves it from its own state.
+            // A local read, possibly stale: any member serves it from its own state. A node
+            // that knows it was removed hears of no write again, and refuses: a client that
+            // asks every member takes another's answer.
+            Op::Get {
+                consistency: Consistency::Stale,
+                ..
+            } if self.removal_confirmed || self.removal_committed() => out.reply(
+                tag,
+                Err(Failure::unavailable(
+                    "this node was removed from the cluster, and its state is out of date; ask a member",
+                )),
+            ),
             Op::Get {
                 key,
                 consistency: Consistency::Stale,
