@@ -217,7 +217,16 @@ impl ClusterClient {
                     match asked {
                         Ok((client, Ok(reply))) => {
                             self.connections.insert(addr, client);
-                            return reply;
+                            return Ok(reply);
+                        }
+                        // About the request itself: every member would say the same.
+                        Ok((_, Err(Error::Server(failure))))
+                            if matches!(
+                                failure.code,
+                                ErrorCode::BadRequest | ErrorCode::TooLarge
+                            ) =>
+                        {
+                            return Err(Error::Server(failure));
                         }
                         Ok((_, Err(Error::Server(failure)))) => answered = Some(failure),
                         Ok((_, Err(error))) | Err(error) => {
@@ -232,8 +241,8 @@ impl ClusterClient {
                 backoff = (backoff * 2).min(self.policy.max_backoff);
             }
         };
-        if let Ok(reply) = timeout_at(until, read).await {
-            return Ok(reply);
+        if let Ok(read) = timeout_at(until, read).await {
+            return read;
         }
         // A connection with a request still unanswered is not reused (as after any timeout).
         for addr in &silent {
@@ -248,9 +257,10 @@ impl ClusterClient {
     }
 
     /// Sends `op` to every member at once, on its cached connection or a new one: each
-    /// member's address, with the connection and the answer, or why none could be opened,
-    /// as they come.
+    /// member's address, with the connection and the answer, or why none could be opened or
+    /// no answer came within the request timeout, as they come.
     fn ask_every_member(&self, op: Op) -> FuturesUnordered<impl Future<Output = Asked> + use<>> {
+        let patience = self.policy.request_timeout;
         self.members
             .iter()
             .map(|addr| {
@@ -265,7 +275,9 @@ impl ClusterClient {
                         let reply = client.request(op).await;
                         Ok::<_, Error>((client, reply))
                     };
-                    let asked = asked.await;
+                    let asked = timeout(patience, asked)
+                        .await
+                        .unwrap_or(Err(Error::RequestTimeout(patience)));
                     (addr, asked)
                 }
             })
@@ -547,6 +559,12 @@ impl ClusterClient {
         // reached.
         let mut answered: Option<Failure> = None;
         loop {
+            if self.leader.is_none() && matches!(op, Op::TransferLeader { .. }) {
+                // A transfer goes to the leader itself, whose refusal is final (below); a
+                // follower would forward it, and the refusal would come back as another
+                // node's, to be retried, each retry stopping the leader's writes again.
+                let _ = self.ask_for_leader(deadline).await;
+            }
             let addr = self.target();
             let error = match self.attempt(&addr, op.clone(), deadline, fate).await {
                 Ok(reply) => return Ok(reply),

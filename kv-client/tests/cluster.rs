@@ -646,3 +646,89 @@ async fn a_transfer_answered_unavailable_by_a_node_that_is_not_the_leader_is_ret
     );
     assert!(*tries.lock().unwrap() > 1, "tried once");
 }
+
+#[tokio::test]
+async fn a_stale_read_asks_again_a_member_that_failed_while_another_stays_silent() {
+    // The first round ends once the silent member's request timeout passes; before, it
+    // lasted until the deadline, and the member that had failed was not asked again.
+    let asked = Arc::new(Mutex::new(0));
+    let counted = asked.clone();
+    let restarting = Server::start(Scripted(move |op| match op {
+        Op::Get { .. } => {
+            let mut n = counted.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                Err(Failure::unavailable("starting"))
+            } else {
+                Ok(Reply::Value(Some("v".into())))
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let silent = Silent::start().await;
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(5),
+        request_timeout: Duration::from_millis(200),
+        ..quick()
+    };
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), restarting.addr()], policy);
+    let value = client.get("k", Consistency::Stale).await;
+    assert_eq!(value.unwrap().as_deref(), Some("v"));
+    assert_eq!(*asked.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_stale_read_refused_as_malformed_is_not_asked_again() {
+    let asked = Arc::new(Mutex::new(0));
+    let counted = asked.clone();
+    let node = Server::start(Scripted(move |_| {
+        *counted.lock().unwrap() += 1;
+        Err(Failure::too_large("key longer than 4096 bytes"))
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![node.addr()], quick());
+    let error = client.get("k", Consistency::Stale).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::TooLarge), "{error}");
+    assert_eq!(*asked.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_transfer_goes_to_the_leader_once_a_follower_names_it_and_its_refusal_is_final() {
+    // No member knows a leader at first; then the follower names it. A follower forwards a
+    // transfer, so the leader's refusal would come back as the follower's, and be retried.
+    let (leader_tries, follower_tries) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+    let counted = leader_tries.clone();
+    let leader = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Leader, None),
+        Op::TransferLeader { .. } => {
+            *counted.lock().unwrap() += 1;
+            Err(Failure::unavailable("node 3 did not take over"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let leader_addr = leader.addr();
+    let statuses = Arc::new(Mutex::new(0));
+    let counted = follower_tries.clone();
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status => {
+            let mut n = statuses.lock().unwrap();
+            *n += 1;
+            let knows = (*n > 1).then(|| leader_addr.clone());
+            status(Role::Follower, knows)
+        }
+        Op::TransferLeader { .. } => {
+            *counted.lock().unwrap() += 1;
+            Err(Failure::unavailable("node 3 did not take over"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    // The leader is listed but silent about its role at first: only the follower is given.
+    let mut client = ClusterClient::new(vec![follower.addr(), "127.0.0.1:9".into()], quick());
+    let error = client.transfer_leader(NodeId(3)).await.unwrap_err();
+    assert!(error.to_string().contains("did not take over"), "{error}");
+    assert_eq!(*leader_tries.lock().unwrap(), 1);
+    assert!(*follower_tries.lock().unwrap() <= 1);
+}
