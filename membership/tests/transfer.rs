@@ -9,6 +9,7 @@ use common::{ELECTION_MS, Load, TICK_MS, add, admin, remove, settled};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, stable_leader};
 use raft_log::storage::Storage;
+use raft_log::types::Term;
 use replication_naive::sim::{NetConfig, for_each_seed};
 
 /// Sends a transfer to `target` to the leader, and runs until it is answered: the answer
@@ -22,6 +23,22 @@ fn transfer(sim: &mut common::Cluster, load: &mut Load, target: NodeId) -> (Outc
     assert!(answered, "the transfer was never answered (seed {seed})");
     let outcome = sim.reply(tag).cloned().expect("answered");
     (outcome, sim.now() - start)
+}
+
+/// Stops `leader` cleanly: it must hand over within half an election timeout. The new
+/// leader.
+fn hand_off(sim: &mut common::Cluster, load: &mut Load, leader: NodeId) -> NodeId {
+    let seed = sim.seed();
+    let tag = sim.hand_off(leader);
+    let answered = load.run_until(sim, ELECTION_MS / 2, |sim| sim.reply(tag).is_some());
+    assert!(
+        answered,
+        "no handover within half an election timeout (seed {seed})"
+    );
+    assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
+    let next = stable_leader(sim).expect("a new leader");
+    assert_ne!(next, leader, "seed {seed}");
+    next
 }
 
 /// The voter with the lowest id that is not the leader.
@@ -130,23 +147,38 @@ fn a_transfer_to_a_dead_voter_is_given_up_and_the_leader_serves_again() {
         sim.crash(target);
         load.run_for(&mut sim, ELECTION_MS / 10);
         let (outcome, took) = transfer(&mut sim, &mut load, target);
-        match outcome {
-            Err(f) if f.code == ErrorCode::Unavailable => {
-                assert!(f.message.contains("did not take over"), "{}", f.message);
-            }
-            other => panic!("{other:?} (seed {seed})"),
-        }
+        assert_unavailable(outcome, "did not take over", seed);
         assert!(
             (ELECTION_MS - TICK_MS..2 * ELECTION_MS).contains(&took),
             "given up after {took} ms (seed {seed})"
         );
-        let after = stable_leader(&sim).expect("a leader");
-        assert_eq!(after, leader, "leadership stayed (seed {seed})");
-        assert_eq!(sim.node(leader).expect("runs").term(), term, "seed {seed}");
-        let write = admin(&mut sim, &mut load, Op::put("after", "giving up"));
-        assert_eq!(write, Ok(Reply::Write(WriteOutcome::Put)), "seed {seed}");
-        load.assert_kept(&mut sim);
+        assert_still_serves(&mut sim, &mut load, leader, term);
     });
+}
+
+/// That `outcome` is `unavailable`, saying `says`.
+fn assert_unavailable(outcome: Outcome, says: &str, seed: u64) {
+    match outcome {
+        Err(f) if f.code == ErrorCode::Unavailable => {
+            assert!(f.message.contains(says), "{} (seed {seed})", f.message);
+        }
+        other => panic!("{other:?} (seed {seed})"),
+    }
+}
+
+/// After a transfer that did not happen: `leader` still leads, in `term`, takes writes,
+/// and kept every acknowledged one.
+fn assert_still_serves(sim: &mut common::Cluster, load: &mut Load, leader: NodeId, term: Term) {
+    let seed = sim.seed();
+    assert_eq!(
+        stable_leader(sim),
+        Some(leader),
+        "leadership stayed (seed {seed})"
+    );
+    assert_eq!(sim.node(leader).expect("runs").term(), term, "seed {seed}");
+    let write = admin(sim, load, Op::put("after", "no transfer"));
+    assert_eq!(write, Ok(Reply::Write(WriteOutcome::Put)), "seed {seed}");
+    load.assert_kept(sim);
 }
 
 #[test]
@@ -159,25 +191,12 @@ fn a_transfer_to_a_voter_not_heard_from_is_refused_at_once_and_stops_nothing() {
         sim.crash(target);
         load.run_for(&mut sim, 2 * ELECTION_MS);
         let (outcome, took) = transfer(&mut sim, &mut load, target);
-        match outcome {
-            Err(f) if f.code == ErrorCode::Unavailable => {
-                assert!(f.message.contains("has not answered"), "{}", f.message);
-            }
-            other => panic!("{other:?} (seed {seed})"),
-        }
+        assert_unavailable(outcome, "has not answered", seed);
         assert_eq!(took, 0, "refused at once (seed {seed})");
-        // No handover was started: writes were never refused.
+        // No handover was started: a write is not refused at once.
         let tag = sim.request(leader, Op::put("during", "refusal"));
-        assert_eq!(
-            sim.reply(tag).map(|o| o.as_ref().map_err(|f| f.code)),
-            None,
-            "seed {seed}"
-        );
-        let write = admin(&mut sim, &mut load, Op::put("after", "refusal"));
-        assert_eq!(write, Ok(Reply::Write(WriteOutcome::Put)), "seed {seed}");
-        assert_eq!(stable_leader(&sim), Some(leader), "seed {seed}");
-        assert_eq!(sim.node(leader).expect("runs").term(), term, "seed {seed}");
-        load.assert_kept(&mut sim);
+        assert_eq!(sim.reply(tag), None, "seed {seed}");
+        assert_still_serves(&mut sim, &mut load, leader, term);
     });
 }
 
@@ -272,15 +291,7 @@ fn a_clean_shutdown_hands_leadership_over_first() {
         // A follower has nothing to hand over.
         let tag = sim.hand_off(follower);
         assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
-        let tag = sim.hand_off(leader);
-        let answered = load.run_until(&mut sim, ELECTION_MS / 2, |sim| sim.reply(tag).is_some());
-        assert!(
-            answered,
-            "no handover within half an election timeout (seed {seed})"
-        );
-        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
-        let next = stable_leader(&sim).expect("a new leader");
-        assert_ne!(next, leader, "seed {seed}");
+        let next = hand_off(&mut sim, &mut load, leader);
         sim.crash(leader);
         load.run_for(&mut sim, 10 * ELECTION_MS);
         assert_eq!(
@@ -304,15 +315,8 @@ fn a_clean_shutdown_hands_over_to_a_voter_that_answers_not_to_a_dead_one() {
         sim.run_for(ELECTION_MS);
         sim.crash(dead);
         sim.run_for(2 * ELECTION_MS);
-        let tag = sim.hand_off(leader);
-        let answered = load.run_until(&mut sim, ELECTION_MS / 2, |sim| sim.reply(tag).is_some());
-        assert!(
-            answered,
-            "no handover within half an election timeout (seed {seed})"
-        );
-        assert_eq!(sim.reply(tag), Some(&Ok(Reply::Done)), "seed {seed}");
-        let next = stable_leader(&sim).expect("a new leader");
-        assert!(next != leader && next != dead, "{next} leads (seed {seed})");
+        let next = hand_off(&mut sim, &mut load, leader);
+        assert_ne!(next, dead, "seed {seed}");
         load.assert_kept(&mut sim);
     });
 }
