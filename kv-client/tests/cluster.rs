@@ -536,21 +536,27 @@ async fn a_member_that_answered_says_more_than_one_that_cannot_be_reached() {
     assert!(error.to_string().contains("no leader for 5"), "{error}");
 }
 
+/// A node of `role` that answers every transfer with `unavailable`, saying `says`, and
+/// counts them in `tries`.
+async fn refusing_transfers(role: Role, says: &'static str, tries: Arc<Mutex<usize>>) -> Server {
+    Server::start(Scripted(move |op| match op {
+        Op::Status => status(role, None),
+        Op::TransferLeader { .. } => {
+            *tries.lock().unwrap() += 1;
+            Err(Failure::unavailable(says))
+        }
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await
+}
+
 #[tokio::test]
 async fn a_transfer_refused_with_unavailable_is_not_retried() {
     // Each try would stop the leader's writes again (for an election timeout, when the
     // target is slow to take over).
     let tries = Arc::new(Mutex::new(0));
-    let counted = tries.clone();
-    let leader = Server::start(Scripted(move |op| match op {
-        Op::Status => status(Role::Leader, None),
-        Op::TransferLeader { .. } => {
-            *counted.lock().unwrap() += 1;
-            Err(Failure::unavailable("node 2 has not answered the leader"))
-        }
-        other => panic!("unexpected {other:?}"),
-    }))
-    .await;
+    let says = "node 2 has not answered the leader";
+    let leader = refusing_transfers(Role::Leader, says, tries.clone()).await;
     let mut client = ClusterClient::new(vec![leader.addr()], quick());
     let error = client.transfer_leader(NodeId(2)).await.unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
@@ -616,22 +622,10 @@ async fn a_stale_read_reconnects_to_a_member_whose_connection_broke() {
 async fn a_transfer_answered_unavailable_by_a_node_that_is_not_the_leader_is_retried() {
     // An election under way: the leader's refusals are final, a candidate's are not.
     let tries = Arc::new(Mutex::new(0));
+    let says = "an election is under way; retry shortly";
     let mut candidates = Vec::new();
     for _ in 0..2 {
-        let counted = tries.clone();
-        candidates.push(
-            Server::start(Scripted(move |op| match op {
-                Op::Status => status(Role::Candidate, None),
-                Op::TransferLeader { .. } => {
-                    *counted.lock().unwrap() += 1;
-                    Err(Failure::unavailable(
-                        "an election is under way; retry shortly",
-                    ))
-                }
-                other => panic!("unexpected {other:?}"),
-            }))
-            .await,
-        );
+        candidates.push(refusing_transfers(Role::Candidate, says, tries.clone()).await);
     }
     let policy = RetryPolicy {
         deadline: Duration::from_millis(300),
@@ -698,16 +692,8 @@ async fn a_transfer_goes_to_the_leader_once_a_follower_names_it_and_its_refusal_
     // No member knows a leader at first; then the follower names it. A follower forwards a
     // transfer, so the leader's refusal would come back as the follower's, and be retried.
     let (leader_tries, follower_tries) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
-    let counted = leader_tries.clone();
-    let leader = Server::start(Scripted(move |op| match op {
-        Op::Status => status(Role::Leader, None),
-        Op::TransferLeader { .. } => {
-            *counted.lock().unwrap() += 1;
-            Err(Failure::unavailable("node 3 did not take over"))
-        }
-        other => panic!("unexpected {other:?}"),
-    }))
-    .await;
+    let says = "node 3 did not take over";
+    let leader = refusing_transfers(Role::Leader, says, leader_tries.clone()).await;
     let leader_addr = leader.addr();
     let statuses = Arc::new(Mutex::new(0));
     let counted = follower_tries.clone();
@@ -720,7 +706,7 @@ async fn a_transfer_goes_to_the_leader_once_a_follower_names_it_and_its_refusal_
         }
         Op::TransferLeader { .. } => {
             *counted.lock().unwrap() += 1;
-            Err(Failure::unavailable("node 3 did not take over"))
+            Err(Failure::unavailable(says))
         }
         other => panic!("unexpected {other:?}"),
     }))
