@@ -11,7 +11,21 @@ use tokio::process::{Child, Command};
 
 /// limecached with `args`, in the working directory `cwd`, its stderr piped.
 fn limecached(cwd: &Path, args: &[&str]) -> Child {
-    Command::new(tests::binary("limecached"))
+    limecached_through(&[], cwd, args)
+}
+
+/// [`limecached`], run by the command `wrapper` (which runs the command after it).
+fn limecached_through(wrapper: &[&str], cwd: &Path, args: &[&str]) -> Child {
+    let binary = tests::binary("limecached");
+    let mut command = match wrapper {
+        [] => Command::new(binary),
+        [program, rest @ ..] => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(binary);
+            command
+        }
+    };
+    command
         .args(args)
         .current_dir(cwd)
         .stdout(Stdio::null())
@@ -247,17 +261,8 @@ async fn a_node_raises_its_open_files_limit_and_takes_more_clients_than_the_soft
     // hard one. Started with 128 and 4,096, the node serves 200 clients at once.
     let cwd = tempfile::tempdir().unwrap();
     let addr = &tests::free_addrs(1)[0];
-    let mut node = Command::new("prlimit")
-        .arg("--nofile=128:4096")
-        .arg("--")
-        .arg(tests::binary("limecached"))
-        .args(bootstrap(addr, "data"))
-        .current_dir(cwd.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let prlimit = ["prlimit", "--nofile=128:4096", "--"];
+    let mut node = limecached_through(&prlimit, cwd.path(), &bootstrap(addr, "data"));
     listening(&mut node).await;
     // prlimit sets the limits and then becomes the node (exec).
     let pid = node.id().unwrap();
