@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::protocol::{Failure, Op, Outcome, Reply, Status, Text};
+use crate::protocol::{Failure, Op, Outcome, Reply, Status};
 use crate::serve::{Handler, ServeConfig, serve};
 use crate::store::Store;
 
@@ -32,7 +32,7 @@ impl Standalone {
 
     fn execute(&self, op: Op) -> Outcome {
         match op {
-            Op::Get { key, .. } => Ok(Reply::Value(self.store.get(&key).map(Text::Shared))),
+            Op::Get { key, .. } => Ok(Reply::Value(self.store.get(&key))),
             Op::Write { command, .. } => Ok(Reply::Write(self.store.apply(command))),
             Op::Status => Ok(Reply::Status(Box::new(Status::standalone()))),
             Op::AddMember { .. } | Op::RemoveMember { .. } | Op::TransferLeader { .. } => {

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use imbl::OrdSet;
 use triomphe::ThinArc;
 
-use crate::protocol::{CasOutcome, Command, WriteOutcome};
+use crate::protocol::{CasOutcome, Command, Text, WriteOutcome};
 
 /// A map of strings and the contract's operations on it.
 ///
@@ -46,8 +46,9 @@ impl KvMap {
 
     /// The value of `key`, if present, as a `get` answer holds it: shared with the map, not
     /// copied.
-    pub fn get_shared(&self, key: &str) -> Option<SharedValue> {
-        self.entries.get(key.as_bytes()).cloned().map(SharedValue)
+    pub fn get_text(&self, key: &str) -> Option<Text> {
+        let pair = self.entries.get(key.as_bytes()).cloned();
+        pair.map(|pair| Text::Shared(SharedValue(pair)))
     }
 
     /// Applies a write and says what it did.
@@ -140,20 +141,6 @@ impl SharedValue {
     /// The value.
     pub fn as_str(&self) -> &str {
         self.0.value()
-    }
-}
-
-impl PartialEq for SharedValue {
-    fn eq(&self, other: &SharedValue) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for SharedValue {}
-
-impl fmt::Debug for SharedValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -256,8 +243,8 @@ impl Store {
     }
 
     /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<SharedValue> {
-        self.lock().get_shared(key)
+    pub fn get(&self, key: &str) -> Option<Text> {
+        self.lock().get_text(key)
     }
 
     /// Applies a write atomically and says what it did.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
-use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status, Text};
+use kv_server::protocol::{Consistency, Failure, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use raft_log::apply::{Applier, Machine};
 use raft_log::log::RaftLog;
@@ -1544,7 +1544,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             } => out.reply(
                 tag,
                 Ok(Reply::Value(
-                    self.state().get_shared(&key).map(Text::Shared),
+                    self.state().get_text(&key),
                 )),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status, Text};
+use kv_server::protocol::{Failure, Member, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use replication_naive::node::{Node, Outbox, RequestTag, SyncJob};
 use tracing::{debug, warn};
@@ -300,7 +300,7 @@ impl<S: Storage> Node for RaftLogNode<S> {
             // (it cannot tell whether it is still the leader). The limecached node does better.
             Op::Get { key, .. } => out.reply(
                 tag,
-                Ok(Reply::Value(self.state().get_shared(&key).map(Text::Shared))),
+                Ok(Reply::Value(self.state().get_text(&key))),
             ),
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
             Op::Write { .. } if !self.is_leader() => {

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use kv_server::protocol::{Command, Failure, Member, NodeId, Op, Reply, Role, Status, Text};
+use kv_server::protocol::{Command, Failure, Member, NodeId, Op, Reply, Role, Status};
 use kv_server::store::KvMap;
 use serde::{Deserialize, Serialize};
 
@@ -191,7 +191,7 @@ impl Node for NaiveNode {
     fn request(&mut self, tag: RequestTag, op: Op, out: &mut Outbox<Message>) {
         match op {
             Op::Get { key, .. } => {
-                out.reply(tag, Ok(Reply::Value(self.map.get_shared(&key).map(Text::Shared))))
+                out.reply(tag, Ok(Reply::Value(self.map.get_text(&key))))
             }
             Op::Status => out.reply(tag, Ok(Reply::Status(Box::new(self.status())))),
             Op::Write { .. } if !self.is_leader() => out.reply(

@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kv_server::protocol::{Failure, NodeId, Reply, Text};
+use kv_server::protocol::{Failure, NodeId, Reply};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use raft_log::types::{LogIndex, Term};
@@ -296,7 +296,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let later = self.reads.confirmed.split_off(&self.last_applied().next());
         let ready = std::mem::replace(&mut self.reads.confirmed, later);
         for read in ready.into_values().flatten() {
-            let value = self.state().get_shared(&read.key).map(Text::Shared);
+            let value = self.state().get_text(&read.key);
             out.reply(read.tag, Ok(Reply::Value(value)));
         }
     }
