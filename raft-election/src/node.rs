@@ -459,17 +459,19 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             commit_index: Some(self.commit_index().0),
             last_applied: Some(self.last_applied().0),
             members: Some(self.membership().to_members()),
-            removed: self.removal_confirmed || self.removal_committed(),
+            removed: self.removed(),
         }
     }
 
-    /// Whether this node's own configuration, committed, leaves it out: it applied its
-    /// removal. (A node that has not been added yet has no configuration.)
-    fn removal_committed(&self) -> bool {
+    /// Whether this node knows that a committed configuration leaves it out: a voter told
+    /// it so (`removal_confirmed`), or it applied its removal itself. (A node that has not
+    /// been added yet has no configuration.)
+    fn removed(&self) -> bool {
         let membership = self.membership();
-        membership.ids().next().is_some()
+        let applied_removal = membership.ids().next().is_some()
             && !membership.contains(self.config.id)
-            && self.configs.latest_index() <= self.commit_index()
+            && self.configs.latest_index() <= self.commit_index();
+        self.removal_confirmed || applied_removal
     }
 
     /// Why a node that is not the leader cannot take a write: the leader's address when it
@@ -1532,7 +1534,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
             Op::Get {
                 consistency: Consistency::Stale,
                 ..
-            } if self.removal_confirmed || self.removal_committed() => out.reply(
+            } if self.removed() => out.reply(
                 tag,
                 Err(Failure::unavailable(
                     "this node was removed from the cluster, and its state is out of date; ask a member",
