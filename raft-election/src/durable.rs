@@ -58,9 +58,10 @@ use raft_log::types::{Entry, LogIndex, Term};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use replication_naive::files::replace_durably;
 use replication_naive::node::SyncJob;
 
-use crate::medium::{FileMedium, Medium, Replacement, sync_dir};
+use crate::medium::{FileMedium, Medium, Replacement};
 
 /// The file holding the log, inside the data directory.
 pub const LOG_FILE: &str = "raft.log";
@@ -266,15 +267,9 @@ impl DurableStorage<FileMedium> {
             // (`foreign_content` found nothing else): nothing `log_written` counts, so
             // nothing that was synced, voted or acknowledged.
             write_first_record(&mut medium).map_err(io(&log_file))?;
-            // Written aside, synced, then renamed into place: a crash leaves either no
-            // file or a complete one, never an empty one that would lock the node out.
-            let tmp = dir.join(format!("{NODE_ID_FILE}.tmp"));
-            fs::write(&tmp, format!("{id}\n")).map_err(io(&tmp))?;
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))?;
-            fs::rename(&tmp, &id_file).map_err(io(&id_file))?;
-            sync_dir(dir).map_err(io(dir))?;
+            // Replaced durably: a crash leaves either no file or a complete one, never an
+            // empty one that would lock the node out.
+            replace_durably(&id_file, format!("{id}\n").as_bytes()).map_err(io(&id_file))?;
         }
         DurableStorage::open(medium).map_err(|e| match e {
             OpenError::Io { source, .. } => OpenError::Io {

@@ -14,11 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use kv_server::protocol::NodeId;
+
+use crate::files::replace_durably;
 use serde::{Deserialize, Serialize};
 
 /// One data directory's identity: random, fixed at its first start. 0: none (a node
@@ -138,17 +139,12 @@ impl Incarnations {
     }
 }
 
-/// Writes `saved` to `path` durably: aside, synced, renamed into place, the directory synced.
+/// Writes `saved` to `path` durably ([`replace_durably`]).
 fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(saved).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    replace_durably(
+        path,
+        &serde_json::to_vec(saved).map_err(std::io::Error::other)?,
+    )
 }
 
 #[cfg(test)]

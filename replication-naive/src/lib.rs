@@ -22,6 +22,7 @@
 //! | [`sync_gate`]| `SyncGate`: which messages wait for the node's fsync              |
 //! | [`transport`]| `Transport` (send side), `receive` (inbound), the peer handshake  |
 //! | [`incarnation`]| which data directory each member runs on (from stage 8)        |
+//! | [`files`]    | a data directory's small files, replaced durably                  |
 //! | [`driver`]   | `run(node, listener, peers, config, shutdown)`                    |
 //! | [`forward`]  | `Forwarder`: a follower's membership changes sent to the leader   |
 //! | [`sim`]      | `Sim`, `NetConfig`, `for_each_seed`                               |
@@ -31,6 +32,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod files;
 pub mod forward;
 pub mod incarnation;
 pub mod naive;
