@@ -122,6 +122,16 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
 }
 
+impl RetryPolicy {
+    /// The pause before the next try: half to all of `backoff`, at random; `backoff` then
+    /// doubles for the one after, up to [`RetryPolicy::max_backoff`].
+    fn pause(&self, backoff: &mut Duration) -> Duration {
+        let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        *backoff = (*backoff * 2).min(self.max_backoff);
+        pause
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -236,9 +246,7 @@ impl ClusterClient {
                         }
                     }
                 }
-                let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                tokio::time::sleep(jittered).await;
-                backoff = (backoff * 2).min(self.policy.max_backoff);
+                tokio::time::sleep(self.policy.pause(&mut backoff)).await;
             }
         };
         if let Ok(read) = timeout_at(until, read).await {
@@ -628,9 +636,8 @@ impl ClusterClient {
                 redirects = 0;
             }
             if !retry_at_once && Instant::now() < deadline {
-                let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                tokio::time::sleep(jittered.min(deadline - Instant::now())).await;
-                backoff = (backoff * 2).min(self.policy.max_backoff);
+                let pause = self.policy.pause(&mut backoff);
+                tokio::time::sleep(pause.min(deadline - Instant::now())).await;
             }
             if Instant::now() >= deadline {
                 // An attempt cut short by the deadline says less than the answer before it,
