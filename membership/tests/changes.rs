@@ -537,7 +537,7 @@ fn an_uncommitted_change_cut_from_the_log_is_undone() {
             id: NodeId(4),
             addr: common::addr(4),
         };
-        let tag = sim.request(old, op);
+        let tag = sim.request(old, op.clone());
         sim.run_for(ELECTION_MS / 4);
         assert!(
             sim.node(old)
@@ -545,6 +545,15 @@ fn an_uncommitted_change_cut_from_the_log_is_undone() {
                 .membership()
                 .contains(NodeId(4))
         );
+        // A retry finds the change in force, but not committed: not done yet.
+        let retry = sim.request(old, op);
+        sim.run_for(ELECTION_MS / 4);
+        match sim.reply(retry) {
+            Some(Err(f)) if f.code == ErrorCode::Unavailable => {
+                assert!(f.message.contains("has not committed yet"), "{}", f.message)
+            }
+            other => panic!("a retry of an uncommitted add: {other:?} (seed {seed})"),
+        }
         // The others elect a leader and write on; back, the old leader's log is cut back.
         load.run_for(&mut sim, 20 * ELECTION_MS);
         sim.heal();

@@ -81,7 +81,14 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             Change::Remove(id) => Some(current.without(*id)),
         };
         let Some(next) = next else {
-            out.reply(tag, Ok(Reply::Done));
+            // Already in force (a retry, or another client's same change): done only once
+            // committed (§4.1: a change is acknowledged when its entry commits), as the
+            // first request is answered; until then it could still be cut from the log.
+            let outcome = match self.config_pending() {
+                Some(pending) => Err(Failure::unavailable(pending)),
+                None => Ok(Reply::Done),
+            };
+            out.reply(tag, outcome);
             return;
         };
         if let Err(busy) = self.ready_for_change(&change) {
@@ -111,11 +118,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if let Some(busy) = self.handing_off() {
             return Err(busy.message);
         }
-        let pending = self.configs.latest_index();
-        if pending > self.commit_index() {
-            return Err(format!(
-                "a membership change is in progress (the configuration at index {pending} has not committed yet); retry shortly"
-            ));
+        if let Some(pending) = self.config_pending() {
+            return Err(pending);
         }
         // Thesis §4.1, with the correction Ongaro posted to raft-dev in 2015: a new leader
         // may not change the configuration until an entry of its own term has committed,
@@ -124,6 +128,16 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return Err("the leader was just elected; retry shortly".to_owned());
         }
         Ok(())
+    }
+
+    /// Why the configuration in force is not final yet, if it has not committed.
+    fn config_pending(&self) -> Option<String> {
+        let pending = self.configs.latest_index();
+        (pending > self.commit_index()).then(|| {
+            format!(
+                "a membership change is in progress (the configuration at index {pending} has not committed yet); retry shortly"
+            )
+        })
     }
 
     /// Leader: appends `membership` to the log, in force from now on.
