@@ -29,8 +29,14 @@ struct Cli {
     /// Give up after this many seconds, retries included [default: 10]. For `status`: how
     /// long to wait for each node's answer [default: 3]. For `bench`: the limit of each
     /// request, retries included; one that fails is counted, and the run goes on.
-    #[arg(long, value_name = "SECS", global = true)]
-    timeout: Option<f64>,
+    #[arg(
+        long,
+        value_name = "SECS",
+        global = true,
+        allow_negative_numbers = true,
+        value_parser = parse_seconds
+    )]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -107,8 +113,8 @@ struct BenchArgs {
     #[arg(long, conflicts_with = "duration")]
     requests: Option<u64>,
     /// Run for this many seconds instead of a number of requests.
-    #[arg(long)]
-    duration: Option<f64>,
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
+    duration: Option<Duration>,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -284,12 +290,6 @@ fn retry_policy(cli: &Cli) -> Result<RetryPolicy, Failure> {
             _ => default,
         });
     };
-    let Some(timeout) = seconds(timeout) else {
-        return Err(Failure(
-            "--timeout must be a positive number of seconds".into(),
-            2,
-        ));
-    };
     Ok(match cli.command {
         // `status_of` waits the shorter of the request timeout and the deadline.
         Cmd::Status => RetryPolicy {
@@ -316,10 +316,7 @@ async fn bench(addrs: Vec<String>, args: BenchArgs, retry: RetryPolicy) -> Resul
         return usage("--read-ratio must be between 0 and 1");
     }
     let length = match (args.requests, args.duration) {
-        (_, Some(secs)) if seconds(secs).is_some() => {
-            Length::Duration(seconds(secs).expect("checked in the guard"))
-        }
-        (_, Some(_)) => return usage("--duration must be a positive number of seconds"),
+        (_, Some(duration)) => Length::Duration(duration),
         (Some(n), None) => Length::Requests(n),
         (None, None) => Length::Requests(100_000),
     };
@@ -351,8 +348,20 @@ async fn bench(addrs: Vec<String>, args: BenchArgs, retry: RetryPolicy) -> Resul
 }
 
 /// A positive, finite number of seconds that fits a `Duration`.
-fn seconds(secs: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
+/// `--timeout` and `--duration`: a positive number of seconds, at most [`MAX_SECONDS`].
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let too_long = || format!("must be at most {} seconds (a year)", MAX_SECONDS.as_secs());
+    match Duration::try_from_secs_f64(secs) {
+        Ok(duration) if duration > MAX_SECONDS => Err(too_long()),
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Err(_) if secs > 0.0 => Err(too_long()),
+        _ => Err("must be a positive number of seconds".to_owned()),
+    }
 }
+
+/// The longest `--timeout` or `--duration`: far enough for any run, near enough that a
+/// deadline this far ahead is a time the clock can hold.
+const MAX_SECONDS: Duration = Duration::from_secs(365 * 24 * 3600);

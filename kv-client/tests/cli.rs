@@ -205,6 +205,32 @@ fn usage_errors_exit_with_2() {
 }
 
 #[test]
+fn a_time_out_of_range_is_a_usage_error_naming_the_range() {
+    let addr = common::background_standalone();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--timeout", "-1", "get", "k"], "positive"),
+        (&["--timeout", "0", "get", "k"], "positive"),
+        // Once a panic: a deadline past what the clock can hold.
+        (
+            &["--timeout", "1e19", "get", "k"],
+            "at most 31536000 seconds",
+        ),
+        (&["--timeout", "1e19", "status"], "at most 31536000 seconds"),
+        (&["bench", "--duration", "-3"], "positive"),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_kv-client"))
+            .args(["--addr", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn a_malformed_addr_entry_is_a_usage_error_naming_it() {
     // Accepted, these failed only at run time, after retries, with exit 1 ("cannot connect
     // to : invalid socket address"). The well-formed entries name a closed port, so reaching
