@@ -8,7 +8,9 @@ mod common;
 
 use std::cell::Cell;
 
-use common::{ELECTION_MS, Load, add, admin, cluster, cluster_with, remove, settled, voters};
+use common::{
+    ELECTION_MS, Load, TICK_MS, add, admin, cluster, cluster_with, remove, settled, voters,
+};
 use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
@@ -123,6 +125,83 @@ fn the_leader_removes_itself_and_steps_down() {
         load.run_for(&mut sim, 50 * ELECTION_MS);
         assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");
         assert_eq!(sim.node(new_leader).expect("runs").term(), term);
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_leader_that_removes_itself_answers_every_write_it_took() {
+    // Once it has handed over, no one replicates to a removed leader: a write it took and
+    // had not seen commit would wait for an outcome it can never learn (it used to, until
+    // the client's request timeout, and then heard `timeout` for a write that was applied).
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let removal = sim.request(leader, Op::RemoveMember { id: leader });
+        let mut writes = Vec::new();
+        for i in 0..60 {
+            let key = format!("to-the-removed-{i}");
+            writes.push((sim.request(leader, Op::put(&key, "v")), key));
+            sim.run_for(TICK_MS / 5);
+        }
+        load.run_until(&mut sim, 10 * ELECTION_MS, |sim| {
+            sim.reply(removal).is_some() && writes.iter().all(|(t, _)| sim.reply(*t).is_some())
+        });
+        assert_eq!(sim.reply(removal), Some(&Ok(Reply::Done)), "seed {seed}");
+        for (tag, key) in &writes {
+            match sim.reply(*tag) {
+                Some(Ok(Reply::Write(WriteOutcome::Put))) => {
+                    load.acked.insert(key.clone(), "v".to_owned());
+                }
+                // Refused while it handed over, or after: nothing happened.
+                Some(Err(f)) if matches!(f.code, ErrorCode::Unavailable | ErrorCode::NotLeader) => {
+                }
+                other => panic!("{key}, taken by the removed leader: {other:?} (seed {seed})"),
+            }
+        }
+        load.assert_kept(&mut sim);
+    });
+}
+
+#[test]
+fn a_removed_leader_that_cannot_commit_its_last_writes_says_their_outcome_is_unknown() {
+    // The leader removes itself with writes in flight to it, and a remaining voter is cut
+    // off the moment the removal commits: the writes after it cannot commit, the leader
+    // cannot hand over, and it steps down. Its clients hear `timeout` then, not after their
+    // own wait runs out: no one will tell this node what became of their writes.
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 3);
+        let leader = stable_leader(&sim).expect("a leader");
+        let other = (1..=3)
+            .map(NodeId)
+            .find(|&id| id != leader)
+            .expect("three nodes");
+        let removal = sim.request(leader, Op::RemoveMember { id: leader });
+        let mut writes = Vec::new();
+        while sim.reply(removal).is_none() && writes.len() < 1000 {
+            let key = format!("to-the-removed-{}", writes.len());
+            writes.push((sim.request(leader, Op::put(&key, "v")), key));
+            sim.run_for(TICK_MS / 5);
+        }
+        assert_eq!(sim.reply(removal), Some(&Ok(Reply::Done)), "seed {seed}");
+        sim.isolate(other);
+        sim.run_until(3 * ELECTION_MS, |sim| {
+            writes.iter().all(|(t, _)| sim.reply(*t).is_some())
+        });
+        for (tag, key) in &writes {
+            match sim.reply(*tag) {
+                Some(Ok(Reply::Write(WriteOutcome::Put))) => {
+                    load.acked.insert(key.clone(), "v".to_owned());
+                }
+                Some(Err(f))
+                    if matches!(
+                        f.code,
+                        ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout
+                    ) => {}
+                other => panic!("{key}, taken by the removed leader: {other:?} (seed {seed})"),
+            }
+        }
+        sim.heal();
         load.assert_kept(&mut sim);
     });
 }

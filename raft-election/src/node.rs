@@ -595,10 +595,20 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         later
     }
 
-    /// Steps down to follower in the current term, knowing no leader.
-    fn step_down(&mut self) {
+    /// Steps down to follower in the current term, knowing no leader. A node whose removal
+    /// has committed hears of no entry again: the clients waiting for its entries are told
+    /// now that their writes' outcome is unknown, rather than when their wait runs out.
+    fn step_down(&mut self, out: &mut Outbox<Message>) {
         let term = self.term;
         self.become_follower(term, None);
+        if self.removed() {
+            let unknown = Failure::timeout(
+                "this node left the cluster before it learned whether the write committed; it may or may not take effect",
+            );
+            for tag in self.applier.abandon() {
+                out.reply(tag, Err(unknown.clone()));
+            }
+        }
     }
 
     /// Starts an election: a pre-vote round (when enabled), then a real one (§5.2).
@@ -1332,7 +1342,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 .count();
         if self.config.check_quorum && heard < majority {
             info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
-            self.step_down();
+            self.step_down(out);
         }
     }
 

@@ -114,6 +114,15 @@ impl Applier {
             .map(|(_, displaced)| displaced)
     }
 
+    /// Forgets every client waiting for an entry, for a node that will not learn what
+    /// became of them: the caller answers them.
+    pub fn abandon(&mut self) -> Vec<RequestTag> {
+        std::mem::take(&mut self.waiting)
+            .into_values()
+            .map(|(_, tag)| tag)
+            .collect()
+    }
+
     /// The answer for a client that [`Applier::wait`] displaced: its write's outcome is
     /// unknown.
     pub fn displaced() -> Outcome {

@@ -108,7 +108,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
         match self.most_up_to_date_voter() {
             Some(target) => self.start_handoff(target, Vec::new(), out),
-            None => self.step_down(),
+            None => self.step_down(out),
         }
     }
 
@@ -161,27 +161,34 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// Leader: sends TimeoutNow once the target's log matches its own. The target can then
-    /// win: every voter's log is at most as up to date as the leader's (§5.4.1).
+    /// win: every voter's log is at most as up to date as the leader's (§5.4.1). A removed
+    /// leader also waits until every entry it appended has committed: no one replicates to
+    /// it once it has handed over, so it would never learn the outcome of a write it took,
+    /// and its client would hear "unknown" for a write that was applied.
     pub(super) fn send_timeout_now(&mut self, out: &mut Outbox<Message>) {
         let Duty::Leader { replication, .. } = &self.duty else {
             return;
         };
         let last_index = self.log.last_index();
+        let removed = !self.membership().is_voter(self.config.id);
+        let all_committed = self.commit_index() == last_index;
         let Some(handoff) = self.handoff.as_mut().filter(|h| !h.sent) else {
             return;
         };
         let caught_up = replication
             .progress(handoff.target)
             .is_some_and(|p| p.match_index == last_index);
-        if !caught_up {
-            return; // replication brings it up to date; its answer calls this again
+        if !caught_up || (removed && !all_committed) {
+            // Replication brings the target up to date and commits the rest; each answer
+            // calls this again.
+            return;
         }
         handoff.sent = true;
         let term = self.term;
         out.send(handoff.target, Message::TimeoutNow(TimeoutNow { term }));
         if !self.membership().is_voter(self.config.id) {
             // A removed leader has nothing to go back to.
-            self.step_down();
+            self.step_down(out);
         }
     }
 
@@ -227,7 +234,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         info!(id = %self.config.id, %why, "leadership transfer given up");
         self.end_handoff(Err(Failure::unavailable(why)), out);
         if leading && !self.membership().is_voter(self.config.id) {
-            self.step_down();
+            self.step_down(out);
         }
     }
 
