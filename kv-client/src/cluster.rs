@@ -150,6 +150,9 @@ pub struct ClusterClient {
     leader: Option<String>,
     /// Which member to try next when the leader is unknown.
     next: usize,
+    /// The member the last attempt could not reach or got no answer from (down, paused, cut
+    /// off): the next try without a leader goes to another first.
+    unreached: Option<String>,
     connections: HashMap<String, Client>,
     client_id: String,
     next_seq: u64,
@@ -168,6 +171,7 @@ impl ClusterClient {
             leader: (addrs.len() == 1).then(|| addrs[0].clone()),
             members: addrs,
             next: 0,
+            unreached: None,
             connections: HashMap::new(),
             client_id,
             next_seq: 1,
@@ -198,7 +202,10 @@ impl ClusterClient {
         };
         let reply = match consistency {
             Consistency::Linearizable => self.execute(op).await?,
-            Consistency::Stale => self.read_anywhere(op).await?,
+            Consistency::Stale => {
+                let until = Instant::now() + self.policy.deadline;
+                self.read_anywhere(op, until).await?
+            }
         };
         match reply {
             Reply::Value(value) => Ok(value.map(Text::into_string)),
@@ -208,12 +215,11 @@ impl ClusterClient {
 
     /// `op`, a read any member serves, asked of every member at once: the first answer.
     /// A round in which every member failed (refused connections, error answers) is
-    /// followed by another after a backoff, until the deadline; then the error is the most
+    /// followed by another after a backoff, until `until`; then the error is the most
     /// telling one (a member's own answer, else no answer in time if a member stayed
     /// silent, else the last failure). A member that takes connections and never answers
     /// (a paused node) costs nothing while another answers.
-    async fn read_anywhere(&mut self, op: Op) -> Result<Reply, Error> {
-        let until = Instant::now() + self.policy.deadline;
+    async fn read_anywhere(&mut self, op: Op, until: Instant) -> Result<Reply, Error> {
         let mut backoff = self.policy.initial_backoff;
         let mut answered: Option<Failure> = None;
         let mut failed: Option<Error> = None;
@@ -389,23 +395,36 @@ impl ClusterClient {
     }
 
     /// The leader's status: asked of the leader the members name (one request when the
-    /// first member that answers is the leader), or of the first member when none knows a
-    /// leader.
+    /// first member that answers is the leader). A named leader that does not answer
+    /// (paused, cut off) is searched for again, as its followers elect another, while more
+    /// than a request timeout is left; then, or when no member knows a leader, the status
+    /// of whichever member answers first.
     ///
     /// The policy's deadline bounds it all, the search and the last request included.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
         let until = Instant::now() + self.policy.deadline;
-        let at = match self.ask_for_leader(until).await {
-            Ok((_, Some(status))) => return Ok(status),
-            Ok((leader, None)) => leader,
-            Err(_) => self.members.first().cloned().unwrap_or_default(),
-        };
-        if Instant::now() >= until {
-            // The search used it all: say so, not "cannot connect" to a node never tried.
-            return Err(Error::RequestTimeout(self.policy.deadline));
+        let mut backoff = self.policy.initial_backoff;
+        loop {
+            let leader = match self.ask_for_leader(until).await {
+                Ok((_, Some(status))) => return Ok(status),
+                Ok((leader, None)) => leader,
+                Err(_) => break,
+            };
+            let wait = until.min(Instant::now() + self.policy.request_timeout);
+            if let Ok(status) = self.status_until(&leader, wait).await {
+                return Ok(status);
+            }
+            self.leader = None;
+            let pause = self.policy.pause(&mut backoff);
+            if Instant::now() + pause + self.policy.request_timeout >= until {
+                break;
+            }
+            tokio::time::sleep(pause).await;
         }
-        let until = until.min(Instant::now() + self.policy.request_timeout);
-        self.status_until(&at, until).await
+        match self.read_anywhere(Op::Status, until).await? {
+            Reply::Status(status) => Ok(*status),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The leader's address, as [`ClusterClient::find_leader`], with its status when it was
@@ -628,6 +647,7 @@ impl ClusterClient {
                 }
                 Error::Connect { .. } | Error::ConnectionLost(_) | Error::RequestTimeout(_) => {
                     self.leader = None;
+                    self.unreached = Some(addr.clone());
                     // Another member may answer at once; pause only after a full round.
                     !self.next.is_multiple_of(self.members.len())
                 }
@@ -684,14 +704,20 @@ impl ClusterClient {
         )))
     }
 
-    /// The address to send to: the leader if known, else the next member in turn.
+    /// The address to send to: the leader if known, else the next member in turn, passing
+    /// over the one the last attempt could not reach.
     fn target(&mut self) -> String {
         if let Some(leader) = &self.leader {
             return leader.clone();
         }
-        let addr = self.members[self.next % self.members.len()].clone();
+        let mut addr = &self.members[self.next % self.members.len()];
         self.next += 1;
-        addr
+        if self.unreached.as_ref() == Some(addr) && self.members.len() > 1 {
+            // A leader named before it went silent, say: its followers elect another.
+            addr = &self.members[self.next % self.members.len()];
+            self.next += 1;
+        }
+        addr.clone()
     }
 
     async fn attempt(

@@ -134,6 +134,69 @@ async fn a_silent_member_does_not_keep_the_client_from_a_healthy_one() {
     );
 }
 
+#[tokio::test]
+async fn a_leader_that_went_silent_is_not_tried_again_at_once() {
+    // The leader is paused; a follower still names it (it has not timed out yet) but, by the
+    // time the write to the paused leader has timed out, leads itself. The client used to
+    // try the silent member a second time first (the next in turn), a second request timeout
+    // lost while a leader was there to take the write.
+    let mut silent = Silent::start().await;
+    let stale = silent.addr.clone();
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Follower, Some(stale.clone())),
+        _ => Ok(Reply::Write(WriteOutcome::Put)),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), follower.addr()], quick());
+    client.put("k", "v").await.unwrap();
+    drop(client);
+    let writes: Vec<_> = silent
+        .lines_once_closed()
+        .await
+        .into_iter()
+        .filter(|l| !l.contains(r#""op":"status""#))
+        .collect();
+    assert_eq!(
+        writes.len(),
+        1,
+        "the write went to the silent member: {writes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_leader_s_status_is_asked_again_of_the_leader_elected_after_a_silent_one() {
+    // The follower names the paused leader at first, and leads itself once asked again (it
+    // has been elected meanwhile). `members` used to give up on the silent leader's timeout.
+    let silent = Silent::start().await;
+    let stale = silent.addr.clone();
+    let asked = AtomicBool::new(false);
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status if !asked.swap(true, Ordering::SeqCst) => {
+            status(Role::Follower, Some(stale.clone()))
+        }
+        Op::Status => status(Role::Leader, None),
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), follower.addr()], quick());
+    let status = client.leader_status().await.unwrap();
+    assert_eq!(status.role, Role::Leader);
+}
+
+#[tokio::test]
+async fn the_leader_s_status_falls_back_to_a_member_s_view_while_the_leader_is_silent() {
+    let silent = Silent::start().await;
+    let stale = silent.addr.clone();
+    let follower = Server::start(Scripted(move |op| match op {
+        Op::Status => status(Role::Follower, Some(stale.clone())),
+        other => panic!("unexpected {other:?}"),
+    }))
+    .await;
+    let mut client = ClusterClient::new(vec![silent.addr.clone(), follower.addr()], quick());
+    let status = client.leader_status().await.unwrap();
+    assert_eq!(status.role, Role::Follower);
+}
+
 /// `n` silent members, and a client of them all.
 async fn silent_members(n: usize, policy: RetryPolicy) -> (Vec<Silent>, ClusterClient) {
     let silent = futures::future::join_all((0..n).map(|_| Silent::start())).await;
