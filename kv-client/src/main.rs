@@ -83,7 +83,7 @@ enum Cmd {
         /// Where it listens, host:port.
         // An id apart from the global --addr's: sharing it, this value replaced the
         // cluster's addresses too, and the request went to the new node.
-        #[arg(id = "member_addr", value_name = "ADDR")]
+        #[arg(id = "member_addr", value_name = "ADDR", value_parser = parse_host_port)]
         addr: String,
     },
     /// Remove node ID from the cluster (the leader included: it hands leadership to the
@@ -240,7 +240,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             // The leader answers the same when node `id` was a member at `addr` already (a
             // retry must succeed), so this says what holds either way.
             Ok(format!(
-                "node {id} at {addr} is a member: added now, it catches up as a learner and becomes a voter by itself\n"
+                "node {id} at {addr} is a member (added now, or before); a new member catches up as a learner and becomes a voter by itself\n"
             )
             .into())
         }

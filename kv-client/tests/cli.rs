@@ -205,9 +205,9 @@ fn usage_errors_exit_with_2() {
 }
 
 #[test]
-fn a_time_out_of_range_is_a_usage_error_naming_the_range() {
+fn an_argument_out_of_range_is_a_usage_error_saying_why() {
     let addr = common::background_standalone();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--timeout", "-1", "get", "k"], "positive"),
         (&["--timeout", "0", "get", "k"], "positive"),
         // Once a panic: a deadline past what the clock can hold.
@@ -217,6 +217,8 @@ fn a_time_out_of_range_is_a_usage_error_naming_the_range() {
         ),
         (&["--timeout", "1e19", "status"], "at most 31536000 seconds"),
         (&["bench", "--duration", "-3"], "positive"),
+        // Refused by the leader before, with exit status 1.
+        (&["add-member", "9", "nohostport"], "has no port"),
     ];
     for (args, says) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_kv-client"))

@@ -55,6 +55,17 @@ impl MemberArgs {
         let data_dir = self.election.data_dir(self.id);
         let fresh = is_fresh(&data_dir);
         let advertised = self.advertise.as_deref().unwrap_or(&self.listen);
+        let joins_itself = self
+            .founding
+            .join
+            .as_ref()
+            .filter(|&j| *j == self.listen || j == advertised);
+        if let Some(own) = joins_itself.filter(|_| fresh) {
+            // It would ask itself, which knows no cluster, for ever.
+            return Err(StartError::usage(format!(
+                "--join {own} is this node's own address: give the address of a running member of the cluster to join"
+            )));
+        }
         let founders = self.founding.founders(self.id, advertised, fresh)?;
         let mut config = self.election.config(self.id, founders, &driver)?;
         config.snapshots = Some(self.snapshots.policy());

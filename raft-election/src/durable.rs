@@ -481,7 +481,7 @@ impl<M: Medium> DurableStorage<M> {
                 Read::Damaged => {
                     return Err(OpenError::Corrupt {
                         offset,
-                        reason: "the record fails its checksum, and no crash mid-write explains it (no unwritten sector, or a later write after it): the log is damaged, not torn; refusing to start".into(),
+                        reason: "the record fails its checksum, and no crash mid-write explains it (no unwritten sector, or a later write after it): the log is damaged, not torn; refusing to start. Restore the data directory from a copy, or, if the other members are healthy, remove this node from the cluster (kv-client remove-member), empty its data directory and start it with --join: it catches up from them".into(),
                     });
                 }
             }

@@ -141,6 +141,33 @@ async fn a_busy_port_leaves_the_data_directory_unclaimed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_through_its_own_address_is_refused_writing_nothing() {
+    // A walk-through's node asked itself to be added, every few seconds, for ever.
+    let cwd = tempfile::tempdir().unwrap();
+    let addrs = tests::free_addrs(2);
+    let (addr, public) = (addrs[0].as_str(), addrs[1].as_str());
+    let cases: [&[&str]; 2] = [
+        &["--id", "2", "--listen", addr, "--join", addr],
+        &[
+            "--id",
+            "2",
+            "--listen",
+            addr,
+            "--advertise",
+            public,
+            "--join",
+            public,
+        ],
+    ];
+    for args in cases {
+        let (code, stderr) = refused(cwd.path(), args).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("this node's own address"), "{stderr}");
+        assert!(!cwd.path().join("data").exists(), "{args:?} wrote data");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_that_is_a_file_or_holds_something_else_is_refused() {
     let cwd = tempfile::tempdir().unwrap();
     let addr = &tests::free_addrs(1)[0];
