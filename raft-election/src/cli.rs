@@ -13,9 +13,9 @@ use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use replication_naive::config::NodeArgs;
 use replication_naive::driver::{self, DriverConfig};
-use replication_naive::incarnation::Incarnations;
+use replication_naive::incarnation::{self, Incarnations};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::durable::DurableStorage;
 use crate::node::{Config, RaftNode, SnapshotPolicy};
@@ -131,8 +131,17 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
             .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
         if config.membership_changes {
             // Only where a member whose data was lost can be removed and added again.
+            let had_one = dir.join(incarnation::FILE).exists();
             let incarnations = Incarnations::open(dir)
                 .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
+            if !had_one && crate::durable::log_written(dir).unwrap_or(false) {
+                // Deleted, or never made (a stage without membership changes ran here): the
+                // peers tell, by whether they knew this directory by an incarnation.
+                warn!(
+                    path = %dir.join(incarnation::FILE).display(),
+                    "this node has run here, but its incarnations file was missing: it has a new incarnation, and peers that knew the old one will refuse it; if the file was deleted, stop the node and restore it from a copy"
+                );
+            }
             config.incarnations = Some(Arc::new(incarnations));
         }
         let snapshots = open_snapshots(dir)?;

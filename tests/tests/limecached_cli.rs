@@ -223,6 +223,43 @@ async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_incarnations_file_went_missing_says_so_at_start() {
+    // A walk-through deleted it: the node made a new incarnation in silence, and its peers
+    // refused it for ever as a node that had lost its data, which it had not.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let warning = "its incarnations file was missing";
+    for (deleted, warns) in [(false, false), (false, false), (true, true)] {
+        if deleted {
+            std::fs::remove_file(cwd.path().join("n1/incarnations")).unwrap();
+        }
+        let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
+        let said = start_up_lines(&mut node).await;
+        node.kill().await.unwrap();
+        let warned = said.iter().any(|line| line.contains(warning));
+        assert_eq!(warned, warns, "deleted: {deleted}: {said:#?}");
+    }
+}
+
+/// What `node` logs until it listens.
+async fn start_up_lines(node: &mut Child) -> Vec<String> {
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let listening = line.contains("node listening");
+            said.push(line);
+            if listening {
+                return;
+            }
+        }
+    };
+    let listened = tokio::time::timeout(Duration::from_secs(30), read).await;
+    assert!(listened.is_ok(), "the node never listened: {said:#?}");
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_whose_log_was_emptied_is_refused_whatever_the_flags() {
     // A walk-through truncated a node's raft.log to 0 bytes, its node-id file kept: started
     // with --bootstrap, it founded a new one-node cluster, forgetting its term, vote and
