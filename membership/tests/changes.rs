@@ -121,6 +121,18 @@ fn the_leader_removes_itself_and_steps_down() {
             "not a learner: not a member at all"
         );
         assert!(says_removed(&mut sim, leader), "seed {seed}");
+        // A write to it is sent elsewhere, to the members it knew at its removal.
+        let write = sim.request(leader, Op::put("k", "v"));
+        sim.run_for(TICK_MS);
+        match sim.reply(write) {
+            Some(Err(f)) if f.code == ErrorCode::NotLeader => assert!(
+                f.message.contains("was removed")
+                    && f.message.contains(&common::addr(new_leader.0)),
+                "{} (seed {seed})",
+                f.message
+            ),
+            other => panic!("{other:?} (seed {seed})"),
+        }
         let term = sim.node(new_leader).expect("runs").term();
         load.run_for(&mut sim, 50 * ELECTION_MS);
         assert_eq!(stable_leader(&sim), Some(new_leader), "seed {seed}");

@@ -474,10 +474,26 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         self.removal_confirmed || applied_removal
     }
 
-    /// Why a node that is not the leader cannot take a write: the leader's address when it
-    /// knows one, or an election under way, or, once elections have gone on without a
+    /// Why a node that is not the leader cannot take a write: that it was removed, or the
+    /// leader's address when it knows one, or an election under way, or, once elections have gone on without a
     /// leader for [`LEADERLESS_TIMEOUTS`] election timeouts, that a majority is missing.
     fn not_leader(&self) -> Failure {
+        if self.removed() {
+            // It hears from no leader again: where to go instead is all it can say.
+            let membership = self.membership();
+            let members: Vec<&str> = membership
+                .ids()
+                .filter(|&id| id != self.config.id)
+                .filter_map(|id| membership.addr(id))
+                .collect();
+            return Failure {
+                message: format!(
+                    "this node was removed from the cluster; send requests to its members (at its removal: {})",
+                    members.join(", ")
+                ),
+                ..Failure::not_leader(None)
+            };
+        }
         match self.duty {
             Duty::PreCandidate { .. } | Duty::Candidate { .. } => Failure::unavailable(
                 self.majority_missing()
