@@ -543,7 +543,14 @@ impl Link {
                     let said = closed?;
                     if said > 0 {
                         let why = String::from_utf8_lossy(&probe[..said]);
-                        warn!(peer = %self.to, %why, "the peer refuses this node");
+                        if learned {
+                            // Not a member in this node's configuration (a removed node whose
+                            // view is out of date, say): its advice is not for an operator
+                            // of this node.
+                            debug!(peer = %self.to, %why, "a node outside the configuration refuses this node");
+                        } else {
+                            warn!(peer = %self.to, %why, "the peer refuses this node");
+                        }
                     }
                     return Err(std::io::ErrorKind::ConnectionAborted.into());
                 }
