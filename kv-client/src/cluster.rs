@@ -398,7 +398,7 @@ impl ClusterClient {
     /// first member that answers is the leader). A named leader that does not answer
     /// (paused, cut off) is searched for again, as its followers elect another, while more
     /// than a request timeout is left; then, or when no member knows a leader, the status
-    /// of whichever member answers first.
+    /// of whichever member answers first within a request timeout.
     ///
     /// The policy's deadline bounds it all, the search and the last request included.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
@@ -421,6 +421,9 @@ impl ClusterClient {
             }
             tokio::time::sleep(pause).await;
         }
+        // Within one request timeout, as the search: a cluster none of whose members can
+        // be reached is reported as such, not retried until the deadline.
+        let until = until.min(Instant::now() + self.policy.request_timeout);
         match self.read_anywhere(Op::Status, until).await? {
             Reply::Status(status) => Ok(*status),
             other => Err(unexpected(other)),
