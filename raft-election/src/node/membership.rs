@@ -197,7 +197,6 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             return;
         }
         if !self.membership().is_voter(self.config.id) {
-            info!(id = %self.config.id, term = %self.term, "removed from the cluster; handing over");
             self.hand_off_when_removed(out);
             return;
         }

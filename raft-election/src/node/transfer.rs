@@ -106,6 +106,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if self.handoff.is_some() {
             return;
         }
+        info!(id = %self.config.id, term = %self.term, "removed from the cluster; handing over");
         match self.most_up_to_date_voter() {
             Some(target) => self.start_handoff(target, Vec::new(), out),
             None => self.step_down(out),
@@ -187,8 +188,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let term = self.term;
         out.send(handoff.target, Message::TimeoutNow(TimeoutNow { term }));
         if !self.membership().is_voter(self.config.id) {
-            // A removed leader has nothing to go back to.
+            // A removed leader has nothing to go back to, and will hear of no new leader:
+            // its part is done.
             self.step_down(out);
+            self.end_handoff(Ok(Reply::Done), out);
         }
     }
 
