@@ -81,6 +81,15 @@ impl Fate {
     }
 }
 
+/// How long [`ClusterClient::read_anywhere`] goes on while every member fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounds {
+    /// One round: each member asked once.
+    One,
+    /// Round after round, until the deadline.
+    UntilDeadline,
+}
+
 /// What asking one member came to ([`ClusterClient::ask_every_member`]): its address, and
 /// the connection with the answer, or why no connection opened.
 type Asked = (String, Result<(Client, Result<Reply, Error>), Error>);
@@ -151,7 +160,7 @@ pub struct ClusterClient {
     /// Which member to try next when the leader is unknown.
     next: usize,
     /// The member the last attempt could not reach or got no answer from (down, paused, cut
-    /// off): the next try without a leader goes to another first.
+    /// off): the next member in turn, if it is this one, is passed over once.
     unreached: Option<String>,
     connections: HashMap<String, Client>,
     client_id: String,
@@ -204,7 +213,7 @@ impl ClusterClient {
             Consistency::Linearizable => self.execute(op).await?,
             Consistency::Stale => {
                 let until = Instant::now() + self.policy.deadline;
-                self.read_anywhere(op, until).await?
+                self.read_anywhere(op, until, Rounds::UntilDeadline).await?
             }
         };
         match reply {
@@ -215,11 +224,18 @@ impl ClusterClient {
 
     /// `op`, a read any member serves, asked of every member at once: the first answer.
     /// A round in which every member failed (refused connections, error answers) is
-    /// followed by another after a backoff, until `until`; then the error is the most
-    /// telling one (a member's own answer, else no answer in time if a member stayed
-    /// silent, else the last failure). A member that takes connections and never answers
-    /// (a paused node) costs nothing while another answers.
-    async fn read_anywhere(&mut self, op: Op, until: Instant) -> Result<Reply, Error> {
+    /// followed by another after a backoff, until `until` ([`Rounds::UntilDeadline`]), or
+    /// ends it ([`Rounds::One`]); then the error is the most telling one (a member's own
+    /// answer, else no answer in time if a member stayed silent, else the last failure). A
+    /// member that takes connections and never answers (a paused node) costs nothing while
+    /// another answers. `until` is the policy's deadline from the command's start, which a
+    /// timeout reports.
+    async fn read_anywhere(
+        &mut self,
+        op: Op,
+        until: Instant,
+        rounds: Rounds,
+    ) -> Result<Reply, Error> {
         let mut backoff = self.policy.initial_backoff;
         let mut answered: Option<Failure> = None;
         let mut failed: Option<Error> = None;
@@ -233,7 +249,7 @@ impl ClusterClient {
                     match asked {
                         Ok((client, Ok(reply))) => {
                             self.connections.insert(addr, client);
-                            return Ok(reply);
+                            return Some(Ok(reply));
                         }
                         // About the request itself: every member would say the same.
                         Ok((_, Err(Error::Server(failure))))
@@ -242,7 +258,7 @@ impl ClusterClient {
                                 ErrorCode::BadRequest | ErrorCode::TooLarge
                             ) =>
                         {
-                            return Err(Error::Server(failure));
+                            return Some(Err(Error::Server(failure)));
                         }
                         Ok((_, Err(Error::Server(failure)))) => answered = Some(failure),
                         Ok((_, Err(error))) | Err(error) => {
@@ -252,10 +268,13 @@ impl ClusterClient {
                         }
                     }
                 }
+                if rounds == Rounds::One {
+                    return None;
+                }
                 tokio::time::sleep(self.policy.pause(&mut backoff)).await;
             }
         };
-        if let Ok(read) = timeout_at(until, read).await {
+        if let Ok(Some(read)) = timeout_at(until, read).await {
             return read;
         }
         // A connection with a request still unanswered is not reused (as after any timeout).
@@ -403,28 +422,31 @@ impl ClusterClient {
     /// The policy's deadline bounds it all, the search and the last request included.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {
         let until = Instant::now() + self.policy.deadline;
+        let patience = self.policy.request_timeout;
         let mut backoff = self.policy.initial_backoff;
+        // Kept for the last resort once a named leader has been silent: a request timeout.
+        let mut last_resort = until;
         loop {
             let leader = match self.ask_for_leader(until).await {
                 Ok((_, Some(status))) => return Ok(status),
                 Ok((leader, None)) => leader,
                 Err(_) => break,
             };
-            let wait = until.min(Instant::now() + self.policy.request_timeout);
+            let wait = last_resort.min(Instant::now() + patience);
             if let Ok(status) = self.status_until(&leader, wait).await {
                 return Ok(status);
             }
             self.leader = None;
             let pause = self.policy.pause(&mut backoff);
-            if Instant::now() + pause + self.policy.request_timeout >= until {
+            if Instant::now() + pause + 2 * patience >= until {
                 break;
             }
+            last_resort = until - patience;
             tokio::time::sleep(pause).await;
         }
-        // Within one request timeout, as the search: a cluster none of whose members can
-        // be reached is reported as such, not retried until the deadline.
-        let until = until.min(Instant::now() + self.policy.request_timeout);
-        match self.read_anywhere(Op::Status, until).await? {
+        // One round, as the search: a cluster none of whose members can be reached is
+        // reported as such at once, not retried until the deadline.
+        match self.read_anywhere(Op::Status, until, Rounds::One).await? {
             Reply::Status(status) => Ok(*status),
             other => Err(unexpected(other)),
         }
@@ -715,7 +737,7 @@ impl ClusterClient {
         }
         let mut addr = &self.members[self.next % self.members.len()];
         self.next += 1;
-        if self.unreached.as_ref() == Some(addr) && self.members.len() > 1 {
+        if self.unreached.take().as_ref() == Some(addr) && self.members.len() > 1 {
             // A leader named before it went silent, say: its followers elect another.
             addr = &self.members[self.next % self.members.len()];
             self.next += 1;

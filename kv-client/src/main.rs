@@ -182,7 +182,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<Output, Failure> {
-    let policy = retry_policy(&cli)?;
+    let policy = retry_policy(&cli);
     let mut client = ClusterClient::new(cli.addr.clone(), policy);
     match cli.command {
         Cmd::Get { key, stale } => {
@@ -278,19 +278,19 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
 /// What `--timeout` means for the command: the deadline of a command (of each request, for
 /// `bench`), retries included; for `status`, which asks each node once, how long it waits
 /// for each.
-fn retry_policy(cli: &Cli) -> Result<RetryPolicy, Failure> {
+fn retry_policy(cli: &Cli) -> RetryPolicy {
     let default = RetryPolicy::default();
     let Some(timeout) = cli.timeout else {
-        return Ok(match cli.command {
+        return match cli.command {
             // Unchanged from before --timeout applied to it: 3 s per node.
             Cmd::Status => RetryPolicy {
                 deadline: STATUS_WAIT,
                 ..default
             },
             _ => default,
-        });
+        };
     };
-    Ok(match cli.command {
+    match cli.command {
         // `status_of` waits the shorter of the request timeout and the deadline.
         Cmd::Status => RetryPolicy {
             deadline: timeout,
@@ -301,7 +301,7 @@ fn retry_policy(cli: &Cli) -> Result<RetryPolicy, Failure> {
             deadline: timeout,
             ..default
         },
-    })
+    }
 }
 
 /// How long `status` waits for each node without `--timeout`.
@@ -347,7 +347,6 @@ async fn bench(addrs: Vec<String>, args: BenchArgs, retry: RetryPolicy) -> Resul
     .into())
 }
 
-/// A positive, finite number of seconds that fits a `Duration`.
 /// `--timeout` and `--duration`: a positive number of seconds, at most [`MAX_SECONDS`].
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text

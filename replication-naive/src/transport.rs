@@ -141,6 +141,15 @@ impl Introductions {
             .cloned()
     }
 
+    /// Whether this node has a configuration yet (a joining node has none at first).
+    fn has_members(&self) -> bool {
+        !self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// This node's incarnation, said in its hellos.
     fn own_incarnation(&self) -> Incarnation {
         self.incarnations
@@ -543,10 +552,11 @@ impl Link {
                     let said = closed?;
                     if said > 0 {
                         let why = String::from_utf8_lossy(&probe[..said]);
-                        if learned {
+                        if learned && self.introductions.has_members() {
                             // Not a member in this node's configuration (a removed node whose
                             // view is out of date, say): its advice is not for an operator
-                            // of this node.
+                            // of this node. (A joining node, with no configuration yet,
+                            // reaches every member this way: their refusals are.)
                             debug!(peer = %self.to, %why, "a node outside the configuration refuses this node");
                         } else {
                             warn!(peer = %self.to, %why, "the peer refuses this node");

@@ -106,9 +106,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         if self.handoff.is_some() {
             return;
         }
-        info!(id = %self.config.id, term = %self.term, "removed from the cluster; handing over");
         match self.most_up_to_date_voter() {
-            Some(target) => self.start_handoff(target, Vec::new(), out),
+            Some(target) => {
+                info!(id = %self.config.id, term = %self.term, "removed from the cluster; handing over");
+                self.start_handoff(target, Vec::new(), out)
+            }
             None => self.step_down(out),
         }
     }
@@ -187,11 +189,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         handoff.sent = true;
         let term = self.term;
         out.send(handoff.target, Message::TimeoutNow(TimeoutNow { term }));
-        if !self.membership().is_voter(self.config.id) {
-            // A removed leader has nothing to go back to, and will hear of no new leader:
-            // its part is done.
+        if removed {
+            // A removed leader has nothing to go back to.
             self.step_down(out);
-            self.end_handoff(Ok(Reply::Done), out);
         }
     }
 
@@ -217,6 +217,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     pub(super) fn tick_handoff(&mut self, out: &mut Outbox<Message>) {
         let election_ticks = self.config.election_ticks;
         let leading = self.is_leader();
+        let removed = !self.membership().is_voter(self.config.id);
         let Some(handoff) = &mut self.handoff else {
             return;
         };
@@ -225,6 +226,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             format!(
                 "node {} did not take over within an election timeout; node {} still leads",
                 handoff.target, self.config.id
+            )
+        } else if !leading && handoff.elapsed >= 2 * election_ticks && removed {
+            format!(
+                "this node handed over to node {} as it left the cluster; it hears from the cluster no more, so whether node {} took over is not known here",
+                handoff.target, handoff.target
             )
         } else if !leading && handoff.elapsed >= 2 * election_ticks {
             format!(
@@ -236,7 +242,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         };
         info!(id = %self.config.id, %why, "leadership transfer given up");
         self.end_handoff(Err(Failure::unavailable(why)), out);
-        if leading && !self.membership().is_voter(self.config.id) {
+        if leading && removed {
             self.step_down(out);
         }
     }
