@@ -249,7 +249,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             // The leader answers "done" for a node that is not a member as well (removing is
             // idempotent, so that a retry after an unknown outcome succeeds): say what is
             // true either way, not "removed" for a typo'd id.
-            Ok(format!("node {id} is not a member (removed now, or before)\n").into())
+            Ok(format!("node {id} removed (or it was not a member)\n").into())
         }
         Cmd::TransferLeader { id } => {
             client.transfer_leader(id).await?;

@@ -121,7 +121,7 @@ fn remove_member_does_not_claim_a_removal_it_cannot_know_of() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "node 77 is not a member (removed now, or before)\n"
+        "node 77 removed (or it was not a member)\n"
     );
 }
 

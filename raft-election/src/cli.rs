@@ -15,7 +15,7 @@ use replication_naive::config::NodeArgs;
 use replication_naive::driver::{self, DriverConfig};
 use replication_naive::incarnation::{self, Incarnations};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::durable::DurableStorage;
 use crate::node::{Config, RaftNode, SnapshotPolicy};
@@ -103,6 +103,26 @@ pub async fn run<P: Snapshots + Send + 'static>(
     .await
 }
 
+/// The node's [`Incarnations`], made at its first start, before it writes anything past its
+/// log's first record. A directory with a written log and no file is refused, changing
+/// nothing: a node of an earlier stage wrote it (those keep no membership, and their
+/// members on the command line: adopted, such a log leaves the node outside any
+/// configuration, or at addresses it no longer has), or the file was deleted (a new
+/// incarnation would have the peers refuse the node for ever, as one that lost its data).
+fn open_incarnations(dir: &Path) -> Result<Incarnations, StartError> {
+    let cannot =
+        |e: &dyn std::fmt::Display| StartError::failure(format!("cannot use --data-dir: {e}"));
+    let path = dir.join(incarnation::FILE);
+    if !path.exists() && crate::durable::log_written(dir).map_err(|e| cannot(&e))? {
+        return Err(cannot(&format!(
+            "{} holds a log but no {} file: a node of an earlier stage without membership changes (raft-election, compaction) wrote it, or the file was deleted. Start this node on an empty data directory (a new member joins with --join), or restore the file from a copy",
+            dir.display(),
+            incarnation::FILE
+        )));
+    }
+    Incarnations::open(dir).map_err(|e| cannot(&e))
+}
+
 /// A node whose data directory is open and recovered and whose address is bound, but that
 /// serves nothing yet: connections wait in the listener's backlog. Opening first reports a
 /// busy port or an unusable data directory at once, before any slower start-up check.
@@ -131,18 +151,7 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
             .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
         if config.membership_changes {
             // Only where a member whose data was lost can be removed and added again.
-            let had_one = dir.join(incarnation::FILE).exists();
-            let incarnations = Incarnations::open(dir)
-                .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
-            if !had_one && crate::durable::log_written(dir).unwrap_or(false) {
-                // Deleted, or never made (a stage without membership changes ran here): the
-                // peers tell, by whether they knew this directory by an incarnation.
-                warn!(
-                    path = %dir.join(incarnation::FILE).display(),
-                    "this node has run here, but its incarnations file was missing: it has a new incarnation, and peers that knew the old one will refuse it; if the file was deleted, stop the node and restore it from a copy"
-                );
-            }
-            config.incarnations = Some(Arc::new(incarnations));
+            config.incarnations = Some(Arc::new(open_incarnations(dir)?));
         }
         let snapshots = open_snapshots(dir)?;
         let raft = RaftNode::with_snapshots(config, storage, snapshots)

@@ -224,44 +224,76 @@ async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_incarnations_file_went_missing_says_so_at_start() {
-    // A walk-through deleted it: the node made a new incarnation in silence, and its peers
-    // refused it for ever as a node that had lost its data, which it had not.
+async fn a_used_directory_without_its_incarnations_file_is_refused_changing_nothing() {
+    // A walk-through deleted the file: the node made a new incarnation in silence, and its
+    // peers refused it for ever as a node that had lost its data. Another found that a
+    // directory left by an earlier stage (which keeps no incarnations) was adopted, and
+    // left the node outside any configuration.
     let cwd = tempfile::tempdir().unwrap();
     let addr = &tests::free_addrs(1)[0];
-    let warning = "its incarnations file was missing";
-    for (deleted, warns) in [(false, false), (false, false), (true, true)] {
-        if deleted {
-            std::fs::remove_file(cwd.path().join("n1/incarnations")).unwrap();
-        }
+    for _ in 0..2 {
         let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
-        let said = start_up_lines(&mut node).await;
+        listening(&mut node).await;
         // A write acknowledged: the log holds more than a first start's founding write,
         // which a node killed at once may not have synced.
         let mut client = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
         client.put("k", "v").await.unwrap();
         node.kill().await.unwrap();
-        let warned = said.iter().any(|line| line.contains(warning));
-        assert_eq!(warned, warns, "deleted: {deleted}: {said:#?}");
     }
+    let file = cwd.path().join("n1/incarnations");
+    std::fs::remove_file(&file).unwrap();
+    let (code, stderr) = refused(cwd.path(), &bootstrap(addr, "n1")).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds a log but no incarnations file"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "the refusal made a new incarnation");
 }
 
-/// What `node` logs until it listens.
-async fn start_up_lines(node: &mut Child) -> Vec<String> {
-    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let mut said = Vec::new();
-    let read = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let listening = line.contains("node listening");
-            said.push(line);
-            if listening {
-                return;
-            }
-        }
-    };
-    let listened = tokio::time::timeout(Duration::from_secs(30), read).await;
-    assert!(listened.is_ok(), "the node never listened: {said:#?}");
-    said
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_an_earlier_stage_wrote_is_refused_changing_nothing() {
+    // The tutorial's stages share `data/n<ID>`: limecached adopted stage 6's log, which
+    // holds entries and no configuration, and ran for ever outside any cluster.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut stage6 = Command::new(tests::binary("raft-election"))
+        .args([
+            "--id",
+            "1",
+            "--listen",
+            addr,
+            "--peers",
+            &format!("1={addr}"),
+        ])
+        .args(["--data-dir", "n1"])
+        .current_dir(cwd.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut client = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
+    client.put("k", "v").await.unwrap();
+    stage6.kill().await.unwrap();
+    let before = listing(&cwd.path().join("n1"));
+    let (code, stderr) = refused(cwd.path(), &bootstrap(addr, "n1")).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("an earlier stage"), "{stderr}");
+    assert_eq!(listing(&cwd.path().join("n1")), before);
+}
+
+/// The names and sizes of the files in `dir`.
+fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
