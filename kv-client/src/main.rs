@@ -261,10 +261,16 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
                 let why = "the server keeps no member list: it is a single server without members";
                 return Err(Failure(why.into(), 1));
             }
+            let id = status
+                .id
+                .map_or_else(|| "?".to_owned(), |id| id.to_string());
+            if status.members.as_ref().is_some_and(Vec::is_empty) {
+                let why = format!(
+                    "node {id} knows of no members yet (it is joining, or outside any cluster), and no leader answered; give --addr a current member"
+                );
+                return Err(Failure(why, 1));
+            }
             if status.removed && status.role != Role::Leader {
-                let id = status
-                    .id
-                    .map_or_else(|| "?".to_owned(), |id| id.to_string());
                 let why = format!(
                     "node {id} was removed from the cluster, and its member list is out of date; give --addr a current member"
                 );
