@@ -415,9 +415,10 @@ impl ClusterClient {
 
     /// The leader's status: asked of the leader the members name (one request when the
     /// first member that answers is the leader). A named leader that does not answer
-    /// (paused, cut off) is searched for again, as its followers elect another, while more
-    /// than a request timeout is left; then, or when no member knows a leader, the status
-    /// of whichever member answers first within a request timeout.
+    /// (paused, cut off) is searched for again, as its followers elect another, while two
+    /// request timeouts are left (one for the search and the named leader, one kept for
+    /// what follows); then, or when no member knows a leader, the status of whichever
+    /// member answers first, each asked once.
     ///
     /// The policy's deadline bounds it all, the search and the last request included.
     pub async fn leader_status(&mut self) -> Result<Status, Error> {

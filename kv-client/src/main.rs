@@ -248,7 +248,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             client.remove_member(id).await?;
             // The leader answers "done" for a node that is not a member as well (removing is
             // idempotent, so that a retry after an unknown outcome succeeds): say what is
-            // true either way, not "removed" for a typo'd id.
+            // true either way, not a bare "removed" for a typo'd id.
             Ok(format!("node {id} removed (or it was not a member)\n").into())
         }
         Cmd::TransferLeader { id } => {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kv_server::process::{StartError, bind};
 use kv_server::protocol::NodeId;
+use raft_log::membership::Membership;
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
 use replication_naive::config::NodeArgs;
@@ -17,14 +18,15 @@ use replication_naive::incarnation::{self, Incarnations};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::durable::DurableStorage;
+use crate::durable::{DurableStorage, LOG_FILE};
 use crate::node::{Config, RaftNode, SnapshotPolicy};
 
 /// The flags for elections and durable state.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ElectionArgs {
     /// Directory for this node's durable state (created if missing; refused if it belongs
-    /// to another node id, or if another process uses it) [default: data/n<ID>]
+    /// to another node id, if another process uses it, or, with membership changes, if
+    /// another stage of the tutorial wrote it) [default: data/n<ID>]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Base election timeout in ms: a follower that hears from no leader for a random time
@@ -103,24 +105,55 @@ pub async fn run<P: Snapshots + Send + 'static>(
     .await
 }
 
-/// The node's [`Incarnations`], made at its first start, before it writes anything past its
-/// log's first record. A directory with a written log and no file is refused, changing
-/// nothing: a node of an earlier stage wrote it (those keep no membership, and their
-/// members on the command line: adopted, such a log leaves the node outside any
-/// configuration, or at addresses it no longer has), or the file was deleted (a new
-/// incarnation would have the peers refuse the node for ever, as one that lost its data).
-fn open_incarnations(dir: &Path) -> Result<Incarnations, StartError> {
-    let cannot =
-        |e: &dyn std::fmt::Display| StartError::failure(format!("cannot use --data-dir: {e}"));
-    let path = dir.join(incarnation::FILE);
-    if !path.exists() && crate::durable::log_written(dir).map_err(|e| cannot(&e))? {
-        return Err(cannot(&format!(
-            "{} holds a log but no {} file: a node of an earlier stage without membership changes (raft-election, compaction) wrote it, or the file was deleted. Start this node on an empty data directory (a new member joins with --join), or restore the file from a copy",
+/// The node's [`Incarnations`], from its file, or made at its first start, before it writes
+/// anything past its log's first record (so before a new cluster's founding entry). `None`
+/// for a directory with a written log and no file, which
+/// [`incarnations_of_a_used_directory`] settles once the node's configuration is recovered.
+fn incarnations_before_recovery(dir: &Path) -> Result<Option<Incarnations>, StartError> {
+    let written = crate::durable::log_written(dir)
+        .map_err(|e| cannot_use(&format!("{}: {e}", dir.join(LOG_FILE).display())))?;
+    if written && !dir.join(incarnation::FILE).exists() {
+        return Ok(None);
+    }
+    Incarnations::open(dir)
+        .map(Some)
+        .map_err(|e| cannot_use(&e))
+}
+
+/// A used directory without its incarnations file. A node of an earlier stage without
+/// membership changes (raft-election, compaction) wrote it, or the file was deleted. A node
+/// that is its configuration's only member gets a new incarnation: no peer knows an old
+/// one. Any other is refused, changing nothing: a log with no configuration would leave it
+/// outside any cluster, and with a new incarnation its peers would refuse it for ever as a
+/// node that lost its data, which it did not.
+fn incarnations_of_a_used_directory(
+    dir: &Path,
+    id: NodeId,
+    membership: &Membership,
+) -> Result<Incarnations, StartError> {
+    let mut members = membership.ids();
+    let alone = members.next() == Some(id) && members.next().is_none();
+    if !alone {
+        let why = if membership.ids().next().is_none() {
+            "a node of an earlier stage without membership changes (raft-election) wrote it: start this node on an empty data directory".to_owned()
+        } else {
+            format!(
+                "a node of an earlier stage (compaction) wrote it, or the file was deleted. Restore the file from a copy; or remove node {id} from the cluster (kv-client ... remove-member {id}) and start it again with --join on an empty data directory; a directory an earlier stage left, start on an empty one"
+            )
+        };
+        return Err(cannot_use(&format!(
+            "{} holds a log but no {} file: {why}",
             dir.display(),
             incarnation::FILE
         )));
     }
-    Incarnations::open(dir).map_err(|e| cannot(&e))
+    info!(path = %dir.join(incarnation::FILE).display(), "the only member, without an incarnations file: a new incarnation");
+    Incarnations::open(dir).map_err(|e| cannot_use(&e))
+}
+
+/// A data directory that cannot be used, and why.
+fn cannot_use(why: &dyn std::fmt::Display) -> StartError {
+    StartError::failure(format!("cannot use --data-dir: {why}"))
 }
 
 /// A node whose data directory is open and recovered and whose address is bound, but that
@@ -143,19 +176,26 @@ impl<P: Snapshots + Send + 'static> Opened<P> {
         dir: &Path,
         open_snapshots: impl FnOnce(&Path) -> Result<P, StartError>,
     ) -> Result<Self, StartError> {
-        let mut config = config;
         let id = config.id;
         // Bound first: a node that cannot listen leaves its data directory untouched.
         let listener = bind(listen).await?;
-        let storage = DurableStorage::open_dir(dir, id)
-            .map_err(|e| StartError::failure(format!("cannot use --data-dir: {e}")))?;
-        if config.membership_changes {
-            // Only where a member whose data was lost can be removed and added again.
-            config.incarnations = Some(Arc::new(open_incarnations(dir)?));
-        }
+        let storage = DurableStorage::open_dir(dir, id).map_err(|e| cannot_use(&e))?;
+        // Only where a member whose data was lost can be removed and added again.
+        let early = if config.membership_changes {
+            Some(incarnations_before_recovery(dir)?)
+        } else {
+            None
+        };
         let snapshots = open_snapshots(dir)?;
-        let raft = RaftNode::with_snapshots(config, storage, snapshots)
+        let mut raft = RaftNode::with_snapshots(config, storage, snapshots)
             .map_err(|e| StartError::failure(format!("cannot recover from --data-dir: {e}")))?;
+        if let Some(early) = early {
+            let incarnations = match early {
+                Some(incarnations) => incarnations,
+                None => incarnations_of_a_used_directory(dir, id, raft.membership())?,
+            };
+            raft.set_incarnations(Arc::new(incarnations));
+        }
         Ok(Opened {
             id,
             raft,

@@ -74,10 +74,6 @@ pub struct Config {
     /// relays them to the leader over the peer link (limecached; `node/relay.rs`). Off, it
     /// answers them with `not_leader`.
     pub followers_relay: bool,
-    /// This node's data directory's incarnation and the members' it remembers, checked by
-    /// the runner's transport (membership changes on, with a data directory). None:
-    /// nothing checked.
-    pub incarnations: Option<Arc<Incarnations>>,
 }
 
 /// When a node snapshots its state and compacts its log, and how it sends snapshots (§7).
@@ -133,7 +129,6 @@ impl Config {
             snapshots: None,
             membership_changes: false,
             followers_relay: false,
-            incarnations: None,
         }
     }
 }
@@ -247,6 +242,8 @@ pub struct RaftNode<S, P = NoSnapshots> {
     /// latest leaves it out (`RequestVoteResponse::removed_by`): it is not needed, and does
     /// not campaign until its configuration changes.
     removal_confirmed: bool,
+    /// [`RaftNode::set_incarnations`].
+    incarnations: Option<Arc<Incarnations>>,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -333,6 +330,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             reads: Reads::default(),
             relay: Relay::new(run),
             removal_confirmed: false,
+            incarnations: None,
         };
         node.reset_election_timer();
         if let Some((meta, state)) = restored {
@@ -385,6 +383,13 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// The log's storage.
     pub fn log(&self) -> &S {
         self.log.storage()
+    }
+
+    /// Gives the node its data directory's incarnation and the members' it remembers
+    /// ([`replication_naive::incarnation`]), for the runner's transport to say and check.
+    /// Only with membership changes and a data directory; without, nothing is checked.
+    pub fn set_incarnations(&mut self, incarnations: Arc<Incarnations>) {
+        self.incarnations = Some(incarnations);
     }
 
     /// The current term.
@@ -1497,7 +1502,7 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
     }
 
     fn incarnations(&self) -> Option<Arc<Incarnations>> {
-        self.config.incarnations.clone()
+        self.incarnations.clone()
     }
 
     fn members_since(&self) -> BTreeMap<NodeId, u64> {

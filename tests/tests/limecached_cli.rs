@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kv_client::{ClusterClient, RetryPolicy};
+use kv_server::protocol::Consistency;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -224,31 +225,81 @@ async fn peers_with_two_ids_at_one_address_or_a_stray_comma_are_refused_writing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_used_directory_without_its_incarnations_file_is_refused_changing_nothing() {
+async fn a_member_whose_incarnations_file_was_deleted_is_refused_changing_nothing() {
     // A walk-through deleted the file: the node made a new incarnation in silence, and its
-    // peers refused it for ever as a node that had lost its data. Another found that a
-    // directory left by an earlier stage (which keeps no incarnations) was adopted, and
-    // left the node outside any configuration.
+    // peers refused it for ever as a node that had lost its data, which it had not.
     let cwd = tempfile::tempdir().unwrap();
-    let addr = &tests::free_addrs(1)[0];
-    for _ in 0..2 {
-        let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
-        listening(&mut node).await;
-        // A write acknowledged: the log holds more than a first start's founding write,
-        // which a node killed at once may not have synced.
-        let mut client = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
-        client.put("k", "v").await.unwrap();
+    let addrs = tests::free_addrs(3);
+    let peers = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    // Two of three: a leader, and a write acknowledged, so both logs hold more than a
+    // first start's founding write (which a node killed at once may not have synced).
+    let mut nodes = Vec::new();
+    for id in ["1", "2"] {
+        let i: usize = id.parse().unwrap();
+        let dir = format!("n{id}");
+        let args = [
+            "--id",
+            id,
+            "--listen",
+            &addrs[i - 1],
+            "--peers",
+            &peers,
+            "--data-dir",
+            &dir,
+        ];
+        nodes.push(limecached(cwd.path(), &args));
+    }
+    let mut client = ClusterClient::new(addrs[..2].to_vec(), RetryPolicy::default());
+    client.put("k", "v").await.unwrap();
+    for node in &mut nodes {
         node.kill().await.unwrap();
     }
     let file = cwd.path().join("n1/incarnations");
     std::fs::remove_file(&file).unwrap();
-    let (code, stderr) = refused(cwd.path(), &bootstrap(addr, "n1")).await;
+    let args = [
+        "--id",
+        "1",
+        "--listen",
+        &addrs[0],
+        "--peers",
+        &peers,
+        "--data-dir",
+        "n1",
+    ];
+    let (code, stderr) = refused(cwd.path(), &args).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("holds a log but no incarnations file"),
+        stderr.contains("holds a log but no incarnations file")
+            && stderr.contains("remove-member 1"),
         "{stderr}"
     );
     assert!(!file.exists(), "the refusal made a new incarnation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_whose_incarnations_file_was_deleted_gets_a_new_one() {
+    // No peer knows its old incarnation: refusing it would leave only an empty directory.
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = &tests::free_addrs(1)[0];
+    let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
+    listening(&mut node).await;
+    let mut client = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
+    client.put("k", "v").await.unwrap();
+    node.kill().await.unwrap();
+    std::fs::remove_file(cwd.path().join("n1/incarnations")).unwrap();
+    let mut node = limecached(cwd.path(), &bootstrap(addr, "n1"));
+    listening(&mut node).await;
+    let mut client = ClusterClient::new(vec![addr.clone()], RetryPolicy::default());
+    assert_eq!(
+        client
+            .get("k", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert!(cwd.path().join("n1/incarnations").exists());
+    node.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
