@@ -222,6 +222,46 @@ fn a_removed_leader_that_cannot_commit_its_last_writes_says_their_outcome_is_unk
 }
 
 #[test]
+fn a_follower_being_removed_answers_the_clients_it_relayed_for() {
+    // An operator's walk-through: clients of a follower being removed waited for their
+    // request timeout (5 s), and heard `timeout` for writes that had been applied. The
+    // follower relays to the leader; once its removal commits, no one replicates to it.
+    for_each_seed(20, |seed| {
+        let mut sim = cluster_with(seed, 3, |config| config.followers_relay = true);
+        let mut load = Load::default();
+        load.run_for(&mut sim, 10 * ELECTION_MS);
+        let leader = stable_leader(&sim).expect("a leader");
+        let follower = (1..=3)
+            .map(NodeId)
+            .find(|&id| id != leader)
+            .expect("three nodes");
+        let removal = sim.request(leader, Op::RemoveMember { id: follower });
+        let mut asked = Vec::new();
+        while sim.reply(removal).is_none() && asked.len() < 2000 {
+            let key = format!("through-{}", asked.len());
+            asked.push(sim.request(follower, Op::put(&key, "v")));
+            asked.push(sim.request(follower, Op::get(&key)));
+            sim.run_for(TICK_MS / 5);
+        }
+        assert_eq!(sim.reply(removal), Some(&Ok(Reply::Done)), "seed {seed}");
+        load.run_until(&mut sim, 3 * ELECTION_MS, |sim| {
+            asked.iter().all(|&t| sim.reply(t).is_some())
+        });
+        for tag in &asked {
+            match sim.reply(*tag) {
+                Some(Ok(_)) => {}
+                Some(Err(f))
+                    if matches!(
+                        f.code,
+                        ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout
+                    ) => {}
+                other => panic!("a request to the removed follower: {other:?} (seed {seed})"),
+            }
+        }
+    });
+}
+
+#[test]
 fn the_leader_of_two_removes_itself_and_answers_before_handing_over() {
     // Thesis §4.2.2: the leader manages its own removal until the change commits, answers
     // its client, and hands over. Here the node left is the only voter of the new

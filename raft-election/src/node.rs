@@ -566,6 +566,25 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     fn settle(&mut self, out: &mut Outbox<Message>) {
         self.settle_reads(out);
         self.settle_relay(out);
+        if self.removed() && !self.is_leader() {
+            self.left_cluster(out);
+        }
+    }
+
+    /// A node whose removal has committed, and that no longer leads, hears of no entry
+    /// again: the clients waiting for its entries are told now that their writes' outcome
+    /// is unknown, and those waiting for it to apply a confirmed read index, or for the
+    /// leader's answer to a relayed batch, that they should go elsewhere, rather than wait
+    /// until their request times out.
+    fn left_cluster(&mut self, out: &mut Outbox<Message>) {
+        let unknown = Failure::timeout(
+            "this node left the cluster before it learned whether the write committed; it may or may not take effect",
+        );
+        for tag in self.applier.abandon() {
+            out.reply(tag, Err(unknown.clone()));
+        }
+        self.abandon_confirmed_reads(out);
+        self.abandon_relay(out);
     }
 
     fn reset_election_timer(&mut self) {
@@ -616,20 +635,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         later
     }
 
-    /// Steps down to follower in the current term, knowing no leader. A node whose removal
-    /// has committed hears of no entry again: the clients waiting for its entries are told
-    /// now that their writes' outcome is unknown, rather than when their wait runs out.
+    /// Steps down to follower in the current term, knowing no leader (and a node whose
+    /// removal has committed answers its waiting clients, [`RaftNode::left_cluster`]).
     fn step_down(&mut self, out: &mut Outbox<Message>) {
         let term = self.term;
         self.become_follower(term, None);
-        if self.removed() {
-            let unknown = Failure::timeout(
-                "this node left the cluster before it learned whether the write committed; it may or may not take effect",
-            );
-            for tag in self.applier.abandon() {
-                out.reply(tag, Err(unknown.clone()));
-            }
-        }
+        self.settle(out);
     }
 
     /// Starts an election: a pre-vote round (when enabled), then a real one (§5.2).

@@ -301,6 +301,20 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         }
     }
 
+    /// A node that left the cluster: the reads waiting for their read index to be applied
+    /// are refused, as it will not catch up (nothing changed; they may go elsewhere).
+    pub(super) fn abandon_confirmed_reads(&mut self, out: &mut Outbox<Message>) {
+        let left = Failure::unavailable(
+            "this node left the cluster and will not catch up; nothing changed, ask a member",
+        );
+        for read in std::mem::take(&mut self.reads.confirmed)
+            .into_values()
+            .flatten()
+        {
+            out.reply(read.tag, Err(left.clone()));
+        }
+    }
+
     /// Called after every input: reads taken as leader of a term this node no longer leads
     /// can never be confirmed; their clients are told to go elsewhere (nothing happened, so
     /// they may simply retry). Confirmed reads stay: they are served once applied.

@@ -150,7 +150,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// Whether this node takes writes and linearizable reads from clients as a follower:
     /// it relays them ([`super::Config::followers_relay`]), and knows whom to.
     pub(super) fn can_relay(&self) -> bool {
-        self.config.followers_relay && matches!(self.duty, Duty::Follower) && self.leader.is_some()
+        self.config.followers_relay
+            && matches!(self.duty, Duty::Follower)
+            && self.leader.is_some()
+            && !self.removed()
     }
 
     /// End of a batch: sends the writes and reads taken in it to the leader, one message
@@ -365,6 +368,12 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     pub(super) fn settle_relay(&mut self, out: &mut Outbox<Message>) {
         let (leader, term) = (self.leader, self.term);
         self.give_up(|sent| Some(sent.leader) != leader || sent.term != term, out);
+    }
+
+    /// A node that left the cluster: every batch sent is given up (its clients go
+    /// elsewhere), as no leader will answer it.
+    pub(super) fn abandon_relay(&mut self, out: &mut Outbox<Message>) {
+        self.give_up(|_| true, out);
     }
 
     /// Called after every input, so it only rebuilds the map when a batch is lost.
