@@ -109,6 +109,8 @@ impl Lane {
     /// is pending. Every request ends here, answered or failed for good within its deadline.
     pub(super) async fn recv(&mut self) -> Option<(Instant, Result<Reply, Error>)> {
         let pending = self.queue.pop_front()?;
+        // Whether this request failed on the lane's current connection.
+        let on_connection = matches!(pending.at, Where::OnConnection { .. });
         let earlier = match (pending.at, &mut self.conn) {
             (Where::OnConnection { sent }, Some(conn)) => {
                 // A request queued during an outage and sent since gets a whole request
@@ -139,9 +141,12 @@ impl Lane {
             (Where::Abandoned(error), _) => Some(error),
             (Where::Unsent, _) => None,
         };
-        if earlier.is_some() {
+        if earlier.is_some() && on_connection {
             // The node is gone, slow, or no longer the one to ask: the requests behind this
-            // one on its connection go to the cluster client too.
+            // one on its connection go to the cluster client too. (A request abandoned with
+            // an earlier connection says nothing of the current one: dropping it for that,
+            // each pipelined request left from the old connection dropped the new one, and
+            // the lane opened a connection per request from then on.)
             self.abandon_connection();
         }
         let deadline = pending.issued + self.policy.deadline;
