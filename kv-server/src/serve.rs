@@ -174,6 +174,11 @@ const WRITE_HIGH_WATER: usize = 64 << 10;
 /// which can destroy the answer before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// At most this many requests that arrived but were not read when the server began to stop
+/// are refused on a connection (the rest are dropped with it): a client that keeps its
+/// socket full cannot keep the drain going.
+const REFUSED_AT_STOP: usize = 4096;
+
 /// Serves one client connection until the client closes it, it breaks, or `stop` is
 /// cancelled (then started requests are answered, within the drain timeout, and it closes).
 pub async fn serve_client<H: Handler>(
@@ -208,13 +213,28 @@ pub async fn serve_client<H: Handler>(
             // they leave in one write.
             biased;
             _ = &mut stopping, if drain_deadline.is_none() => {
-                reading = false;
                 drain_deadline = Some(Instant::now() + config.drain_timeout);
+                let failure = || Failure::unavailable("the server is shutting down; retry elsewhere");
                 // Read but not started: it is not started now, and nothing happened.
                 if let Some(request) = held.take() {
-                    let failure = Failure::unavailable("the server is shutting down; retry elsewhere");
-                    in_flight.push_back(respond(&*handler, Err((request.id, failure))));
+                    in_flight.push_back(respond(&*handler, Err((request.id, failure()))));
                 }
+                // Sent before the stop and not read yet (a pipelining client's, behind the
+                // in-flight limit): refused the same way, not left unanswered, as far as
+                // they have arrived.
+                if reading {
+                    for _ in 0..REFUSED_AT_STOP {
+                        let Some(Some(Ok(line))) = requests.next().now_or_never() else {
+                            break;
+                        };
+                        let refused = match Request::parse(&line, &config.limits) {
+                            Ok(request) => (request.id, failure()),
+                            Err(refused) => refused,
+                        };
+                        in_flight.push_back(respond(&*handler, Err(refused)));
+                    }
+                }
+                reading = false;
             }
             frame = requests.next(), if reading && held.is_none() && room && in_flight.len() < config.max_in_flight => {
                 match frame {

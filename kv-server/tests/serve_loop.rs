@@ -234,6 +234,47 @@ async fn a_request_held_behind_another_kind_is_refused_at_shutdown_not_started()
 }
 
 #[tokio::test]
+async fn requests_not_read_when_shutdown_begins_are_refused_not_dropped() {
+    // An operator's walk-through stopped a node under pipelined clients: the requests behind
+    // the in-flight limit were never answered, and their clients could not tell that
+    // nothing had happened.
+    let config = ServeConfig {
+        max_in_flight: 2,
+        ..ServeConfig::default()
+    };
+    let (server, mut started) = gated(config).await;
+    let mut c = Conn::connect(server.addr).await;
+    let burst: Vec<_> = (1..=10)
+        .map(|id| json!({"id":id,"op":"get","key":format!("k{id}")}))
+        .collect();
+    c.send_burst(&burst).await;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(started.recv().await.unwrap().1);
+    }
+    let stopped = server.stop();
+    for answer in answers {
+        answer.send(Ok(Reply::Value(None))).unwrap();
+    }
+    for id in 1..=2 {
+        assert_eq!(c.recv().await, json!({"id":id,"ok":true,"value":null}));
+    }
+    for id in 3..=10 {
+        let refused = c.recv().await;
+        assert_eq!(
+            (refused["id"].clone(), refused["error"].clone()),
+            (json!(id), json!("unavailable"))
+        );
+    }
+    assert!(
+        started.try_recv().is_err(),
+        "a request was started during shutdown"
+    );
+    c.expect_closed().await;
+    stopped.await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_a_connection_whose_answers_never_come() {
     let config = ServeConfig {
         drain_timeout: Duration::from_millis(50),
