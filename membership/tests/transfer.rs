@@ -201,6 +201,29 @@ fn a_transfer_to_a_voter_not_heard_from_is_refused_at_once_and_stops_nothing() {
 }
 
 #[test]
+fn a_new_leader_refuses_a_transfer_to_a_voter_that_died_before_its_election() {
+    // A new leader used to count every voter as heard at its election, so in its first
+    // election timeout a transfer to a dead voter stopped writes for an election timeout.
+    for_each_seed(20, |seed| {
+        let (mut sim, mut load) = settled(seed, 5);
+        let old = stable_leader(&sim).expect("a leader");
+        let target = a_follower(&sim);
+        sim.crash(target);
+        sim.crash(old);
+        let elected = load.run_until(&mut sim, 10 * ELECTION_MS, |sim| {
+            stable_leader(sim).is_some_and(|l| l != old)
+        });
+        assert!(elected, "no new leader (seed {seed})");
+        let leader = stable_leader(&sim).expect("a leader");
+        let term = sim.node(leader).expect("runs").term();
+        let (outcome, took) = transfer(&mut sim, &mut load, target);
+        assert_unavailable(outcome, "has not answered", seed);
+        assert_eq!(took, 0, "refused at once (seed {seed})");
+        assert_still_serves(&mut sim, &mut load, leader, term);
+    });
+}
+
+#[test]
 fn the_same_transfer_asked_again_hears_how_the_first_ends() {
     // A client that lost its connection asks again: before, it got "leadership is moving
     // to node N" for its own transfer.

@@ -715,12 +715,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             self.config.max_entries_per_message,
             FollowerLogs::Durable,
         );
-        // Every follower counts as just heard from: a new leader gets one election timeout.
-        let last_heard = self.peers().into_iter().map(|id| (id, 0)).collect();
         self.duty = Duty::Leader {
             replication,
             ticks: 0,
-            last_heard,
+            last_heard: BTreeMap::new(),
             transfers: BTreeMap::new(),
             relayed: BTreeMap::new(),
             commit_sent: self.log.commit_index(),
@@ -829,7 +827,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 && (at > LogIndex(0) || !self.membership().contains(me))
         });
         if removed {
-            info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
+            if !self.removal_confirmed {
+                info!(id = %self.config.id, %from, "removed from the cluster, and the removal has committed; campaigning no more");
+            }
             self.removal_confirmed = true;
             // A leader managing its own removal hands over as it would (a late answer to
             // its campaign changes nothing there); a campaign ends.
@@ -1372,7 +1372,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 .iter()
                 .filter(|&(&id, &at)| membership.is_voter(id) && *ticks - at < window)
                 .count();
-        if self.config.check_quorum && heard < majority {
+        // A new leader gets one election timeout to hear from its followers.
+        if self.config.check_quorum && *ticks >= window && heard < majority {
             info!(id = %self.config.id, term = %self.term, heard, "lost contact with a majority; stepping down");
             self.step_down(out);
         }

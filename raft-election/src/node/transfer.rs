@@ -65,8 +65,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             // It could not take over, and trying would stop writes for an election
             // timeout: refused at once, with nothing stopped.
             let why = format!(
-                "node {target} has not answered the leader for over an election timeout (down, \
-                 paused or cut off?); it cannot take over"
+                "node {target} has not answered the leader since its election or within the last \
+                 election timeout (down, paused or cut off?); it cannot take over"
             );
             out.reply(tag, Err(Failure::unavailable(why)));
         } else {
@@ -149,8 +149,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             })
     }
 
-    /// Leader: whether `peer` has answered within the last election timeout (the window
-    /// check-quorum uses). A new leader counts every peer as heard at its election.
+    /// Leader: whether `peer` has answered it within the last election timeout (the window
+    /// check-quorum uses). A peer that has not answered this leader yet has not been heard:
+    /// a transfer to a voter that died before the election is refused from the first tick.
     fn heard_lately(&self, peer: NodeId) -> bool {
         let Duty::Leader {
             ticks, last_heard, ..
