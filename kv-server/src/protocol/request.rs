@@ -317,7 +317,7 @@ pub struct Request {
 /// The flat shape of every request line; [`Request::parse`] checks which fields an op needs.
 #[derive(Deserialize)]
 struct WireRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given_id")]
     id: Option<RequestId>,
     op: OpKind,
     key: Option<String>,
@@ -334,6 +334,12 @@ struct WireRequest {
 /// Tells a field that is `null` (`Some(None)`) from one that is missing (`None`).
 pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
+}
+
+/// An `id` that is present must be a number or a string: `null` is refused like `true`, not
+/// taken for a missing id.
+fn given_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RequestId>, D::Error> {
+    RequestId::deserialize(d).map(Some)
 }
 
 /// Used only to find the id of a line that failed to parse, so the error can echo it.

@@ -130,8 +130,16 @@ fn every_malformed_shape_is_bad_request_with_the_id_when_readable() {
     }
     let (id, failure) = Request::parse(b"{nope", &Limits::default()).unwrap_err();
     assert_eq!((id, failure.code), (None, ErrorCode::BadRequest));
-    let (id, failure) = parse(json!({"id":true,"op":"status"})).unwrap_err();
-    assert_eq!((id, failure.code), (None, ErrorCode::BadRequest));
+    for id in [json!(true), json!(null), json!([1]), json!({"n":1})] {
+        let (echo, failure) = parse(json!({"id":id,"op":"status"})).unwrap_err();
+        assert_eq!((echo, failure.code), (None, ErrorCode::BadRequest), "{id}");
+        assert!(
+            failure
+                .message
+                .contains("`id` must be a number or a string"),
+            "{failure:?}"
+        );
+    }
 }
 
 #[test]
