@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kv_client::{ClusterClient, Error, RetryPolicy};
-use kv_server::protocol::{CasOutcome, Consistency};
+use kv_server::protocol::{CasOutcome, Consistency, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tests::linearizability::{Answer, Call, Operation, check};
@@ -259,6 +259,111 @@ async fn without_check_quorum_a_cut_off_leader_still_serves_no_stale_read() {
     chaos(&[Fault::Isolate], &["--no-check-quorum"]).await;
 }
 
+/// Members replaced while clients run: removed (the leader half the time), killed, their
+/// data directory deleted, and a node with an id out of use, or back in use with an empty
+/// directory, joining in their place; between replacements, members killed and restarted.
+/// Every replacement must complete (the new node a voter) and the history stay linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_while_members_are_replaced_is_linearizable() {
+    let seed = seed();
+    eprintln!("chaos seed {seed} (LIMECACHED_SEED={seed} replays the nemesis)");
+    // Two spare ids; a replaced member's id is used again later, on an empty directory.
+    let mut cluster = ProcessCluster::unstarted("limecached", 5, &["--snapshot-threshold", "300"]);
+    cluster.start_node_with(1, &["--bootstrap"]);
+    let first = cluster.addrs[&1].clone();
+    for id in [2, 3] {
+        cluster.start_node_with(id, &["--join", &first]);
+    }
+    let mut members = vec![1, 2, 3];
+    eventually("three voters", Duration::from_secs(20), || {
+        voters_are(&cluster, &members)
+    })
+    .await;
+    let run = Clients::start(cluster.all_addrs(), seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let changes = replacer(&mut cluster, &mut members, &mut rng, run.stop).await;
+    run.finish_and_check(&mut cluster, &changes, seed).await;
+    assert!(
+        voters_are(&cluster, &members).await,
+        "seed {seed}: the leader's voters are not {members:?} after {changes:?}"
+    );
+}
+
+/// Whether a leader says its voters are exactly `members`.
+async fn voters_are(cluster: &ProcessCluster, members: &[u64]) -> bool {
+    let Some(leader) = cluster.leader().await else {
+        return false;
+    };
+    let Some(listed) = cluster.status(leader).await.and_then(|s| s.members) else {
+        return false;
+    };
+    let mut voters: Vec<u64> = listed.iter().filter(|m| m.voter).map(|m| m.id.0).collect();
+    let mut expected = members.to_vec();
+    voters.sort_unstable();
+    expected.sort_unstable();
+    voters == expected
+}
+
+/// Membership faults until `stop`, one at a time. Returns what it did.
+async fn replacer(
+    cluster: &mut ProcessCluster,
+    members: &mut Vec<u64>,
+    rng: &mut StdRng,
+    stop: Instant,
+) -> Vec<String> {
+    let mut spares: Vec<u64> = cluster
+        .addrs
+        .keys()
+        .filter(|id| !members.contains(id))
+        .copied()
+        .collect();
+    let mut done = Vec::new();
+    while Instant::now() < stop {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1_000))).await;
+        let victim = match cluster.leader().await {
+            Some(leader) if rng.gen_bool(0.5) => leader,
+            _ => members[rng.gen_range(0..members.len())],
+        };
+        let others: Vec<String> = members
+            .iter()
+            .filter(|&&id| id != victim)
+            .map(|id| cluster.addrs[id].clone())
+            .collect();
+        if rng.gen_bool(0.6) {
+            let admin_policy = RetryPolicy {
+                deadline: Duration::from_secs(20),
+                ..RetryPolicy::default()
+            };
+            let mut admin = ClusterClient::new(others.clone(), admin_policy);
+            if let Err(error) = admin.remove_member(NodeId(victim)).await {
+                panic!("removing node {victim} after {done:?}: {error}");
+            }
+            cluster.kill(victim);
+            let dir = cluster.data_dir(victim).expect("durable nodes");
+            std::fs::remove_dir_all(&dir).expect("delete the removed node's data");
+            members.retain(|&id| id != victim);
+            spares.push(victim);
+            let new = spares.remove(0);
+            cluster.start_node_with(new, &["--join", &others[0]]);
+            members.push(new);
+            let what = format!("node {new} a voter in place of {victim} after {done:?}");
+            eventually(&what, Duration::from_secs(30), || {
+                voters_are(cluster, members)
+            })
+            .await;
+            done.push(format!("replaced {victim} by {new}"));
+        } else {
+            let outage = Duration::from_millis(rng.gen_range(200..1_500));
+            cluster.kill(victim);
+            tokio::time::sleep(outage).await;
+            cluster.start_node_with(victim, &["--join", &others[0]]);
+            done.push(format!("Kill [{victim}] for {outage:?}"));
+        }
+        cluster.assert_running();
+    }
+    done
+}
+
 async fn chaos(kinds: &[Fault], flags: &[&str]) {
     let seed = seed();
     eprintln!("chaos seed {seed} (LIMECACHED_SEED={seed} replays the nemesis)");
@@ -267,67 +372,15 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
     let mut args = vec!["--snapshot-threshold", "300"];
     args.extend(flags);
     let mut cluster = ProcessCluster::start_behind_proxies("limecached", 3, &args, &network).await;
-    let addrs = cluster.all_addrs();
     eventually("a leader", Duration::from_secs(10), || async {
         cluster.leader().await.is_some()
     })
     .await;
     let term_before = highest_term(&cluster).await;
-
-    let history: History = Arc::default();
-    let start = Instant::now();
-    let stop = start + Duration::from_secs(seconds());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| {
-            tokio::spawn(client(
-                id,
-                addrs.clone(),
-                history.clone(),
-                start,
-                stop,
-                seed,
-            ))
-        })
-        .collect();
+    let run = Clients::start(cluster.all_addrs(), seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults = nemesis(&mut cluster, &network, kinds, &mut rng, stop).await;
-    for client in clients {
-        client.await.expect("a client panicked");
-    }
-
-    // Healed: every node runs (none died on the way). A final read of every key must fit
-    // the history too, so a write acknowledged and then lost would show here.
-    cluster.assert_running();
-    let mut reader = ClusterClient::new(addrs, RetryPolicy::default());
-    for key in KEYS {
-        let called = start.elapsed().as_nanos() as u64;
-        let value = reader
-            .get(key, Consistency::Linearizable)
-            .await
-            .expect("healed cluster reads");
-        history.lock().expect("clients are done").push(Operation {
-            client: CLIENTS,
-            key: key.to_owned(),
-            call: Call::Get,
-            answer: Answer::Value(value),
-            start: called,
-            end: start.elapsed().as_nanos() as u64,
-        });
-    }
-
-    let history = history.lock().expect("clients are done").clone();
-    let known = history
-        .iter()
-        .filter(|o| o.answer != Answer::Unknown)
-        .count();
-    eprintln!(
-        "{} operations ({known} with known outcome); faults: {faults:?}",
-        history.len()
-    );
-    assert!(
-        faults.len() >= 3,
-        "seed {seed}: too few faults to mean anything"
-    );
+    let faults = nemesis(&mut cluster, &network, kinds, &mut rng, run.stop).await;
+    run.finish_and_check(&mut cluster, &faults, seed).await;
     // The first fault struck the leader for five election timeouts or more: some node must
     // have campaigned, or the faults disturbed nothing.
     let term_after = highest_term(&cluster).await;
@@ -335,19 +388,104 @@ async fn chaos(kinds: &[Fault], flags: &[&str]) {
         term_after > term_before,
         "seed {seed}: the term stayed at {term_before}: no fault disturbed the leader"
     );
-    assert!(
-        known >= 200,
-        "seed {seed}: only {known} operations completed"
-    );
-    if let Err(violation) = check(&history) {
-        panic!("seed {seed}: not linearizable after {faults:?}\n{violation}");
+}
+
+/// The clients of one run, recording one history.
+struct Clients {
+    addrs: Vec<String>,
+    history: History,
+    start: Instant,
+    /// When the clients stop, and the nemesis with them.
+    stop: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// [`CLIENTS`] clients on `addrs`, for [`seconds`] from now.
+    fn start(addrs: Vec<String>, seed: u64) -> Clients {
+        let history: History = Arc::default();
+        let start = Instant::now();
+        let stop = start + Duration::from_secs(seconds());
+        let tasks = (0..CLIENTS)
+            .map(|id| {
+                tokio::spawn(client(
+                    id,
+                    addrs.clone(),
+                    history.clone(),
+                    start,
+                    stop,
+                    seed,
+                ))
+            })
+            .collect();
+        Clients {
+            addrs,
+            history,
+            start,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Once the clients are done, and with every fault healed: every node runs (none died
+    /// on the way), enough happened, and the history, with a final read of every key, is
+    /// linearizable; so a write acknowledged and then lost shows in the final reads.
+    async fn finish_and_check(self, cluster: &mut ProcessCluster, faults: &[String], seed: u64) {
+        let Clients {
+            addrs,
+            history,
+            start,
+            tasks,
+            ..
+        } = self;
+        for task in tasks {
+            task.await.expect("a client panicked");
+        }
+        cluster.assert_running();
+        let mut reader = ClusterClient::new(addrs, RetryPolicy::default());
+        for key in KEYS {
+            let called = start.elapsed().as_nanos() as u64;
+            let value = reader
+                .get(key, Consistency::Linearizable)
+                .await
+                .expect("healed cluster reads");
+            history.lock().expect("clients are done").push(Operation {
+                client: CLIENTS,
+                key: key.to_owned(),
+                call: Call::Get,
+                answer: Answer::Value(value),
+                start: called,
+                end: start.elapsed().as_nanos() as u64,
+            });
+        }
+
+        let history = history.lock().expect("clients are done").clone();
+        let known = history
+            .iter()
+            .filter(|o| o.answer != Answer::Unknown)
+            .count();
+        eprintln!(
+            "{} operations ({known} with known outcome); faults: {faults:?}",
+            history.len()
+        );
+        assert!(
+            faults.len() >= 3,
+            "seed {seed}: too few faults to mean anything"
+        );
+        assert!(
+            known >= 200,
+            "seed {seed}: only {known} operations completed"
+        );
+        if let Err(violation) = check(&history) {
+            panic!("seed {seed}: not linearizable after {faults:?}\n{violation}");
+        }
     }
 }
 
 /// The highest term any node reports.
 async fn highest_term(cluster: &ProcessCluster) -> u64 {
     let mut highest = 0;
-    for id in NODES {
+    for &id in cluster.addrs.keys() {
         if let Some(term) = cluster.status(id).await.and_then(|s| s.term) {
             highest = highest.max(term);
         }
