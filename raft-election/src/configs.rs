@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use kv_server::protocol::NodeId;
 use raft_log::log::RaftLog;
 use raft_log::membership::Membership;
 use raft_log::storage::Storage;
@@ -44,6 +45,11 @@ impl Configs {
             .next_back()
             .copied()
             .unwrap_or(self.base.0)
+    }
+
+    /// Whether any configuration in the history includes `id`.
+    pub fn any_contains(&self, id: NodeId) -> bool {
+        self.base.1.contains(id) || self.entries.values().any(|(_, m)| m.contains(id))
     }
 
     /// The configuration in force at `index`: the latest one at or before it.
@@ -108,7 +114,6 @@ impl Configs {
 mod tests {
     use std::collections::BTreeMap;
 
-    use kv_server::protocol::NodeId;
     use raft_log::storage::MemStorage;
 
     use super::*;

@@ -242,6 +242,11 @@ pub struct RaftNode<S, P = NoSnapshots> {
     /// latest leaves it out (`RequestVoteResponse::removed_by`): it is not needed, and does
     /// not campaign until its configuration changes.
     removal_confirmed: bool,
+    /// Whether a committed configuration (or, after a restart, any configuration it
+    /// recovered) has included this node. Until then, a configuration that leaves it out
+    /// means it has not joined yet, not that it was removed: a joining node caught up by a
+    /// snapshot taken before the entry that added it first holds the older configuration.
+    been_member: bool,
     /// [`RaftNode::set_incarnations`].
     incarnations: Option<Arc<Incarnations>>,
 }
@@ -330,6 +335,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             reads: Reads::default(),
             relay: Relay::new(run),
             removal_confirmed: false,
+            been_member: false,
             incarnations: None,
         };
         node.reset_election_timer();
@@ -350,6 +356,7 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
         let from = (node.configs.latest_index().next()).max(node.log.storage().first_index());
         let entries = node.log.entries(from, node.log.last_index(), usize::MAX);
         node.configs.appended(&entries);
+        node.been_member = node.configs.any_contains(node.config.id);
         Ok(node)
     }
 
@@ -454,7 +461,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
             .collect()
     }
 
-    fn status(&self) -> Status {
+    /// What this node answers a `status` request with.
+    pub fn status(&self) -> Status {
         Status {
             id: Some(self.config.id),
             role: self.role(),
@@ -470,10 +478,10 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
 
     /// Whether this node knows that a committed configuration leaves it out: a voter told
     /// it so (`removal_confirmed`), or it applied its removal itself. (A node that has not
-    /// been added yet has no configuration.)
+    /// been added yet has no configuration, or one from before it was added: `been_member`.)
     fn removed(&self) -> bool {
         let membership = self.membership();
-        let applied_removal = membership.ids().next().is_some()
+        let applied_removal = self.been_member
             && !membership.contains(self.config.id)
             && self.configs.latest_index() <= self.commit_index();
         self.removal_confirmed || applied_removal
@@ -564,6 +572,11 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// Called after every input: answers the reads and relayed requests that can no longer
     /// be served where they wait.
     fn settle(&mut self, out: &mut Outbox<Message>) {
+        if self.membership().contains(self.config.id)
+            && self.configs.latest_index() <= self.commit_index()
+        {
+            self.been_member = true;
+        }
         self.settle_reads(out);
         self.settle_relay(out);
         if self.removed() && !self.is_leader() {
