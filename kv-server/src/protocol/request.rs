@@ -319,6 +319,7 @@ pub struct Request {
 struct WireRequest {
     #[serde(default, deserialize_with = "given_id")]
     id: Option<RequestId>,
+    #[serde(deserialize_with = "named")]
     op: OpKind,
     key: Option<String>,
     value: Option<String>,
@@ -326,6 +327,7 @@ struct WireRequest {
     expected: Option<Option<String>>,
     client: Option<String>,
     seq: Option<u64>,
+    #[serde(default, deserialize_with = "given_name")]
     consistency: Option<Consistency>,
     addr: Option<String>,
     forwarded: Option<bool>,
@@ -340,6 +342,29 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<S
 /// taken for a missing id.
 fn given_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RequestId>, D::Error> {
     RequestId::deserialize(d).map(Some)
+}
+
+/// A value written as a JSON string naming one of `T`'s variants: serde's own enum form
+/// would also take `{"put":null}` for `"put"`, and call a number a syntax error.
+fn named<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(d: D) -> Result<T, D::Error> {
+    struct Name<T>(std::marker::PhantomData<T>);
+    impl<T: de::DeserializeOwned> de::Visitor<'_> for Name<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<T, E> {
+            T::deserialize(de::IntoDeserializer::<E>::into_deserializer(name))
+        }
+    }
+    d.deserialize_str(Name(std::marker::PhantomData))
+}
+
+/// [`named`], for a field that may be missing but, when present, is a name (not `null`).
+fn given_name<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    named(d).map(Some)
 }
 
 /// Used only to find the id of a line that failed to parse, so the error can echo it.

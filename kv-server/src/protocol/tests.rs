@@ -122,6 +122,9 @@ fn every_malformed_shape_is_bad_request_with_the_id_when_readable() {
         json!({"id":1,"op":"put","key":"k","value":"v","seq":3}),
         json!({"id":1,"op":"put","key":"k","value":"v","client":"c","seq":"3"}),
         json!({"id":1,"op":"get","key":"k","consistency":"fresh"}),
+        json!({"id":1,"op":{"put":null},"key":"k","value":"v"}),
+        json!({"id":1,"op":"get","key":"k","consistency":{"stale":null}}),
+        json!({"id":1,"op":"get","key":"k","consistency":null}),
     ];
     for line in cases {
         let (id, failure) = parse(line.clone()).expect_err("should be rejected");
@@ -130,6 +133,21 @@ fn every_malformed_shape_is_bad_request_with_the_id_when_readable() {
     }
     let (id, failure) = Request::parse(b"{nope", &Limits::default()).unwrap_err();
     assert_eq!((id, failure.code), (None, ErrorCode::BadRequest));
+    // A field of the wrong type is named, not called a syntax error.
+    for (line, says) in [
+        (
+            json!({"op":5}),
+            "`op`: invalid type: integer `5`, expected a string",
+        ),
+        (
+            json!({"op":"get","key":"k","consistency":true}),
+            "`consistency`: invalid type: boolean `true`, expected a string",
+        ),
+        (json!({"op":"bogus"}), "`op`: unknown variant `bogus`"),
+    ] {
+        let (_, failure) = parse(line.clone()).unwrap_err();
+        assert!(failure.message.starts_with(says), "{line}: {failure:?}");
+    }
     for id in [json!(true), json!(null), json!([1]), json!({"n":1})] {
         let (echo, failure) = parse(json!({"id":id,"op":"status"})).unwrap_err();
         assert_eq!((echo, failure.code), (None, ErrorCode::BadRequest), "{id}");
