@@ -109,10 +109,12 @@ impl Connection {
         })?;
         // A line without an id answers a request the server could not read (an oversized
         // line); otherwise the id must be the one sent.
-        if wire.id.is_some() && wire.id != id {
+        if let Some(got) = wire.id.as_ref().filter(|&got| Some(got) != id.as_ref()) {
+            let sent = id
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |id| id.to_string());
             return Err(Error::Protocol(format!(
-                "answer for id {:?} arrived where id {id:?} was expected",
-                wire.id
+                "answer for id {got} arrived where id {sent} was expected"
             )));
         }
         wire.into_outcome(kind)

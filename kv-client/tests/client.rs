@@ -158,3 +158,36 @@ async fn pipelining_large_values_both_ways_does_not_deadlock() {
         result.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_answer_with_another_id_is_a_protocol_error_that_shows_both_ids_as_json() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await.unwrap();
+        write
+            .write_all(b"{\"id\":\"zzz\",\"ok\":true}\n")
+            .await
+            .unwrap();
+    });
+    let mut conn = Connection::connect(&addr).await.unwrap();
+    let answer = conn
+        .call(&Request {
+            id: Some(RequestId::from(1)),
+            op: Op::put("k", "v"),
+            forwarded: false,
+        })
+        .await;
+    let Err(Error::Protocol(message)) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        message,
+        r#"answer for id "zzz" arrived where id 1 was expected"#
+    );
+    server.await.unwrap();
+}
