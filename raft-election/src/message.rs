@@ -47,6 +47,27 @@ pub enum Message {
     ReadIndexed(ReadIndexed),
 }
 
+impl Message {
+    /// The sender's term, which every message carries (§5.1).
+    pub fn term(&self) -> Term {
+        match self {
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesResponse(m) => m.term,
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteResponse(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotResponse(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
+            Message::ReadProbe(m) => m.term,
+            Message::ReadAck(m) => m.term,
+            Message::Propose(m) => m.term,
+            Message::Proposed(m) => m.term,
+            Message::ReadIndex(m) => m.term,
+            Message::ReadIndexed(m) => m.term,
+        }
+    }
+}
+
 /// Figure 2's RequestVote arguments, with the pre-vote flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestVote {

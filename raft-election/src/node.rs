@@ -1489,6 +1489,10 @@ impl<S: Storage, P: Snapshots> Node for RaftNode<S, P> {
         // §4.1): a node being added hears from a leader it does not know yet, and a vote
         // may come from a member this node has not learned of. A removed node cannot
         // disrupt: pre-vote and the fresh-leader check keep its elections from going anywhere.
+        if message.term() >= Term::UNREACHABLE {
+            warn!(id = %self.config.id, %from, term = %message.term(), "a message with an impossible term dropped");
+            return;
+        }
         match message {
             Message::AppendEntries(req) => self.on_append_entries(from, req, out),
             Message::AppendEntriesResponse(resp) => self.on_append_response(from, resp, out),

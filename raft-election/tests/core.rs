@@ -482,3 +482,21 @@ fn a_node_left_the_only_voter_by_its_leader_s_removal_keeps_following_it() {
         (Role::Follower, Some(NodeId(1)), Term(2))
     );
 }
+
+#[test]
+fn a_message_with_an_impossible_term_is_dropped_and_the_term_kept() {
+    // Adopting u64::MAX would make the next campaign's term wrap to 0 (§5.1: terms only grow).
+    let mut n = node(2, &[1], 1, false);
+    for term in [Term::UNREACHABLE.0, u64::MAX] {
+        let heartbeat = AppendEntries {
+            term: Term(term),
+            prev_log_index: LogIndex(1),
+            prev_log_term: Term(1),
+            entries: vec![],
+            leader_commit: LogIndex(1),
+        };
+        assert_eq!(answer(&mut n, 1, Message::AppendEntries(heartbeat)), vec![]);
+        assert_eq!(answer(&mut n, 3, vote_request(term, (9, 9), false)), vec![]);
+        assert_eq!(n.term(), Term(1));
+    }
+}

@@ -23,6 +23,11 @@ pub struct Term(pub u64);
 pub struct LogIndex(pub u64);
 
 impl Term {
+    /// A term no cluster reaches by elections (at one a millisecond, it would take 290
+    /// million years): a message that carries one is from a broken peer, and adopting it
+    /// would bring [`Term::next`] within reach of overflow, and a term that goes back to 0.
+    pub const UNREACHABLE: Term = Term(u64::MAX / 2);
+
     /// The term after this one.
     pub fn next(self) -> Term {
         Term(self.0 + 1)
