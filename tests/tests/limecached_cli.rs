@@ -131,8 +131,10 @@ async fn malformed_addresses_are_usage_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_port_leaves_the_data_directory_unclaimed() {
     let cwd = tempfile::tempdir().unwrap();
-    let addr = &tests::free_addrs(1)[0];
-    let _taken = std::net::TcpListener::bind(addr).unwrap();
+    // Held by the test from the start: a port from `free_addrs`, released and bound again,
+    // was once taken in between by another process.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = &taken.local_addr().unwrap().to_string();
     let (code, stderr) = refused(cwd.path(), &["--id", "1", "--listen", addr, "--bootstrap"]).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

@@ -201,9 +201,10 @@ async fn a_joining_node_serves_nothing_until_the_cluster_has_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_reports_a_busy_port_without_waiting_for_the_cluster() {
-    let addrs = tests::free_addrs(2);
-    let (listen, unreachable) = (&addrs[0], &addrs[1]);
-    let _taken = std::net::TcpListener::bind(listen).unwrap();
+    // Held by the test from the start (see limecached_cli's busy-port test).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = &taken.local_addr().unwrap().to_string();
+    let unreachable = &tests::free_addrs(1)[0];
     let dir = tempfile::tempdir().unwrap();
     let node = joining(2, listen, unreachable, dir.path());
     let what = "the node that should have reported its busy port";
