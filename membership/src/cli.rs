@@ -59,8 +59,8 @@ impl MemberArgs {
             .founding
             .join
             .as_ref()
-            .filter(|&j| *j == self.listen || j == advertised);
-        if let Some(own) = joins_itself.filter(|_| fresh) {
+            .filter(|&j| fresh && (*j == self.listen || j == advertised));
+        if let Some(own) = joins_itself {
             // It would ask itself, which knows no cluster, for ever.
             return Err(StartError::usage(format!(
                 "--join {own} is this node's own address: give the address of a running member of the cluster to join"

@@ -488,8 +488,9 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     }
 
     /// Why a node that is not the leader cannot take a write: that it was removed, or the
-    /// leader's address when it knows one, or an election under way, or, once elections have gone on without a
-    /// leader for [`LEADERLESS_TIMEOUTS`] election timeouts, that a majority is missing.
+    /// leader's address when it knows one, or an election under way, or, once elections
+    /// have gone on without a leader for [`LEADERLESS_TIMEOUTS`] election timeouts, that a
+    /// majority is missing.
     fn not_leader(&self) -> Failure {
         if self.removed() {
             // It hears from no leader again: where to go instead is all it can say.
@@ -572,7 +573,8 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
     /// Called after every input: answers the reads and relayed requests that can no longer
     /// be served where they wait.
     fn settle(&mut self, out: &mut Outbox<Message>) {
-        if self.membership().contains(self.config.id)
+        if !self.been_member
+            && self.membership().contains(self.config.id)
             && self.configs.latest_index() <= self.commit_index()
         {
             self.been_member = true;

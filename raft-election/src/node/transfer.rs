@@ -228,16 +228,17 @@ impl<S: Storage, P: Snapshots> RaftNode<S, P> {
                 "node {} did not take over within an election timeout; node {} still leads",
                 handoff.target, self.config.id
             )
-        } else if !leading && handoff.elapsed >= 2 * election_ticks && removed {
-            format!(
-                "this node handed over to node {} as it left the cluster; it hears from the cluster no more, so whether node {} took over is not known here",
-                handoff.target, handoff.target
-            )
         } else if !leading && handoff.elapsed >= 2 * election_ticks {
-            format!(
-                "this node stepped down for node {}, but no new leader has been heard of yet",
-                handoff.target
-            )
+            let target = handoff.target;
+            if removed {
+                format!(
+                    "this node handed over to node {target} as it left the cluster; it hears from the cluster no more, so whether node {target} took over is not known here"
+                )
+            } else {
+                format!(
+                    "this node stepped down for node {target}, but no new leader has been heard of yet"
+                )
+            }
         } else {
             return;
         };
