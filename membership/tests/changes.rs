@@ -9,13 +9,14 @@ mod common;
 use std::cell::Cell;
 
 use common::{
-    ELECTION_MS, Load, TICK_MS, add, admin, cluster, cluster_with, remove, settled, voters,
+    ELECTION_MS, Load, TICK_MS, a_follower, add, admin, cluster, cluster_with, remove, settled,
+    voters,
 };
 use kv_server::protocol::{Consistency, ErrorCode, NodeId, Op, Reply, Role, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, assert_same_state, stable_leader};
 use raft_log::snapshot::Snapshots;
 use raft_log::storage::Storage;
-use replication_naive::node::Node;
+use replication_naive::node::{Node, RequestTag};
 use replication_naive::sim::{NetConfig, for_each_seed};
 use replication_naive::transport::ClusterId;
 
@@ -160,17 +161,8 @@ fn a_leader_that_removes_itself_answers_every_write_it_took() {
             sim.reply(removal).is_some() && writes.iter().all(|(t, _)| sim.reply(*t).is_some())
         });
         assert_eq!(sim.reply(removal), Some(&Ok(Reply::Done)), "seed {seed}");
-        for (tag, key) in &writes {
-            match sim.reply(*tag) {
-                Some(Ok(Reply::Write(WriteOutcome::Put))) => {
-                    load.acked.insert(key.clone(), "v".to_owned());
-                }
-                // Refused while it handed over, or after: nothing happened.
-                Some(Err(f)) if matches!(f.code, ErrorCode::Unavailable | ErrorCode::NotLeader) => {
-                }
-                other => panic!("{key}, taken by the removed leader: {other:?} (seed {seed})"),
-            }
-        }
+        let unknown = answers_of_a_removed_leader(&sim, &mut load, &writes);
+        assert_eq!(unknown, 0, "writes answered `timeout` (seed {seed})");
         load.assert_kept(&mut sim);
     });
 }
@@ -185,10 +177,7 @@ fn a_removed_leader_that_cannot_commit_its_last_writes_says_their_outcome_is_unk
     for_each_seed(20, |seed| {
         let (mut sim, mut load) = settled(seed, 3);
         let leader = stable_leader(&sim).expect("a leader");
-        let other = (1..=3)
-            .map(NodeId)
-            .find(|&id| id != leader)
-            .expect("three nodes");
+        let other = a_follower(&sim);
         let removal = sim.request(leader, Op::RemoveMember { id: leader });
         let mut writes = Vec::new();
         while sim.reply(removal).is_none() && writes.len() < 1000 {
@@ -201,17 +190,7 @@ fn a_removed_leader_that_cannot_commit_its_last_writes_says_their_outcome_is_unk
         sim.run_until(3 * ELECTION_MS, |sim| {
             writes.iter().all(|(t, _)| sim.reply(*t).is_some())
         });
-        for (tag, key) in &writes {
-            match sim.reply(*tag) {
-                Some(Ok(Reply::Write(WriteOutcome::Put))) => {
-                    load.acked.insert(key.clone(), "v".to_owned());
-                }
-                Some(Err(f)) if f.code == ErrorCode::Timeout => unknown.set(unknown.get() + 1),
-                Some(Err(f)) if matches!(f.code, ErrorCode::Unavailable | ErrorCode::NotLeader) => {
-                }
-                other => panic!("{key}, taken by the removed leader: {other:?} (seed {seed})"),
-            }
-        }
+        unknown.set(unknown.get() + answers_of_a_removed_leader(&sim, &mut load, &writes));
         sim.heal();
         load.assert_kept(&mut sim);
     });
@@ -219,6 +198,31 @@ fn a_removed_leader_that_cannot_commit_its_last_writes_says_their_outcome_is_unk
         unknown.get() > 0,
         "no seed left a write to answer as unknown"
     );
+}
+
+/// Checks the answers to `writes` (tag, key), puts of "v" sent to a leader that removed
+/// itself: acknowledged ones are added to `load`'s, refusals changed nothing, and
+/// `timeout`s, the unknown outcomes, are counted and returned. Anything else, or no answer,
+/// fails the test.
+fn answers_of_a_removed_leader(
+    sim: &common::Cluster,
+    load: &mut Load,
+    writes: &[(RequestTag, String)],
+) -> usize {
+    let seed = sim.seed();
+    let mut unknown = 0;
+    for (tag, key) in writes {
+        match sim.reply(*tag) {
+            Some(Ok(Reply::Write(WriteOutcome::Put))) => {
+                load.acked.insert(key.clone(), "v".to_owned());
+            }
+            Some(Err(f)) if f.code == ErrorCode::Timeout => unknown += 1,
+            // Refused while it handed over, or after: nothing happened.
+            Some(Err(f)) if matches!(f.code, ErrorCode::Unavailable | ErrorCode::NotLeader) => {}
+            other => panic!("{key}, taken by the removed leader: {other:?} (seed {seed})"),
+        }
+    }
+    unknown
 }
 
 #[test]
@@ -231,10 +235,7 @@ fn a_follower_being_removed_answers_the_clients_it_relayed_for() {
         let mut load = Load::default();
         load.run_for(&mut sim, 10 * ELECTION_MS);
         let leader = stable_leader(&sim).expect("a leader");
-        let follower = (1..=3)
-            .map(NodeId)
-            .find(|&id| id != leader)
-            .expect("three nodes");
+        let follower = a_follower(&sim);
         let removal = sim.request(leader, Op::RemoveMember { id: follower });
         let mut asked = Vec::new();
         while sim.reply(removal).is_none() && asked.len() < 2000 {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ELECTION_MS, Load, TICK_MS, add, admin, remove, settled};
+use common::{ELECTION_MS, Load, TICK_MS, a_follower, add, admin, remove, settled};
 use kv_server::protocol::{ErrorCode, NodeId, Op, Outcome, Reply, WriteOutcome};
 use raft_election::testkit::{assert_log_matching, stable_leader};
 use raft_log::storage::Storage;
@@ -39,16 +39,6 @@ fn hand_off(sim: &mut common::Cluster, load: &mut Load, leader: NodeId) -> NodeI
     let next = stable_leader(sim).expect("a new leader");
     assert_ne!(next, leader, "seed {seed}");
     next
-}
-
-/// The voter with the lowest id that is not the leader.
-fn a_follower(sim: &common::Cluster) -> NodeId {
-    let leader = stable_leader(sim).expect("a leader");
-    let members = sim.node(leader).expect("runs").membership();
-    members
-        .voter_ids()
-        .find(|&id| id != leader)
-        .expect("another voter")
 }
 
 #[test]

@@ -204,6 +204,16 @@ pub fn admin(sim: &mut Cluster, load: &mut Load, op: Op) -> Outcome {
     panic!("{op:?} never succeeded; last answer {last:?} (seed {seed})");
 }
 
+/// The voter with the lowest id that is not the leader.
+pub fn a_follower(sim: &Cluster) -> NodeId {
+    let leader = stable_leader(sim).expect("a leader");
+    let members = sim.node(leader).expect("runs").membership();
+    members
+        .voter_ids()
+        .find(|&id| id != leader)
+        .expect("another voter")
+}
+
 /// Adds node `id` (starting it empty) and waits until the leader has made it a voter.
 pub fn add(sim: &mut Cluster, load: &mut Load, id: u64) {
     sim.add(NodeId(id));
