@@ -112,6 +112,29 @@ impl ProcessCluster {
         ProcessCluster::launch(binary, 0, extra_args, Some(dirs)).with_addrs(n)
     }
 
+    /// Addresses and data directories for nodes `1..=slots` of `binary`, with node 1
+    /// started with `--bootstrap` and nodes `2..=members` with `--join` through it; returns
+    /// once node 1 counts `members` voters. The ids after `members` are spares.
+    pub async fn bootstrapped(
+        binary: &str,
+        slots: u64,
+        members: u64,
+        extra_args: &[&str],
+    ) -> ProcessCluster {
+        let mut cluster = ProcessCluster::unstarted(binary, slots, extra_args);
+        cluster.start_node_with(1, &["--bootstrap"]);
+        let first = cluster.addrs[&1].clone();
+        for id in 2..=members {
+            cluster.start_node_with(id, &["--join", &first]);
+        }
+        let what = format!("{members} voters");
+        eventually(&what, Duration::from_secs(20), || async {
+            cluster.voters(1).await == members as usize
+        })
+        .await;
+        cluster
+    }
+
     fn with_addrs(mut self, n: u64) -> ProcessCluster {
         self.addrs = (1..=n).zip(free_addrs(n as usize)).collect();
         self
@@ -245,6 +268,14 @@ impl ProcessCluster {
     /// Node `id`'s own status, if it answers.
     pub async fn status(&self, id: u64) -> Option<Status> {
         self.client_of(id).status_of(&self.addrs[&id]).await.ok()
+    }
+
+    /// How many voters node `id`'s configuration has (0 if it does not answer).
+    pub async fn voters(&self, id: u64) -> usize {
+        self.status(id)
+            .await
+            .and_then(|s| s.members)
+            .map_or(0, |m| m.iter().filter(|m| m.voter).count())
     }
 
     /// The value of `key` in node `id`'s own copy, if it answers.

@@ -16,27 +16,9 @@ use kv_client::{ClusterClient, RetryPolicy};
 use kv_server::protocol::{Consistency, NodeId, Role};
 use tests::{ProcessCluster, eventually};
 
-async fn voters(cluster: &ProcessCluster, id: u64) -> usize {
-    cluster
-        .status(id)
-        .await
-        .and_then(|s| s.members)
-        .map_or(0, |m| m.iter().filter(|m| m.voter).count())
-}
-
 /// Three voters: node 1 started with `--bootstrap`, nodes 2 and 3 with `--join` through it.
 async fn bootstrapped_and_joined() -> ProcessCluster {
-    let mut cluster = ProcessCluster::unstarted("membership", 3, &[]);
-    cluster.start_node_with(1, &["--bootstrap"]);
-    let seed = cluster.addrs[&1].clone();
-    for id in [2, 3] {
-        cluster.start_node_with(id, &["--join", &seed]);
-    }
-    eventually("three voters", Duration::from_secs(10), || async {
-        voters(&cluster, 1).await == 3
-    })
-    .await;
-    cluster
+    ProcessCluster::bootstrapped("membership", 3, 3, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +58,7 @@ async fn bootstrap_and_join_then_the_first_node_dies_and_the_rest_serve_on() {
         },
     )
     .await;
-    assert_eq!(voters(&cluster, follower).await, 3);
+    assert_eq!(cluster.voters(follower).await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +142,7 @@ async fn a_voter_that_lost_its_data_is_not_let_back_in_by_join() {
         stderr.contains("node 3 is already a voter") && stderr.contains("remove-member 3"),
         "{stderr}"
     );
-    assert_eq!(voters(&cluster, 1).await, 3, "the refusal changed nothing");
+    assert_eq!(cluster.voters(1).await, 3, "the refusal changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
